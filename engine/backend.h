@@ -1,0 +1,83 @@
+// Backend: runs the model on one device (CPU reference or CUDA) and owns that device's
+// sequence-state pool. Everything above this interface is device-agnostic.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "engine/model/model_config.h"
+#include "engine/step_plan.h"
+
+namespace lizard {
+
+struct BackendInfo {
+  std::string name;         // "cpu" or "cuda"
+  std::string device;       // e.g. "x86_64, 16 threads" or "NVIDIA H100 80GB HBM3"
+  int64_t memory_total_bytes = 0;
+  int64_t memory_used_bytes = 0;
+  int64_t weights_bytes = 0;
+  int64_t state_pool_bytes = 0;
+};
+
+// Logits for the rows a StepPlan asked for, row-major [rows, vocab], float32 on the host.
+struct StepOutput {
+  int64_t rows = 0;
+  int64_t vocab = 0;
+  std::vector<float> logits;
+  const float* row(int64_t i) const { return logits.data() + i * vocab; }
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+
+  virtual const ModelConfig& config() const = 0;
+  virtual BackendInfo info() const = 0;
+
+  // --- state pool: `num_slots()` fixed-size slots living in the backend's memory ---
+  virtual int32_t num_slots() const = 0;
+  // Exact bytes of one slot's constant-size part (lizard layers: S, z, window K/V, position).
+  virtual int64_t slot_bytes() const = 0;
+  // Bytes per consumed token of the softmax layers' KV cache (0 for a pure Lizard model).
+  virtual int64_t kv_bytes_per_token() const = 0;
+  // Makes `slot` an empty sequence at position 0 (also frees any softmax KV it held).
+  virtual absl::Status ResetSlot(SlotId slot) = 0;
+  // Makes `dst` an exact copy of `src` (fork).
+  virtual absl::Status CopySlot(SlotId src, SlotId dst) = 0;
+  // Number of tokens the slot's state has consumed.
+  virtual int64_t SlotPosition(SlotId slot) const = 0;
+  // Serializes a slot (StateLayout order, see engine/model/state_layout.h) for host spill or
+  // migration, and loads such bytes back into a slot (of this or another process).
+  virtual absl::StatusOr<std::string> SaveSlot(SlotId slot) = 0;
+  virtual absl::Status LoadSlot(SlotId slot, std::string_view bytes) = 0;
+
+  // --- compute ---
+  // Runs one step: every decode item and prefill chunk advances its slot's state; returns the
+  // logits rows of StepPlan::num_logits_rows() in that order. Results never depend on what
+  // else shares the plan.
+  virtual absl::Status Forward(const StepPlan& plan, StepOutput* out) = 0;
+};
+
+enum class BackendKind { kAuto, kCpu, kCuda };
+
+struct BackendOptions {
+  std::string model_dir;
+  BackendKind kind = BackendKind::kAuto;
+  int32_t num_slots = 64;      // state slots in the pool
+  int32_t num_threads = 0;     // CPU: 0 = all cores
+  int32_t device_index = 0;    // CUDA
+  // Benchmarks: when set, no checkpoint is read; weights are random (seeded) for this shape.
+  std::optional<ModelConfig> synthetic_config;
+  uint64_t synthetic_seed = 1;
+};
+
+// Loads the checkpoint and creates the backend (kAuto: CUDA when a GPU is usable, else CPU).
+absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(const BackendOptions& options);
+
+}  // namespace lizard

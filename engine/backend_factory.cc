@@ -1,0 +1,31 @@
+#include "absl/log/log.h"
+#include "absl/status/status.h"
+#include "engine/backend.h"
+#include "engine/cpu/cpu_backend.h"
+#ifdef LIZARD_HAVE_CUDA
+#include "engine/cuda/cuda_backend.h"
+#endif
+
+namespace lizard {
+
+absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(const BackendOptions& options) {
+  switch (options.kind) {
+    case BackendKind::kCpu:
+      return CreateCpuBackend(options);
+    case BackendKind::kCuda:
+#ifdef LIZARD_HAVE_CUDA
+      return CreateCudaBackend(options);
+#else
+      return absl::FailedPreconditionError("this build has no CUDA backend (built without nvcc)");
+#endif
+    case BackendKind::kAuto:
+#ifdef LIZARD_HAVE_CUDA
+      if (CudaDeviceAvailable()) return CreateCudaBackend(options);
+      LOG(INFO) << "no usable CUDA device: using the CPU backend";
+#endif
+      return CreateCpuBackend(options);
+  }
+  return absl::InvalidArgumentError("unknown backend kind");
+}
+
+}  // namespace lizard

@@ -1,0 +1,158 @@
+// Engine: the step loop that serves many sequences at once on one Backend.
+//
+// One engine thread owns the backend. Each step: the scheduler picks decode items and prefill
+// chunks under a token budget, the backend runs them, the sampler picks tokens, and each token
+// goes to its request's TokenSink. The engine also owns sequence *states*: a state is a
+// conversation's constant-size memory, resident in a device slot or spilled to host bytes.
+// The server maps sessions to StateIds; the engine never sees RPCs.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "engine/backend.h"
+
+namespace lizard {
+
+using StateId = uint64_t;      // 0 = none (a one-shot request gets a temporary state)
+using RequestId = uint64_t;
+
+struct SamplingParams {
+  float temperature = 0.0f;  // 0 = greedy
+  int32_t top_k = 0;         // 0 = off
+  float top_p = 1.0f;        // (0, 1]
+  float min_p = 0.0f;        // [0, 1]
+  float repetition_penalty = 1.0f;
+  float presence_penalty = 0.0f;
+  float frequency_penalty = 0.0f;
+  std::optional<uint64_t> seed;  // unset: drawn from the engine's generator
+};
+
+struct StoppingCriteria {
+  int32_t max_new_tokens = 16;  // 0 = prefill only (e.g. a session's prefix)
+  std::vector<int32_t> stop_token_ids;
+  bool ignore_eos = false;
+};
+
+enum class FinishReason { kLength, kStop, kEos, kCancelled, kError };
+
+struct TokenLogprob {
+  int32_t token = 0;
+  float logprob = 0.0f;
+};
+
+// The sampled token's log-probability and the top-n alternatives (n = EngineRequest::logprobs).
+struct TokenLogprobs {
+  TokenLogprob chosen;
+  std::vector<TokenLogprob> top;
+};
+
+struct Usage {
+  int64_t prompt_tokens = 0;
+  int64_t generated_tokens = 0;
+  int64_t state_tokens = 0;  // tokens the state holds after this request (session_tokens)
+};
+
+// Receives one request's results. Called on the engine thread: it must not block (buffer and
+// return). OnFinish is called exactly once, last.
+class TokenSink {
+ public:
+  virtual ~TokenSink() = default;
+  // A generated token. Return false to finish the sequence here with FinishReason::kStop (used
+  // for stop strings matched on text); the token still counts as generated.
+  virtual bool OnToken(int32_t token, const TokenLogprobs* logprobs) = 0;
+  // `status` is OK unless reason is kError.
+  virtual void OnFinish(FinishReason reason, const Usage& usage, const absl::Status& status) = 0;
+};
+
+struct EngineRequest {
+  StateId state = 0;             // 0: a temporary state, freed when the request ends
+  std::vector<int32_t> input;    // tokens appended to the state's history; non-empty
+  SamplingParams sampling;
+  StoppingCriteria stopping;
+  int32_t logprobs = 0;          // top-n alternatives per generated token, 0 = none
+};
+
+enum class StateLocation { kDevice, kHost };
+
+struct StateInfo {
+  int64_t num_tokens = 0;        // tokens the conversation holds (consumed + pending)
+  StateLocation location = StateLocation::kDevice;
+  int64_t state_bytes = 0;       // slot bytes + softmax KV bytes
+  bool busy = false;             // a request is running on it
+};
+
+// Live numbers for metrics and GetModelInfo.
+struct EngineStats {
+  int64_t queue_depth = 0;
+  int64_t running_sequences = 0;
+  int64_t states = 0;
+  int32_t device_slots_used = 0, device_slots_free = 0;
+  int64_t host_states = 0, host_bytes_used = 0, host_bytes_capacity = 0;
+  int64_t evictions_total = 0, restores_total = 0;
+};
+
+// Called on the engine thread after every step (metrics). Must not block.
+struct StepStats {
+  int64_t batch_sequences = 0;   // sequences advanced this step
+  int64_t batch_tokens = 0;      // tokens fed this step
+  absl::Duration duration;
+};
+class EngineObserver {
+ public:
+  virtual ~EngineObserver() = default;
+  virtual void OnStep(const StepStats& stats) = 0;
+  virtual void OnStateEvicted() {}
+  virtual void OnStateRestored() {}
+};
+
+struct EngineOptions {
+  int32_t max_batch_tokens = 512;   // token budget per step (decodes + prefill chunks)
+  int32_t max_running = 64;         // sequences running at once
+  int32_t max_queue = 256;          // waiting requests before RESOURCE_EXHAUSTED
+  int64_t max_states = 1024;        // states (sessions + running one-shots) in total
+  int64_t host_state_bytes = int64_t{4} << 30;  // host tier for spilled states
+  uint64_t seed = 0;                // engine generator for requests without a seed
+  EngineObserver* observer = nullptr;  // not owned, may be null
+};
+
+class Engine {
+ public:
+  // Starts the engine thread. The backend's slots form the device tier of the state pool.
+  static absl::StatusOr<std::unique_ptr<Engine>> Create(std::unique_ptr<Backend> backend,
+                                                        const EngineOptions& options);
+  virtual ~Engine() = default;
+
+  virtual const ModelConfig& config() const = 0;
+  virtual BackendInfo backend_info() const = 0;
+  virtual int64_t state_bytes_per_sequence() const = 0;  // the constant part (slot bytes)
+
+  // States. Creation fails with RESOURCE_EXHAUSTED at max_states or when neither tier has room.
+  virtual absl::StatusOr<StateId> CreateState() = 0;
+  // A copy of `source` (which must not be busy): constant-size copy of its memory.
+  virtual absl::StatusOr<StateId> ForkState(StateId source) = 0;
+  // Frees at once (FAILED_PRECONDITION while busy, NOT_FOUND if unknown).
+  virtual absl::Status FreeState(StateId id) = 0;
+  virtual absl::StatusOr<StateInfo> GetStateInfo(StateId id) const = 0;
+
+  // Queues a request; results go to `sink`. ABORTED if its state is busy, NOT_FOUND for an
+  // unknown state, RESOURCE_EXHAUSTED when the queue is full, UNAVAILABLE after Shutdown,
+  // INVALID_ARGUMENT for empty input or token ids out of range.
+  virtual absl::StatusOr<RequestId> Submit(EngineRequest request,
+                                           std::shared_ptr<TokenSink> sink) = 0;
+  // Stops a request at the next step (OnFinish with kCancelled); its state keeps what was
+  // generated. Unknown or finished ids are ignored.
+  virtual void Cancel(RequestId id) = 0;
+
+  virtual EngineStats Stats() const = 0;
+  // Stops accepting requests, cancels running ones, joins the engine thread.
+  virtual void Shutdown() = 0;
+};
+
+}  // namespace lizard

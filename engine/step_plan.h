@@ -1,0 +1,54 @@
+// StepPlan: the contract between the scheduler and a backend. The scheduler fills it with slot
+// ids and token ids only; the backend never sees requests, sessions or RPCs.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+namespace lizard {
+
+// Index of a fixed-size sequence-state slot in a backend's state pool.
+using SlotId = int32_t;
+
+// Which rows of a prefill chunk produce logits.
+enum class LogitsMode { kNone, kLast, kAll };
+
+// Consecutive prompt tokens of one sequence, starting at `first_position`.
+struct PrefillChunk {
+  SlotId slot = -1;
+  int64_t first_position = 0;
+  std::vector<int32_t> tokens;
+  LogitsMode logits = LogitsMode::kLast;
+};
+
+// One token for one running sequence at `position`; always produces one logits row.
+struct DecodeItem {
+  SlotId slot = -1;
+  int64_t position = 0;
+  int32_t token = 0;
+};
+
+// One engine step. A slot appears at most once per plan. Positions must equal the slot's
+// current position (the number of tokens its state has consumed); a backend refuses a mismatch.
+struct StepPlan {
+  std::vector<DecodeItem> decodes;
+  std::vector<PrefillChunk> prefills;
+
+  int64_t num_tokens() const {
+    int64_t n = static_cast<int64_t>(decodes.size());
+    for (const auto& c : prefills) n += static_cast<int64_t>(c.tokens.size());
+    return n;
+  }
+  // Logits rows, in output order: one per decode item (in order), then for each prefill chunk
+  // (in order) one row for kLast or tokens.size() rows for kAll.
+  int64_t num_logits_rows() const {
+    int64_t n = static_cast<int64_t>(decodes.size());
+    for (const auto& c : prefills) {
+      if (c.logits == LogitsMode::kLast) n += 1;
+      if (c.logits == LogitsMode::kAll) n += static_cast<int64_t>(c.tokens.size());
+    }
+    return n;
+  }
+};
+
+}  // namespace lizard
