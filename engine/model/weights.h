@@ -1,0 +1,48 @@
+// HostWeights: the model's tensors in float32 on the host, in the checkpoint's own layouts
+// (row-major, projections as [out, in]). The CPU backend computes on these directly; the CUDA
+// backend converts from the Checkpoint's views instead (no float32 copy of a large model).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "engine/model/checkpoint.h"
+#include "engine/model/model_config.h"
+
+namespace lizard {
+
+struct LayerWeights {
+  LayerType type = LayerType::kLizard;
+  std::vector<float> input_norm;  // [Hd]
+  std::vector<float> post_norm;   // [Hd]
+  std::vector<float> wq, wk, wv;  // [H*D, Hd], [Hkv*D, Hd], [Hkv*D, Hd]
+  std::vector<float> wo;          // [Hd, H*D]
+  std::vector<float> bq, bk, bv, bo;  // empty when the checkpoint has no bias
+  // Lizard layers only (empty for softmax layers).
+  std::vector<float> fmap_q, fmap_k;            // [H, D, F]
+  std::vector<float> fmap_q_bias, fmap_k_bias;  // [H, F], zeros when absent
+  std::vector<float> gate_w;                    // [H, Hd]
+  std::vector<float> gate_b;                    // [H], zeros when absent
+  std::vector<float> meta_logits;               // [H, m]
+  std::vector<float> window_factor;             // [H]
+  // MLP
+  std::vector<float> w_gate, w_up;  // [I, Hd]
+  std::vector<float> w_down;        // [Hd, I]
+};
+
+struct HostWeights {
+  std::vector<float> embed;       // [V, Hd]
+  std::vector<LayerWeights> layers;
+  std::vector<float> final_norm;  // [Hd]
+  std::vector<float> lm_head;     // [V, Hd]; equals embed when tied (copied)
+  int64_t num_parameters() const;
+};
+
+// Validates (ValidateCheckpoint) and converts.
+absl::StatusOr<HostWeights> LoadHostWeights(const ModelConfig& config, const Checkpoint& checkpoint);
+// Deterministic random weights of the right shapes (benchmarks, tests): projections ~ N(0, 1/in),
+// norms ~ 1 + small noise, so activations stay in a sane range through many layers.
+HostWeights RandomHostWeights(const ModelConfig& config, uint64_t seed);
+
+}  // namespace lizard
