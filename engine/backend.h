@@ -23,6 +23,9 @@ struct BackendInfo {
   int64_t memory_used_bytes = 0;
   int64_t weights_bytes = 0;
   int64_t state_pool_bytes = 0;
+  // Device-to-device copy bandwidth (bytes read + written per second) measured when the backend
+  // was created; the denominator of the roofline fraction in benchmarks. 0 when not measured.
+  double copy_bandwidth_bytes_per_s = 0.0;
 };
 
 // Logits for the rows a StepPlan asked for, row-major [rows, vocab], float32 on the host.
@@ -56,6 +59,10 @@ class Backend {
   // migration, and loads such bytes back into a slot (of this or another process).
   virtual absl::StatusOr<std::string> SaveSlot(SlotId slot) = 0;
   virtual absl::Status LoadSlot(SlotId slot, std::string_view bytes) = 0;
+
+  // Benchmarks only: puts `slot` at `position` with random (seeded, non-zero) state contents
+  // and, for softmax layers, `position` tokens of random KV, without running a prefill.
+  virtual absl::Status FillSlotForBenchmark(SlotId slot, int64_t position, uint64_t seed) = 0;
 
   // --- compute ---
   // Runs one step: every decode item and prefill chunk advances its slot's state; returns the
