@@ -36,13 +36,16 @@ struct HostWeights {
   std::vector<LayerWeights> layers;
   std::vector<float> final_norm;  // [Hd]
   std::vector<float> lm_head;     // [V, Hd]; equals embed when tied (copied)
+  bool tied_embeddings = false;   // lm_head is a copy of embed (counted once)
   int64_t num_parameters() const;
 };
 
 // Validates (ValidateCheckpoint) and converts.
 absl::StatusOr<HostWeights> LoadHostWeights(const ModelConfig& config, const Checkpoint& checkpoint);
 // Deterministic random weights of the right shapes (benchmarks, tests): projections ~ N(0, 1/in),
-// norms ~ 1 + small noise, so activations stay in a sane range through many layers.
+// norms ~ 1 + small noise, so activations stay in a sane range through many layers. The values
+// depend only on (config shapes, seed): the generator is splitmix64 + Box-Muller, fixed here, so
+// every machine and compiler produces the same weights.
 HostWeights RandomHostWeights(const ModelConfig& config, uint64_t seed);
 
 }  // namespace lizard
