@@ -1,4 +1,5 @@
-#include "absl/log/log.h"
+#include <cstdio>
+
 #include "absl/status/status.h"
 #include "engine/backend.h"
 #include "engine/cpu/cpu_backend.h"
@@ -21,7 +22,7 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(const BackendOptions& opt
     case BackendKind::kAuto:
 #ifdef LIZARD_HAVE_CUDA
       if (CudaDeviceAvailable()) return CreateCudaBackend(options);
-      LOG(INFO) << "no usable CUDA device: using the CPU backend";
+      std::fprintf(stderr, "no usable CUDA device: using the CPU backend\n");
 #endif
       return CreateCpuBackend(options);
   }
