@@ -1,0 +1,544 @@
+#include "server/lizard_service.h"
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "server/stop_strings.h"
+
+namespace lizard::server {
+
+grpc::Status ToGrpcStatus(const absl::Status& status) {
+  // absl::StatusCode mirrors grpc::StatusCode value for value.
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()),
+                      std::string(status.message()));
+}
+
+namespace {
+
+template <typename Message>
+absl::Status ParseRequest(const grpc::ByteBuffer& raw, Message* message) {
+  grpc::ByteBuffer copy(raw);
+  if (!grpc::SerializationTraits<Message>::Deserialize(&copy, message).ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "request is not a valid ", Message::descriptor()->full_name(),
+        ": a string field holds malformed UTF-8, or the bytes are not that message"));
+  }
+  return absl::OkStatus();
+}
+
+template <typename Message>
+void SerializeTo(const Message& message, grpc::ByteBuffer* out) {
+  bool own_buffer = false;
+  grpc::SerializationTraits<Message>::Serialize(message, out, &own_buffer);
+}
+
+void ToTimestamp(absl::Time t, google::protobuf::Timestamp* out) {
+  const int64_t nanos = absl::ToUnixNanos(t);
+  out->set_seconds(nanos / 1000000000);
+  out->set_nanos(static_cast<int32_t>(nanos % 1000000000));
+}
+
+v1::FinishReason ToProto(FinishReason reason) {
+  switch (reason) {
+    case FinishReason::kLength: return v1::LENGTH;
+    case FinishReason::kStop: return v1::STOP;
+    case FinishReason::kEos: return v1::EOS;
+    case FinishReason::kCancelled: return v1::CANCELLED;
+    case FinishReason::kError: break;
+  }
+  return v1::FINISH_REASON_UNSPECIFIED;
+}
+
+double SecondsSince(absl::Time start) { return absl::ToDoubleSeconds(absl::Now() - start); }
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// Generate: one streaming call. The engine thread pushes tokens into `pending_` (never blocking);
+// at most one write is in flight, and whatever arrives meanwhile is merged into the next
+// message, so a slow reader gets fewer, larger messages and never holds up the engine.
+class LizardService::GenerateCall : public grpc::ServerWriteReactor<grpc::ByteBuffer>,
+                                    public TokenSink {
+ public:
+  explicit GenerateCall(LizardService* service) : service_(service), start_(absl::Now()) {}
+
+  // Validates and submits; any error finishes the call at once. Keeps the call alive until
+  // gRPC is done with it (OnDone).
+  void Start(std::shared_ptr<GenerateCall> self, const grpc::ByteBuffer& raw) {
+    self_ = std::move(self);
+    if (absl::Status s = Submit(raw); !s.ok()) {
+      absl::MutexLock lock(&mu_);
+      final_status_ = ToGrpcStatus(s);
+      engine_done_ = true;
+      MaybeWriteLocked();
+    }
+  }
+
+  // --- TokenSink (engine thread) ---
+  bool OnToken(int32_t token, const TokenLogprobs* logprobs) override {
+    const absl::Time now = absl::Now();
+    if (generated_ == 0) {
+      service_->metrics_->ObserveTimeToFirstToken(absl::ToDoubleSeconds(now - start_));
+    } else {
+      service_->metrics_->ObserveInterTokenLatency(absl::ToDoubleSeconds(now - last_token_));
+    }
+    last_token_ = now;
+    ++generated_;
+    service_->metrics_->AddGeneratedTokens(1);
+
+    std::string text;
+    if (decoder_.has_value()) {
+      absl::StatusOr<std::string> piece = decoder_->Push(token);
+      if (piece.ok()) text = *std::move(piece);
+      if (stop_matcher_.has_value()) text = stop_matcher_->Push(text);
+    }
+    absl::MutexLock lock(&mu_);
+    pending_.add_token_ids(token);
+    pending_.mutable_text()->append(text);
+    if (logprobs != nullptr) {
+      v1::TokenLogprobs* out = pending_.add_logprobs();
+      out->mutable_chosen()->set_token_id(logprobs->chosen.token);
+      out->mutable_chosen()->set_logprob(logprobs->chosen.logprob);
+      for (const TokenLogprob& alt : logprobs->top) {
+        v1::TokenLogprob* top = out->add_top();
+        top->set_token_id(alt.token);
+        top->set_logprob(alt.logprob);
+      }
+    }
+    MaybeWriteLocked();
+    return !(stop_matcher_.has_value() && stop_matcher_->stopped());
+  }
+
+  void OnFinish(FinishReason reason, const Usage& usage, const absl::Status& status) override {
+    std::string tail;
+    if (decoder_.has_value() && !(stop_matcher_.has_value() && stop_matcher_->stopped())) {
+      tail = decoder_->Flush();
+      if (stop_matcher_.has_value()) {
+        tail = stop_matcher_->Push(tail);
+        if (!stop_matcher_->stopped()) tail += stop_matcher_->Flush();
+      }
+    }
+    // The session is free again before the client can see the last message.
+    if (!session_id_.empty()) service_->sessions_->Release(session_id_);
+    service_->metrics_->AddPromptTokens(usage.prompt_tokens);
+    service_->metrics_->ObserveRequestDuration(SecondsSince(start_));
+
+    absl::MutexLock lock(&mu_);
+    pending_.mutable_text()->append(tail);
+    if (reason == FinishReason::kError) {
+      final_status_ = ToGrpcStatus(status);
+    } else {
+      pending_.set_finish_reason(ToProto(reason));
+      v1::Usage* out = pending_.mutable_usage();
+      out->set_prompt_tokens(usage.prompt_tokens);
+      out->set_generated_tokens(usage.generated_tokens);
+      out->set_session_tokens(usage.state_tokens);
+      final_pending_ = true;
+      if (reason == FinishReason::kCancelled && cancelled_) {
+        final_status_ = grpc::Status(grpc::StatusCode::CANCELLED, "cancelled by the client");
+      }
+    }
+    engine_done_ = true;
+    MaybeWriteLocked();
+  }
+
+  // --- ServerWriteReactor (gRPC threads) ---
+  void OnWriteDone(bool ok) override {
+    absl::MutexLock lock(&mu_);
+    write_in_flight_ = false;
+    if (!ok) {
+      // The client is gone: stop generating; Finish once the engine reports the end.
+      broken_ = true;
+      CancelEngineLocked();
+    }
+    MaybeWriteLocked();
+  }
+
+  void OnCancel() override {
+    absl::MutexLock lock(&mu_);
+    cancelled_ = true;
+    CancelEngineLocked();
+  }
+
+  void OnDone() override {
+    service_->EndEngineCall();
+    self_.reset();  // may delete this; nothing may follow
+  }
+
+ private:
+  absl::Status Submit(const grpc::ByteBuffer& raw) {
+    service_->BeginEngineCall();
+    if (absl::Status s = service_->CheckAccepting(); !s.ok()) return s;
+    v1::GenerateRequest request;
+    if (absl::Status s = ParseRequest(raw, &request); !s.ok()) return s;
+    request_id_ = request.request_id();
+
+    // A conversation starts with BOS: a one-shot request, or the first input of a session.
+    bool add_bos = true;
+    StateId state = 0;
+    if (!request.session_id().empty()) {
+      absl::StatusOr<StateId> acquired = service_->sessions_->Acquire(request.session_id());
+      if (!acquired.ok()) return acquired.status();
+      session_id_ = request.session_id();
+      state = *acquired;
+      absl::StatusOr<StateInfo> info = service_->engine_->GetStateInfo(state);
+      add_bos = info.ok() && info->num_tokens == 0;
+    }
+    absl::Status status = SubmitToEngine(request, state, add_bos);
+    if (!status.ok() && !session_id_.empty()) {
+      service_->sessions_->Release(session_id_);
+      session_id_.clear();
+    }
+    return status;
+  }
+
+  absl::Status SubmitToEngine(const v1::GenerateRequest& request, StateId state, bool add_bos) {
+    const RequestLimits& limits = service_->config_.limits;
+    const Tokenizer* tokenizer = service_->tokenizer_;
+    absl::StatusOr<std::vector<int32_t>> input = InputTokens(
+        request.has_text() ? &request.text() : nullptr,
+        request.has_token_ids() ? &request.token_ids() : nullptr, tokenizer, add_bos, limits);
+    if (!input.ok()) return input.status();
+    absl::StatusOr<EngineRequest> engine_request =
+        ToEngineRequest(request, *std::move(input), tokenizer, limits);
+    if (!engine_request.ok()) return engine_request.status();
+    engine_request->state = state;
+
+    // Text deltas (and stop strings on them) need the tokenizer; special tokens such as EOS
+    // are not part of the text.
+    if (tokenizer != nullptr) decoder_.emplace(*tokenizer, /*skip_special_tokens=*/true);
+    const auto& stops = request.stopping().stop_strings();
+    if (!stops.empty()) stop_matcher_.emplace(std::vector<std::string>(stops.begin(), stops.end()));
+
+    absl::StatusOr<RequestId> id = service_->engine_->Submit(*std::move(engine_request), self_);
+    if (!id.ok()) return id.status();
+    if (!session_id_.empty()) service_->sessions_->SetRunning(session_id_, *id);
+    absl::MutexLock lock(&mu_);
+    engine_request_ = *id;
+    if (cancelled_ || broken_) CancelEngineLocked();
+    return absl::OkStatus();
+  }
+
+  void CancelEngineLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (engine_request_ != 0 && !engine_done_) service_->engine_->Cancel(engine_request_);
+  }
+
+  // Starts the next write, or finishes the call once everything is written.
+  void MaybeWriteLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (write_in_flight_ || finish_called_) return;
+    const bool has_content = pending_.token_ids_size() > 0 || !pending_.text().empty() ||
+                             final_pending_;
+    if (!broken_ && has_content) {
+      pending_.set_request_id(request_id_);
+      out_.Clear();
+      SerializeTo(pending_, &out_);
+      pending_.Clear();
+      final_pending_ = false;
+      write_in_flight_ = true;
+      StartWrite(&out_);
+      return;
+    }
+    if (!engine_done_) return;
+    if (broken_ && final_status_.ok()) {
+      final_status_ = grpc::Status(grpc::StatusCode::CANCELLED, "the client went away");
+    }
+    finish_called_ = true;
+    service_->metrics_->CountRequest("Generate", final_status_.error_code());
+    Finish(final_status_);
+  }
+
+  LizardService* const service_;
+  const absl::Time start_;
+  std::shared_ptr<GenerateCall> self_;  // released in OnDone
+  std::string request_id_;
+  std::string session_id_;  // empty for a one-shot request
+
+  // Engine thread only (after Submit).
+  std::optional<IncrementalDecoder> decoder_;
+  std::optional<StopStringMatcher> stop_matcher_;
+  int64_t generated_ = 0;
+  absl::Time last_token_;
+
+  absl::Mutex mu_;
+  v1::GenerateResponse pending_ ABSL_GUARDED_BY(mu_);  // the next message, growing
+  bool final_pending_ ABSL_GUARDED_BY(mu_) = false;    // pending_ holds the finish reason
+  grpc::ByteBuffer out_ ABSL_GUARDED_BY(mu_);          // the message being written
+  bool write_in_flight_ ABSL_GUARDED_BY(mu_) = false;
+  bool engine_done_ ABSL_GUARDED_BY(mu_) = false;
+  bool finish_called_ ABSL_GUARDED_BY(mu_) = false;
+  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;  // client cancel or deadline
+  bool broken_ ABSL_GUARDED_BY(mu_) = false;     // a write failed
+  RequestId engine_request_ ABSL_GUARDED_BY(mu_) = 0;
+  grpc::Status final_status_ ABSL_GUARDED_BY(mu_);
+};
+
+grpc::ServerWriteReactor<grpc::ByteBuffer>* LizardService::Generate(
+    grpc::CallbackServerContext*, const grpc::ByteBuffer* request) {
+  auto call = std::make_shared<GenerateCall>(this);
+  call->Start(call, *request);
+  return call.get();
+}
+
+// ---------------------------------------------------------------------------------------------
+// CreateSession with a prefix: the prefix is prefilled (max_new_tokens = 0) and the call
+// answers when the engine is done with it.
+class LizardService::PrefillSink : public TokenSink {
+ public:
+  PrefillSink(LizardService* service, grpc::ServerUnaryReactor* reactor, grpc::ByteBuffer* response,
+              std::string session_id)
+      : service_(service), reactor_(reactor), response_(response),
+        session_id_(std::move(session_id)) {}
+
+  bool OnToken(int32_t, const TokenLogprobs*) override { return false; }  // none are asked for
+
+  void OnFinish(FinishReason reason, const Usage& usage, const absl::Status& status) override {
+    service_->sessions_->Release(session_id_);
+    service_->metrics_->AddPromptTokens(usage.prompt_tokens);
+    absl::Status result = status;
+    if (result.ok() && reason == FinishReason::kCancelled) {
+      result = absl::UnavailableError("the prefix prefill was cancelled (server shutting down)");
+    }
+    absl::StatusOr<SessionSnapshot> snapshot = service_->sessions_->Get(session_id_);
+    if (result.ok() && !snapshot.ok()) result = snapshot.status();
+    if (result.ok()) {
+      v1::Session session;
+      service_->FillSession(*snapshot, &session);
+      SerializeTo(session, response_);
+    } else {
+      service_->sessions_->Delete(session_id_).IgnoreError();
+    }
+    service_->metrics_->CountRequest("CreateSession", ToGrpcStatus(result).error_code());
+    service_->EndEngineCall();
+    reactor_->Finish(ToGrpcStatus(result));
+  }
+
+ private:
+  LizardService* const service_;
+  grpc::ServerUnaryReactor* const reactor_;
+  grpc::ByteBuffer* const response_;
+  const std::string session_id_;
+};
+
+grpc::ServerUnaryReactor* LizardService::CreateSession(grpc::CallbackServerContext* context,
+                                                       const grpc::ByteBuffer* raw,
+                                                       grpc::ByteBuffer* response) {
+  constexpr std::string_view kRpc = "CreateSession";
+  if (absl::Status s = CheckAccepting(); !s.ok()) return FinishUnary(context, kRpc, s);
+  v1::CreateSessionRequest request;
+  if (absl::Status s = ParseRequest(*raw, &request); !s.ok()) {
+    return FinishUnary(context, kRpc, s);
+  }
+
+  std::optional<absl::Duration> ttl;
+  if (request.has_ttl_seconds()) {
+    ttl = absl::Seconds(request.ttl_seconds());
+    if (request.ttl_seconds() == 0 || *ttl > config_.max_session_ttl) {
+      return FinishUnary(context, kRpc, absl::InvalidArgumentError(absl::StrCat(
+          "ttl_seconds = ", request.ttl_seconds(), " must be in [1, ",
+          absl::ToInt64Seconds(config_.max_session_ttl), "] (--max-session-ttl)")));
+    }
+  }
+  const bool has_prefix = request.prefix_case() != v1::CreateSessionRequest::PREFIX_NOT_SET;
+  std::vector<int32_t> prefix;
+  if (has_prefix) {
+    absl::StatusOr<std::vector<int32_t>> tokens = InputTokens(
+        request.has_text() ? &request.text() : nullptr,
+        request.has_token_ids() ? &request.token_ids() : nullptr, tokenizer_, /*add_bos=*/true,
+        config_.limits);
+    if (!tokens.ok()) return FinishUnary(context, kRpc, tokens.status());
+    prefix = *std::move(tokens);
+  }
+
+  absl::StatusOr<SessionSnapshot> created = sessions_->Create(ttl, /*busy=*/has_prefix);
+  if (!created.ok()) return FinishUnary(context, kRpc, created.status());
+  if (!has_prefix) {
+    v1::Session session;
+    FillSession(*created, &session);
+    SerializeTo(session, response);
+    return FinishUnary(context, kRpc, absl::OkStatus());
+  }
+
+  EngineRequest prefill;
+  prefill.state = created->state;
+  prefill.input = std::move(prefix);
+  prefill.stopping.max_new_tokens = 0;
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  BeginEngineCall();
+  auto sink = std::make_shared<PrefillSink>(this, reactor, response, created->id);
+  absl::StatusOr<RequestId> id = engine_->Submit(std::move(prefill), sink);
+  if (!id.ok()) {
+    EndEngineCall();
+    sessions_->Release(created->id);
+    sessions_->Delete(created->id).IgnoreError();
+    metrics_->CountRequest(kRpc, ToGrpcStatus(id.status()).error_code());
+    reactor->Finish(ToGrpcStatus(id.status()));
+    return reactor;
+  }
+  sessions_->SetRunning(created->id, *id);
+  return reactor;
+}
+
+// ---------------------------------------------------------------------------------------------
+grpc::ServerUnaryReactor* LizardService::GetSession(grpc::CallbackServerContext* context,
+                                                    const v1::GetSessionRequest* request,
+                                                    v1::Session* response) {
+  absl::Status status = CheckAccepting();
+  if (status.ok()) {
+    absl::StatusOr<SessionSnapshot> snapshot = sessions_->Get(request->session_id());
+    status = snapshot.status();
+    if (snapshot.ok()) FillSession(*snapshot, response);
+  }
+  return FinishUnary(context, "GetSession", status);
+}
+
+grpc::ServerUnaryReactor* LizardService::ForkSession(grpc::CallbackServerContext* context,
+                                                     const v1::ForkSessionRequest* request,
+                                                     v1::Session* response) {
+  absl::Status status = CheckAccepting();
+  if (status.ok()) {
+    absl::StatusOr<SessionSnapshot> snapshot = sessions_->Fork(request->session_id());
+    status = snapshot.status();
+    if (snapshot.ok()) FillSession(*snapshot, response);
+  }
+  return FinishUnary(context, "ForkSession", status);
+}
+
+grpc::ServerUnaryReactor* LizardService::DeleteSession(grpc::CallbackServerContext* context,
+                                                       const v1::DeleteSessionRequest* request,
+                                                       v1::DeleteSessionResponse*) {
+  absl::Status status = CheckAccepting();
+  if (status.ok()) status = sessions_->Delete(request->session_id());
+  return FinishUnary(context, "DeleteSession", status);
+}
+
+grpc::ServerUnaryReactor* LizardService::Tokenize(grpc::CallbackServerContext* context,
+                                                  const grpc::ByteBuffer* raw,
+                                                  grpc::ByteBuffer* response) {
+  constexpr std::string_view kRpc = "Tokenize";
+  if (absl::Status s = CheckAccepting(); !s.ok()) return FinishUnary(context, kRpc, s);
+  v1::TokenizeRequest request;
+  if (absl::Status s = ParseRequest(*raw, &request); !s.ok()) {
+    return FinishUnary(context, kRpc, s);
+  }
+  if (tokenizer_ == nullptr) {
+    return FinishUnary(context, kRpc,
+                       absl::FailedPreconditionError("the model has no tokenizer.json"));
+  }
+  absl::StatusOr<std::vector<int32_t>> ids =
+      tokenizer_->Encode(request.text(), request.add_special_tokens());
+  if (!ids.ok()) {
+    return FinishUnary(context, kRpc,
+                       absl::InvalidArgumentError(absl::StrCat("text: ", ids.status().message())));
+  }
+  v1::TokenizeResponse out;
+  out.mutable_token_ids()->Assign(ids->begin(), ids->end());
+  SerializeTo(out, response);
+  return FinishUnary(context, kRpc, absl::OkStatus());
+}
+
+grpc::ServerUnaryReactor* LizardService::Detokenize(grpc::CallbackServerContext* context,
+                                                    const v1::DetokenizeRequest* request,
+                                                    v1::DetokenizeResponse* response) {
+  constexpr std::string_view kRpc = "Detokenize";
+  if (absl::Status s = CheckAccepting(); !s.ok()) return FinishUnary(context, kRpc, s);
+  if (tokenizer_ == nullptr) {
+    return FinishUnary(context, kRpc,
+                       absl::FailedPreconditionError("the model has no tokenizer.json"));
+  }
+  std::vector<int32_t> ids(request->token_ids().begin(), request->token_ids().end());
+  if (absl::Status s = CheckTokenIds(ids, config_.limits.vocab_size, "token_ids"); !s.ok()) {
+    return FinishUnary(context, kRpc, s);
+  }
+  absl::StatusOr<std::string> text = tokenizer_->Decode(ids);
+  if (!text.ok()) return FinishUnary(context, kRpc, text.status());
+  response->set_text(*std::move(text));
+  return FinishUnary(context, kRpc, absl::OkStatus());
+}
+
+grpc::ServerUnaryReactor* LizardService::GetModelInfo(grpc::CallbackServerContext* context,
+                                                      const v1::GetModelInfoRequest*,
+                                                      v1::ModelInfo* response) {
+  if (absl::Status s = CheckAccepting(); !s.ok()) return FinishUnary(context, "GetModelInfo", s);
+  const ModelConfig& config = engine_->config();
+  const BackendInfo backend = engine_->backend_info();
+  response->set_model_name(config.name);
+  response->set_vocab_size(config.vocab_size);
+  response->set_num_layers(config.num_layers);
+  for (LayerType type : config.layer_types) {
+    response->add_layer_types(type == LayerType::kLizard ? v1::LIZARD : v1::SOFTMAX);
+  }
+  response->set_window_size(config.window_size);
+  response->set_num_meta_tokens(config.num_meta_tokens);
+  response->set_hidden_size(config.hidden_size);
+  response->set_state_bytes_per_session(engine_->state_bytes_per_sequence());
+  response->set_kv_bytes_per_token(config_.kv_bytes_per_token);
+  response->set_backend(backend.name);
+  response->set_device(backend.device);
+  *response->mutable_capacity() = config_.capacity;
+  response->set_has_tokenizer(tokenizer_ != nullptr);
+  response->set_bos_token_id(config.bos_token_id);
+  response->mutable_eos_token_ids()->Assign(config.eos_token_ids.begin(),
+                                            config.eos_token_ids.end());
+  return FinishUnary(context, "GetModelInfo", absl::OkStatus());
+}
+
+// ---------------------------------------------------------------------------------------------
+LizardService::LizardService(const ServiceConfig& config, Engine* engine,
+                             const Tokenizer* tokenizer, SessionTable* sessions,
+                             ServerMetrics* metrics)
+    : config_(config), engine_(engine), tokenizer_(tokenizer), sessions_(sessions),
+      metrics_(metrics) {}
+
+void LizardService::StartDraining() {
+  absl::MutexLock lock(&mu_);
+  draining_ = true;
+}
+
+bool LizardService::AwaitIdle(absl::Time deadline) {
+  absl::MutexLock lock(&mu_);
+  auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return engine_calls_ == 0; };
+  return mu_.AwaitWithDeadline(absl::Condition(&idle), deadline);
+}
+
+absl::Status LizardService::CheckAccepting() {
+  absl::MutexLock lock(&mu_);
+  if (draining_) return absl::UnavailableError("the server is draining (shutting down)");
+  return absl::OkStatus();
+}
+
+void LizardService::BeginEngineCall() {
+  absl::MutexLock lock(&mu_);
+  ++engine_calls_;
+}
+
+void LizardService::EndEngineCall() {
+  absl::MutexLock lock(&mu_);
+  --engine_calls_;
+}
+
+grpc::ServerUnaryReactor* LizardService::FinishUnary(grpc::CallbackServerContext* context,
+                                                     std::string_view rpc,
+                                                     const absl::Status& status) {
+  const grpc::Status grpc_status = ToGrpcStatus(status);
+  metrics_->CountRequest(rpc, grpc_status.error_code());
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(grpc_status);
+  return reactor;
+}
+
+void LizardService::FillSession(const SessionSnapshot& snapshot, v1::Session* out) const {
+  out->set_session_id(snapshot.id);
+  out->set_num_tokens(snapshot.info.num_tokens);
+  out->set_state_bytes(snapshot.info.state_bytes);
+  out->set_location(snapshot.info.location == StateLocation::kDevice ? v1::DEVICE : v1::HOST);
+  ToTimestamp(snapshot.created_at, out->mutable_created_at());
+  ToTimestamp(snapshot.last_used_at, out->mutable_last_used_at());
+  ToTimestamp(snapshot.expires_at, out->mutable_expires_at());
+}
+
+}  // namespace lizard::server

@@ -1,0 +1,120 @@
+// lizard-server: serves a Lizard model over gRPC (see docs/server.md).
+#include <pthread.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <climits>
+#include <cstdlib>
+#include <filesystem>
+#include <string>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
+#include "server/dash_flags.h"
+#include "server/log.h"
+#include "server/server.h"
+
+ABSL_FLAG(std::string, model, "",
+          "model directory (config.json, safetensors, tokenizer.json); default: the shipped "
+          "models/lizard-tiny");
+ABSL_FLAG(std::string, host, "0.0.0.0", "address to listen on (gRPC and metrics)");
+ABSL_FLAG(int, port, 50051, "gRPC port (0 = any free port, logged at startup)");
+ABSL_FLAG(int, metrics_port, 9400, "Prometheus /metrics port (0 = any free port)");
+ABSL_FLAG(std::string, backend, "auto", "auto | cpu | cuda");
+ABSL_FLAG(int, threads, 0, "CPU backend threads (0 = all cores)");
+ABSL_FLAG(int, max_batch_tokens, 512, "tokens per engine step (decodes + prefill chunks)");
+ABSL_FLAG(int, max_running, 64, "sequences running at once");
+ABSL_FLAG(int, max_queue, 256, "waiting requests before RESOURCE_EXHAUSTED");
+ABSL_FLAG(int64_t, max_sessions, 1024, "live sessions before RESOURCE_EXHAUSTED");
+ABSL_FLAG(int, device_state_slots, 64, "sequence state slots on the device");
+ABSL_FLAG(int64_t, host_state_bytes, int64_t{4} << 30, "host memory for spilled states");
+ABSL_FLAG(absl::Duration, session_ttl, absl::Minutes(10), "idle time before a session expires");
+ABSL_FLAG(absl::Duration, max_session_ttl, absl::Hours(24),
+          "largest per-session ttl_seconds a client may ask for");
+ABSL_FLAG(int, default_max_new_tokens, 64, "max_new_tokens when a request leaves it unset");
+ABSL_FLAG(int, max_new_tokens_limit, 4096, "largest max_new_tokens a request may ask for");
+ABSL_FLAG(int, max_input_tokens, 32768, "largest input (tokens) of one request");
+ABSL_FLAG(absl::Duration, drain_grace, absl::Seconds(30),
+          "on SIGTERM/SIGINT, how long running requests may still take");
+
+namespace {
+
+// --model's default: models/lizard-tiny of an installed tree (<prefix>/bin/lizard-server), else
+// of the source tree this binary was built from.
+std::string DefaultModelDir() {
+  char exe[PATH_MAX];
+  const ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+  if (n > 0) {
+    const std::filesystem::path installed =
+        std::filesystem::path(std::string(exe, n)).parent_path().parent_path() / "models" /
+        "lizard-tiny";
+    if (std::filesystem::exists(installed / "config.json")) return installed.string();
+  }
+  return LIZARD_SOURCE_MODEL_DIR;
+}
+
+absl::StatusOr<lizard::BackendKind> ParseBackend(const std::string& name) {
+  if (name == "auto") return lizard::BackendKind::kAuto;
+  if (name == "cpu") return lizard::BackendKind::kCpu;
+  if (name == "cuda") return lizard::BackendKind::kCuda;
+  return absl::InvalidArgumentError(absl::StrCat("--backend=", name, ": use auto, cpu or cuda"));
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage("Serves a Lizard language model over gRPC.");
+  lizard::ParseCommandLineWithDashes(argc, argv);
+  using lizard::server::LogError;
+
+  lizard::server::ServerOptions options;
+  options.model_dir = absl::GetFlag(FLAGS_model);
+  if (options.model_dir.empty()) options.model_dir = DefaultModelDir();
+  options.host = absl::GetFlag(FLAGS_host);
+  options.port = absl::GetFlag(FLAGS_port);
+  options.metrics_port = absl::GetFlag(FLAGS_metrics_port);
+  absl::StatusOr<lizard::BackendKind> backend = ParseBackend(absl::GetFlag(FLAGS_backend));
+  if (!backend.ok()) {
+    LogError(backend.status().message());
+    return 2;
+  }
+  options.backend = *backend;
+  options.threads = absl::GetFlag(FLAGS_threads);
+  options.max_batch_tokens = absl::GetFlag(FLAGS_max_batch_tokens);
+  options.max_running = absl::GetFlag(FLAGS_max_running);
+  options.max_queue = absl::GetFlag(FLAGS_max_queue);
+  options.max_sessions = absl::GetFlag(FLAGS_max_sessions);
+  options.device_state_slots = absl::GetFlag(FLAGS_device_state_slots);
+  options.host_state_bytes = absl::GetFlag(FLAGS_host_state_bytes);
+  options.session_ttl = absl::GetFlag(FLAGS_session_ttl);
+  options.max_session_ttl = absl::GetFlag(FLAGS_max_session_ttl);
+  options.default_max_new_tokens = absl::GetFlag(FLAGS_default_max_new_tokens);
+  options.max_new_tokens_limit = absl::GetFlag(FLAGS_max_new_tokens_limit);
+  options.max_input_tokens = absl::GetFlag(FLAGS_max_input_tokens);
+  if (options.session_ttl <= absl::ZeroDuration() || options.max_session_ttl < absl::Seconds(1)) {
+    LogError("--session-ttl and --max-session-ttl must be positive");
+    return 2;
+  }
+
+  // Block the stop signals in every thread (threads inherit the mask) and wait for them here.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGTERM);
+  sigaddset(&stop_signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+
+  absl::StatusOr<std::unique_ptr<lizard::server::LizardServer>> server =
+      lizard::server::LizardServer::Start(options);
+  if (!server.ok()) {
+    LogError(absl::StrCat("startup failed: ", server.status().ToString()));
+    return 1;
+  }
+  int signal_number = 0;
+  sigwait(&stop_signals, &signal_number);
+  lizard::server::LogInfo(absl::StrCat("received ", strsignal(signal_number)));
+  (*server)->Drain(absl::GetFlag(FLAGS_drain_grace));
+  server->reset();
+  return 0;
+}

@@ -1,0 +1,157 @@
+#include "server/metrics.h"
+
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/time/time.h"
+
+namespace lizard::server {
+namespace {
+
+using prometheus::Histogram;
+
+// Buckets from `first` growing by `factor`, `count` of them.
+Histogram::BucketBoundaries Exponential(double first, double factor, int count) {
+  Histogram::BucketBoundaries buckets;
+  for (double b = first; count > 0; b *= factor, --count) buckets.push_back(b);
+  return buckets;
+}
+
+template <typename Builder>
+auto& Single(Builder builder, prometheus::Registry& registry, std::string_view name,
+             std::string_view help) {
+  return builder.Name(std::string(name)).Help(std::string(help)).Register(registry);
+}
+
+}  // namespace
+
+// Refreshes the gauges right before the registry is collected, so a scrape sees live values.
+class ServerMetrics::RefreshingCollectable : public prometheus::Collectable {
+ public:
+  explicit RefreshingCollectable(ServerMetrics* metrics) : metrics_(metrics) {}
+  std::vector<prometheus::MetricFamily> Collect() const override {
+    metrics_->RefreshGauges();
+    return metrics_->registry_->Collect();
+  }
+
+ private:
+  ServerMetrics* metrics_;
+};
+
+ServerMetrics::ServerMetrics()
+    : registry_(std::make_shared<prometheus::Registry>()),
+      requests_(Single(prometheus::BuildCounter(), *registry_, "lizard_requests_total",
+                       "RPCs handled, by method and status code")),
+      prompt_tokens_(Single(prometheus::BuildCounter(), *registry_, "lizard_prompt_tokens_total",
+                            "Prompt (input) tokens prefilled")
+                         .Add({})),
+      generated_tokens_(Single(prometheus::BuildCounter(), *registry_,
+                               "lizard_generated_tokens_total", "Tokens generated")
+                            .Add({})),
+      ttft_(Single(prometheus::BuildHistogram(), *registry_, "lizard_time_to_first_token_seconds",
+                   "Time from a Generate request's arrival to its first token")
+                .Add({}, Exponential(0.001, 2, 16))),
+      itl_(Single(prometheus::BuildHistogram(), *registry_, "lizard_inter_token_latency_seconds",
+                  "Time between consecutive tokens of one stream")
+               .Add({}, Exponential(0.0005, 2, 16))),
+      request_duration_(Single(prometheus::BuildHistogram(), *registry_,
+                               "lizard_request_duration_seconds",
+                               "Time from a Generate request's arrival to its end")
+                            .Add({}, Exponential(0.005, 2, 16))),
+      queue_depth_(Single(prometheus::BuildGauge(), *registry_, "lizard_queue_depth",
+                          "Requests waiting for the engine")
+                       .Add({})),
+      running_sequences_(Single(prometheus::BuildGauge(), *registry_,
+                                "lizard_running_sequences", "Sequences the engine is running")
+                             .Add({})),
+      sessions_(Single(prometheus::BuildGauge(), *registry_, "lizard_sessions", "Live sessions")
+                    .Add({})),
+      batch_size_(Single(prometheus::BuildHistogram(), *registry_, "lizard_batch_size",
+                         "Sequences advanced per engine step")
+                      .Add({}, Exponential(1, 2, 10))),
+      batch_tokens_(Single(prometheus::BuildHistogram(), *registry_, "lizard_batch_tokens",
+                           "Tokens fed per engine step")
+                        .Add({}, Exponential(1, 2, 14))),
+      step_duration_(Single(prometheus::BuildHistogram(), *registry_,
+                            "lizard_step_duration_seconds", "Duration of one engine step")
+                         .Add({}, Exponential(0.0001, 2, 18))),
+      state_slots_(Single(prometheus::BuildGauge(), *registry_, "lizard_state_slots",
+                          "Sequence states by tier (device slots, host spill) and use")),
+      evictions_(Single(prometheus::BuildCounter(), *registry_, "lizard_state_evictions_total",
+                        "States spilled from device slots to host memory")
+                     .Add({})),
+      restores_(Single(prometheus::BuildCounter(), *registry_, "lizard_state_restores_total",
+                       "States brought back from host memory into device slots")
+                    .Add({})),
+      device_memory_(Single(prometheus::BuildGauge(), *registry_, "lizard_device_memory_bytes",
+                            "Backend device memory")) {
+  collectable_ = std::make_shared<RefreshingCollectable>(this);
+}
+
+void ServerMetrics::SetGaugeSources(const Engine* engine, std::function<int64_t()> session_count) {
+  absl::MutexLock lock(&mu_);
+  engine_ = engine;
+  session_count_ = std::move(session_count);
+}
+
+void ServerMetrics::CountRequest(std::string_view rpc, grpc::StatusCode code) {
+  requests_.Add({{"rpc", std::string(rpc)}, {"code", std::string(StatusCodeName(code))}})
+      .Increment();
+}
+
+void ServerMetrics::OnStep(const StepStats& stats) {
+  batch_size_.Observe(static_cast<double>(stats.batch_sequences));
+  batch_tokens_.Observe(static_cast<double>(stats.batch_tokens));
+  step_duration_.Observe(absl::ToDoubleSeconds(stats.duration));
+}
+
+void ServerMetrics::RefreshGauges() {
+  absl::MutexLock lock(&mu_);
+  if (engine_ == nullptr) return;
+  const EngineStats stats = engine_->Stats();
+  queue_depth_.Set(static_cast<double>(stats.queue_depth));
+  running_sequences_.Set(static_cast<double>(stats.running_sequences));
+  sessions_.Set(static_cast<double>(session_count_()));
+
+  // The host tier is measured in bytes; its capacity in states assumes constant-size slots.
+  const int64_t slot_bytes = std::max<int64_t>(1, engine_->state_bytes_per_sequence());
+  const int64_t host_free = std::max<int64_t>(
+      0, (stats.host_bytes_capacity - stats.host_bytes_used) / slot_bytes);
+  state_slots_.Add({{"location", "device"}, {"state", "used"}}).Set(stats.device_slots_used);
+  state_slots_.Add({{"location", "device"}, {"state", "free"}}).Set(stats.device_slots_free);
+  state_slots_.Add({{"location", "host"}, {"state", "used"}})
+      .Set(static_cast<double>(stats.host_states));
+  state_slots_.Add({{"location", "host"}, {"state", "free"}}).Set(static_cast<double>(host_free));
+
+  const BackendInfo info = engine_->backend_info();
+  device_memory_.Add({{"kind", "total"}}).Set(static_cast<double>(info.memory_total_bytes));
+  device_memory_.Add({{"kind", "used"}}).Set(static_cast<double>(info.memory_used_bytes));
+  device_memory_.Add({{"kind", "weights"}}).Set(static_cast<double>(info.weights_bytes));
+  device_memory_.Add({{"kind", "state_pool"}}).Set(static_cast<double>(info.state_pool_bytes));
+}
+
+std::string_view StatusCodeName(grpc::StatusCode code) {
+  switch (code) {
+    case grpc::StatusCode::OK: return "OK";
+    case grpc::StatusCode::CANCELLED: return "CANCELLED";
+    case grpc::StatusCode::UNKNOWN: return "UNKNOWN";
+    case grpc::StatusCode::INVALID_ARGUMENT: return "INVALID_ARGUMENT";
+    case grpc::StatusCode::DEADLINE_EXCEEDED: return "DEADLINE_EXCEEDED";
+    case grpc::StatusCode::NOT_FOUND: return "NOT_FOUND";
+    case grpc::StatusCode::ALREADY_EXISTS: return "ALREADY_EXISTS";
+    case grpc::StatusCode::PERMISSION_DENIED: return "PERMISSION_DENIED";
+    case grpc::StatusCode::RESOURCE_EXHAUSTED: return "RESOURCE_EXHAUSTED";
+    case grpc::StatusCode::FAILED_PRECONDITION: return "FAILED_PRECONDITION";
+    case grpc::StatusCode::ABORTED: return "ABORTED";
+    case grpc::StatusCode::OUT_OF_RANGE: return "OUT_OF_RANGE";
+    case grpc::StatusCode::UNIMPLEMENTED: return "UNIMPLEMENTED";
+    case grpc::StatusCode::INTERNAL: return "INTERNAL";
+    case grpc::StatusCode::UNAVAILABLE: return "UNAVAILABLE";
+    case grpc::StatusCode::DATA_LOSS: return "DATA_LOSS";
+    case grpc::StatusCode::UNAUTHENTICATED: return "UNAUTHENTICATED";
+    default: return "UNKNOWN";
+  }
+}
+
+}  // namespace lizard::server

@@ -1,0 +1,38 @@
+// Turns API requests into engine requests, rejecting bad input with INVALID_ARGUMENT (or
+// FAILED_PRECONDITION for text without a tokenizer) and a message naming the field.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "engine/runtime/engine.h"
+#include "engine/tokenizer/tokenizer.h"
+#include "lizard/v1/lizard.pb.h"
+
+namespace lizard::server {
+
+struct RequestLimits {
+  int64_t vocab_size = 0;
+  int32_t max_new_tokens_limit = 4096;  // largest accepted max_new_tokens
+  int32_t default_max_new_tokens = 64;  // when the request leaves it unset
+  int32_t max_input_tokens = 32768;     // tokens one request may append
+};
+
+// Input given as text or token ids. Text is encoded with `tokenizer` (null: the model has no
+// tokenizer.json), with BOS when `add_bos` (the start of a conversation).
+absl::StatusOr<std::vector<int32_t>> InputTokens(const std::string* text,
+                                                 const v1::TokenIds* token_ids,
+                                                 const Tokenizer* tokenizer, bool add_bos,
+                                                 const RequestLimits& limits);
+
+// Checks token ids against the vocabulary; `what` names them in the message.
+absl::Status CheckTokenIds(absl::Span<const int32_t> ids, int64_t vocab_size, const char* what);
+
+// Sampling and stopping of a Generate request (the input is converted by InputTokens).
+absl::StatusOr<EngineRequest> ToEngineRequest(const v1::GenerateRequest& request,
+                                              std::vector<int32_t> input,
+                                              const Tokenizer* tokenizer,
+                                              const RequestLimits& limits);
+
+}  // namespace lizard::server

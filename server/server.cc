@@ -1,0 +1,154 @@
+#include "server/server.h"
+
+#include <filesystem>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/health_check_service_interface.h"
+#include "server/log.h"
+
+namespace lizard::server {
+namespace {
+
+std::string LayerSummary(const ModelConfig& config) {
+  return absl::StrCat(config.num_layers, " layers (", config.num_lizard_layers(), " lizard, ",
+                      config.num_softmax_layers(), " softmax), vocab ", config.vocab_size,
+                      ", hidden ", config.hidden_size, ", window ", config.window_size,
+                      ", meta tokens ", config.num_meta_tokens);
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<LizardServer>> LizardServer::Start(const ServerOptions& options) {
+  std::unique_ptr<LizardServer> server(new LizardServer());
+
+  BackendOptions backend_options;
+  backend_options.model_dir = options.model_dir;
+  backend_options.kind = options.backend;
+  backend_options.num_slots = options.device_state_slots;
+  backend_options.num_threads = options.threads;
+  absl::StatusOr<std::unique_ptr<Backend>> backend = CreateBackend(backend_options);
+  if (!backend.ok()) {
+    return absl::Status(backend.status().code(), absl::StrCat("loading model ", options.model_dir,
+                                                              ": ", backend.status().message()));
+  }
+  const int64_t kv_bytes_per_token = (*backend)->kv_bytes_per_token();
+
+  const std::string tokenizer_path = options.model_dir + "/tokenizer.json";
+  if (std::filesystem::exists(tokenizer_path)) {
+    absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer = Tokenizer::FromFile(tokenizer_path);
+    if (!tokenizer.ok()) {
+      return absl::Status(tokenizer.status().code(),
+                          absl::StrCat(tokenizer_path, ": ", tokenizer.status().message()));
+    }
+    server->tokenizer_ = *std::move(tokenizer);
+  }
+
+  EngineOptions engine_options;
+  engine_options.max_batch_tokens = options.max_batch_tokens;
+  engine_options.max_running = options.max_running;
+  engine_options.max_queue = options.max_queue;
+  // Sessions plus the temporary states of running one-shot requests.
+  engine_options.max_states = options.max_sessions + options.max_running + options.max_queue;
+  engine_options.host_state_bytes = options.host_state_bytes;
+  engine_options.observer = &server->metrics_;
+  absl::StatusOr<std::unique_ptr<Engine>> engine =
+      Engine::Create(*std::move(backend), engine_options);
+  if (!engine.ok()) return engine.status();
+  server->engine_ = *std::move(engine);
+  Engine& e = *server->engine_;
+
+  server->sessions_ =
+      std::make_unique<SessionTable>(&e, options.max_sessions, options.session_ttl);
+  server->metrics_.SetGaugeSources(&e, [table = server->sessions_.get()] {
+    return table->size();
+  });
+
+  ServiceConfig config;
+  config.limits.vocab_size = e.config().vocab_size;
+  config.limits.max_new_tokens_limit = options.max_new_tokens_limit;
+  config.limits.default_max_new_tokens =
+      std::min(options.default_max_new_tokens, options.max_new_tokens_limit);
+  config.limits.max_input_tokens = options.max_input_tokens;
+  config.max_session_ttl = options.max_session_ttl;
+  config.kv_bytes_per_token = kv_bytes_per_token;
+  v1::Capacity& capacity = config.capacity;
+  capacity.set_device_state_slots(options.device_state_slots);
+  capacity.set_host_state_bytes(options.host_state_bytes);
+  capacity.set_max_sessions(options.max_sessions);
+  capacity.set_max_running(options.max_running);
+  capacity.set_max_queue(options.max_queue);
+  capacity.set_max_batch_tokens(options.max_batch_tokens);
+  capacity.set_max_new_tokens_limit(options.max_new_tokens_limit);
+  capacity.set_max_input_tokens(options.max_input_tokens);
+  server->service_ = std::make_unique<LizardService>(config, &e, server->tokenizer_.get(),
+                                                     server->sessions_.get(), &server->metrics_);
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  const std::string address = absl::StrCat(options.host, ":", options.port);
+  builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &server->grpc_port_);
+  builder.RegisterService(server->service_.get());
+  server->grpc_server_ = builder.BuildAndStart();
+  if (server->grpc_server_ == nullptr || server->grpc_port_ == 0) {
+    return absl::UnavailableError(absl::StrCat("cannot listen on ", address));
+  }
+  server->grpc_server_->GetHealthCheckService()->SetServingStatus(true);
+
+  // civetweb (under prometheus::Exposer) throws when it cannot bind.
+  const std::string metrics_address = absl::StrCat(options.host, ":", options.metrics_port);
+  try {
+    server->exposer_ = std::make_unique<prometheus::Exposer>(metrics_address);
+  } catch (const std::exception& error) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot serve metrics on ", metrics_address, ": ", error.what()));
+  }
+  server->exposer_->RegisterCollectable(server->metrics_.collectable());
+  server->metrics_port_ = server->exposer_->GetListeningPorts().at(0);
+
+  const ModelConfig& model = e.config();
+  const BackendInfo info = e.backend_info();
+  LogInfo(absl::StrCat("loaded model ", model.name, " from ", options.model_dir, ": ",
+                       LayerSummary(model), server->tokenizer_ ? ", with tokenizer" :
+                                                                 ", no tokenizer.json"));
+  LogInfo(absl::StrCat("backend ", info.name, " on ", info.device, ", weights ",
+                       info.weights_bytes, " bytes, state pool ", info.state_pool_bytes,
+                       " bytes"));
+  LogInfo(absl::StrCat("state bytes per session: ", e.state_bytes_per_sequence(),
+                       kv_bytes_per_token > 0 ? absl::StrCat(" + ", kv_bytes_per_token,
+                                                             " per token (softmax KV)")
+                                              : std::string()));
+  LogInfo(absl::StrCat("capacity: ", options.device_state_slots, " device state slots, ",
+                       options.host_state_bytes, " host state bytes, ", options.max_sessions,
+                       " sessions, ", options.max_running, " running, ", options.max_queue,
+                       " queued, ", options.max_batch_tokens, " tokens per step"));
+  LogInfo(absl::StrCat("grpc listening on ", options.host, ":", server->grpc_port_));
+  LogInfo(absl::StrCat("metrics listening on ", options.host, ":", server->metrics_port_,
+                       "/metrics"));
+  return server;
+}
+
+void LizardServer::Drain(absl::Duration grace) {
+  LogInfo(absl::StrCat("draining: NOT_SERVING, new requests refused, up to ",
+                       absl::FormatDuration(grace), " for running ones"));
+  grpc_server_->GetHealthCheckService()->SetServingStatus(false);
+  service_->StartDraining();
+  if (!service_->AwaitIdle(absl::Now() + grace)) {
+    LogInfo("drain grace period over: cancelling the remaining requests");
+  }
+  // Cancels whatever still runs; each stream then ends with CANCELLED.
+  engine_->Shutdown();
+  grpc_server_->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
+  LogInfo("drained");
+}
+
+LizardServer::~LizardServer() {
+  if (grpc_server_ != nullptr) grpc_server_->Shutdown();
+  if (engine_ != nullptr) engine_->Shutdown();
+}
+
+}  // namespace lizard::server

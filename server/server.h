@@ -1,0 +1,69 @@
+// LizardServer: loads the model, starts the engine, the gRPC service and the metrics endpoint.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "engine/backend.h"
+#include "engine/runtime/engine.h"
+#include "engine/tokenizer/tokenizer.h"
+#include "grpcpp/grpcpp.h"
+#include "prometheus/exposer.h"
+#include "server/lizard_service.h"
+#include "server/metrics.h"
+#include "server/session_table.h"
+
+namespace lizard::server {
+
+struct ServerOptions {
+  std::string model_dir;
+  std::string host = "0.0.0.0";
+  int port = 50051;          // 0: any free port (see grpc_port())
+  int metrics_port = 9400;   // 0: any free port
+  BackendKind backend = BackendKind::kAuto;
+  int32_t threads = 0;       // CPU backend threads, 0 = all cores
+  int32_t max_batch_tokens = 512;
+  int32_t max_running = 64;
+  int32_t max_queue = 256;
+  int64_t max_sessions = 1024;
+  int32_t device_state_slots = 64;
+  int64_t host_state_bytes = int64_t{4} << 30;
+  absl::Duration session_ttl = absl::Minutes(10);
+  absl::Duration max_session_ttl = absl::Hours(24);
+  int32_t max_new_tokens_limit = 4096;
+  int32_t default_max_new_tokens = 64;
+  int32_t max_input_tokens = 32768;
+};
+
+class LizardServer {
+ public:
+  // Everything is serving when this returns; startup facts are logged.
+  static absl::StatusOr<std::unique_ptr<LizardServer>> Start(const ServerOptions& options);
+  ~LizardServer();
+
+  int grpc_port() const { return grpc_port_; }
+  int metrics_port() const { return metrics_port_; }
+
+  // Graceful stop: health NOT_SERVING and new calls UNAVAILABLE at once; running calls get up
+  // to `grace` to finish, then the rest are cancelled and everything stops.
+  void Drain(absl::Duration grace);
+
+ private:
+  LizardServer() = default;
+
+  // Declared in dependency order: destroyed from the bottom up.
+  ServerMetrics metrics_;  // the engine's observer
+  std::unique_ptr<Tokenizer> tokenizer_;
+  std::unique_ptr<Engine> engine_;
+  std::unique_ptr<SessionTable> sessions_;
+  std::unique_ptr<LizardService> service_;
+  std::unique_ptr<grpc::Server> grpc_server_;
+  std::unique_ptr<prometheus::Exposer> exposer_;
+  int grpc_port_ = 0;
+  int metrics_port_ = 0;
+};
+
+}  // namespace lizard::server

@@ -1,0 +1,81 @@
+// Sessions: client-visible ids mapped to engine states, with TTL expiry and a busy flag.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "engine/runtime/engine.h"
+
+namespace lizard::server {
+
+// What a client sees of a session (times plus the engine's StateInfo).
+struct SessionSnapshot {
+  std::string id;
+  StateId state = 0;
+  absl::Time created_at, last_used_at, expires_at;
+  StateInfo info;
+};
+
+// Thread-safe. A session is "busy" from Acquire until Release: that is one Generate (or the
+// prefill of a CreateSession prefix) at a time. A reaper thread frees sessions idle past their
+// TTL. Deleting a busy session cancels its request; its state is freed when that ends.
+class SessionTable {
+ public:
+  SessionTable(Engine* engine, int64_t max_sessions, absl::Duration default_ttl);
+  ~SessionTable();  // stops the reaper; does not free states (the engine owns them)
+
+  // A new session on a fresh state, `ttl` unset = the default. When `busy`, it starts acquired
+  // (for prefilling a prefix); RESOURCE_EXHAUSTED at max_sessions or when the engine is full.
+  absl::StatusOr<SessionSnapshot> Create(std::optional<absl::Duration> ttl, bool busy);
+  // A new session whose state is a copy of `id`'s; ABORTED while `id` is busy.
+  absl::StatusOr<SessionSnapshot> Fork(const std::string& id);
+  absl::StatusOr<SessionSnapshot> Get(const std::string& id);
+  absl::Status Delete(const std::string& id);
+
+  // Marks the session busy for one request (NOT_FOUND, or ABORTED "session busy").
+  absl::StatusOr<StateId> Acquire(const std::string& id);
+  // Records the engine request running on an acquired session (so Delete can cancel it).
+  void SetRunning(const std::string& id, RequestId request);
+  // Ends the request: idle again, last use now; frees the state if deleted meanwhile.
+  void Release(const std::string& id);
+
+  int64_t size();
+
+ private:
+  struct Entry {
+    StateId state = 0;
+    absl::Time created_at, last_used_at;
+    absl::Duration ttl;
+    bool busy = false;
+    RequestId running = 0;  // 0: not submitted yet
+  };
+  SessionSnapshot SnapshotLocked(const std::string& id, const Entry& entry)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<SessionSnapshot> InsertLocked(StateId state, absl::Duration ttl, bool busy)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void ReapLoop();
+
+  Engine* const engine_;
+  const int64_t max_sessions_;
+  const absl::Duration default_ttl_;
+
+  absl::Mutex mu_;
+  absl::flat_hash_map<std::string, Entry> sessions_ ABSL_GUARDED_BY(mu_);
+  // Deleted while busy: session id -> state, freed by Release.
+  absl::flat_hash_map<std::string, StateId> deleted_busy_ ABSL_GUARDED_BY(mu_);
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread reaper_;
+};
+
+// A random 128-bit id as 32 lowercase hex digits.
+std::string NewSessionId();
+
+}  // namespace lizard::server
