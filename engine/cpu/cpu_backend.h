@@ -1,0 +1,15 @@
+// The CPU reference backend: float32 compute on HostWeights, GEMMs through OpenBLAS.
+#pragma once
+
+#include <memory>
+
+#include "absl/status/statusor.h"
+#include "engine/backend.h"
+
+namespace lizard {
+
+// Reads the checkpoint in options.model_dir (or makes random weights for
+// options.synthetic_config) and creates a backend with options.num_slots state slots.
+absl::StatusOr<std::unique_ptr<Backend>> CreateCpuBackend(const BackendOptions& options);
+
+}  // namespace lizard

@@ -1,0 +1,397 @@
+// The CPU backend end to end: logits against the float64 Python reference, and the invariants
+// every backend must keep (prefill == decode, chunking, fork/serialize, batching, validation).
+#include "engine/cpu/cpu_backend.h"
+
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <map>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "engine/model/model_config.h"
+#include "engine/model/state_layout.h"
+#include "nlohmann/json.hpp"
+#include "tests/engine/test_models.h"
+
+namespace lizard {
+namespace {
+
+using ::lizard::testing::MakeModel;
+using ::lizard::testing::RelativeError;
+
+// Logits of the float32 backend vs the float64 reference: relative Frobenius error.
+constexpr double kRefTol = 1e-4;
+// Two float32 computations of the same quantity in different orders (prefill vs decode,
+// chunkings, batch mixes): relative Frobenius error.
+constexpr double kPathTol = 1e-4;
+
+std::unique_ptr<Backend> OpenCpu(const std::string& dir, int32_t slots = 4) {
+  BackendOptions options;
+  options.model_dir = dir;
+  options.num_slots = slots;
+  options.num_threads = 2;
+  absl::StatusOr<std::unique_ptr<Backend>> backend = CreateCpuBackend(options);
+  EXPECT_TRUE(backend.ok()) << backend.status();
+  return backend.ok() ? *std::move(backend) : nullptr;
+}
+
+std::vector<int32_t> RandomTokens(int64_t n, int64_t vocab, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::uniform_int_distribution<int32_t> dist(0, static_cast<int32_t>(vocab - 1));
+  std::vector<int32_t> tokens(n);
+  for (int32_t& t : tokens) t = dist(rng);
+  return tokens;
+}
+
+// Prefills `tokens` into `slot` (from its current position) in chunks of `chunk`, all logits.
+std::vector<float> Prefill(Backend& backend, SlotId slot, const std::vector<int32_t>& tokens,
+                           int64_t chunk) {
+  std::vector<float> logits;
+  const int64_t n = static_cast<int64_t>(tokens.size());
+  for (int64_t start = 0; start < n; start += chunk) {
+    StepPlan plan;
+    plan.prefills.push_back({slot, backend.SlotPosition(slot),
+                             std::vector<int32_t>(tokens.begin() + start,
+                                                  tokens.begin() + std::min(n, start + chunk)),
+                             LogitsMode::kAll});
+    StepOutput out;
+    const absl::Status s = backend.Forward(plan, &out);
+    EXPECT_TRUE(s.ok()) << s;
+    logits.insert(logits.end(), out.logits.begin(), out.logits.end());
+  }
+  return logits;
+}
+
+// Feeds `tokens` one decode step each.
+std::vector<float> Decode(Backend& backend, SlotId slot, const std::vector<int32_t>& tokens) {
+  std::vector<float> logits;
+  for (int32_t token : tokens) {
+    StepPlan plan;
+    plan.decodes.push_back({slot, backend.SlotPosition(slot), token});
+    StepOutput out;
+    const absl::Status s = backend.Forward(plan, &out);
+    EXPECT_TRUE(s.ok()) << s;
+    logits.insert(logits.end(), out.logits.begin(), out.logits.end());
+  }
+  return logits;
+}
+
+// A slot's state as floats: the slot bytes followed by the softmax KV caches.
+std::vector<float> StateFloats(Backend& backend, SlotId slot) {
+  absl::StatusOr<std::string> bytes = backend.SaveSlot(slot);
+  EXPECT_TRUE(bytes.ok()) << bytes.status();
+  if (!bytes.ok()) return {};
+  const StateLayout layout(backend.config(), DType::kF32, DType::kF32);
+  absl::StatusOr<SerializedStateView> view = ParseSerializedState(layout, *bytes);
+  EXPECT_TRUE(view.ok()) << view.status();
+  if (!view.ok()) return {};
+  std::string all(view->slot);
+  for (std::string_view kv : view->softmax_kv) all.append(kv);
+  std::vector<float> floats(all.size() / sizeof(float));
+  std::memcpy(floats.data(), all.data(), floats.size() * sizeof(float));
+  return floats;
+}
+
+// ---------------------------------------------------------------- (a) against the reference
+
+class ReferenceTest : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(ReferenceTest, PrefillAndDecodeMatchFloat64Reference) {
+  const std::string dir = MakeModel(GetParam(), 3);
+  ASSERT_FALSE(dir.empty()) << "make_model.py failed for " << GetParam();
+  auto backend = OpenCpu(dir);
+  ASSERT_NE(backend, nullptr);
+  // 40 tokens: longer than most presets' windows (a window that wraps), shorter than some.
+  const std::vector<int32_t> tokens = RandomTokens(40, backend->config().vocab_size, 5);
+  const std::vector<double> want = ::lizard::testing::ReferenceLogits(dir, tokens);
+  ASSERT_EQ(want.size(), tokens.size() * backend->config().vocab_size) << "reference failed";
+  EXPECT_LT(RelativeError(Prefill(*backend, 0, tokens, 64), want), kRefTol) << "prefill";
+  EXPECT_LT(RelativeError(Decode(*backend, 1, tokens), want), kRefTol) << "decode";
+}
+
+TEST(ReferenceDTypeTest, Bf16ShardedCheckpointMatchesReference) {
+  // The reference reads the same bf16 values, so only float32 compute error remains.
+  const std::string dir = MakeModel("tiny-hybrid-llama3", 4, "--dtype bf16 --shards 3");
+  ASSERT_FALSE(dir.empty());
+  auto backend = OpenCpu(dir);
+  ASSERT_NE(backend, nullptr);
+  const std::vector<int32_t> tokens = RandomTokens(30, backend->config().vocab_size, 9);
+  const std::vector<double> want = ::lizard::testing::ReferenceLogits(dir, tokens);
+  ASSERT_FALSE(want.empty());
+  EXPECT_LT(RelativeError(Prefill(*backend, 0, tokens, 8), want), kRefTol);
+}
+
+INSTANTIATE_TEST_SUITE_P(AllPresets, ReferenceTest,
+                         ::testing::ValuesIn(::lizard::testing::ListPresets()),
+                         [](const ::testing::TestParamInfo<std::string>& info) {
+                           std::string name = info.param;
+                           for (char& c : name) {
+                             if (!std::isalnum(static_cast<unsigned char>(c))) c = '_';
+                           }
+                           return name;
+                         });
+
+// ------------------------------------------------- (b)-(e) paths that must agree with each other
+
+// A pure Lizard model with a small window and a hybrid one (softmax layer, no GLA denominator).
+class PathTest : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    dir_ = MakeModel(GetParam(), 11);
+    ASSERT_FALSE(dir_.empty());
+    backend_ = OpenCpu(dir_);
+    ASSERT_NE(backend_, nullptr);
+    // 150 tokens: several 64-token blocks of the chunked form, many window wraps.
+    tokens_ = RandomTokens(150, backend_->config().vocab_size, 7);
+  }
+  std::string dir_;
+  std::unique_ptr<Backend> backend_;
+  std::vector<int32_t> tokens_;
+};
+
+TEST_P(PathTest, PrefillEqualsTokenByTokenDecode) {
+  const std::vector<float> prefill = Prefill(*backend_, 0, tokens_, 1000);
+  const std::vector<float> decode = Decode(*backend_, 1, tokens_);
+  EXPECT_LT(RelativeError(prefill, decode), kPathTol);
+  EXPECT_EQ(backend_->SlotPosition(0), 150);
+  EXPECT_EQ(backend_->SlotPosition(1), 150);
+  EXPECT_LT(RelativeError(StateFloats(*backend_, 0), StateFloats(*backend_, 1)), kPathTol);
+}
+
+TEST_P(PathTest, ChunkedPrefillEqualsOnePrefill) {
+  const std::vector<float> whole = Prefill(*backend_, 0, tokens_, 1000);
+  const std::vector<float> whole_state = StateFloats(*backend_, 0);
+  for (int64_t chunk : {1, 3, 7, 64, 100}) {
+    ASSERT_TRUE(backend_->ResetSlot(1).ok());
+    EXPECT_LT(RelativeError(Prefill(*backend_, 1, tokens_, chunk), whole), kPathTol)
+        << "chunk " << chunk;
+    EXPECT_LT(RelativeError(StateFloats(*backend_, 1), whole_state), kPathTol) << "chunk " << chunk;
+  }
+}
+
+TEST_P(PathTest, ForkedAndReloadedStatesContinueIdentically) {
+  const std::vector<int32_t> prefix(tokens_.begin(), tokens_.begin() + 90);
+  const std::vector<int32_t> rest(tokens_.begin() + 90, tokens_.end());
+  Prefill(*backend_, 0, prefix, 1000);
+  ASSERT_TRUE(backend_->CopySlot(0, 1).ok());
+  absl::StatusOr<std::string> saved = backend_->SaveSlot(0);
+  ASSERT_TRUE(saved.ok()) << saved.status();
+  // Loaded into this backend and into another instance (another process would do the same).
+  ASSERT_TRUE(backend_->LoadSlot(2, *saved).ok());
+  auto other = OpenCpu(dir_);
+  ASSERT_NE(other, nullptr);
+  ASSERT_TRUE(other->LoadSlot(3, *saved).ok());
+  EXPECT_EQ(other->SlotPosition(3), 90);
+
+  // Each continues with 30 decode steps then a 30-token prefill chunk.
+  const std::vector<int32_t> decoded(rest.begin(), rest.begin() + 30);
+  const std::vector<int32_t> prefilled(rest.begin() + 30, rest.end());
+  auto continue_slot = [&](Backend& b, SlotId slot) {
+    std::vector<float> logits = Decode(b, slot, decoded);
+    const std::vector<float> more = Prefill(b, slot, prefilled, 1000);
+    logits.insert(logits.end(), more.begin(), more.end());
+    return logits;
+  };
+  const std::vector<float> original = continue_slot(*backend_, 0);
+  EXPECT_EQ(continue_slot(*backend_, 1), original) << "fork";
+  EXPECT_EQ(continue_slot(*backend_, 2), original) << "reload";
+  EXPECT_EQ(continue_slot(*other, 3), original) << "reload in another backend";
+  EXPECT_EQ(StateFloats(*other, 3), StateFloats(*backend_, 0));
+}
+
+TEST_P(PathTest, BatchedStepsEqualEachSequenceAlone) {
+  // Four sequences at different positions, then 5 steps where all decode together, and one
+  // step mixing 3 decodes with a prefill chunk of the 4th.
+  const std::vector<int64_t> lengths = {3, 10, 41, 70};
+  auto run = [&](bool batched) -> std::vector<std::vector<float>> {
+    auto b = OpenCpu(dir_);
+    std::vector<std::vector<float>> logits(4);
+    for (SlotId s = 0; s < 4; ++s) {
+      Prefill(*b, s, std::vector<int32_t>(tokens_.begin() + s, tokens_.begin() + s + lengths[s]), 1000);
+    }
+    for (int step = 0; step < 6; ++step) {
+      std::vector<StepPlan> plans;
+      StepPlan together;
+      for (SlotId s = 0; s < 4; ++s) {
+        const int32_t token = tokens_[100 + 4 * step + s];
+        if (step == 5 && s == 3) {
+          together.prefills.push_back({s, b->SlotPosition(s), {token, 5, 6, 7}, LogitsMode::kAll});
+        } else {
+          together.decodes.push_back({s, b->SlotPosition(s), token});
+        }
+        if (!batched) {
+          plans.push_back(together);
+          together = StepPlan{};
+        }
+      }
+      if (batched) plans.push_back(together);
+      for (const StepPlan& plan : plans) {
+        StepOutput out;
+        const absl::Status status = b->Forward(plan, &out);
+        EXPECT_TRUE(status.ok()) << status;
+        if (!status.ok()) return {};
+        // Rows: decodes in order, then the prefill chunk's rows.
+        int64_t row = 0;
+        for (const DecodeItem& d : plan.decodes) {
+          logits[d.slot].insert(logits[d.slot].end(), out.row(row), out.row(row) + out.vocab);
+          ++row;
+        }
+        for (const PrefillChunk& c : plan.prefills) {
+          logits[c.slot].insert(logits[c.slot].end(), out.row(row), out.row(row + 4));
+        }
+      }
+    }
+    return logits;
+  };
+  const auto alone = run(false);
+  const auto batched = run(true);
+  for (int s = 0; s < 4; ++s) {
+    ASSERT_FALSE(alone[s].empty());
+    EXPECT_LT(RelativeError(batched[s], alone[s]), kPathTol) << "sequence " << s;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Models, PathTest, ::testing::Values("tiny-basic", "tiny-hybrid"),
+                         [](const ::testing::TestParamInfo<std::string>& info) {
+                           return info.param == "tiny-basic" ? std::string("Lizard")
+                                                             : std::string("Hybrid");
+                         });
+
+// ------------------------------------------------------------------ (f) malformed checkpoints
+
+TEST(CpuBackendLoadTest, RefusesEveryMalformedCheckpointWithItsMessage) {
+  const std::string dir = ::lizard::testing::MakeTempDir();
+  ASSERT_TRUE(::lizard::testing::RunCommand(std::string(LIZARD_PYTHON) + " " + LIZARD_SOURCE_DIR +
+                                            "/tools/make_bad_checkpoints.py --out " + dir));
+  std::ifstream f(dir + "/cases.json");
+  ASSERT_TRUE(f.good());
+  const nlohmann::json cases = nlohmann::json::parse(f);
+  ASSERT_FALSE(cases.empty());
+  for (const auto& [name, expected] : cases.items()) {
+    SCOPED_TRACE(name);
+    BackendOptions options;
+    options.model_dir = dir + "/" + name;
+    options.num_slots = 1;
+    absl::StatusOr<std::unique_ptr<Backend>> backend = CreateCpuBackend(options);
+    ASSERT_FALSE(backend.ok());
+    EXPECT_NE(backend.status().message().find(expected.get<std::string>()), std::string::npos)
+        << backend.status();
+  }
+}
+
+TEST(CpuBackendLoadTest, MissingDirectoryIsAnError) {
+  BackendOptions options;
+  options.model_dir = "/nonexistent/lizard-model";
+  EXPECT_FALSE(CreateCpuBackend(options).ok());
+}
+
+// ------------------------------------------------------------------- plans, slots, synthetic
+
+class CpuBackendTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = MakeModel("tiny-basic", 2);
+    ASSERT_FALSE(dir_.empty());
+    backend_ = OpenCpu(dir_);
+    ASSERT_NE(backend_, nullptr);
+  }
+  std::string dir_;
+  std::unique_ptr<Backend> backend_;
+};
+
+TEST_F(CpuBackendTest, InvalidPlansAreRefusedAndChangeNothing) {
+  Prefill(*backend_, 0, {1, 2, 3}, 10);
+  const std::vector<float> before = StateFloats(*backend_, 0);
+  const int32_t vocab = static_cast<int32_t>(backend_->config().vocab_size);
+  std::vector<StepPlan> bad(6);
+  bad[0].decodes.push_back({4, 0, 1});                    // slot out of range
+  bad[1].decodes.push_back({-1, 0, 1});                   // negative slot
+  bad[2].decodes.push_back({0, 2, 1});                    // wrong position
+  bad[3].decodes.push_back({0, 3, vocab});                // token out of range
+  bad[4].prefills.push_back({1, 0, {}, LogitsMode::kLast});  // empty chunk
+  bad[5].decodes.push_back({0, 3, 1});                    // slot used twice
+  bad[5].prefills.push_back({0, 3, {1}, LogitsMode::kLast});
+  for (size_t i = 0; i < bad.size(); ++i) {
+    StepOutput out;
+    const absl::Status s = backend_->Forward(bad[i], &out);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << i << ": " << s;
+  }
+  EXPECT_EQ(backend_->SlotPosition(0), 3);
+  EXPECT_EQ(StateFloats(*backend_, 0), before);
+}
+
+TEST_F(CpuBackendTest, LogitsRowsFollowThePlan) {
+  StepPlan plan;
+  plan.decodes.push_back({0, 0, 5});
+  plan.prefills.push_back({1, 0, {1, 2, 3}, LogitsMode::kNone});
+  plan.prefills.push_back({2, 0, {4, 5}, LogitsMode::kAll});
+  plan.prefills.push_back({3, 0, {6, 7, 8}, LogitsMode::kLast});
+  StepOutput out;
+  ASSERT_TRUE(backend_->Forward(plan, &out).ok());
+  EXPECT_EQ(out.rows, plan.num_logits_rows());
+  EXPECT_EQ(out.rows, 4);
+  // The kLast row equals the last row of a kAll prefill of the same tokens in a fresh slot.
+  ASSERT_TRUE(backend_->ResetSlot(1).ok());
+  const std::vector<float> fresh = Prefill(*backend_, 1, {6, 7, 8}, 3);
+  const int64_t v = out.vocab;
+  EXPECT_EQ(std::vector<float>(out.row(3), out.row(3) + v),
+            std::vector<float>(fresh.end() - v, fresh.end()));
+}
+
+TEST_F(CpuBackendTest, ResetSlotStartsOver) {
+  const std::vector<float> first = Prefill(*backend_, 0, {1, 2, 3, 4}, 4);
+  ASSERT_TRUE(backend_->ResetSlot(0).ok());
+  EXPECT_EQ(backend_->SlotPosition(0), 0);
+  EXPECT_EQ(Prefill(*backend_, 0, {1, 2, 3, 4}, 4), first);
+}
+
+TEST_F(CpuBackendTest, SlotCallsCheckTheirArguments) {
+  EXPECT_FALSE(backend_->ResetSlot(9).ok());
+  EXPECT_FALSE(backend_->CopySlot(0, 9).ok());
+  EXPECT_FALSE(backend_->SaveSlot(-1).ok());
+  EXPECT_FALSE(backend_->LoadSlot(0, "not a state").ok());
+  absl::StatusOr<std::string> saved = backend_->SaveSlot(0);
+  ASSERT_TRUE(saved.ok());
+  EXPECT_FALSE(backend_->LoadSlot(0, saved->substr(0, saved->size() - 1)).ok());
+}
+
+TEST_F(CpuBackendTest, InfoAndSizes) {
+  const BackendInfo info = backend_->info();
+  EXPECT_EQ(info.name, "cpu");
+  EXPECT_FALSE(info.device.empty());
+  EXPECT_GT(info.weights_bytes, 0);
+  EXPECT_EQ(info.state_pool_bytes, 4 * backend_->slot_bytes());
+  EXPECT_EQ(backend_->slot_bytes(),
+            StateLayout(backend_->config(), DType::kF32, DType::kF32).slot_bytes);
+  EXPECT_EQ(backend_->kv_bytes_per_token(), 0);  // tiny-basic is all Lizard
+}
+
+TEST(CpuBackendSyntheticTest, BenchmarkFillIsDeterministicAndRuns) {
+  absl::StatusOr<ModelConfig> config = ShapePreset("tiny");
+  ASSERT_TRUE(config.ok());
+  config->num_layers = 2;
+  config->layer_types = {LayerType::kLizard, LayerType::kSoftmax};
+  BackendOptions options;
+  options.synthetic_config = *config;
+  options.num_slots = 2;
+  options.num_threads = 2;
+  absl::StatusOr<std::unique_ptr<Backend>> backend = CreateCpuBackend(options);
+  ASSERT_TRUE(backend.ok()) << backend.status();
+  Backend& b = **backend;
+  ASSERT_TRUE(b.FillSlotForBenchmark(0, 100, 42).ok());
+  ASSERT_TRUE(b.FillSlotForBenchmark(1, 100, 42).ok());
+  EXPECT_EQ(b.SlotPosition(0), 100);
+  EXPECT_EQ(*b.SaveSlot(0), *b.SaveSlot(1));
+  StepPlan plan;
+  plan.decodes.push_back({0, 100, 3});
+  plan.decodes.push_back({1, 100, 3});
+  StepOutput out;
+  ASSERT_TRUE(b.Forward(plan, &out).ok());
+  for (float x : out.logits) ASSERT_TRUE(std::isfinite(x));
+  EXPECT_EQ(std::vector<float>(out.row(0), out.row(1)), std::vector<float>(out.row(1), out.row(2)));
+}
+
+}  // namespace
+}  // namespace lizard

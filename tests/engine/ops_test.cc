@@ -1,0 +1,319 @@
+// Each CPU op against a naive double-precision reference on random inputs.
+#include "engine/cpu/ops.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <numbers>
+#include <random>
+#include <vector>
+
+namespace lizard::cpu {
+namespace {
+
+// Tolerance for every op here: relative Frobenius error vs the float64 reference.
+constexpr double kTol = 1e-5;
+
+double RelError(const std::vector<float>& got, const std::vector<double>& want) {
+  double num = 0.0, den = 0.0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    num += (got[i] - want[i]) * (got[i] - want[i]);
+    den += want[i] * want[i];
+  }
+  return std::sqrt(num / std::max(den, 1e-300));
+}
+
+std::vector<float> Random(size_t n, uint64_t seed, float scale = 1.0f) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> dist(0.0f, scale);
+  std::vector<float> v(n);
+  for (float& x : v) x = dist(rng);
+  return v;
+}
+
+TEST(OpsTest, GemmAllTransposes) {
+  const int64_t m = 5, n = 7, k = 9;
+  const auto a = Random(m * k, 1), b = Random(k * n, 2);
+  for (bool ta : {false, true}) {
+    for (bool tb : {false, true}) {
+      std::vector<float> c(m * n, 1.0f);
+      Gemm(ta, tb, m, n, k, 2.0f, a.data(), ta ? m : k, b.data(), tb ? k : n, 0.5f, c.data(), n);
+      std::vector<double> want(m * n);
+      for (int64_t i = 0; i < m; ++i) {
+        for (int64_t j = 0; j < n; ++j) {
+          double s = 0.0;
+          for (int64_t l = 0; l < k; ++l) {
+            s += double(ta ? a[l * m + i] : a[i * k + l]) * (tb ? b[j * k + l] : b[l * n + j]);
+          }
+          want[i * n + j] = 2.0 * s + 0.5;
+        }
+      }
+      EXPECT_LT(RelError(c, want), kTol) << ta << tb;
+    }
+  }
+}
+
+TEST(OpsTest, ParallelForCoversEveryIndexOnce) {
+  std::vector<int> hits(37, 0);
+  ParallelFor(37, 4, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) hits[i]++;
+  });
+  for (int h : hits) EXPECT_EQ(h, 1);
+}
+
+TEST(OpsTest, RmsNorm) {
+  const int64_t rows = 3, n = 16;
+  const double eps = 1e-5;
+  const auto x = Random(rows * n, 3), w = Random(n, 4);
+  std::vector<float> out(rows * n);
+  RmsNorm(x.data(), w.data(), rows, n, eps, out.data());
+  std::vector<double> want(rows * n);
+  for (int64_t r = 0; r < rows; ++r) {
+    double ms = 0.0;
+    for (int64_t i = 0; i < n; ++i) ms += double(x[r * n + i]) * x[r * n + i] / n;
+    for (int64_t i = 0; i < n; ++i) want[r * n + i] = x[r * n + i] / std::sqrt(ms + eps) * w[i];
+  }
+  EXPECT_LT(RelError(out, want), kTol);
+}
+
+TEST(OpsTest, SiluMul) {
+  const auto g = Random(20, 5), u = Random(20, 6);
+  std::vector<float> y(20);
+  SiluMul(g.data(), u.data(), 20, y.data());
+  std::vector<double> want(20);
+  for (int i = 0; i < 20; ++i) want[i] = g[i] / (1.0 + std::exp(-double(g[i]))) * u[i];
+  EXPECT_LT(RelError(y, want), kTol);
+}
+
+// Naive rotate_half RoPE with HF's inv_freq formula, one head.
+std::vector<double> NaiveRope(const std::vector<float>& x, int64_t pos,
+                              const std::vector<double>& inv_freq) {
+  const size_t half = x.size() / 2;
+  std::vector<double> out(x.size());
+  for (size_t i = 0; i < x.size(); ++i) {
+    const double angle = pos * inv_freq[i % half];
+    const double rotated = i < half ? -double(x[i + half]) : double(x[i - half]);
+    out[i] = x[i] * std::cos(angle) + rotated * std::sin(angle);
+  }
+  return out;
+}
+
+TEST(OpsTest, RopePlain) {
+  ModelConfig config;
+  config.head_dim = 16;
+  config.rope_theta = 500.0;
+  const auto inv_freq = RopeInverseFrequencies(config);
+  ASSERT_EQ(inv_freq.size(), 8u);
+  for (int i = 0; i < 8; ++i) EXPECT_NEAR(inv_freq[i], std::pow(500.0, -2.0 * i / 16), 1e-15);
+  const int64_t heads = 3, pos = 37;
+  auto x = Random(heads * 16, 7);
+  const auto original = x;
+  ApplyRope(x.data(), heads, 16, pos, inv_freq);
+  for (int64_t h = 0; h < heads; ++h) {
+    std::vector<float> head(original.begin() + h * 16, original.begin() + (h + 1) * 16);
+    std::vector<float> got(x.begin() + h * 16, x.begin() + (h + 1) * 16);
+    EXPECT_LT(RelError(got, NaiveRope(head, pos, inv_freq)), kTol);
+  }
+}
+
+TEST(OpsTest, RopeLlama3Scaling) {
+  ModelConfig config;
+  config.head_dim = 64;
+  config.rope_theta = 500000.0;
+  config.rope_scaling.llama3 = true;
+  config.rope_scaling.factor = 8.0;
+  config.rope_scaling.low_freq_factor = 1.0;
+  config.rope_scaling.high_freq_factor = 4.0;
+  config.rope_scaling.original_max_position_embeddings = 64;
+  const auto scaled = RopeInverseFrequencies(config);
+  int low = 0, mid = 0, high = 0;
+  for (int i = 0; i < 32; ++i) {
+    const double f = std::pow(500000.0, -2.0 * i / 64);
+    const double wavelen = 2 * std::numbers::pi / f;
+    double want;
+    if (wavelen < 64.0 / 4.0) {  // high frequency: kept
+      want = f;
+      high++;
+    } else if (wavelen > 64.0 / 1.0) {  // low frequency: divided by factor
+      want = f / 8.0;
+      low++;
+    } else {  // in between: interpolated
+      const double smooth = (64.0 / wavelen - 1.0) / (4.0 - 1.0);
+      want = (1 - smooth) * f / 8.0 + smooth * f;
+      mid++;
+    }
+    EXPECT_NEAR(scaled[i], want, 1e-12 * f) << i;
+  }
+  // The chosen shape exercises all three bands.
+  EXPECT_GT(low, 0);
+  EXPECT_GT(mid, 0);
+  EXPECT_GT(high, 0);
+}
+
+TEST(OpsTest, FeatureMap) {
+  const int64_t rows = 4, d = 8, f = 6, stride = 11, out_stride = 2 * f + 3;
+  const auto x = Random(rows * stride, 8), w = Random(d * f, 9), b = Random(f, 10);
+  std::vector<float> out(rows * out_stride);
+  FeatureMap(x.data(), stride, rows, w.data(), b.data(), d, f, out.data(), out_stride);
+  std::vector<float> got;
+  std::vector<double> want;
+  for (int64_t r = 0; r < rows; ++r) {
+    std::vector<double> a(f);
+    for (int64_t j = 0; j < f; ++j) {
+      a[j] = b[j];
+      for (int64_t i = 0; i < d; ++i) a[j] += double(x[r * stride + i]) * w[i * f + j];
+    }
+    for (double sign : {1.0, -1.0}) {
+      double sum = 0.0;
+      for (double aj : a) sum += std::exp(sign * aj);
+      for (double aj : a) want.push_back(std::exp(sign * aj) / sum);
+    }
+    got.insert(got.end(), out.begin() + r * out_stride, out.begin() + r * out_stride + 2 * f);
+  }
+  EXPECT_LT(RelError(got, want), kTol);
+}
+
+// Random positive features (as phi produces), values and gate logits for GLA tests.
+struct GlaInputs {
+  int64_t c, f2, d;
+  std::vector<float> fq, fk, v, gate_logit;
+};
+
+GlaInputs MakeGlaInputs(int64_t c, int64_t f2, int64_t d, uint64_t seed) {
+  GlaInputs in{c, f2, d, {}, {}, Random(c * d, seed), Random(c, seed + 1, 2.0f)};
+  std::mt19937_64 rng(seed + 2);
+  std::uniform_real_distribution<float> pos(0.01f, 1.0f);
+  for (int64_t i = 0; i < c * f2; ++i) in.fq.push_back(pos(rng));
+  for (int64_t i = 0; i < c * f2; ++i) in.fk.push_back(pos(rng));
+  return in;
+}
+
+// y_t = sum_{s<=t} (prod_{r=s+1..t} gamma_r) (fq_t.fk_s) v_s / (same with 1 + 1e-6), zero state.
+std::vector<double> NaiveGla(const GlaInputs& in, bool normalize) {
+  std::vector<double> y(in.c * in.d, 0.0);
+  for (int64_t t = 0; t < in.c; ++t) {
+    double den = 1e-6;
+    for (int64_t s = 0; s <= t; ++s) {
+      double decay = 1.0;
+      for (int64_t r = s + 1; r <= t; ++r) decay *= 1.0 / (1.0 + std::exp(-double(in.gate_logit[r])));
+      double dot = 0.0;
+      for (int64_t i = 0; i < in.f2; ++i) dot += double(in.fq[t * in.f2 + i]) * in.fk[s * in.f2 + i];
+      den += decay * dot;
+      for (int64_t j = 0; j < in.d; ++j) y[t * in.d + j] += decay * dot * in.v[s * in.d + j];
+    }
+    if (normalize) {
+      for (int64_t j = 0; j < in.d; ++j) y[t * in.d + j] /= den;
+    }
+  }
+  return y;
+}
+
+TEST(OpsTest, GlaChunkAndRecurrentMatchNaiveQuadraticForm) {
+  for (bool normalize : {true, false}) {
+    const GlaInputs in = MakeGlaInputs(23, 10, 6, 11);
+    const auto want = NaiveGla(in, normalize);
+    // Chunked, in one chunk, from the zero state.
+    std::vector<float> s(in.f2 * in.d, 0.0f), z(in.f2, 0.0f), y(in.c * in.d);
+    GlaChunk(in.fq.data(), in.f2, in.fk.data(), in.f2, in.v.data(), in.d, in.gate_logit.data(), 1,
+             in.c, in.f2, in.d, normalize, s.data(), z.data(), y.data(), in.d);
+    EXPECT_LT(RelError(y, want), kTol) << "chunked, normalize=" << normalize;
+    // Recurrent, token by token.
+    std::vector<float> s2(in.f2 * in.d, 0.0f), z2(in.f2, 0.0f), y2(in.c * in.d);
+    for (int64_t t = 0; t < in.c; ++t) {
+      const float gamma = 1.0f / (1.0f + std::exp(-in.gate_logit[t]));
+      GlaStep(&in.fq[t * in.f2], &in.fk[t * in.f2], &in.v[t * in.d], gamma, in.f2, in.d, normalize,
+              s2.data(), z2.data(), &y2[t * in.d]);
+    }
+    EXPECT_LT(RelError(y2, want), kTol) << "recurrent, normalize=" << normalize;
+    // Both leave the same state.
+    EXPECT_LT(RelError(s, std::vector<double>(s2.begin(), s2.end())), kTol);
+    EXPECT_LT(RelError(z, std::vector<double>(z2.begin(), z2.end())), kTol);
+  }
+}
+
+TEST(OpsTest, GlaChunksCarryStateLikeTheRecurrence) {
+  // Chunks of 5, 1, 9, 8 over a non-zero initial state vs the recurrence over all 23 tokens.
+  const GlaInputs in = MakeGlaInputs(23, 8, 4, 21);
+  std::vector<float> s0 = Random(in.f2 * in.d, 30, 0.3f), z0(in.f2);
+  for (int64_t i = 0; i < in.f2; ++i) z0[i] = 0.5f + 0.1f * i;
+  std::vector<float> s = s0, z = z0, y(in.c * in.d);
+  int64_t start = 0;
+  for (int64_t len : {5, 1, 9, 8}) {
+    GlaChunk(&in.fq[start * in.f2], in.f2, &in.fk[start * in.f2], in.f2, &in.v[start * in.d], in.d,
+             &in.gate_logit[start], 1, len, in.f2, in.d, true, s.data(), z.data(),
+             &y[start * in.d], in.d);
+    start += len;
+  }
+  std::vector<float> s2 = s0, z2 = z0, y2(in.c * in.d);
+  for (int64_t t = 0; t < in.c; ++t) {
+    const float gamma = 1.0f / (1.0f + std::exp(-in.gate_logit[t]));
+    GlaStep(&in.fq[t * in.f2], &in.fk[t * in.f2], &in.v[t * in.d], gamma, in.f2, in.d, true,
+            s2.data(), z2.data(), &y2[t * in.d]);
+  }
+  EXPECT_LT(RelError(y, std::vector<double>(y2.begin(), y2.end())), kTol);
+  EXPECT_LT(RelError(s, std::vector<double>(s2.begin(), s2.end())), kTol);
+  EXPECT_LT(RelError(z, std::vector<double>(z2.begin(), z2.end())), kTol);
+}
+
+TEST(OpsTest, GlaChunkSurvivesTinyGates) {
+  // Gates near 0 make cumulative log-gates large; every exponent stays <= 0 so nothing overflows.
+  GlaInputs in = MakeGlaInputs(64, 4, 4, 41);
+  for (float& g : in.gate_logit) g = -60.0f;
+  std::vector<float> s(in.f2 * in.d, 1.0f), z(in.f2, 1.0f), y(in.c * in.d);
+  GlaChunk(in.fq.data(), in.f2, in.fk.data(), in.f2, in.v.data(), in.d, in.gate_logit.data(), 1,
+           in.c, in.f2, in.d, true, s.data(), z.data(), y.data(), in.d);
+  for (float x : y) EXPECT_TRUE(std::isfinite(x));
+  for (float x : s) EXPECT_TRUE(std::isfinite(x));
+}
+
+// Window attention with sinks for one query over keys at positions key_pos.
+std::vector<double> NaiveSinkAttention(const float* q, int64_t q_pos, const std::vector<float>& k,
+                                       const std::vector<float>& v,
+                                       const std::vector<int64_t>& key_pos, int64_t window,
+                                       const std::vector<float>& sinks, int64_t d) {
+  std::vector<double> logits;
+  std::vector<int64_t> used;
+  for (size_t j = 0; j < key_pos.size(); ++j) {
+    if (key_pos[j] > q_pos || key_pos[j] <= q_pos - window) continue;
+    double s = 0.0;
+    for (int64_t i = 0; i < d; ++i) s += double(q[i]) * k[j * d + i];
+    logits.push_back(s / std::sqrt(double(d)));
+    used.push_back(j);
+  }
+  double hi = -INFINITY;
+  for (double l : logits) hi = std::max(hi, l);
+  for (float t : sinks) hi = std::max(hi, double(t));
+  double den = 0.0;
+  for (double l : logits) den += std::exp(l - hi);
+  for (float t : sinks) den += std::exp(t - hi);
+  std::vector<double> out(d, 0.0);
+  for (size_t u = 0; u < used.size(); ++u) {
+    for (int64_t i = 0; i < d; ++i) out[i] += std::exp(logits[u] - hi) / den * v[used[u] * d + i];
+  }
+  return out;
+}
+
+TEST(OpsTest, SinkAttentionWindowFillingAndFull) {
+  const int64_t d = 8, window = 5, num_keys = 12;
+  // Keys stored out of order (as in a ring buffer), positions 0..11.
+  std::vector<int64_t> key_pos(num_keys);
+  for (int64_t j = 0; j < num_keys; ++j) key_pos[j] = (j * 5) % num_keys;
+  const auto k = Random(num_keys * d, 50), v = Random(num_keys * d, 51);
+  const auto q = Random(num_keys * d, 52, 2.0f);
+  for (int64_t num_sinks : {0, 3}) {
+    const auto sinks = Random(num_sinks, 53);
+    // Queries at positions 0..11: the first ones see a window still filling.
+    std::vector<float> out(num_keys * d);
+    SinkAttention(q.data(), d, num_keys, 0, k.data(), d, v.data(), d, key_pos.data(), num_keys,
+                  window, sinks.data(), num_sinks, d, 1.0f / std::sqrt(float(d)), out.data(), d);
+    std::vector<double> want;
+    for (int64_t i = 0; i < num_keys; ++i) {
+      const auto row = NaiveSinkAttention(&q[i * d], i, k, v, key_pos, window, sinks, d);
+      want.insert(want.end(), row.begin(), row.end());
+    }
+    EXPECT_LT(RelError(out, want), kTol) << "sinks=" << num_sinks;
+  }
+}
+
+}  // namespace
+}  // namespace lizard::cpu

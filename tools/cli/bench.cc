@@ -1,0 +1,184 @@
+#include "tools/cli/bench.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <random>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "engine/model/model_config.h"
+#include "engine/model/state_layout.h"
+
+namespace lizard::cli {
+namespace {
+
+constexpr int kWarmupSteps = 3;
+constexpr int kPrefillRuns = 3;  // timed prefills per prompt length, after one warm-up
+
+double Median(std::vector<double> values) {
+  std::sort(values.begin(), values.end());
+  const size_t n = values.size();
+  return n % 2 ? values[n / 2] : 0.5 * (values[n / 2 - 1] + values[n / 2]);
+}
+
+// Seconds one Forward of `plan` takes.
+absl::StatusOr<double> TimeForward(Backend& backend, const StepPlan& plan) {
+  StepOutput out;
+  const auto start = std::chrono::steady_clock::now();
+  if (absl::Status s = backend.Forward(plan, &out); !s.ok()) return s;
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+double MiB(double bytes) { return bytes / 1048576.0; }
+
+}  // namespace
+
+absl::StatusOr<BackendKind> ParseBackendKind(const std::string& name) {
+  if (name == "cpu") return BackendKind::kCpu;
+  if (name == "cuda") return BackendKind::kCuda;
+  if (name == "auto") return BackendKind::kAuto;
+  return absl::InvalidArgumentError(absl::StrCat("--backend must be cpu, cuda or auto, not \"", name, "\""));
+}
+
+absl::Status RunBench(const Args& args) {
+  // The model's shape: config.json of --model or a named --shape; weights are random either way
+  // (timings do not depend on their values).
+  if (args.Has("model") == args.Has("shape")) {
+    return absl::InvalidArgumentError("give exactly one of --model DIR or --shape NAME");
+  }
+  absl::StatusOr<ModelConfig> config = args.Has("model")
+                                           ? LoadModelConfig(args.String("model", ""))
+                                           : ShapePreset(args.String("shape", ""));
+  if (!config.ok()) return config.status();
+  if (args.Has("teacher")) config->layer_types.assign(config->num_layers, LayerType::kSoftmax);
+  const std::string state_dtype = args.String("state-dtype", "f32");
+  if (state_dtype == "f32") {
+    config->state_dtype = DType::kF32;
+  } else if (state_dtype == "bf16") {
+    config->state_dtype = DType::kBF16;
+  } else {
+    return absl::InvalidArgumentError("--state-dtype must be f32 or bf16");
+  }
+  absl::StatusOr<BackendKind> kind = ParseBackendKind(args.String("backend", "auto"));
+  absl::StatusOr<std::vector<int64_t>> batch_sizes = args.IntList("batch-sizes", {1, 8, 32});
+  absl::StatusOr<std::vector<int64_t>> prompt_lengths = args.IntList("prompt-lengths", {128, 512});
+  absl::StatusOr<int64_t> context = args.Int("context", 1024);
+  absl::StatusOr<int64_t> steps = args.Int("steps", 20);
+  absl::StatusOr<int64_t> threads = args.Int("threads", 0);
+  for (const absl::Status& s : {kind.status(), batch_sizes.status(), prompt_lengths.status(),
+                                context.status(), steps.status(), threads.status()}) {
+    if (!s.ok()) return s;
+  }
+  for (int64_t v : *batch_sizes) {
+    if (v <= 0) return absl::InvalidArgumentError("--batch-sizes must be positive");
+  }
+  for (int64_t v : *prompt_lengths) {
+    if (v <= 0) return absl::InvalidArgumentError("--prompt-lengths must be positive");
+  }
+  if (*context < 0 || *steps <= 0) {
+    return absl::InvalidArgumentError("--context must be >= 0 and --steps positive");
+  }
+
+  BackendOptions options;
+  options.kind = *kind;
+  options.num_slots = static_cast<int32_t>(
+      std::max<int64_t>(1, *std::max_element(batch_sizes->begin(), batch_sizes->end())));
+  options.num_threads = static_cast<int32_t>(*threads);
+  options.synthetic_config = *config;
+  absl::StatusOr<std::unique_ptr<Backend>> created = CreateBackend(options);
+  if (!created.ok()) return created.status();
+  Backend& backend = **created;
+  const BackendInfo info = backend.info();
+  const ModelConfig& c = backend.config();
+
+  // Bytes a decode step must move: every weight once, and per sequence its S and z read and
+  // written, its window K/V read and its softmax KV cache read. The CPU backend keeps states
+  // in float32; other backends are assumed to keep S/z in state_dtype and K/V in torch_dtype.
+  const bool cpu = info.name == "cpu";
+  const StateLayout layout(c, cpu ? DType::kF32 : c.state_dtype,
+                           cpu ? DType::kF32 : c.torch_dtype);
+  const double lizard_layers = static_cast<double>(c.num_lizard_layers());
+  const double state_rw = lizard_layers * 2.0 * (layout.s_bytes + layout.z_bytes);
+  const double window_read = lizard_layers * 2.0 * layout.window_bytes;
+  const double kv_read = static_cast<double>(backend.kv_bytes_per_token()) * (*context);
+  const double per_sequence = state_rw + window_read + kv_read;
+
+  std::printf("backend   %s (%s)\n", info.name.c_str(), info.device.c_str());
+  std::printf("model     %s: L=%lld (%lld lizard, %lld softmax), Hd=%lld, H=%lld, Hkv=%lld, D=%lld, "
+              "F=%lld, w=%lld, V=%lld; random weights\n",
+              c.name.c_str(), (long long)c.num_layers, (long long)c.num_lizard_layers(),
+              (long long)c.num_softmax_layers(), (long long)c.hidden_size, (long long)c.num_heads,
+              (long long)c.num_kv_heads, (long long)c.head_dim, (long long)c.feature_dim,
+              (long long)c.window_size, (long long)c.vocab_size);
+  std::printf("weights   %.2f MiB; state per sequence %.3f MiB (slot); softmax KV %lld B/token\n",
+              MiB(info.weights_bytes), MiB(backend.slot_bytes()),
+              (long long)backend.kv_bytes_per_token());
+  std::printf("per step  weights %.2f MiB + per sequence %.3f MiB (S,z read+write %.3f, window read "
+              "%.3f, KV read %.3f at context %lld)\n",
+              MiB(info.weights_bytes), MiB(per_sequence), MiB(state_rw), MiB(window_read),
+              MiB(kv_read), (long long)*context);
+  if (cpu && c.state_dtype != DType::kF32) {
+    std::printf("note      the CPU backend keeps states in float32 whatever --state-dtype says\n");
+  }
+  if (info.copy_bandwidth_bytes_per_s > 0) {
+    std::printf("copy bw   %.2f GB/s (read + write, measured at backend creation)\n",
+                info.copy_bandwidth_bytes_per_s / 1e9);
+  }
+
+  std::printf("\ndecode at context %lld (median of %lld steps after %d warm-up)\n",
+              (long long)*context, (long long)*steps, kWarmupSteps);
+  std::printf("%7s %14s %12s %14s %10s %10s\n", "batch", "step ms", "tokens/s", "MiB/step", "GB/s",
+              "of copy bw");
+  std::mt19937_64 rng(1);
+  std::uniform_int_distribution<int32_t> token(0, static_cast<int32_t>(c.vocab_size - 1));
+  for (int64_t batch : *batch_sizes) {
+    for (int64_t i = 0; i < batch; ++i) {
+      if (absl::Status s = backend.FillSlotForBenchmark(static_cast<SlotId>(i), *context, 1000 + i);
+          !s.ok()) {
+        return s;
+      }
+    }
+    std::vector<double> times;
+    for (int64_t step = 0; step < kWarmupSteps + *steps; ++step) {
+      StepPlan plan;
+      for (int64_t i = 0; i < batch; ++i) {
+        plan.decodes.push_back({static_cast<SlotId>(i), *context + step, token(rng)});
+      }
+      absl::StatusOr<double> t = TimeForward(backend, plan);
+      if (!t.ok()) return t.status();
+      if (step >= kWarmupSteps) times.push_back(*t);
+    }
+    const double median = Median(times);
+    const double bytes = info.weights_bytes + batch * per_sequence;
+    const double rate = bytes / median;
+    std::printf("%7lld %14.3f %12.1f %14.2f %10.2f", (long long)batch, median * 1e3,
+                batch / median, MiB(bytes), rate / 1e9);
+    if (info.copy_bandwidth_bytes_per_s > 0) {
+      std::printf(" %9.1f%%", 100.0 * rate / info.copy_bandwidth_bytes_per_s);
+    }
+    std::printf("\n");
+  }
+
+  std::printf("\nprefill from an empty state, one chunk (median of %d after 1 warm-up)\n",
+              kPrefillRuns);
+  std::printf("%7s %14s %12s\n", "prompt", "ms", "tokens/s");
+  for (int64_t length : *prompt_lengths) {
+    StepPlan plan;
+    PrefillChunk chunk{0, 0, {}, LogitsMode::kLast};
+    for (int64_t t = 0; t < length; ++t) chunk.tokens.push_back(token(rng));
+    plan.prefills.push_back(std::move(chunk));
+    std::vector<double> times;
+    for (int run = 0; run < 1 + kPrefillRuns; ++run) {
+      if (absl::Status s = backend.ResetSlot(0); !s.ok()) return s;
+      absl::StatusOr<double> t = TimeForward(backend, plan);
+      if (!t.ok()) return t.status();
+      if (run > 0) times.push_back(*t);
+    }
+    const double median = Median(times);
+    std::printf("%7lld %14.2f %12.1f\n", (long long)length, median * 1e3, length / median);
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace lizard::cli

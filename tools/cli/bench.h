@@ -1,0 +1,19 @@
+// lizard-cli bench: decode and prefill throughput of a backend on a model's shape.
+#pragma once
+
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "engine/backend.h"
+#include "tools/cli/args.h"
+
+namespace lizard::cli {
+
+// "cpu", "cuda" or "auto".
+absl::StatusOr<BackendKind> ParseBackendKind(const std::string& name);
+
+// Runs the benchmark described by the parsed `bench` options and prints its tables.
+absl::Status RunBench(const Args& args);
+
+}  // namespace lizard::cli
