@@ -60,7 +60,10 @@ struct Usage {
 };
 
 // Receives one request's results. Called on the engine thread: it must not block (buffer and
-// return). OnFinish is called exactly once, last.
+// return). OnFinish is called exactly once, last. No engine lock is held during these calls:
+// a sink may call any Engine method except Shutdown.
+// A token that ends the sequence (EOS, a stop_token_id) is still delivered through OnToken and
+// counted in generated_tokens, and it stays in the state's history.
 class TokenSink {
  public:
   virtual ~TokenSink() = default;
@@ -82,7 +85,8 @@ struct EngineRequest {
 enum class StateLocation { kDevice, kHost };
 
 struct StateInfo {
-  int64_t num_tokens = 0;        // tokens the conversation holds (consumed + pending)
+  int64_t num_tokens = 0;        // tokens the conversation holds (consumed + pending); while
+                                 // busy, the tokens consumed so far
   StateLocation location = StateLocation::kDevice;
   int64_t state_bytes = 0;       // slot bytes + softmax KV bytes
   bool busy = false;             // a request is running on it
@@ -119,6 +123,7 @@ struct EngineOptions {
   int64_t max_states = 1024;        // states (sessions + running one-shots) in total
   int64_t host_state_bytes = int64_t{4} << 30;  // host tier for spilled states
   uint64_t seed = 0;                // engine generator for requests without a seed
+  int32_t sampler_threads = 0;      // host threads sampling a step's rows; 0 = half the cores, <= 8
   EngineObserver* observer = nullptr;  // not owned, may be null
 };
 
@@ -134,6 +139,8 @@ class Engine {
   virtual int64_t state_bytes_per_sequence() const = 0;  // the constant part (slot bytes)
 
   // States. Creation fails with RESOURCE_EXHAUSTED at max_states or when neither tier has room.
+  // A new state takes a device slot only when first used (room is checked then: a request that
+  // can get no slot while nothing else runs finishes with kError RESOURCE_EXHAUSTED).
   virtual absl::StatusOr<StateId> CreateState() = 0;
   // A copy of `source` (which must not be busy): constant-size copy of its memory.
   virtual absl::StatusOr<StateId> ForkState(StateId source) = 0;
@@ -148,6 +155,8 @@ class Engine {
                                            std::shared_ptr<TokenSink> sink) = 0;
   // Stops a request at the next step (OnFinish with kCancelled); its state keeps what was
   // generated. Unknown or finished ids are ignored.
+  // (A cancelled request's state holds its whole input plus the streamed tokens; a request that
+  // fails with kError leaves out the part of its input that was not consumed yet.)
   virtual void Cancel(RequestId id) = 0;
 
   virtual EngineStats Stats() const = 0;

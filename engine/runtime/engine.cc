@@ -1,0 +1,485 @@
+// Engine implementation: one engine thread runs Step() in a loop.
+//
+// Locking: `mu_` guards the bookkeeping (scheduler, states, sequence table, cancels) and is held
+// only briefly. `backend_mu_` serializes every backend call: the engine thread holds it while it
+// plans a step (admission may spill or restore states) and runs Forward, ForkState for its slot
+// copy. Order: backend_mu_ before mu_. Sinks and the observer run on the engine thread with no
+// engine lock held, so they may call any method except Shutdown. States of running sequences
+// are never spilled or forked, so other threads cannot disturb a step between the two locks.
+#include "engine/runtime/engine.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <condition_variable>
+#include <mutex>
+#include <random>
+#include <span>
+#include <thread>
+#include <utility>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/functional/function_ref.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "engine/runtime/sampler.h"
+#include "engine/runtime/scheduler.h"
+#include "engine/runtime/state_manager.h"
+
+namespace lizard {
+namespace {
+
+// One submitted request, from Submit until OnFinish.
+struct Sequence {
+  RequestId id = 0;
+  StateId state = 0;
+  std::shared_ptr<TokenSink> sink;
+  SamplingParams sampling;
+  StoppingCriteria stopping;
+  int32_t logprobs = 0;
+  uint64_t seed = 0;
+  // The state's carried-over pending tokens, then the input, then every generated token.
+  std::vector<int32_t> tokens;
+  int64_t carried = 0;        // how many of `tokens` came from the state's pending tokens
+  int64_t prompt_tokens = 0;  // the request's input
+  int64_t fed = 0;            // tokens of `tokens` the state has consumed
+  int64_t generated = 0;
+  TokenHistory history;
+};
+
+// A sequence that has left the engine; OnFinish is called once the locks are released.
+struct Finished {
+  std::unique_ptr<Sequence> seq;
+  FinishReason reason;
+  absl::Status status;
+  Usage usage;
+};
+
+// Sampling a step's rows in parallel pays off from about two rows of a large vocabulary.
+constexpr int64_t kParallelSamplingWork = int64_t{1} << 18;
+
+// Runs fn(0), ..., fn(n - 1) on up to `threads` threads (the caller's included).
+void ParallelFor(int64_t n, int threads, absl::FunctionRef<void(int64_t)> fn) {
+  threads = static_cast<int>(std::min<int64_t>(threads, n));
+  std::atomic<int64_t> next{0};
+  auto work = [&] {
+    for (int64_t i = next++; i < n; i = next++) fn(i);
+  };
+  std::vector<std::jthread> helpers;
+  for (int t = 1; t < threads; ++t) helpers.emplace_back(work);
+  work();
+}  // the helpers join here
+
+absl::Status ValidateRequest(const EngineRequest& r, int64_t vocab) {
+  auto bad = [](auto... parts) { return absl::InvalidArgumentError(absl::StrCat(parts...)); };
+  if (r.input.empty()) return bad("input is empty");
+  for (int32_t t : r.input) {
+    if (t < 0 || t >= vocab) return bad("input token id ", t, " is outside [0, ", vocab, ")");
+  }
+  for (int32_t t : r.stopping.stop_token_ids) {
+    if (t < 0 || t >= vocab) return bad("stop token id ", t, " is outside [0, ", vocab, ")");
+  }
+  const SamplingParams& s = r.sampling;
+  if (!std::isfinite(s.temperature) || s.temperature < 0) {
+    return bad("temperature must be >= 0, got ", s.temperature);
+  }
+  if (s.top_k < 0) return bad("top_k must be >= 0, got ", s.top_k);
+  if (!(s.top_p > 0 && s.top_p <= 1)) return bad("top_p must be in (0, 1], got ", s.top_p);
+  if (!(s.min_p >= 0 && s.min_p <= 1)) return bad("min_p must be in [0, 1], got ", s.min_p);
+  if (!std::isfinite(s.repetition_penalty) || s.repetition_penalty <= 0) {
+    return bad("repetition_penalty must be > 0, got ", s.repetition_penalty);
+  }
+  if (!(s.presence_penalty >= -2 && s.presence_penalty <= 2)) {
+    return bad("presence_penalty must be in [-2, 2], got ", s.presence_penalty);
+  }
+  if (!(s.frequency_penalty >= -2 && s.frequency_penalty <= 2)) {
+    return bad("frequency_penalty must be in [-2, 2], got ", s.frequency_penalty);
+  }
+  if (r.stopping.max_new_tokens < 0) {
+    return bad("max_new_tokens must be >= 0, got ", r.stopping.max_new_tokens);
+  }
+  if (r.logprobs < 0 || r.logprobs > vocab) return bad("logprobs must be in [0, vocab size]");
+  return absl::OkStatus();
+}
+
+class EngineImpl : public Engine {
+ public:
+  EngineImpl(std::unique_ptr<Backend> backend, const EngineOptions& options)
+      : backend_(std::move(backend)),
+        options_(options),
+        config_(backend_->config()),
+        eos_(config_.eos_token_ids.begin(), config_.eos_token_ids.end()),
+        scheduler_({options.max_batch_tokens, options.max_running, options.max_queue}),
+        states_(backend_.get(), options.max_states, options.host_state_bytes),
+        rng_(options.seed) {
+    thread_ = std::thread([this] { Loop(); });
+  }
+  ~EngineImpl() override { Shutdown(); }
+
+  const ModelConfig& config() const override { return config_; }
+  BackendInfo backend_info() const override {
+    std::lock_guard backend_lock(backend_mu_);
+    return backend_->info();
+  }
+  int64_t state_bytes_per_sequence() const override { return backend_->slot_bytes(); }
+
+  absl::StatusOr<StateId> CreateState() override {
+    std::lock_guard lock(mu_);
+    return states_.Create(/*temporary=*/false);
+  }
+
+  absl::StatusOr<StateId> ForkState(StateId source) override {
+    std::lock_guard backend_lock(backend_mu_);
+    std::lock_guard lock(mu_);
+    return states_.Fork(source);
+  }
+
+  absl::Status FreeState(StateId id) override {
+    std::lock_guard lock(mu_);
+    return states_.Free(id);
+  }
+
+  absl::StatusOr<StateInfo> GetStateInfo(StateId id) const override {
+    std::lock_guard lock(mu_);
+    const SequenceState* state = states_.Find(id);
+    if (state == nullptr) return absl::NotFoundError(absl::StrCat("unknown state ", id));
+    return states_.Info(*state);
+  }
+
+  absl::StatusOr<RequestId> Submit(EngineRequest request,
+                                   std::shared_ptr<TokenSink> sink) override {
+    if (sink == nullptr) return absl::InvalidArgumentError("no sink");
+    if (absl::Status s = ValidateRequest(request, config_.vocab_size); !s.ok()) return s;
+
+    std::lock_guard lock(mu_);
+    if (!accepting_) return absl::UnavailableError("engine is shutting down");
+    SequenceState* state = nullptr;
+    if (request.state != 0) {
+      state = states_.Find(request.state);
+      if (state == nullptr)
+        return absl::NotFoundError(absl::StrCat("unknown state ", request.state));
+      if (state->busy) return absl::AbortedError("state is busy with another request");
+    }
+    const RequestId id = next_request_id_++;
+    const int64_t carried = state == nullptr ? 0 : static_cast<int64_t>(state->pending.size());
+    const int64_t prefill = carried + static_cast<int64_t>(request.input.size());
+    if (absl::Status s = scheduler_.Add(id, prefill); !s.ok()) return s;
+    if (state == nullptr) {
+      absl::StatusOr<StateId> temp = states_.Create(/*temporary=*/true);
+      if (!temp.ok()) {
+        scheduler_.Remove(id);
+        return temp.status();
+      }
+      request.state = *temp;
+      state = states_.Find(*temp);
+    }
+
+    auto seq = std::make_unique<Sequence>();
+    seq->id = id;
+    seq->state = request.state;
+    seq->sink = std::move(sink);
+    seq->sampling = request.sampling;
+    seq->stopping = std::move(request.stopping);
+    seq->logprobs = request.logprobs;
+    seq->seed = request.sampling.seed.has_value() ? *request.sampling.seed : rng_();
+    seq->tokens = std::move(state->pending);
+    seq->carried = carried;
+    seq->prompt_tokens = static_cast<int64_t>(request.input.size());
+    seq->tokens.insert(seq->tokens.end(), request.input.begin(), request.input.end());
+    seq->history.AddPrompt(seq->tokens);
+    state->pending.clear();
+    state->busy = true;
+    states_.Touch(*state);
+    sequences_[id] = std::move(seq);
+    work_cv_.notify_one();
+    return id;
+  }
+
+  void Cancel(RequestId id) override {
+    std::lock_guard lock(mu_);
+    if (!sequences_.contains(id)) return;
+    cancels_.insert(id);
+    work_cv_.notify_one();
+  }
+
+  EngineStats Stats() const override {
+    std::lock_guard lock(mu_);
+    EngineStats s;
+    s.queue_depth = scheduler_.num_waiting();
+    s.running_sequences = scheduler_.num_running();
+    s.states = states_.num_states();
+    s.device_slots_used = states_.used_slots();
+    s.device_slots_free = states_.free_slots();
+    s.host_states = states_.host_states();
+    s.host_bytes_used = states_.host_bytes_used();
+    s.host_bytes_capacity = states_.host_capacity_bytes();
+    s.evictions_total = states_.evictions();
+    s.restores_total = states_.restores();
+    return s;
+  }
+
+  void Shutdown() override {
+    {
+      std::lock_guard lock(mu_);
+      accepting_ = false;
+      stopping_ = true;
+      for (const auto& [id, seq] : sequences_) cancels_.insert(id);
+      work_cv_.notify_one();
+    }
+    if (thread_.joinable()) thread_.join();
+  }
+
+ private:
+  // What one logits row of the current step belongs to.
+  struct Advance {
+    Sequence* seq = nullptr;
+    int64_t num_tokens = 0;     // tokens fed this step
+    bool logits_row = false;    // produces a row (decode, or the prompt's last chunk)
+    bool prefill_only = false;  // the prompt's last chunk of a max_new_tokens == 0 request
+  };
+
+  void Loop() {
+    while (true) {
+      {
+        std::unique_lock lock(mu_);
+        work_cv_.wait(lock, [&] { return stopping_ || !cancels_.empty() || !scheduler_.empty(); });
+        if (stopping_ && cancels_.empty() && scheduler_.empty()) return;
+      }
+      Step();
+    }
+  }
+
+  void Step() {
+    const absl::Time start = absl::Now();
+    std::vector<Finished> finished;
+    StepPlan plan;
+    std::vector<Advance> advances;  // decodes then prefill chunks, the plan's order
+    StepOutput& out = step_output_;
+    absl::Status status;
+    // The backend is held for planning (admission may spill/restore states) and Forward only;
+    // sampling and the sinks run without any engine lock.
+    std::unique_lock backend_lock(backend_mu_);
+    {
+      std::lock_guard lock(mu_);
+      // Cancels first, so their slots are free for this step's admissions.
+      const absl::flat_hash_set<RequestId> cancels = std::exchange(cancels_, {});
+      for (RequestId id : cancels) {
+        auto it = sequences_.find(id);
+        if (it != sequences_.end()) {
+          finished.push_back(FinishLocked(it->second.get(), FinishReason::kCancelled, {}));
+        }
+      }
+
+      ScheduledStep step = scheduler_.Schedule([&](RequestId id) {
+        const StateId state_id = sequences_.at(id)->state;
+        absl::Status s = states_.MakeResident(state_id);
+        if (s.ok()) states_.Find(state_id)->running = true;
+        return s;
+      });
+      for (ScheduledStep::Failed& f : step.failed) {
+        finished.push_back(
+            FinishLocked(sequences_.at(f.id).get(), FinishReason::kError, std::move(f.status)));
+      }
+      for (RequestId id : step.decodes) {
+        Sequence* seq = sequences_.at(id).get();
+        const SequenceState& state = *states_.Find(seq->state);
+        plan.decodes.push_back({*state.slot, state.consumed, seq->tokens[seq->fed]});
+        advances.push_back({seq, 1, true, false});
+      }
+      for (const ScheduledStep::Chunk& c : step.prefills) {
+        Sequence* seq = sequences_.at(c.id).get();
+        const SequenceState& state = *states_.Find(seq->state);
+        const bool wants_token = c.last && seq->stopping.max_new_tokens > 0;
+        PrefillChunk chunk;
+        chunk.slot = *state.slot;
+        chunk.first_position = state.consumed;
+        chunk.tokens.assign(seq->tokens.begin() + seq->fed,
+                            seq->tokens.begin() + seq->fed + c.num_tokens);
+        chunk.logits = wants_token ? LogitsMode::kLast : LogitsMode::kNone;
+        plan.prefills.push_back(std::move(chunk));
+        advances.push_back({seq, c.num_tokens, wants_token, c.last && !wants_token});
+      }
+    }
+
+    if (!advances.empty()) {
+      status = backend_->Forward(plan, &out);
+      if (status.ok() && out.rows != plan.num_logits_rows()) {
+        status = absl::InternalError(absl::StrCat(
+            "backend returned ", out.rows, " logits rows, expected ", plan.num_logits_rows()));
+      }
+      if (!status.ok()) FailStep(advances, status, finished);
+    }
+    backend_lock.unlock();
+
+    if (!advances.empty()) {
+      if (status.ok()) RunSamplers(advances, out, finished);
+      if (options_.observer != nullptr) {
+        options_.observer->OnStep(
+            {static_cast<int64_t>(advances.size()), plan.num_tokens(), absl::Now() - start});
+      }
+    }
+    Deliver(finished);
+  }
+
+  // Advances the states by the fed tokens, samples each row, streams the tokens and retires
+  // the sequences that are done.
+  void RunSamplers(const std::vector<Advance>& advances, const StepOutput& out,
+                   std::vector<Finished>& finished) {
+    {
+      std::lock_guard lock(mu_);
+      for (const Advance& a : advances) {
+        a.seq->fed += a.num_tokens;
+        states_.Find(a.seq->state)->consumed += a.num_tokens;
+      }
+    }
+    // Sample every row first (rows are independent: in parallel when worthwhile), then stream
+    // the tokens in row order. Neither holds mu_ (sinks may call back into the engine).
+    std::vector<Sequence*> row_seqs;
+    for (const Advance& a : advances) {
+      if (a.logits_row) row_seqs.push_back(a.seq);
+    }
+    std::vector<int32_t> tokens(row_seqs.size());
+    std::vector<TokenLogprobs> logprobs(row_seqs.size());
+    const int64_t work = static_cast<int64_t>(row_seqs.size()) * out.vocab;
+    ParallelFor(static_cast<int64_t>(row_seqs.size()),
+                work >= kParallelSamplingWork ? sampler_threads_ : 1, [&](int64_t r) {
+                  const Sequence& seq = *row_seqs[r];
+                  tokens[r] = SampleToken(
+                      std::span<const float>(out.row(r), out.vocab), seq.sampling, seq.history,
+                      {seq.seed, static_cast<uint64_t>(seq.generated), seq.logprobs},
+                      seq.logprobs > 0 ? &logprobs[r] : nullptr);
+                });
+
+    std::vector<std::pair<Sequence*, FinishReason>> done;
+    for (const Advance& a : advances) {
+      if (a.prefill_only) done.push_back({a.seq, FinishReason::kLength});
+    }
+    for (size_t r = 0; r < row_seqs.size(); ++r) {
+      Sequence& seq = *row_seqs[r];
+      const int32_t token = tokens[r];
+      seq.tokens.push_back(token);
+      seq.history.AddGenerated(token);
+      ++seq.generated;
+      const bool keep_going = seq.sink->OnToken(token, seq.logprobs > 0 ? &logprobs[r] : nullptr);
+      const auto& stop_ids = seq.stopping.stop_token_ids;
+      if (!keep_going) {
+        done.push_back({&seq, FinishReason::kStop});
+      } else if (!seq.stopping.ignore_eos && eos_.contains(token)) {
+        done.push_back({&seq, FinishReason::kEos});
+      } else if (std::find(stop_ids.begin(), stop_ids.end(), token) != stop_ids.end()) {
+        done.push_back({&seq, FinishReason::kStop});
+      } else if (seq.generated >= seq.stopping.max_new_tokens) {
+        done.push_back({&seq, FinishReason::kLength});
+      }
+    }
+    std::lock_guard lock(mu_);
+    for (auto& [seq, reason] : done) finished.push_back(FinishLocked(seq, reason, {}));
+  }
+
+  // A failed Forward fails the requests of this step only. Their states keep what the backend
+  // says it consumed, so a session stays consistent. Called with backend_mu_ held.
+  void FailStep(const std::vector<Advance>& advances, const absl::Status& status,
+                std::vector<Finished>& finished) {
+    std::lock_guard lock(mu_);
+    for (const Advance& a : advances) {
+      SequenceState& state = *states_.Find(a.seq->state);
+      const int64_t advanced = std::clamp<int64_t>(
+          backend_->SlotPosition(*state.slot) - state.consumed, 0, a.num_tokens);
+      state.consumed += advanced;
+      a.seq->fed += advanced;
+      finished.push_back(FinishLocked(a.seq, FinishReason::kError, status));
+    }
+  }
+
+  // Removes a sequence from the engine and settles its state (see StateManager): unfed tokens
+  // stay pending, except unfed input of a failed request, which is dropped.
+  Finished FinishLocked(Sequence* seq, FinishReason reason, absl::Status status) {
+    scheduler_.Remove(seq->id);
+    cancels_.erase(seq->id);
+    SequenceState& state = *states_.Find(seq->state);
+    const int64_t keep_until = reason == FinishReason::kError
+                                   ? std::max(seq->fed, seq->carried)
+                                   : static_cast<int64_t>(seq->tokens.size());
+    state.pending.assign(seq->tokens.begin() + std::min(seq->fed, keep_until),
+                         seq->tokens.begin() + keep_until);
+    state.busy = false;
+    state.running = false;
+    states_.Touch(state);
+
+    Finished f;
+    f.reason = reason;
+    f.status = std::move(status);
+    f.usage.prompt_tokens = seq->prompt_tokens;
+    f.usage.generated_tokens = seq->generated;
+    f.usage.state_tokens = state.consumed + static_cast<int64_t>(state.pending.size());
+    if (state.temporary) states_.Free(seq->state).IgnoreError();  // not busy: cannot fail
+    auto it = sequences_.find(seq->id);
+    f.seq = std::move(it->second);
+    sequences_.erase(it);
+    return f;
+  }
+
+  // OnFinish calls and state-tier events, outside mu_.
+  void Deliver(std::vector<Finished>& finished) {
+    for (Finished& f : finished) f.seq->sink->OnFinish(f.reason, f.usage, f.status);
+    if (options_.observer == nullptr) return;
+    int64_t evictions, restores;
+    {
+      std::lock_guard lock(mu_);
+      evictions = states_.evictions();
+      restores = states_.restores();
+    }
+    for (; reported_evictions_ < evictions; ++reported_evictions_)
+      options_.observer->OnStateEvicted();
+    for (; reported_restores_ < restores; ++reported_restores_)
+      options_.observer->OnStateRestored();
+  }
+
+  const std::unique_ptr<Backend> backend_;
+  const EngineOptions options_;
+  const ModelConfig config_;
+  const absl::flat_hash_set<int32_t> eos_;
+
+  mutable std::mutex backend_mu_;
+  mutable std::mutex mu_;
+  std::condition_variable work_cv_;
+  Scheduler scheduler_;  // guarded by mu_
+  StateManager states_;  // guarded by mu_ (+ backend_mu_)
+  absl::flat_hash_map<RequestId, std::unique_ptr<Sequence>> sequences_;  // guarded by mu_
+  absl::flat_hash_set<RequestId> cancels_;                               // guarded by mu_
+  std::mt19937_64 rng_;                                                  // guarded by mu_
+  RequestId next_request_id_ = 1;                                        // guarded by mu_
+  bool accepting_ = true;                                                // guarded by mu_
+  bool stopping_ = false;                                                // guarded by mu_
+  int64_t reported_evictions_ = 0, reported_restores_ = 0;               // engine thread only
+  // Host threads for sampling the rows of a step (by default half the cores: the rest may feed
+  // a GPU).
+  const int sampler_threads_ =
+      options_.sampler_threads > 0
+          ? options_.sampler_threads
+          : std::clamp(static_cast<int>(std::thread::hardware_concurrency()) / 2, 1, 8);
+  // Reused by every step (engine thread only), so the logits buffer is not reallocated.
+  StepOutput step_output_;
+  std::thread thread_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::unique_ptr<Backend> backend,
+                                                       const EngineOptions& options) {
+  if (backend == nullptr) return absl::InvalidArgumentError("no backend");
+  if (backend->num_slots() < 1) return absl::InvalidArgumentError("backend has no state slots");
+  if (options.max_running < 1 || options.max_batch_tokens < options.max_running) {
+    // Decodes must always fit the token budget so running sequences are never starved.
+    return absl::InvalidArgumentError("need 1 <= max_running <= max_batch_tokens");
+  }
+  if (options.max_queue < 0 || options.max_states < 1 || options.host_state_bytes < 0 ||
+      options.sampler_threads < 0) {
+    return absl::InvalidArgumentError(
+        "max_queue, max_states, host_state_bytes or sampler_threads out of range");
+  }
+  return std::unique_ptr<Engine>(new EngineImpl(std::move(backend), options));
+}
+
+}  // namespace lizard

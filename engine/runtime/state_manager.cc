@@ -1,0 +1,169 @@
+#include "engine/runtime/state_manager.h"
+
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+
+namespace lizard {
+
+StateManager::StateManager(Backend* backend, int64_t max_states, int64_t host_capacity_bytes)
+    : backend_(backend), max_states_(max_states), host_capacity_bytes_(host_capacity_bytes) {
+  // Handed out from the back: slot 0 first.
+  for (SlotId s = backend->num_slots() - 1; s >= 0; --s) free_slots_.push_back(s);
+}
+
+absl::StatusOr<StateId> StateManager::Create(bool temporary) {
+  if (num_states() >= max_states_) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("state capacity is full (", max_states_, " states)"));
+  }
+  const StateId id = next_id_++;
+  SequenceState& state = states_[id];
+  state.temporary = temporary;
+  Touch(state);
+  return id;
+}
+
+absl::StatusOr<StateId> StateManager::Fork(StateId source) {
+  SequenceState* src = Find(source);
+  if (src == nullptr) return absl::NotFoundError(absl::StrCat("unknown state ", source));
+  if (src->busy) return absl::FailedPreconditionError("cannot fork a busy state");
+  if (num_states() >= max_states_) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("state capacity is full (", max_states_, " states)"));
+  }
+
+  SequenceState copy;
+  copy.consumed = src->consumed;
+  copy.pending = src->pending;
+  if (src->slot.has_value()) {
+    absl::StatusOr<SlotId> slot = AcquireSlot(source);
+    if (slot.ok()) {
+      if (absl::Status s = backend_->CopySlot(*src->slot, *slot); !s.ok()) {
+        free_slots_.push_back(*slot);
+        return s;
+      }
+      copy.slot = *slot;
+    } else {
+      // No device room: keep the copy on the host.
+      absl::StatusOr<std::string> bytes = backend_->SaveSlot(*src->slot);
+      if (!bytes.ok()) return bytes.status();
+      copy.host = *std::move(bytes);
+    }
+  } else if (src->host.has_value()) {
+    copy.host = *src->host;
+  }
+  if (copy.host.has_value()) {
+    const int64_t size = static_cast<int64_t>(copy.host->size());
+    if (host_bytes_used_ + size > host_capacity_bytes_) {
+      return absl::ResourceExhaustedError("no room for the forked state on device or host");
+    }
+    host_bytes_used_ += size;
+  }
+  const StateId id = next_id_++;
+  states_[id] = std::move(copy);
+  Touch(states_[id]);
+  Touch(*src);
+  return id;
+}
+
+absl::Status StateManager::Free(StateId id) {
+  auto it = states_.find(id);
+  if (it == states_.end()) return absl::NotFoundError(absl::StrCat("unknown state ", id));
+  if (it->second.busy) return absl::FailedPreconditionError("state is busy");
+  Release(it->second);
+  states_.erase(it);
+  return absl::OkStatus();
+}
+
+SequenceState* StateManager::Find(StateId id) {
+  auto it = states_.find(id);
+  return it == states_.end() ? nullptr : &it->second;
+}
+
+const SequenceState* StateManager::Find(StateId id) const {
+  auto it = states_.find(id);
+  return it == states_.end() ? nullptr : &it->second;
+}
+
+StateInfo StateManager::Info(const SequenceState& state) const {
+  StateInfo info;
+  info.num_tokens = state.consumed + static_cast<int64_t>(state.pending.size());
+  info.location = state.host.has_value() ? StateLocation::kHost : StateLocation::kDevice;
+  info.state_bytes = backend_->slot_bytes() + backend_->kv_bytes_per_token() * state.consumed;
+  info.busy = state.busy;
+  return info;
+}
+
+absl::Status StateManager::MakeResident(StateId id) {
+  SequenceState* state = Find(id);
+  if (state == nullptr) return absl::NotFoundError(absl::StrCat("unknown state ", id));
+  if (state->slot.has_value()) return absl::OkStatus();
+
+  const int64_t own_host_bytes = state->host.has_value() ? state->host->size() : 0;
+  absl::StatusOr<SlotId> slot = AcquireSlot(id, own_host_bytes);
+  if (!slot.ok()) return slot.status();
+  absl::Status loaded = state->host.has_value() ? backend_->LoadSlot(*slot, *state->host)
+                                                : backend_->ResetSlot(*slot);
+  if (!loaded.ok()) {
+    free_slots_.push_back(*slot);
+    return loaded;
+  }
+  if (state->host.has_value()) {
+    host_bytes_used_ -= static_cast<int64_t>(state->host->size());
+    state->host.reset();
+    ++restores_;
+  }
+  state->slot = *slot;
+  return absl::OkStatus();
+}
+
+int64_t StateManager::host_states() const {
+  int64_t n = 0;
+  for (const auto& [id, state] : states_) n += state.host.has_value() ? 1 : 0;
+  return n;
+}
+
+absl::StatusOr<SlotId> StateManager::AcquireSlot(StateId keep, int64_t host_room_bonus) {
+  if (free_slots_.empty()) {
+    SequenceState* victim = nullptr;
+    for (auto& [id, state] : states_) {
+      if (id == keep || !state.slot.has_value() || state.running) continue;
+      if (victim == nullptr || state.last_used < victim->last_used) victim = &state;
+    }
+    if (victim == nullptr) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "all ", backend_->num_slots(), " device state slots are used by running sequences"));
+    }
+    if (absl::Status s = Spill(*victim, host_room_bonus); !s.ok()) return s;
+  }
+  const SlotId slot = free_slots_.back();
+  free_slots_.pop_back();
+  return slot;
+}
+
+absl::Status StateManager::Spill(SequenceState& state, int64_t host_room_bonus) {
+  absl::StatusOr<std::string> bytes = backend_->SaveSlot(*state.slot);
+  if (!bytes.ok()) return bytes.status();
+  const int64_t size = static_cast<int64_t>(bytes->size());
+  if (host_bytes_used_ + size > host_capacity_bytes_ + host_room_bonus) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("device state slots are full and the host tier has no room (",
+                     host_bytes_used_, " of ", host_capacity_bytes_, " bytes used)"));
+  }
+  host_bytes_used_ += size;
+  state.host = *std::move(bytes);
+  free_slots_.push_back(*state.slot);
+  state.slot.reset();
+  ++evictions_;
+  return absl::OkStatus();
+}
+
+void StateManager::Release(SequenceState& state) {
+  if (state.slot.has_value()) free_slots_.push_back(*state.slot);
+  if (state.host.has_value()) host_bytes_used_ -= static_cast<int64_t>(state.host->size());
+  state.slot.reset();
+  state.host.reset();
+}
+
+}  // namespace lizard

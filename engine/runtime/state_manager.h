@@ -1,0 +1,93 @@
+// StateManager: the engine's sequence states and where they live.
+//
+// A state is a conversation's memory: `consumed` tokens folded into the model state (in a device
+// slot, or spilled to host bytes), plus `pending` tokens that belong to the conversation but have
+// not been fed yet. A generated token is streamed before it is fed to the model, so when a
+// request ends its last token (or, after a cancel, any unfed input) stays pending and is fed
+// first by the next request on that state. Thus num_tokens = consumed + pending, and two turns
+// equal one request over the whole history.
+//
+// Device tier = the backend's slots. A state gets a slot lazily (on first use, or when restored);
+// when none is free, the least recently used state that is not running is spilled to host bytes
+// (Backend::SaveSlot), bounded by host_capacity_bytes. Nothing is ever dropped: when neither tier
+// has room the caller gets RESOURCE_EXHAUSTED.
+//
+// Not thread-safe: the engine serializes all calls (and all backend calls).
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/container/node_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "engine/backend.h"
+#include "engine/runtime/engine.h"
+
+namespace lizard {
+
+struct SequenceState {
+  std::optional<SlotId> slot;       // resident in this device slot
+  std::optional<std::string> host;  // or spilled here (never both)
+  int64_t consumed = 0;             // tokens the model state has consumed
+  std::vector<int32_t> pending;     // tokens of the conversation not fed yet
+  uint64_t last_used = 0;           // LRU clock
+  bool busy = false;                // a request is attached (queued or running)
+  bool running = false;             // that request is admitted: its slot is in use by steps
+  bool temporary = false;           // freed when its request ends
+};
+
+class StateManager {
+ public:
+  StateManager(Backend* backend, int64_t max_states, int64_t host_capacity_bytes);
+
+  // A new empty state (no slot until first use). RESOURCE_EXHAUSTED at max_states.
+  absl::StatusOr<StateId> Create(bool temporary);
+  // A copy of `source` (not busy). The copy lives on the device when a slot can be had,
+  // otherwise on the host.
+  absl::StatusOr<StateId> Fork(StateId source);
+  // FAILED_PRECONDITION while busy, NOT_FOUND if unknown.
+  absl::Status Free(StateId id);
+
+  // nullptr if unknown.
+  SequenceState* Find(StateId id);
+  const SequenceState* Find(StateId id) const;
+  StateInfo Info(const SequenceState& state) const;
+
+  // Gives the state a device slot: a free one, or one spilled from the LRU non-running state;
+  // restores spilled bytes into it, or resets it for a state that has consumed nothing.
+  absl::Status MakeResident(StateId id);
+  // Marks a state as just used (LRU).
+  void Touch(SequenceState& state) { state.last_used = ++clock_; }
+
+  int64_t num_states() const { return static_cast<int64_t>(states_.size()); }
+  int32_t free_slots() const { return static_cast<int32_t>(free_slots_.size()); }
+  int32_t used_slots() const { return backend_->num_slots() - free_slots(); }
+  int64_t host_states() const;
+  int64_t host_bytes_used() const { return host_bytes_used_; }
+  int64_t host_capacity_bytes() const { return host_capacity_bytes_; }
+  int64_t evictions() const { return evictions_; }
+  int64_t restores() const { return restores_; }
+
+ private:
+  // A free slot, spilling the LRU non-running resident state (other than `keep`) if needed.
+  // `host_room_bonus`: host bytes about to be freed (a restore swaps its bytes for the victim's).
+  absl::StatusOr<SlotId> AcquireSlot(StateId keep, int64_t host_room_bonus = 0);
+  absl::Status Spill(SequenceState& state, int64_t host_room_bonus);
+  void Release(SequenceState& state);  // returns its slot / host bytes
+
+  Backend* backend_;
+  int64_t max_states_;
+  int64_t host_capacity_bytes_;
+  absl::node_hash_map<StateId, SequenceState> states_;  // node map: Find() pointers stay valid
+  std::vector<SlotId> free_slots_;
+  StateId next_id_ = 1;
+  uint64_t clock_ = 0;
+  int64_t host_bytes_used_ = 0;
+  int64_t evictions_ = 0;
+  int64_t restores_ = 0;
+};
+
+}  // namespace lizard

@@ -1,0 +1,194 @@
+#include "tests/runtime/fake_backend.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/str_cat.h"
+
+namespace lizard::testing {
+namespace {
+
+uint64_t Mix(uint64_t x) {
+  x ^= x >> 33;
+  x *= 0xFF51AFD7ED558CCDull;
+  x ^= x >> 33;
+  x *= 0xC4CEB9FE1A85EC53ull;
+  return x ^ (x >> 33);
+}
+
+}  // namespace
+
+uint64_t FakeConsume(uint64_t hash, int32_t token, int64_t position) {
+  return Mix(hash ^ Mix(static_cast<uint64_t>(token) * 0x9E3779B97F4A7C15ull +
+                        static_cast<uint64_t>(position)));
+}
+
+std::vector<float> FakeLogits(uint64_t hash, int64_t vocab) {
+  std::vector<float> row(vocab);
+  for (int64_t v = 0; v < vocab; ++v) {
+    const uint64_t bits = Mix(hash + static_cast<uint64_t>(v) * 0xD1B54A32D192ED03ull);
+    row[v] = static_cast<float>(bits >> 40) / static_cast<float>(1 << 24) * 8.0f - 4.0f;
+  }
+  return row;
+}
+
+std::vector<int32_t> FakeGreedy(const std::vector<int32_t>& history, int64_t vocab, int n) {
+  uint64_t hash = kEmptyHash;
+  int64_t position = 0;
+  for (int32_t t : history) hash = FakeConsume(hash, t, position++);
+  std::vector<int32_t> out;
+  for (int i = 0; i < n; ++i) {
+    const std::vector<float> row = FakeLogits(hash, vocab);
+    const int32_t t = static_cast<int32_t>(std::max_element(row.begin(), row.end()) - row.begin());
+    out.push_back(t);
+    hash = FakeConsume(hash, t, position++);
+  }
+  return out;
+}
+
+void FakeControl::Pause() {
+  std::lock_guard lock(mu_);
+  paused_ = true;
+}
+
+void FakeControl::Resume() {
+  std::lock_guard lock(mu_);
+  paused_ = false;
+  cv_.notify_all();
+}
+
+bool FakeControl::WaitUntilBlocked(absl::Duration timeout) {
+  std::unique_lock lock(mu_);
+  return cv_.wait_for(lock, absl::ToChronoNanoseconds(timeout), [&] { return blocked_ > 0; });
+}
+
+int64_t FakeControl::forward_calls() const {
+  std::lock_guard lock(mu_);
+  return forward_calls_;
+}
+
+int64_t FakeControl::max_step_tokens() const {
+  std::lock_guard lock(mu_);
+  return max_step_tokens_;
+}
+
+int64_t FakeControl::max_step_sequences() const {
+  std::lock_guard lock(mu_);
+  return max_step_sequences_;
+}
+
+void FakeControl::EnterForward(const StepPlan& plan) {
+  std::unique_lock lock(mu_);
+  ++blocked_;
+  cv_.notify_all();
+  cv_.wait(lock, [&] { return !paused_; });
+  --blocked_;
+  ++forward_calls_;
+  max_step_tokens_ = std::max(max_step_tokens_, plan.num_tokens());
+  max_step_sequences_ = std::max<int64_t>(
+      max_step_sequences_, static_cast<int64_t>(plan.decodes.size() + plan.prefills.size()));
+}
+
+FakeBackend::FakeBackend(const FakeBackendOptions& options, std::shared_ptr<FakeControl> control)
+    : options_(options), control_(std::move(control)), slots_(options.num_slots) {
+  config_.vocab_size = options.vocab;
+  config_.eos_token_ids = options.eos_token_ids;
+  config_.name = "fake";
+}
+
+absl::Status FakeBackend::CheckSlot(SlotId slot) const {
+  if (slot < 0 || slot >= num_slots()) return absl::OutOfRangeError(absl::StrCat("slot ", slot));
+  return absl::OkStatus();
+}
+
+absl::Status FakeBackend::ResetSlot(SlotId slot) {
+  if (absl::Status s = CheckSlot(slot); !s.ok()) return s;
+  slots_[slot] = Slot{};
+  return absl::OkStatus();
+}
+
+absl::Status FakeBackend::CopySlot(SlotId src, SlotId dst) {
+  if (absl::Status s = CheckSlot(src); !s.ok()) return s;
+  if (absl::Status s = CheckSlot(dst); !s.ok()) return s;
+  slots_[dst] = slots_[src];
+  return absl::OkStatus();
+}
+
+int64_t FakeBackend::SlotPosition(SlotId slot) const {
+  return CheckSlot(slot).ok() ? slots_[slot].position : 0;
+}
+
+absl::StatusOr<std::string> FakeBackend::SaveSlot(SlotId slot) {
+  if (absl::Status s = CheckSlot(slot); !s.ok()) return s;
+  std::string bytes(options_.slot_bytes, '\0');
+  std::memcpy(bytes.data(), &slots_[slot], sizeof(Slot));
+  return bytes;
+}
+
+absl::Status FakeBackend::LoadSlot(SlotId slot, std::string_view bytes) {
+  if (absl::Status s = CheckSlot(slot); !s.ok()) return s;
+  if (static_cast<int64_t>(bytes.size()) != options_.slot_bytes) {
+    return absl::InvalidArgumentError("wrong state size");
+  }
+  std::memcpy(&slots_[slot], bytes.data(), sizeof(Slot));
+  return absl::OkStatus();
+}
+
+absl::Status FakeBackend::FillSlotForBenchmark(SlotId slot, int64_t position, uint64_t seed) {
+  if (absl::Status s = CheckSlot(slot); !s.ok()) return s;
+  slots_[slot] = {Mix(seed), position};
+  return absl::OkStatus();
+}
+
+absl::Status FakeBackend::Forward(const StepPlan& plan, StepOutput* out) {
+  control_->EnterForward(plan);
+  // Check the whole plan before touching any slot, like a real backend refusing a bad plan.
+  absl::flat_hash_set<SlotId> seen;
+  auto check = [&](SlotId slot, int64_t position) -> absl::Status {
+    if (absl::Status s = CheckSlot(slot); !s.ok()) return s;
+    if (!seen.insert(slot).second) return absl::InvalidArgumentError("slot twice in a plan");
+    if (slots_[slot].position != position) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("slot ", slot, " is at ", slots_[slot].position, ", plan says ", position));
+    }
+    return absl::OkStatus();
+  };
+  for (const DecodeItem& d : plan.decodes) {
+    if (absl::Status s = check(d.slot, d.position); !s.ok()) return s;
+    if (d.token == options_.poison_token) return absl::InternalError("poisoned token");
+  }
+  for (const PrefillChunk& c : plan.prefills) {
+    if (absl::Status s = check(c.slot, c.first_position); !s.ok()) return s;
+    if (c.tokens.empty()) return absl::InvalidArgumentError("empty prefill chunk");
+    for (int32_t t : c.tokens) {
+      if (t == options_.poison_token) return absl::InternalError("poisoned token");
+    }
+  }
+
+  out->rows = plan.num_logits_rows();
+  out->vocab = options_.vocab;
+  out->logits.clear();
+  auto consume = [&](SlotId slot, int32_t token) {
+    Slot& s = slots_[slot];
+    s.hash = FakeConsume(s.hash, token, s.position++);
+  };
+  auto emit = [&](SlotId slot) {
+    const std::vector<float> row = FakeLogits(slots_[slot].hash, options_.vocab);
+    out->logits.insert(out->logits.end(), row.begin(), row.end());
+  };
+  for (const DecodeItem& d : plan.decodes) {
+    consume(d.slot, d.token);
+    emit(d.slot);
+  }
+  for (const PrefillChunk& c : plan.prefills) {
+    for (int32_t t : c.tokens) {
+      consume(c.slot, t);
+      if (c.logits == LogitsMode::kAll) emit(c.slot);
+    }
+    if (c.logits == LogitsMode::kLast) emit(c.slot);
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace lizard::testing
