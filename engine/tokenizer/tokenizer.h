@@ -39,9 +39,8 @@ class IncrementalDecoder {
  private:
   const Tokenizer& tokenizer_;
   bool skip_special_tokens_;
-  std::vector<int32_t> ids_;
-  size_t emitted_bytes_ = 0;  // of Decode(ids_) already returned
-  size_t prefix_offset_ = 0;
+  std::vector<int32_t> ids_;  // context (last tokens that produced text), then newer tokens
+  size_t read_count_ = 0;     // leading tokens of ids_ whose text was already returned
 };
 
 }  // namespace lizard
