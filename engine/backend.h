@@ -73,6 +73,9 @@ class Backend {
 
 enum class BackendKind { kAuto, kCpu, kCuda };
 
+// "auto", "cpu" or "cuda" (the spelling of the --backend flags); INVALID_ARGUMENT otherwise.
+absl::StatusOr<BackendKind> ParseBackendKind(const std::string& name);
+
 struct BackendOptions {
   std::string model_dir;
   BackendKind kind = BackendKind::kAuto;

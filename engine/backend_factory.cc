@@ -1,6 +1,7 @@
 #include <cstdio>
 
 #include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
 #include "engine/backend.h"
 #include "engine/cpu/cpu_backend.h"
 #ifdef LIZARD_HAVE_CUDA
@@ -8,6 +9,14 @@
 #endif
 
 namespace lizard {
+
+absl::StatusOr<BackendKind> ParseBackendKind(const std::string& name) {
+  if (name == "auto") return BackendKind::kAuto;
+  if (name == "cpu") return BackendKind::kCpu;
+  if (name == "cuda") return BackendKind::kCuda;
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown backend \"", name, "\" (expected auto, cpu or cuda)"));
+}
 
 absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(const BackendOptions& options) {
   switch (options.kind) {

@@ -17,10 +17,11 @@
 
 namespace lizard::server {
 
-// What GetModelInfo reports beyond the engine's own numbers.
+// Set from ServerOptions: request limits, and what GetModelInfo reports beyond the engine's own
+// numbers.
 struct ServiceConfig {
   RequestLimits limits;
-  absl::Duration max_session_ttl = absl::Hours(24);
+  absl::Duration max_session_ttl;
   v1::Capacity capacity;
   int64_t kv_bytes_per_token = 0;
 };

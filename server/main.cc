@@ -19,23 +19,40 @@
 ABSL_FLAG(std::string, model, "",
           "model directory (config.json, safetensors, tokenizer.json); default: the shipped "
           "models/lizard-tiny");
-ABSL_FLAG(std::string, host, "0.0.0.0", "address to listen on (gRPC and metrics)");
-ABSL_FLAG(int, port, 50051, "gRPC port (0 = any free port, logged at startup)");
-ABSL_FLAG(int, metrics_port, 9400, "Prometheus /metrics port (0 = any free port)");
+namespace {
+// The flags' defaults are ServerOptions' defaults, so the two cannot drift apart.
+const lizard::server::ServerOptions& Defaults() {
+  static const lizard::server::ServerOptions defaults;
+  return defaults;
+}
+}  // namespace
+
+ABSL_FLAG(std::string, host, Defaults().host, "address to listen on (gRPC and metrics)");
+ABSL_FLAG(int, port, Defaults().port, "gRPC port (0 = any free port, logged at startup)");
+ABSL_FLAG(int, metrics_port, Defaults().metrics_port,
+          "Prometheus /metrics port (0 = any free port)");
 ABSL_FLAG(std::string, backend, "auto", "auto | cpu | cuda");
-ABSL_FLAG(int, threads, 0, "CPU backend threads (0 = all cores)");
-ABSL_FLAG(int, max_batch_tokens, 512, "tokens per engine step (decodes + prefill chunks)");
-ABSL_FLAG(int, max_running, 64, "sequences running at once");
-ABSL_FLAG(int, max_queue, 256, "waiting requests before RESOURCE_EXHAUSTED");
-ABSL_FLAG(int64_t, max_sessions, 1024, "live sessions before RESOURCE_EXHAUSTED");
-ABSL_FLAG(int, device_state_slots, 64, "sequence state slots on the device");
-ABSL_FLAG(int64_t, host_state_bytes, int64_t{4} << 30, "host memory for spilled states");
-ABSL_FLAG(absl::Duration, session_ttl, absl::Minutes(10), "idle time before a session expires");
-ABSL_FLAG(absl::Duration, max_session_ttl, absl::Hours(24),
+ABSL_FLAG(int, threads, Defaults().threads, "CPU backend threads (0 = all cores)");
+ABSL_FLAG(int, max_batch_tokens, Defaults().max_batch_tokens,
+          "tokens per engine step (decodes + prefill chunks)");
+ABSL_FLAG(int, max_running, Defaults().max_running, "sequences running at once");
+ABSL_FLAG(int, max_queue, Defaults().max_queue, "waiting requests before RESOURCE_EXHAUSTED");
+ABSL_FLAG(int64_t, max_sessions, Defaults().max_sessions,
+          "live sessions before RESOURCE_EXHAUSTED");
+ABSL_FLAG(int, device_state_slots, Defaults().device_state_slots,
+          "sequence state slots on the device");
+ABSL_FLAG(int64_t, host_state_bytes, Defaults().host_state_bytes,
+          "host memory for spilled states");
+ABSL_FLAG(absl::Duration, session_ttl, Defaults().session_ttl,
+          "idle time before a session expires");
+ABSL_FLAG(absl::Duration, max_session_ttl, Defaults().max_session_ttl,
           "largest per-session ttl_seconds a client may ask for");
-ABSL_FLAG(int, default_max_new_tokens, 64, "max_new_tokens when a request leaves it unset");
-ABSL_FLAG(int, max_new_tokens_limit, 4096, "largest max_new_tokens a request may ask for");
-ABSL_FLAG(int, max_input_tokens, 32768, "largest input (tokens) of one request");
+ABSL_FLAG(int, default_max_new_tokens, Defaults().default_max_new_tokens,
+          "max_new_tokens when a request leaves it unset");
+ABSL_FLAG(int, max_new_tokens_limit, Defaults().max_new_tokens_limit,
+          "largest max_new_tokens a request may ask for");
+ABSL_FLAG(int, max_input_tokens, Defaults().max_input_tokens,
+          "largest input (tokens) of one request");
 ABSL_FLAG(absl::Duration, drain_grace, absl::Seconds(30),
           "on SIGTERM/SIGINT, how long running requests may still take");
 
@@ -55,13 +72,6 @@ std::string DefaultModelDir() {
   return LIZARD_SOURCE_MODEL_DIR;
 }
 
-absl::StatusOr<lizard::BackendKind> ParseBackend(const std::string& name) {
-  if (name == "auto") return lizard::BackendKind::kAuto;
-  if (name == "cpu") return lizard::BackendKind::kCpu;
-  if (name == "cuda") return lizard::BackendKind::kCuda;
-  return absl::InvalidArgumentError(absl::StrCat("--backend=", name, ": use auto, cpu or cuda"));
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -75,9 +85,10 @@ int main(int argc, char** argv) {
   options.host = absl::GetFlag(FLAGS_host);
   options.port = absl::GetFlag(FLAGS_port);
   options.metrics_port = absl::GetFlag(FLAGS_metrics_port);
-  absl::StatusOr<lizard::BackendKind> backend = ParseBackend(absl::GetFlag(FLAGS_backend));
+  absl::StatusOr<lizard::BackendKind> backend =
+      lizard::ParseBackendKind(absl::GetFlag(FLAGS_backend));
   if (!backend.ok()) {
-    LogError(backend.status().message());
+    LogError(absl::StrCat("--backend: ", backend.status().message()));
     return 2;
   }
   options.backend = *backend;

@@ -4,6 +4,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "absl/time/time.h"
 
 namespace lizard::server {
@@ -16,6 +17,13 @@ Histogram::BucketBoundaries Exponential(double first, double factor, int count) 
   Histogram::BucketBoundaries buckets;
   for (double b = first; count > 0; b *= factor, --count) buckets.push_back(b);
   return buckets;
+}
+
+// "OK", "INVALID_ARGUMENT", ... (the `code` label); absl::StatusCode mirrors grpc::StatusCode
+// value for value.
+std::string StatusCodeName(grpc::StatusCode code) {
+  const std::string name = absl::StatusCodeToString(static_cast<absl::StatusCode>(code));
+  return name.empty() ? "UNKNOWN" : name;
 }
 
 template <typename Builder>
@@ -96,8 +104,7 @@ void ServerMetrics::SetGaugeSources(const Engine* engine, std::function<int64_t(
 }
 
 void ServerMetrics::CountRequest(std::string_view rpc, grpc::StatusCode code) {
-  requests_.Add({{"rpc", std::string(rpc)}, {"code", std::string(StatusCodeName(code))}})
-      .Increment();
+  requests_.Add({{"rpc", std::string(rpc)}, {"code", StatusCodeName(code)}}).Increment();
 }
 
 void ServerMetrics::OnStep(const StepStats& stats) {
@@ -129,29 +136,6 @@ void ServerMetrics::RefreshGauges() {
   device_memory_.Add({{"kind", "used"}}).Set(static_cast<double>(info.memory_used_bytes));
   device_memory_.Add({{"kind", "weights"}}).Set(static_cast<double>(info.weights_bytes));
   device_memory_.Add({{"kind", "state_pool"}}).Set(static_cast<double>(info.state_pool_bytes));
-}
-
-std::string_view StatusCodeName(grpc::StatusCode code) {
-  switch (code) {
-    case grpc::StatusCode::OK: return "OK";
-    case grpc::StatusCode::CANCELLED: return "CANCELLED";
-    case grpc::StatusCode::UNKNOWN: return "UNKNOWN";
-    case grpc::StatusCode::INVALID_ARGUMENT: return "INVALID_ARGUMENT";
-    case grpc::StatusCode::DEADLINE_EXCEEDED: return "DEADLINE_EXCEEDED";
-    case grpc::StatusCode::NOT_FOUND: return "NOT_FOUND";
-    case grpc::StatusCode::ALREADY_EXISTS: return "ALREADY_EXISTS";
-    case grpc::StatusCode::PERMISSION_DENIED: return "PERMISSION_DENIED";
-    case grpc::StatusCode::RESOURCE_EXHAUSTED: return "RESOURCE_EXHAUSTED";
-    case grpc::StatusCode::FAILED_PRECONDITION: return "FAILED_PRECONDITION";
-    case grpc::StatusCode::ABORTED: return "ABORTED";
-    case grpc::StatusCode::OUT_OF_RANGE: return "OUT_OF_RANGE";
-    case grpc::StatusCode::UNIMPLEMENTED: return "UNIMPLEMENTED";
-    case grpc::StatusCode::INTERNAL: return "INTERNAL";
-    case grpc::StatusCode::UNAVAILABLE: return "UNAVAILABLE";
-    case grpc::StatusCode::DATA_LOSS: return "DATA_LOSS";
-    case grpc::StatusCode::UNAUTHENTICATED: return "UNAUTHENTICATED";
-    default: return "UNKNOWN";
-  }
 }
 
 }  // namespace lizard::server

@@ -70,7 +70,4 @@ class ServerMetrics : public EngineObserver {
   std::function<int64_t()> session_count_ ABSL_GUARDED_BY(mu_);
 };
 
-// "OK", "INVALID_ARGUMENT", ... (the `code` label).
-std::string_view StatusCodeName(grpc::StatusCode code);
-
 }  // namespace lizard::server

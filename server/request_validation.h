@@ -12,11 +12,12 @@
 
 namespace lizard::server {
 
+// Set from ServerOptions (whose defaults are the flags' defaults).
 struct RequestLimits {
   int64_t vocab_size = 0;
-  int32_t max_new_tokens_limit = 4096;  // largest accepted max_new_tokens
-  int32_t default_max_new_tokens = 64;  // when the request leaves it unset
-  int32_t max_input_tokens = 32768;     // tokens one request may append
+  int32_t max_new_tokens_limit = 0;    // largest accepted max_new_tokens
+  int32_t default_max_new_tokens = 0;  // when the request leaves it unset
+  int32_t max_input_tokens = 0;        // tokens one request may append
 };
 
 // Input given as text or token ids. Text is encoded with `tokenizer` (null: the model has no

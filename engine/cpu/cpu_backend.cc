@@ -112,6 +112,9 @@ class CpuBackend final : public Backend {
     weights_bytes_ = weights_.num_parameters() * static_cast<int64_t>(sizeof(float));
     if (weights_.tied_embeddings) weights_bytes_ += VectorBytes(weights_.lm_head);
     copy_bandwidth_ = MeasureCopyBandwidth(num_threads_);
+    // Read once: info() runs under the engine's backend lock at every metrics scrape.
+    device_ = absl::StrCat(CpuModelName(), ", ", num_threads_, " threads");
+    memory_total_bytes_ = MemTotalBytes();
   }
 
   const ModelConfig& config() const override { return config_; }
@@ -119,8 +122,8 @@ class CpuBackend final : public Backend {
   BackendInfo info() const override {
     BackendInfo info;
     info.name = "cpu";
-    info.device = absl::StrCat(CpuModelName(), ", ", num_threads_, " threads");
-    info.memory_total_bytes = MemTotalBytes();
+    info.device = device_;
+    info.memory_total_bytes = memory_total_bytes_;
     info.weights_bytes = weights_bytes_;
     info.state_pool_bytes = static_cast<int64_t>(pool_.size() * sizeof(float));
     int64_t kv_bytes = 0;
@@ -271,6 +274,8 @@ class CpuBackend final : public Backend {
   std::vector<int32_t> softmax_index_;       // per model layer: index into kv_[slot], -1 = lizard
   int64_t weights_bytes_ = 0;
   double copy_bandwidth_ = 0.0;
+  std::string device_;
+  int64_t memory_total_bytes_ = 0;
 };
 
 absl::Status CpuBackend::ValidatePlan(const StepPlan& plan) const {

@@ -53,8 +53,9 @@ void GlaStep(const float* fq, const float* fk, const float* v, float gamma, int6
 
 // The same recurrence over c consecutive tokens in the chunked parallel form: token t's gate is
 // sigmoid(gate_logit[t * gate_stride]). With b_t = sum_{r<=t} log gamma_r:
-//   y_t = (e^{b_t} fq_t S0 + sum_{s<=t} e^{b_t-b_s} (fq_t . fk_s) v_s) / (same with z0 and 1) + 1e-6)
-// where every exponent is <= 0; then S, z advance to the chunk's end. Rows of fq/fk/v/y are at
+//   y_t = (e^{b_t} fq_t S0 + sum_{s<=t} e^{b_t-b_s} (fq_t . fk_s) v_s) / ((same with z0 and 1) + 1e-6)
+// (no division when !normalize), where every exponent is <= 0; then S, z advance to the chunk's
+// end. Rows of fq/fk/v/y are at
 // the given strides.
 void GlaChunk(const float* fq, int64_t fq_stride, const float* fk, int64_t fk_stride,
               const float* v, int64_t v_stride, const float* gate_logit, int64_t gate_stride,

@@ -8,6 +8,7 @@
 #include <bit>
 #include <cerrno>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <map>
@@ -298,7 +299,7 @@ std::string UnexpectedReason(const ModelConfig& c, const std::string& name) {
   constexpr std::string_view kPrefix = "model.layers.";
   if (name.rfind(kPrefix, 0) == 0) {
     const int64_t layer = std::atoll(name.c_str() + kPrefix.size());
-    if (layer >= c.num_layers) {
+    if (layer < 0 || layer >= c.num_layers) {
       return absl::StrCat("unexpected tensor: config has num_hidden_layers = ", c.num_layers);
     }
     if (c.layer_types[layer] == LayerType::kSoftmax) {

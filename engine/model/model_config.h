@@ -64,7 +64,7 @@ struct ModelConfig {
 // unknown layer type or dtype, non-positive sizes) is an INVALID_ARGUMENT naming the field.
 absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text);
 // Standard shapes for benchmarks with synthetic weights: "tiny", "llama3.2-1b", "llama3-8b"
-// (Lizard defaults F=128... scaled per shape, all layers lizard); NOT_FOUND for other names.
+// (every layer lizard; F, w and m chosen per shape); NOT_FOUND for other names.
 absl::StatusOr<ModelConfig> ShapePreset(std::string_view name);
 // Reads DIR/config.json.
 absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& model_dir);

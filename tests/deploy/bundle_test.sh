@@ -47,12 +47,11 @@ if [ "$(printf '%s\n2.39\n' "$glibc" | sort -V | tail -n 1)" != 2.39 ]; then
 fi
 
 # Run it the way the container does: only the wrapper, no inherited library path.
-metrics_port=$(/usr/bin/python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 env -i PATH=/usr/bin:/bin "$bundle/bin/lizard-server" --model="$bundle/models/lizard-tiny" \
-  --backend=cpu --host=127.0.0.1 --port=0 --metrics-port="$metrics_port" > "$tmp/server.log" 2>&1 &
+  --backend=cpu --host=127.0.0.1 --port=0 --metrics-port=0 > "$tmp/server.log" 2>&1 &
 server_pid=$!
 tries=0
-until grep -q "listening on" "$tmp/server.log"; do
+until grep -q "metrics listening on" "$tmp/server.log"; do
   tries=$((tries + 1))
   if [ $tries -gt 600 ] || ! kill -0 "$server_pid" 2> /dev/null; then
     echo "FAIL: bundled lizard-server did not start:" >&2

@@ -18,12 +18,13 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-import urllib.request
 import unittest
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+sys.path.insert(0, os.path.join(REPO, "tests", "server"))
+import server_testing  # noqa: E402  (the server process and stub helpers of tests/server)
+
 RPC_TIMEOUT_S = 30
 STARTUP_TIMEOUT_S = 120
 SESSIONS = 8
@@ -38,68 +39,10 @@ def free_port():
         return s.getsockname()[1]
 
 
-def generate_stubs(out_dir):
-    """Compiles proto/lizard/v1/lizard.proto into out_dir and imports it. Uses Debian's protoc and
-    grpc_python_plugin: the protoc inside Debian's grpc_tools (3.5) predates proto3 `optional`."""
-    subprocess.run(["protoc", "-I" + os.path.join(REPO, "proto"),
-                    "--python_out=" + out_dir, "--grpc_python_out=" + out_dir,
-                    "--plugin=protoc-gen-grpc_python=" + shutil.which("grpc_python_plugin"),
-                    os.path.join(REPO, "proto", "lizard", "v1", "lizard.proto")], check=True)
-    sys.path.insert(0, out_dir)
-    from lizard.v1 import lizard_pb2, lizard_pb2_grpc
-    return lizard_pb2, lizard_pb2_grpc
-
-
-class Process:
-    """A child process whose merged output is collected by a thread (so pipes never fill)."""
-
-    def __init__(self, name, argv, log_dir):
-        self.name = name
-        self.log_path = os.path.join(log_dir, name + ".log")
-        self.lines = []
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True, errors="replace")
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self):
-        with open(self.log_path, "w") as log:
-            for line in self.proc.stdout:
-                self.lines.append(line)
-                log.write(line)
-                log.flush()
-
-    def wait_for_line(self, pattern, timeout_s):
-        deadline = time.monotonic() + timeout_s
-        regex = re.compile(pattern)
-        while time.monotonic() < deadline:
-            for line in list(self.lines):
-                match = regex.search(line)
-                if match:
-                    return match
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.1)
-        raise RuntimeError("%s: no line matching %r; output:\n%s"
-                           % (self.name, pattern, "".join(self.lines[-50:])))
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=40)  # lizard-server drains before exiting
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.reader.join(timeout=5)
-
-
-def generate_counts(metrics_port):
+def generate_counts(replica):
     """Sum of lizard_requests_total over codes for the Generate rpc, read from /metrics."""
-    with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % metrics_port, timeout=10) as r:
-        text = r.read().decode()
     total = 0.0
-    for line in text.splitlines():
+    for line in replica.metrics().splitlines():
         if not line.startswith("lizard_requests_total{"):
             continue
         labels, value = line.rsplit(" ", 1)
@@ -118,10 +61,14 @@ class SessionAffinityTest(unittest.TestCase):
         import grpc
         cls.grpc = grpc
         cls.tmp = tempfile.mkdtemp(prefix="lizard-affinity-")
-        cls.pb, cls.pb_grpc = generate_stubs(cls.tmp)
-        cls.processes = []
+        cls.pb, cls.pb_grpc = server_testing.generate_stubs(os.path.join(REPO, "proto"), cls.tmp)
+        cls.replicas = []
+        cls.proxy = None
         try:
-            cls.replicas = [cls.start_replica("replica%d" % i) for i in range(2)]
+            for i in range(2):
+                cls.replicas.append(server_testing.Server(
+                    cls.server, cls.model, "--backend=cpu", "--threads=1",
+                    startup_timeout_s=STARTUP_TIMEOUT_S))
             cls.proxy_port = cls.start_proxy()
         except Exception:
             cls.tearDownClass()
@@ -129,57 +76,33 @@ class SessionAffinityTest(unittest.TestCase):
 
     @classmethod
     def tearDownClass(cls):
-        for process in reversed(cls.processes):
-            process.stop()
+        if cls.proxy is not None and cls.proxy.poll() is None:
+            cls.proxy.terminate()
+            cls.proxy.wait()
+        for replica in cls.replicas:
+            replica.close()
         shutil.rmtree(cls.tmp, ignore_errors=True)
-
-    @classmethod
-    def start_replica(cls, name):
-        metrics_port = free_port()
-        process = Process(name, [cls.server, "--model=" + cls.model, "--backend=cpu",
-                                 "--host=127.0.0.1", "--port=0",
-                                 "--metrics-port=%d" % metrics_port, "--threads=1"], cls.tmp)
-        cls.processes.append(process)
-        # The gRPC line ends with the port; the metrics line ends with "/metrics".
-        port = int(process.wait_for_line(r"listening on \S*:(\d+)\s*$", STARTUP_TIMEOUT_S).group(1))
-        cls.wait_serving(port)
-        return {"name": name, "port": port, "metrics_port": metrics_port}
-
-    @classmethod
-    def wait_serving(cls, port):
-        """Polls grpc.health.v1.Health/Check until SERVING, without generated health stubs:
-        the request is an empty message and SERVING is the encoded response b'\\x08\\x01'."""
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        with cls.grpc.insecure_channel("127.0.0.1:%d" % port) as channel:
-            check = channel.unary_unary("/grpc.health.v1.Health/Check",
-                                        request_serializer=lambda m: m,
-                                        response_deserializer=lambda m: m)
-            while time.monotonic() < deadline:
-                try:
-                    if check(b"", timeout=5) == b"\x08\x01":
-                        return
-                except cls.grpc.RpcError:
-                    pass
-                time.sleep(0.2)
-        raise RuntimeError("replica on port %d never became SERVING" % port)
 
     @classmethod
     def start_proxy(cls):
         port = free_port()
-        servers = ["server %s 127.0.0.1:%d" % (r["name"], r["port"]) for r in cls.replicas]
+        servers = ["server replica%d %s" % (i, r.address) for i, r in enumerate(cls.replicas)]
         config = subprocess.run([os.path.join(REPO, "deploy", "proxy", "render.sh"),
                                  "127.0.0.1:%d" % port] + servers,
                                 check=True, capture_output=True, text=True).stdout
         config_path = os.path.join(cls.tmp, "haproxy.cfg")
         with open(config_path, "w") as f:
             f.write(config)
-        process = Process("haproxy", ["haproxy", "-db", "-f", config_path], cls.tmp)
-        cls.processes.append(process)
+        log_path = os.path.join(cls.tmp, "haproxy.log")
+        with open(log_path, "w") as log:
+            cls.proxy = subprocess.Popen(["haproxy", "-db", "-f", config_path], stdout=log,
+                                         stderr=subprocess.STDOUT)
         # Ready once it accepts connections.
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            if process.proc.poll() is not None:
-                raise RuntimeError("haproxy exited:\n" + "".join(process.lines))
+            if cls.proxy.poll() is not None:
+                with open(log_path, errors="replace") as log:
+                    raise RuntimeError("haproxy exited:\n" + log.read())
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=1).close()
                 return port
@@ -203,7 +126,7 @@ class SessionAffinityTest(unittest.TestCase):
         return responses
 
     def counts(self):
-        return [generate_counts(r["metrics_port"]) for r in self.replicas]
+        return [generate_counts(r) for r in self.replicas]
 
     def growth(self, before, expected_total):
         """Per-replica growth of the Generate counters since `before`. A server may count a
@@ -220,7 +143,7 @@ class SessionAffinityTest(unittest.TestCase):
         holders = []
         for index, replica in enumerate(self.replicas):
             try:
-                self.stub(replica["port"]).GetSession(
+                self.stub(replica.port).GetSession(
                     self.pb.GetSessionRequest(session_id=session_id), timeout=RPC_TIMEOUT_S)
                 holders.append(index)
             except self.grpc.RpcError as error:

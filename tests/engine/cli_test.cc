@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "tests/engine/test_models.h"
+#include "tests/model/test_util.h"
 
 namespace lizard {
 namespace {

@@ -14,6 +14,7 @@
 #include "engine/model/state_layout.h"
 #include "nlohmann/json.hpp"
 #include "tests/engine/test_models.h"
+#include "tests/model/test_util.h"
 
 namespace lizard {
 namespace {
@@ -263,8 +264,8 @@ INSTANTIATE_TEST_SUITE_P(Models, PathTest, ::testing::Values("tiny-basic", "tiny
 
 TEST(CpuBackendLoadTest, RefusesEveryMalformedCheckpointWithItsMessage) {
   const std::string dir = ::lizard::testing::MakeTempDir();
-  ASSERT_TRUE(::lizard::testing::RunCommand(std::string(LIZARD_PYTHON) + " " + LIZARD_SOURCE_DIR +
-                                            "/tools/make_bad_checkpoints.py --out " + dir));
+  ASSERT_TRUE(::lizard::testing::RunCommand(
+      ::lizard::testing::PythonScript("tools/make_bad_checkpoints.py") + " --out " + dir));
   std::ifstream f(dir + "/cases.json");
   ASSERT_TRUE(f.good());
   const nlohmann::json cases = nlohmann::json::parse(f);

@@ -1,55 +1,20 @@
 #include "tests/engine/test_models.h"
 
-#include <gtest/gtest.h>
-#include <stdlib.h>
-
 #include <cmath>
 #include <cstdio>
 #include <cstring>
-#include <filesystem>
 #include <fstream>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/numbers.h"
+#include "tests/model/test_util.h"
 
 namespace lizard::testing {
-namespace {
-
-std::string Python() { return LIZARD_PYTHON; }
-
-// Removes the directories MakeTempDir created when the test process exits.
-struct TempDirs {
-  std::vector<std::string> paths;
-  ~TempDirs() {
-    std::error_code ignored;
-    for (const std::string& p : paths) std::filesystem::remove_all(p, ignored);
-  }
-};
-TempDirs& CreatedTempDirs() {
-  static TempDirs dirs;
-  return dirs;
-}
-std::string Source(const std::string& relative) {
-  return absl::StrCat(LIZARD_SOURCE_DIR, "/", relative);
-}
-
-}  // namespace
-
-std::string MakeTempDir() {
-  std::string pattern = absl::StrCat(::testing::TempDir(), "/lizard_engine_XXXXXX");
-  std::vector<char> buffer(pattern.begin(), pattern.end());
-  buffer.push_back('\0');
-  if (mkdtemp(buffer.data()) == nullptr) return "";
-  CreatedTempDirs().paths.push_back(buffer.data());
-  return buffer.data();
-}
-
-bool RunCommand(const std::string& command) { return std::system(command.c_str()) == 0; }
 
 std::vector<std::string> ListPresets() {
-  const std::string command = absl::StrCat(Python(), " ", Source("tools/make_model.py"), " --list-presets");
+  const std::string command = PythonScript("tools/make_model.py") + " --list-presets";
   std::vector<std::string> presets;
   FILE* pipe = popen(command.c_str(), "r");
   if (pipe == nullptr) return presets;
@@ -65,14 +30,14 @@ std::vector<std::string> ListPresets() {
 
 std::string MakeModel(const std::string& preset, uint64_t seed, const std::string& extra_args) {
   const std::string dir = absl::StrCat(MakeTempDir(), "/", preset);
-  const bool ok = RunCommand(absl::StrCat(Python(), " ", Source("tools/make_model.py"), " --out ",
-                                          dir, " --preset ", preset, " --seed ", seed, " ", extra_args));
+  const bool ok = RunCommand(absl::StrCat(PythonScript("tools/make_model.py"), " --out ", dir,
+                                          " --preset ", preset, " --seed ", seed, " ", extra_args));
   return ok ? dir : "";
 }
 
 std::vector<double> ReferenceLogits(const std::string& model_dir, const std::vector<int32_t>& tokens) {
   const std::string out = absl::StrCat(MakeTempDir(), "/ref.npy");
-  if (!RunCommand(absl::StrCat(Python(), " ", Source("tests/reference/lizard_ref.py"), " --model ",
+  if (!RunCommand(absl::StrCat(PythonScript("tests/reference/lizard_ref.py"), " --model ",
                                model_dir, " --tokens ", absl::StrJoin(tokens, ","), " --out ", out))) {
     return {};
   }

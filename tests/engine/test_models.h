@@ -1,5 +1,6 @@
 // Helpers of the engine tests: checkpoints made by tools/make_model.py, logits of the float64
-// Python reference (tests/reference/lizard_ref.py), .npy reading, temporary directories.
+// Python reference (tests/reference/lizard_ref.py), .npy reading. Temporary directories and
+// commands: tests/model/test_util.h.
 #pragma once
 
 #include <cstdint>
@@ -7,12 +8,6 @@
 #include <vector>
 
 namespace lizard::testing {
-
-// A fresh empty directory under the test's temporary directory.
-std::string MakeTempDir();
-
-// Runs a command line through the shell; true when it exits with status 0.
-bool RunCommand(const std::string& command);
 
 // The preset names `make_model.py --list-presets` prints.
 std::vector<std::string> ListPresets();

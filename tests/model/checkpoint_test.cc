@@ -8,6 +8,7 @@
 
 #include "gtest/gtest.h"
 #include "tests/model/test_checkpoint.h"
+#include "tests/model/test_util.h"
 
 namespace lizard {
 namespace {
@@ -43,6 +44,20 @@ std::vector<float> ToF32(const TensorView& t) {
   std::vector<float> out(t.numel());
   ConvertToF32(t, out.data());
   return out;
+}
+
+// The checkpoint holds `tensors` and nothing else: names, dtypes, shapes, sizes and values.
+void ExpectHoldsExactly(const Checkpoint& ckpt, const std::vector<TestTensor>& tensors) {
+  EXPECT_EQ(ckpt.Names().size(), tensors.size());
+  for (const TestTensor& t : tensors) {
+    const TensorView* view = ckpt.Find(t.name);
+    ASSERT_NE(view, nullptr) << t.name;
+    EXPECT_EQ(view->name, t.name);
+    EXPECT_EQ(view->dtype, t.dtype);
+    EXPECT_EQ(view->shape, t.shape);
+    EXPECT_EQ(view->nbytes, t.bytes.size());
+    ExpectSameFloats(t.values, ToF32(*view), t.name);
+  }
 }
 
 // Every dtype's conversion vs the reference decoders, over all 65536 bit patterns, read from an
@@ -105,16 +120,7 @@ TEST_P(CheckpointRoundTripTest, SingleFile) {
   WriteFile(dir.path() + "/model.safetensors", SafetensorsBytes(tensors));
   absl::StatusOr<std::unique_ptr<Checkpoint>> ckpt = Checkpoint::Open(dir.path());
   ASSERT_TRUE(ckpt.ok()) << ckpt.status();
-  EXPECT_EQ((*ckpt)->Names().size(), tensors.size());
-  for (const TestTensor& t : tensors) {
-    const TensorView* view = (*ckpt)->Find(t.name);
-    ASSERT_NE(view, nullptr) << t.name;
-    EXPECT_EQ(view->name, t.name);
-    EXPECT_EQ(view->dtype, t.dtype);
-    EXPECT_EQ(view->shape, t.shape);
-    EXPECT_EQ(view->nbytes, t.bytes.size());
-    ExpectSameFloats(t.values, ToF32(*view), t.name);
-  }
+  ExpectHoldsExactly(**ckpt, tensors);
   EXPECT_EQ((*ckpt)->Find("model.layers.9.mlp.up_proj.weight"), nullptr);
   EXPECT_TRUE(ValidateCheckpoint(config, **ckpt).ok()) << ValidateCheckpoint(config, **ckpt);
 }
@@ -138,12 +144,7 @@ TEST_P(CheckpointRoundTripTest, Sharded) {
             Json{{"metadata", {{"total_size", 0}}}, {"weight_map", weight_map}}.dump());
   absl::StatusOr<std::unique_ptr<Checkpoint>> ckpt = Checkpoint::Open(dir.path());
   ASSERT_TRUE(ckpt.ok()) << ckpt.status();
-  EXPECT_EQ((*ckpt)->Names().size(), tensors.size());
-  for (const TestTensor& t : tensors) {
-    const TensorView* view = (*ckpt)->Find(t.name);
-    ASSERT_NE(view, nullptr) << t.name;
-    ExpectSameFloats(t.values, ToF32(*view), t.name);
-  }
+  ExpectHoldsExactly(**ckpt, tensors);
   EXPECT_TRUE(ValidateCheckpoint(config, **ckpt).ok()) << ValidateCheckpoint(config, **ckpt);
 }
 
@@ -317,6 +318,13 @@ TEST(ValidateCheckpointTest, RefusesTensorsThatContradictTheConfig) {
     t.push_back(testing::RandomTensor("model.layers.3.input_layernorm.weight", DType::kBF16, {16}, rng));
     ExpectRefused(ValidateTensors(config, t),
                   {"model.layers.3.input_layernorm.weight", "unexpected", "num_hidden_layers = 3"});
+  }
+  // A negative layer index (must not index layer_types).
+  {
+    std::vector<TestTensor> t = good;
+    t.push_back(testing::RandomTensor("model.layers.-1.input_layernorm.weight", DType::kBF16, {16}, rng));
+    ExpectRefused(ValidateTensors(config, t),
+                  {"model.layers.-1.input_layernorm.weight", "unexpected", "num_hidden_layers = 3"});
   }
   // Unknown tensor names.
   {

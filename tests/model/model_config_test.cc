@@ -6,6 +6,7 @@
 
 #include "gtest/gtest.h"
 #include "tests/model/test_checkpoint.h"
+#include "tests/model/test_util.h"
 
 namespace lizard {
 namespace {

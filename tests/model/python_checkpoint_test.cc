@@ -1,22 +1,18 @@
 // The loader against checkpoints written by tools/make_model.py and tools/make_bad_checkpoints.py
 // (the Python writers the rest of the test suite uses), so both sides agree on the format.
-#include <cstdlib>
-#include <fstream>
 #include <string>
 
 #include "engine/model/weights.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
-#include "tests/model/test_checkpoint.h"
+#include "tests/model/test_util.h"
 
 namespace lizard {
 namespace {
 
-// Runs a tool under LIZARD_PYTHON; true on exit status 0.
+// Runs tools/<tool_and_args> under LIZARD_PYTHON; true on exit status 0.
 bool RunTool(const std::string& tool_and_args) {
-  const std::string command = std::string(LIZARD_PYTHON) + " " + LIZARD_SOURCE_DIR + "/tools/" + tool_and_args +
-                              " > /dev/null";
-  return std::system(command.c_str()) == 0;
+  return testing::RunCommand(testing::PythonScript("tools/" + tool_and_args) + " > /dev/null");
 }
 
 absl::Status LoadModel(const std::string& dir) {

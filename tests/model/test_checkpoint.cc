@@ -1,15 +1,7 @@
 #include "tests/model/test_checkpoint.h"
 
-#include <stdlib.h>
-
 #include <cmath>
-#include <cstring>
-#include <filesystem>
-#include <fstream>
 #include <limits>
-#include <sstream>
-
-#include "gtest/gtest.h"
 
 namespace lizard::testing {
 
@@ -75,27 +67,6 @@ std::string SafetensorsBytes(const std::vector<TestTensor>& tensors) {
   }
   return SafetensorsBytes(header.dump(), data);
 }
-
-void WriteFile(const std::string& path, const std::string& bytes) {
-  std::ofstream file(path, std::ios::binary | std::ios::trunc);
-  file.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-  ASSERT_TRUE(file.good()) << path;
-}
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream file(path, std::ios::binary);
-  std::stringstream text;
-  text << file.rdbuf();
-  return text.str();
-}
-
-TempDir::TempDir() {
-  std::string pattern = ::testing::TempDir() + "lizard_model_XXXXXX";
-  EXPECT_NE(mkdtemp(pattern.data()), nullptr);
-  path_ = pattern;
-}
-
-TempDir::~TempDir() { std::filesystem::remove_all(path_); }
 
 nlohmann::json SmallConfigJson() {
   return nlohmann::json::parse(R"({

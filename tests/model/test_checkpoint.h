@@ -33,20 +33,6 @@ std::string SafetensorsBytes(const std::vector<TestTensor>& tensors);
 // A safetensors file with a given header text and data area.
 std::string SafetensorsBytes(const std::string& header_json, const std::string& data);
 
-void WriteFile(const std::string& path, const std::string& bytes);
-std::string ReadFile(const std::string& path);
-
-// A fresh empty directory under the test temp dir; removed by the destructor.
-class TempDir {
- public:
-  TempDir();
-  ~TempDir();
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
-
 // A small hybrid config: L=3 (lizard, softmax, lizard), Hd=16, H=4, Hkv=2, D=8, I=24, V=32,
 // F=4, w=4, m=2.
 nlohmann::json SmallConfigJson();

@@ -6,6 +6,7 @@
 
 #include "gtest/gtest.h"
 #include "tests/model/test_checkpoint.h"
+#include "tests/model/test_util.h"
 
 namespace lizard {
 namespace {
@@ -140,7 +141,9 @@ TEST(RandomHostWeightsTest, ShapesMatchTheCheckpointFormat) {
     EXPECT_EQ(w.num_parameters(), total + 2 * (2 * H * F + H)) << "tied " << tied;  // + fmap/gate biases
     EXPECT_TRUE(w.layers[0].bq.empty());
     EXPECT_EQ(w.tied_embeddings, tied);
-    if (tied) EXPECT_EQ(w.lm_head, w.embed);
+    if (tied) {
+      EXPECT_EQ(w.lm_head, w.embed);
+    }
   }
 }
 

@@ -11,23 +11,14 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
-#include <fstream>
 #include <iostream>
 #include <regex>
 #include <sstream>
 #include <thread>
 
+#include "tests/model/test_util.h"
+
 namespace lizard::testing {
-namespace {
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-}  // namespace
 
 ServerProcess::ServerProcess(const std::vector<std::string>& extra_flags) {
   char log_template[] = "/tmp/lizard-server-test-XXXXXX";
@@ -83,17 +74,6 @@ ServerProcess::~ServerProcess() {
 std::string ServerProcess::grpc_address() const {
   return "127.0.0.1:" + std::to_string(grpc_port_);
 }
-
-void ServerProcess::Terminate() { kill(pid_, SIGTERM); }
-
-int ServerProcess::Wait() {
-  int status = 0;
-  waitpid(pid_, &status, 0);
-  pid_ = -1;
-  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
-
-std::string ServerProcess::Log() const { return ReadFile(log_path_); }
 
 std::string HttpGet(int port, const std::string& path) {
   const int fd = socket(AF_INET, SOCK_STREAM, 0);

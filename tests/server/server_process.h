@@ -10,18 +10,14 @@ namespace lizard::testing {
 
 class ServerProcess {
  public:
-  // Starts `binary` with --host 127.0.0.1 --port 0 --metrics-port 0 plus `extra_flags` and
-  // waits (up to 30 s) for the "listening on" lines; aborts the test binary on failure.
+  // Starts LIZARD_SERVER_BIN on LIZARD_TEST_MODEL_DIR with --host 127.0.0.1 --port 0
+  // --metrics-port 0 plus `extra_flags` and waits (up to 30 s) for the "listening on" lines;
+  // aborts the test binary on failure.
   explicit ServerProcess(const std::vector<std::string>& extra_flags);
   ~ServerProcess();  // SIGKILL if still running
 
   std::string grpc_address() const;
   int metrics_port() const { return metrics_port_; }
-  // Sends SIGTERM (the drain path) without waiting.
-  void Terminate();
-  // Waits for the process to exit; returns its exit code (-1 when killed by a signal).
-  int Wait();
-  std::string Log() const;
 
  private:
   pid_t pid_ = -1;

@@ -1,9 +1,8 @@
 #!/usr/bin/python3
 """Integration test of lizard-server with a Python gRPC client (Debian's python3-grpcio).
 
-Stubs are generated at test time into a temporary directory with the system protoc and
-grpc_python_plugin (grpc_tools' bundled protoc predates proto3 `optional`). Health and reflection
-are called with hand-encoded protobuf bytes, so no extra stubs are needed. Usage:
+Stubs are generated at test time into a temporary directory (server_testing.py). Health and
+reflection are called with hand-encoded protobuf bytes, so no extra stubs are needed. Usage:
 
   /usr/bin/python3 test_server.py --server BUILD/server/lizard-server --model MODEL_DIR \
       --proto-dir REPO/proto
@@ -11,7 +10,6 @@ are called with hand-encoded protobuf bytes, so no extra stubs are needed. Usage
 import argparse
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,60 +17,29 @@ import tempfile
 import threading
 import time
 import unittest
-import urllib.request
 
 import grpc
+
+import server_testing
 
 ARGS = None
 pb = pbg = None  # lizard_pb2, lizard_pb2_grpc (generated in main)
 
 
-class Server:
-    """lizard-server on 127.0.0.1 with free ports; the log goes to a temporary file."""
+class Server(server_testing.Server):
+    """lizard-server of the command line, with a channel and a stub."""
 
     def __init__(self, *flags):
-        self.log = tempfile.NamedTemporaryFile(prefix="lizard-server-", suffix=".log")
-        self.proc = subprocess.Popen(
-            [ARGS.server, "--model", ARGS.model, "--host", "127.0.0.1", "--port", "0",
-             "--metrics-port", "0", *flags],  # a later --model wins
-            stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            text = self.log_text()
-            grpc_port = re.search(r"grpc listening on 127\.0\.0\.1:(\d+)", text)
-            metrics_port = re.search(r"metrics listening on 127\.0\.0\.1:(\d+)", text)
-            if grpc_port and metrics_port:
-                self.port, self.metrics_port = int(grpc_port[1]), int(metrics_port[1])
-                self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
-                self.stub = pbg.LizardStub(self.channel)
-                return
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.02)
-        raise RuntimeError("lizard-server did not start:\n" + self.log_text())
-
-    def log_text(self):
-        with open(self.log.name) as f:
-            return f.read()
-
-    def metrics(self):
-        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
-        with urllib.request.urlopen(url, timeout=10) as response:
-            return response.read().decode()
+        super().__init__(ARGS.server, ARGS.model, *flags)
+        self.channel = grpc.insecure_channel(self.address)
+        self.stub = pbg.LizardStub(self.channel)
 
     def health(self):
-        check = self.channel.unary_unary("/grpc.health.v1.Health/Check",
-                                         request_serializer=lambda b: b,
-                                         response_deserializer=lambda b: b)
-        # HealthCheckResponse{status}: field 1 varint; 1 = SERVING, 2 = NOT_SERVING.
-        return {b"\x08\x01": "SERVING", b"\x08\x02": "NOT_SERVING"}.get(check(b"", timeout=10))
+        return server_testing.health(self.channel)
 
     def close(self):
         self.channel.close()
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
+        super().close()
 
 
 def generate(stub, **fields):
@@ -304,14 +271,7 @@ def main():
     parser.add_argument("--proto-dir", required=True)
     ARGS, rest = parser.parse_known_args()
     with tempfile.TemporaryDirectory() as out:
-        subprocess.run([shutil.which("protoc") or "/usr/bin/protoc", f"-I{ARGS.proto_dir}",
-                        f"--python_out={out}", f"--grpc_python_out={out}",
-                        "--plugin=protoc-gen-grpc_python=" +
-                        (shutil.which("grpc_python_plugin") or "/usr/bin/grpc_python_plugin"),
-                        os.path.join(ARGS.proto_dir, "lizard/v1/lizard.proto")], check=True)
-        sys.path.insert(0, out)
-        from lizard.v1 import lizard_pb2, lizard_pb2_grpc
-        pb, pbg = lizard_pb2, lizard_pb2_grpc
+        pb, pbg = server_testing.generate_stubs(ARGS.proto_dir, out)
         result = unittest.main(argv=[sys.argv[0]] + rest, exit=False).result
     sys.exit(0 if result.wasSuccessful() else 1)
 

@@ -34,11 +34,10 @@ double MiB(double bytes) { return bytes / 1048576.0; }
 
 }  // namespace
 
-absl::StatusOr<BackendKind> ParseBackendKind(const std::string& name) {
-  if (name == "cpu") return BackendKind::kCpu;
-  if (name == "cuda") return BackendKind::kCuda;
-  if (name == "auto") return BackendKind::kAuto;
-  return absl::InvalidArgumentError(absl::StrCat("--backend must be cpu, cuda or auto, not \"", name, "\""));
+absl::StatusOr<BackendKind> BackendKindOption(const Args& args) {
+  absl::StatusOr<BackendKind> kind = ParseBackendKind(args.String("backend", "auto"));
+  if (!kind.ok()) return absl::InvalidArgumentError(absl::StrCat("--backend: ", kind.status().message()));
+  return kind;
 }
 
 absl::Status RunBench(const Args& args) {
@@ -60,7 +59,7 @@ absl::Status RunBench(const Args& args) {
   } else {
     return absl::InvalidArgumentError("--state-dtype must be f32 or bf16");
   }
-  absl::StatusOr<BackendKind> kind = ParseBackendKind(args.String("backend", "auto"));
+  absl::StatusOr<BackendKind> kind = BackendKindOption(args);
   absl::StatusOr<std::vector<int64_t>> batch_sizes = args.IntList("batch-sizes", {1, 8, 32});
   absl::StatusOr<std::vector<int64_t>> prompt_lengths = args.IntList("prompt-lengths", {128, 512});
   absl::StatusOr<int64_t> context = args.Int("context", 1024);

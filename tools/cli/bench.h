@@ -10,8 +10,8 @@
 
 namespace lizard::cli {
 
-// "cpu", "cuda" or "auto".
-absl::StatusOr<BackendKind> ParseBackendKind(const std::string& name);
+// The --backend option (default "auto").
+absl::StatusOr<BackendKind> BackendKindOption(const Args& args);
 
 // Runs the benchmark described by the parsed `bench` options and prints its tables.
 absl::Status RunBench(const Args& args);

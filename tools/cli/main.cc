@@ -61,7 +61,7 @@ absl::StatusOr<std::vector<int32_t>> ParseTokens(const Args& args) {
 absl::StatusOr<std::unique_ptr<Backend>> OpenBackend(const Args& args, int32_t num_slots) {
   absl::StatusOr<std::string> model = args.Required("model");
   if (!model.ok()) return model.status();
-  absl::StatusOr<BackendKind> kind = ParseBackendKind(args.String("backend", "auto"));
+  absl::StatusOr<BackendKind> kind = BackendKindOption(args);
   if (!kind.ok()) return kind.status();
   absl::StatusOr<int64_t> threads = args.Int("threads", 0);
   if (!threads.ok()) return threads.status();

@@ -18,6 +18,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/usage.h"
 #include "absl/random/random.h"
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
@@ -158,18 +159,10 @@ double Percentile(std::vector<double> v, double p) {
   return v[i];
 }
 
+// "INVALID_ARGUMENT", ...: absl::StatusCode mirrors grpc::StatusCode value for value.
 std::string CodeName(grpc::StatusCode code) {
-  static const std::map<grpc::StatusCode, std::string> names = {
-      {grpc::StatusCode::CANCELLED, "CANCELLED"},
-      {grpc::StatusCode::INVALID_ARGUMENT, "INVALID_ARGUMENT"},
-      {grpc::StatusCode::DEADLINE_EXCEEDED, "DEADLINE_EXCEEDED"},
-      {grpc::StatusCode::NOT_FOUND, "NOT_FOUND"},
-      {grpc::StatusCode::RESOURCE_EXHAUSTED, "RESOURCE_EXHAUSTED"},
-      {grpc::StatusCode::ABORTED, "ABORTED"},
-      {grpc::StatusCode::INTERNAL, "INTERNAL"},
-      {grpc::StatusCode::UNAVAILABLE, "UNAVAILABLE"}};
-  auto it = names.find(code);
-  return it != names.end() ? it->second : absl::StrFormat("code %d", static_cast<int>(code));
+  const std::string name = absl::StatusCodeToString(static_cast<absl::StatusCode>(code));
+  return name.empty() ? absl::StrFormat("code %d", static_cast<int>(code)) : name;
 }
 
 }  // namespace

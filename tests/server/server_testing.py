@@ -1,0 +1,81 @@
+"""Helpers of the Python tests that run lizard-server (tests/server/test_server.py,
+tests/deploy/session_affinity_test.py): gRPC stubs generated at test time, the server process on
+127.0.0.1 with free ports, and the health check without generated health stubs."""
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+
+def generate_stubs(proto_dir, out_dir):
+    """Compiles PROTO_DIR/lizard/v1/lizard.proto into out_dir and imports it; returns
+    (lizard_pb2, lizard_pb2_grpc). Uses the system protoc and grpc_python_plugin: the protoc
+    inside Debian's grpc_tools predates proto3 `optional`."""
+    plugin = shutil.which("grpc_python_plugin") or "/usr/bin/grpc_python_plugin"
+    subprocess.run([shutil.which("protoc") or "/usr/bin/protoc", "-I" + proto_dir,
+                    "--python_out=" + out_dir, "--grpc_python_out=" + out_dir,
+                    "--plugin=protoc-gen-grpc_python=" + plugin,
+                    os.path.join(proto_dir, "lizard", "v1", "lizard.proto")], check=True)
+    sys.path.insert(0, out_dir)
+    from lizard.v1 import lizard_pb2, lizard_pb2_grpc
+    return lizard_pb2, lizard_pb2_grpc
+
+
+def health(channel, timeout_s=10):
+    """grpc.health.v1.Health/Check: "SERVING", "NOT_SERVING" or None. The request is an empty
+    message; the response is HealthCheckResponse{status} (field 1 varint: 1 SERVING, 2 NOT_SERVING)."""
+    check = channel.unary_unary("/grpc.health.v1.Health/Check",
+                                request_serializer=lambda b: b,
+                                response_deserializer=lambda b: b)
+    return {b"\x08\x01": "SERVING", b"\x08\x02": "NOT_SERVING"}.get(check(b"", timeout=timeout_s))
+
+
+class Server:
+    """lizard-server on 127.0.0.1 with free ports; the log goes to a temporary file. Serving once
+    the constructor returns: the server logs its "listening on" lines after health is SERVING."""
+
+    def __init__(self, binary, model, *flags, startup_timeout_s=30):
+        self.log = tempfile.NamedTemporaryFile(prefix="lizard-server-", suffix=".log")
+        self.proc = subprocess.Popen(
+            [binary, "--model", model, "--host", "127.0.0.1", "--port", "0",
+             "--metrics-port", "0", *flags],  # a later --model wins
+            stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + startup_timeout_s
+        while time.monotonic() < deadline:
+            text = self.log_text()
+            grpc_port = re.search(r"grpc listening on 127\.0\.0\.1:(\d+)", text)
+            metrics_port = re.search(r"metrics listening on 127\.0\.0\.1:(\d+)", text)
+            if grpc_port and metrics_port:
+                self.port, self.metrics_port = int(grpc_port[1]), int(metrics_port[1])
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.02)
+        text = self.log_text()
+        Server.close(self)  # this class's close: a subclass's may need what it has not set up yet
+        raise RuntimeError("lizard-server did not start:\n" + text)
+
+    @property
+    def address(self):
+        return "127.0.0.1:%d" % self.port
+
+    def log_text(self):
+        with open(self.log.name, errors="replace") as f:
+            return f.read()
+
+    def metrics(self):
+        """The /metrics page."""
+        url = "http://127.0.0.1:%d/metrics" % self.metrics_port
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.read().decode()
+
+    def close(self):
+        """Kills the server if it still runs and removes its log."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
