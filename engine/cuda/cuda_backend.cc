@@ -1,0 +1,969 @@
+// CudaBackend: see cuda_backend.h and docs/cuda.md.
+//
+// One step runs as: embedding -> per layer [add+RMSNorm -> fused QKV+gate GEMM -> attention
+// (Lizard kernels or paged softmax attention) -> O GEMM -> add+RMSNorm -> gate|up GEMM ->
+// SwiGLU -> down GEMM] -> final norm -> LM head on the rows that need logits. Decode-only steps
+// of pure Lizard models replay a CUDA graph captured per batch-size bucket.
+#include "engine/cuda/cuda_backend.h"
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "engine/cpu/ops.h"
+#include "engine/cuda/device_memory.h"
+#include "engine/model/checkpoint.h"
+#include "engine/model/state_layout.h"
+#include "kernels/kernels.h"
+
+namespace lizard {
+namespace {
+
+using cuda::CudaStatus;
+using cuda::DeviceBuffer;
+using cuda::PinnedBuffer;
+using bf16 = __nv_bfloat16;
+namespace k = kernels;
+
+#define RETURN_IF_ERROR(expr)                    \
+  do {                                           \
+    if (absl::Status _s = (expr); !_s.ok()) return _s; \
+  } while (0)
+
+absl::Status CublasStatus(cublasStatus_t s, const char* what) {
+  if (s == CUBLAS_STATUS_SUCCESS) return absl::OkStatus();
+  return absl::InternalError(absl::StrCat(what, ": cuBLAS status ", static_cast<int>(s)));
+}
+
+// Tokens per internal step: larger plans are cut into pieces of at most this many tokens.
+constexpr int kMaxStepTokens = 2048;
+// Rows of logits computed per LM-head GEMM.
+constexpr int kMaxLogitRows = 256;
+// Decode batch sizes with a captured CUDA graph (a batch is padded up to the next one).
+constexpr int kGraphBuckets[] = {1, 2, 4, 8, 16, 32, 64, 128, 256};
+// Softmax layers' KV cache: tokens per page, and the longest context a slot's page table covers.
+constexpr int kPageSize = 64;
+constexpr int64_t kMinMaxContext = 132 * 1024;
+// Device memory left free after the KV page pool (cuBLAS, graphs, fragmentation).
+constexpr int64_t kReserveBytes = int64_t{1} << 30;
+
+int DTypeCode(DType d) { return d == DType::kF32 ? 0 : d == DType::kF16 ? 1 : 2; }
+k::StoreType StoreTypeOf(DType d) { return d == DType::kBF16 ? k::StoreType::kBF16 : k::StoreType::kF32; }
+
+// Per-layer weights on the device. Projections are bf16 [out, in]; the rest float32.
+struct DeviceLayer {
+  LayerType type = LayerType::kLizard;
+  int lizard_index = -1;   // into StateLayout::lizard_layers
+  int softmax_index = -1;  // into the KV pools
+  DeviceBuffer w_qkvg;     // [H*D + 2*Hkv*D (+ H gate rows for lizard layers), Hd]
+  DeviceBuffer b_qkvg;     // float [rows of w_qkvg], empty when the checkpoint has no such bias
+  DeviceBuffer w_o, b_o;   // [Hd, H*D], float [Hd]
+  DeviceBuffer w_gate_up;  // [2I, Hd]: gate rows then up rows
+  DeviceBuffer w_down;     // [Hd, I]
+  DeviceBuffer input_norm, post_norm;  // float [Hd]
+  DeviceBuffer fmap_q, fmap_k, fmap_q_bias, fmap_k_bias, meta_logits, window_factor;
+  // Pointer arrays of the batched feature-map GEMM: A (maps), B (q/k rows), C (logits), 2H each.
+  DeviceBuffer fmap_gemm_ptrs;
+};
+
+// The int32 arrays describing one internal step, copied to the device in one transfer.
+enum MetaField {
+  kTokIds, kTokSlot, kTokPos, kTokFirstRow, kTokFirstPos, kTokSingle,
+  kSeqSlot, kSeqFirstRow, kSeqNumTokens, kSeqFirstPos, kLogitRows, kNumMetaFields
+};
+
+// One sequence's share of an internal step.
+struct StepSeq {
+  SlotId slot = -1;
+  int64_t first_pos = 0;
+  const int32_t* tokens = nullptr;
+  int n = 0;
+  LogitsMode logits = LogitsMode::kNone;
+};
+
+class CudaBackend : public Backend {
+ public:
+  CudaBackend() = default;
+  ~CudaBackend() override {
+    for (auto& [bucket, exec] : graphs_) cudaGraphExecDestroy(exec);
+    if (cublas_ != nullptr) cublasDestroy(cublas_);
+    if (stream_ != nullptr) cudaStreamDestroy(stream_);
+  }
+
+  absl::Status Init(const BackendOptions& options);
+
+  const ModelConfig& config() const override { return config_; }
+  BackendInfo info() const override;
+  int32_t num_slots() const override { return num_slots_; }
+  int64_t slot_bytes() const override { return layout_.slot_bytes; }
+  int64_t kv_bytes_per_token() const override { return layout_.kv_bytes_per_token; }
+  absl::Status ResetSlot(SlotId slot) override;
+  absl::Status CopySlot(SlotId src, SlotId dst) override;
+  int64_t SlotPosition(SlotId slot) const override;
+  absl::StatusOr<std::string> SaveSlot(SlotId slot) override;
+  absl::Status LoadSlot(SlotId slot, std::string_view bytes) override;
+  absl::Status FillSlotForBenchmark(SlotId slot, int64_t position, uint64_t seed) override;
+  absl::Status Forward(const StepPlan& plan, StepOutput* out) override;
+
+ private:
+  absl::Status CheckSlot(SlotId slot) const;
+  absl::Status LoadWeights(const std::string& model_dir);
+  absl::Status RandomWeights(uint64_t seed);
+  absl::Status AllocateWeights();
+  absl::Status AllocateActivations();
+  absl::Status AllocateKvPool();
+  absl::Status MeasureCopyBandwidth();
+  absl::Status Gemm(const bf16* x, int rows, int in, const DeviceBuffer& w, int out, float* y);
+  absl::Status BuildFeatureMapGemms();
+
+  // Pages for the slot's tokens [0, tokens); RESOURCE_EXHAUSTED when the pool runs out.
+  absl::Status EnsurePages(SlotId slot, int64_t tokens);
+  void FreePages(SlotId slot);
+  absl::Status UploadPageTable(SlotId slot);
+  // Device address of token `t` of `slot` in softmax layer `layer`'s K (or V) pool.
+  char* KvAddress(int softmax_layer, bool value, SlotId slot, int64_t t) const;
+
+  // Runs the sequences of one internal step (at most kMaxStepTokens tokens) and appends their
+  // logits rows to `out`.
+  absl::Status RunStep(const std::vector<StepSeq>& seqs, StepOutput* out);
+  // Enqueues the whole model for `T` token rows and `S` sequences already described in the
+  // device meta buffer; the final normed rows are left in u_. `multi` tells whether any sequence
+  // has several tokens; `max_keys` is the longest softmax attention span.
+  absl::Status EnqueueModel(int T, int S, bool multi, int max_keys);
+  // LM head for `R` rows listed in the meta buffer, starting at row `first`, into logits_.
+  absl::Status EnqueueLogits(int first, int R);
+
+  ModelConfig config_;
+  StateLayout layout_;
+  int32_t num_slots_ = 0;
+  int device_ = 0;
+  std::string device_name_;
+  double copy_bandwidth_ = 0.0;
+  int64_t weights_bytes_ = 0;
+  cudaStream_t stream_ = nullptr;
+  cublasHandle_t cublas_ = nullptr;
+  DeviceBuffer cublas_workspace_;
+
+  // Sizes.
+  int Hd_ = 0, H_ = 0, Hkv_ = 0, D_ = 0, F_ = 0, I_ = 0, V_ = 0, n_qkv_ = 0;
+  k::LizardDims dims_;
+
+  // Weights.
+  DeviceBuffer embed_, lm_head_, final_norm_, inv_freq_;
+  std::vector<DeviceLayer> layers_;
+  bool tied_ = false;
+
+  // State pool: num_slots_ slots of layout_.slot_bytes; positions mirrored on the host.
+  DeviceBuffer pool_;
+  std::vector<int64_t> positions_;
+
+  // Softmax layers' paged KV cache.
+  int64_t num_pages_ = 0;
+  int max_pages_ = 0;
+  DeviceBuffer kv_pool_;    // per softmax layer: K pages then V pages
+  int64_t kv_page_bytes_ = 0;  // one page of one layer's K (or V)
+  DeviceBuffer page_table_;  // int32 [num_slots, max_pages]
+  std::vector<std::vector<int32_t>> slot_pages_;
+  std::vector<int32_t> free_pages_;
+
+  // Activations for kMaxStepTokens rows.
+  DeviceBuffer x_, delta_, u_, qkvg_, krot_, qrot_, y_, gate_up_, act_;
+  DeviceBuffer fq_, fk_, gamma_, den_, yw_, partial_, fmap_logits_;
+  int64_t partial_entries_ = 0;
+  DeviceBuffer logit_in_, logits_;
+  DeviceBuffer meta_;
+  PinnedBuffer meta_host_;
+
+  // CUDA graphs of decode steps, by bucket size.
+  std::map<int, cudaGraphExec_t> graphs_;
+};
+
+// ---------------------------------------------------------------- creation
+
+absl::Status CudaBackend::Init(const BackendOptions& options) {
+  if (options.synthetic_config.has_value()) {
+    config_ = *options.synthetic_config;
+  } else {
+    auto config = LoadModelConfig(options.model_dir);
+    if (!config.ok()) return config.status();
+    config_ = *std::move(config);
+  }
+  if (options.num_slots <= 0) return absl::InvalidArgumentError("num_slots must be positive");
+  num_slots_ = options.num_slots;
+  device_ = options.device_index;
+  LIZARD_CUDA_RETURN(cudaSetDevice(device_));
+  cudaDeviceProp prop{};
+  LIZARD_CUDA_RETURN(cudaGetDeviceProperties(&prop, device_));
+  device_name_ = prop.name;
+
+  Hd_ = static_cast<int>(config_.hidden_size);
+  H_ = static_cast<int>(config_.num_heads);
+  Hkv_ = static_cast<int>(config_.num_kv_heads);
+  D_ = static_cast<int>(config_.head_dim);
+  F_ = static_cast<int>(config_.feature_dim);
+  I_ = static_cast<int>(config_.intermediate_size);
+  V_ = static_cast<int>(config_.vocab_size);
+  n_qkv_ = (H_ + 2 * Hkv_) * D_;
+  if (D_ % 2 != 0 || D_ > 256) return absl::InvalidArgumentError("CUDA backend: head_dim must be even and <= 256");
+  if (config_.num_lizard_layers() > 0 && 2 * F_ > 256) {
+    return absl::InvalidArgumentError("CUDA backend: feature_dim must be <= 128");
+  }
+  dims_.heads = H_;
+  dims_.kv_heads = Hkv_;
+  dims_.head_dim = D_;
+  dims_.features = F_;
+  dims_.window = static_cast<int>(config_.window_size);
+  dims_.meta = static_cast<int>(config_.num_meta_tokens);
+  dims_.window_rope = config_.window_rope;
+  dims_.normalize = config_.gla_normalize;
+
+  // S and z in the config's state dtype; the window K/V (and softmax KV) in bf16.
+  layout_ = StateLayout(config_, config_.state_dtype, DType::kBF16);
+
+  LIZARD_CUDA_RETURN(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  RETURN_IF_ERROR(CublasStatus(cublasCreate(&cublas_), "cublasCreate"));
+  RETURN_IF_ERROR(CublasStatus(cublasSetStream(cublas_, stream_), "cublasSetStream"));
+  // A fixed workspace keeps cuBLAS from allocating during graph capture.
+  RETURN_IF_ERROR(cublas_workspace_.Allocate(32 << 20));
+  RETURN_IF_ERROR(CublasStatus(
+      cublasSetWorkspace(cublas_, cublas_workspace_.get(), cublas_workspace_.bytes()), "cublasSetWorkspace"));
+
+  RETURN_IF_ERROR(AllocateWeights());
+  if (options.synthetic_config.has_value()) {
+    RETURN_IF_ERROR(RandomWeights(options.synthetic_seed));
+  } else {
+    RETURN_IF_ERROR(LoadWeights(options.model_dir));
+  }
+  const std::vector<double> inv_freq = cpu::RopeInverseFrequencies(config_);
+  RETURN_IF_ERROR(inv_freq_.Allocate(inv_freq.size() * sizeof(double)));
+  LIZARD_CUDA_RETURN(cudaMemcpyAsync(inv_freq_.get(), inv_freq.data(), inv_freq_.bytes(), cudaMemcpyHostToDevice, stream_));
+  LIZARD_CUDA_RETURN(cudaStreamSynchronize(stream_));
+
+  RETURN_IF_ERROR(pool_.Allocate(static_cast<size_t>(num_slots_) * layout_.slot_bytes));
+  LIZARD_CUDA_RETURN(cudaMemsetAsync(pool_.get(), 0, pool_.bytes(), stream_));
+  positions_.assign(num_slots_, 0);
+  RETURN_IF_ERROR(AllocateActivations());
+  RETURN_IF_ERROR(BuildFeatureMapGemms());
+  RETURN_IF_ERROR(MeasureCopyBandwidth());
+  RETURN_IF_ERROR(AllocateKvPool());
+  LIZARD_CUDA_RETURN(cudaDeviceSynchronize());
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackend::AllocateWeights() {
+  const size_t b = sizeof(bf16), f = sizeof(float);
+  const int64_t Hd = Hd_, I = I_, V = V_, H = H_, D = D_, F = F_, m = config_.num_meta_tokens;
+  tied_ = config_.tie_word_embeddings;
+  RETURN_IF_ERROR(embed_.Allocate(V * Hd * b));
+  if (!tied_) RETURN_IF_ERROR(lm_head_.Allocate(V * Hd * b));
+  RETURN_IF_ERROR(final_norm_.Allocate(Hd * f));
+  weights_bytes_ = embed_.bytes() + lm_head_.bytes() + final_norm_.bytes();
+  layers_.resize(config_.num_layers);
+  int lizard = 0, softmax = 0;
+  for (int64_t l = 0; l < config_.num_layers; ++l) {
+    DeviceLayer& L = layers_[l];
+    L.type = config_.layer_types[l];
+    const bool liz = L.type == LayerType::kLizard;
+    (liz ? L.lizard_index : L.softmax_index) = liz ? lizard++ : softmax++;
+    const int64_t rows = n_qkv_ + (liz ? H : 0);
+    RETURN_IF_ERROR(L.w_qkvg.Allocate(rows * Hd * b));
+    RETURN_IF_ERROR(L.w_o.Allocate(Hd * H * D * b));
+    RETURN_IF_ERROR(L.w_gate_up.Allocate(2 * I * Hd * b));
+    RETURN_IF_ERROR(L.w_down.Allocate(Hd * I * b));
+    RETURN_IF_ERROR(L.input_norm.Allocate(Hd * f));
+    RETURN_IF_ERROR(L.post_norm.Allocate(Hd * f));
+    if (liz) {
+      RETURN_IF_ERROR(L.fmap_q.Allocate(H * D * F * f));
+      RETURN_IF_ERROR(L.fmap_k.Allocate(H * D * F * f));
+      RETURN_IF_ERROR(L.meta_logits.Allocate(H * m * f));
+      RETURN_IF_ERROR(L.window_factor.Allocate(H * f));
+    }
+    weights_bytes_ += L.w_qkvg.bytes() + L.w_o.bytes() + L.w_gate_up.bytes() + L.w_down.bytes() +
+                      2 * L.input_norm.bytes() + L.fmap_q.bytes() + L.fmap_k.bytes() +
+                      L.meta_logits.bytes() + L.window_factor.bytes();
+  }
+  return absl::OkStatus();
+}
+
+// Random weights generated on the device, with the spreads of RandomHostWeights (uniform with
+// the same standard deviation; benchmarks only).
+absl::Status CudaBackend::RandomWeights(uint64_t seed) {
+  uint64_t stream_id = seed * 1000003;
+  auto fill_bf16 = [&](const DeviceBuffer& buf, double stddev, double mean) {
+    return CudaStatus(k::RandomFillBf16(buf.get<bf16>(), buf.bytes() / sizeof(bf16), ++stream_id,
+                                        static_cast<float>(stddev * std::sqrt(3.0)), static_cast<float>(mean), stream_),
+                      "RandomFillBf16");
+  };
+  auto fill_f32 = [&](const DeviceBuffer& buf, double stddev, double mean) {
+    return CudaStatus(k::RandomFillF32(buf.get<float>(), buf.bytes() / sizeof(float), ++stream_id,
+                                       static_cast<float>(stddev * std::sqrt(3.0)), static_cast<float>(mean), stream_),
+                      "RandomFillF32");
+  };
+  const double hd = 1.0 / std::sqrt(static_cast<double>(Hd_));
+  RETURN_IF_ERROR(fill_bf16(embed_, hd, 0.0));
+  if (!tied_) RETURN_IF_ERROR(fill_bf16(lm_head_, hd, 0.0));
+  RETURN_IF_ERROR(fill_f32(final_norm_, 0.1, 1.0));
+  for (DeviceLayer& L : layers_) {
+    RETURN_IF_ERROR(fill_bf16(L.w_qkvg, hd, 0.0));
+    RETURN_IF_ERROR(fill_bf16(L.w_o, 1.0 / std::sqrt(static_cast<double>(H_ * D_)), 0.0));
+    RETURN_IF_ERROR(fill_bf16(L.w_gate_up, hd, 0.0));
+    RETURN_IF_ERROR(fill_bf16(L.w_down, 1.0 / std::sqrt(static_cast<double>(I_)), 0.0));
+    RETURN_IF_ERROR(fill_f32(L.input_norm, 0.1, 1.0));
+    RETURN_IF_ERROR(fill_f32(L.post_norm, 0.1, 1.0));
+    if (L.type != LayerType::kLizard) continue;
+    RETURN_IF_ERROR(fill_f32(L.fmap_q, 1.0 / std::sqrt(static_cast<double>(D_)), 0.0));
+    RETURN_IF_ERROR(fill_f32(L.fmap_k, 1.0 / std::sqrt(static_cast<double>(D_)), 0.0));
+    RETURN_IF_ERROR(fill_f32(L.meta_logits, 1.0, 0.0));
+    RETURN_IF_ERROR(fill_f32(L.window_factor, 0.1, 0.5));
+    // Gate bias around 3 (sigmoid ~0.95) as in RandomHostWeights; other biases absent.
+    RETURN_IF_ERROR(L.b_qkvg.Allocate((n_qkv_ + H_) * sizeof(float)));
+    LIZARD_CUDA_RETURN(cudaMemsetAsync(L.b_qkvg.get(), 0, n_qkv_ * sizeof(float), stream_));
+    LIZARD_CUDA_RETURN(k::RandomFillF32(L.b_qkvg.get<float>() + n_qkv_, H_, ++stream_id,
+                                        static_cast<float>(0.5 * std::sqrt(3.0)), 3.f, stream_));
+  }
+  return CudaStatus(cudaStreamSynchronize(stream_), "random weights");
+}
+
+absl::Status CudaBackend::LoadWeights(const std::string& model_dir) {
+  auto ckpt_or = Checkpoint::Open(model_dir);
+  if (!ckpt_or.ok()) return ckpt_or.status();
+  const Checkpoint& ckpt = **ckpt_or;
+  RETURN_IF_ERROR(ValidateCheckpoint(config_, ckpt));
+
+  // Staging: tensors are copied raw from the mapped file, then converted on the device.
+  size_t max_bytes = 0;
+  for (const std::string& name : ckpt.Names()) max_bytes = std::max(max_bytes, ckpt.Find(name)->nbytes);
+  DeviceBuffer staging;
+  RETURN_IF_ERROR(staging.Allocate(max_bytes));
+
+  // Every copy goes through stream_: a plain cudaMemcpy from pageable memory may return before
+  // its DMA is done, and stream_ does not wait for the legacy default stream.
+  auto upload = [&](const TensorView& t) -> absl::Status {
+    LIZARD_CUDA_RETURN(cudaMemcpyAsync(staging.get(), t.data, t.nbytes, cudaMemcpyHostToDevice, stream_));
+    return absl::OkStatus();
+  };
+  // Tensor `name` into `dst` at element offset `offset` (bf16 or float32 destination).
+  auto to_bf16 = [&](const std::string& name, const DeviceBuffer& dst, int64_t offset) -> absl::Status {
+    const TensorView* t = ckpt.Find(name);
+    if (t == nullptr) return absl::NotFoundError(absl::StrCat("missing tensor ", name));
+    RETURN_IF_ERROR(upload(*t));
+    LIZARD_CUDA_RETURN(k::ConvertToBf16(staging.get(), DTypeCode(t->dtype), t->numel(), dst.get<bf16>() + offset, stream_));
+    return CudaStatus(cudaStreamSynchronize(stream_), name.c_str());
+  };
+  auto to_f32 = [&](const TensorView* t, float* dst) -> absl::Status {
+    RETURN_IF_ERROR(upload(*t));
+    LIZARD_CUDA_RETURN(k::ConvertToF32(staging.get(), DTypeCode(t->dtype), t->numel(), dst, stream_));
+    return CudaStatus(cudaStreamSynchronize(stream_), t->name.c_str());
+  };
+  auto f32_tensor = [&](const std::string& name, DeviceBuffer& dst) -> absl::Status {
+    const TensorView* t = ckpt.Find(name);
+    if (t == nullptr) return absl::NotFoundError(absl::StrCat("missing tensor ", name));
+    if (dst.bytes() == 0) RETURN_IF_ERROR(dst.Allocate(t->numel() * sizeof(float)));
+    return to_f32(t, dst.get<float>());
+  };
+  // Optional tensor: allocated only when present.
+  auto optional_f32 = [&](const std::string& name, DeviceBuffer& dst) -> absl::Status {
+    if (ckpt.Find(name) == nullptr) return absl::OkStatus();
+    return f32_tensor(name, dst);
+  };
+
+  RETURN_IF_ERROR(to_bf16("model.embed_tokens.weight", embed_, 0));
+  if (!tied_) RETURN_IF_ERROR(to_bf16("lm_head.weight", lm_head_, 0));
+  RETURN_IF_ERROR(f32_tensor("model.norm.weight", final_norm_));
+  const int64_t Hd = Hd_, qd = H_ * D_, kd = Hkv_ * D_;
+  for (int64_t l = 0; l < config_.num_layers; ++l) {
+    DeviceLayer& L = layers_[l];
+    const bool liz = L.type == LayerType::kLizard;
+    auto name = [&](std::string_view suffix) { return LayerTensorName(l, suffix); };
+    RETURN_IF_ERROR(f32_tensor(name("input_layernorm.weight"), L.input_norm));
+    RETURN_IF_ERROR(f32_tensor(name("post_attention_layernorm.weight"), L.post_norm));
+    RETURN_IF_ERROR(to_bf16(name("self_attn.q_proj.weight"), L.w_qkvg, 0));
+    RETURN_IF_ERROR(to_bf16(name("self_attn.k_proj.weight"), L.w_qkvg, qd * Hd));
+    RETURN_IF_ERROR(to_bf16(name("self_attn.v_proj.weight"), L.w_qkvg, (qd + kd) * Hd));
+    if (liz) RETURN_IF_ERROR(to_bf16(name("self_attn.forget_gate.weight"), L.w_qkvg, (qd + 2 * kd) * Hd));
+    RETURN_IF_ERROR(to_bf16(name("self_attn.o_proj.weight"), L.w_o, 0));
+    RETURN_IF_ERROR(to_bf16(name("mlp.gate_proj.weight"), L.w_gate_up, 0));
+    RETURN_IF_ERROR(to_bf16(name("mlp.up_proj.weight"), L.w_gate_up, static_cast<int64_t>(I_) * Hd));
+    RETURN_IF_ERROR(to_bf16(name("mlp.down_proj.weight"), L.w_down, 0));
+    RETURN_IF_ERROR(optional_f32(name("self_attn.o_proj.bias"), L.b_o));
+
+    // The q/k/v (and gate) biases, concatenated like the weights; zeros where absent.
+    const std::pair<std::string, int64_t> biases[] = {
+        {name("self_attn.q_proj.bias"), 0},
+        {name("self_attn.k_proj.bias"), qd},
+        {name("self_attn.v_proj.bias"), qd + kd},
+        {liz ? name("self_attn.forget_gate.bias") : std::string(), qd + 2 * kd}};
+    for (const auto& [bias, offset] : biases) {
+      const TensorView* t = bias.empty() ? nullptr : ckpt.Find(bias);
+      if (t == nullptr) continue;
+      if (L.b_qkvg.bytes() == 0) {
+        RETURN_IF_ERROR(L.b_qkvg.Allocate((n_qkv_ + (liz ? H_ : 0)) * sizeof(float)));
+        LIZARD_CUDA_RETURN(cudaMemsetAsync(L.b_qkvg.get(), 0, L.b_qkvg.bytes(), stream_));
+      }
+      RETURN_IF_ERROR(to_f32(t, L.b_qkvg.get<float>() + offset));
+    }
+    if (!liz) continue;
+    RETURN_IF_ERROR(f32_tensor(name("self_attn.feature_map_q.weight"), L.fmap_q));
+    RETURN_IF_ERROR(f32_tensor(name("self_attn.feature_map_k.weight"), L.fmap_k));
+    RETURN_IF_ERROR(optional_f32(name("self_attn.feature_map_q.bias"), L.fmap_q_bias));
+    RETURN_IF_ERROR(optional_f32(name("self_attn.feature_map_k.bias"), L.fmap_k_bias));
+    RETURN_IF_ERROR(f32_tensor(name("self_attn.meta_logits"), L.meta_logits));
+    RETURN_IF_ERROR(f32_tensor(name("self_attn.window_factor"), L.window_factor));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackend::AllocateActivations() {
+  const int64_t T = kMaxStepTokens, f = sizeof(float), b = sizeof(bf16);
+  const int64_t F2 = 2 * static_cast<int64_t>(F_);
+  RETURN_IF_ERROR(x_.Allocate(T * Hd_ * f));
+  RETURN_IF_ERROR(delta_.Allocate(T * Hd_ * f));
+  RETURN_IF_ERROR(u_.Allocate(T * Hd_ * b));
+  RETURN_IF_ERROR(qkvg_.Allocate(T * (n_qkv_ + H_) * f));
+  RETURN_IF_ERROR(krot_.Allocate(T * Hkv_ * D_ * f));
+  RETURN_IF_ERROR(y_.Allocate(T * H_ * D_ * b));
+  RETURN_IF_ERROR(gate_up_.Allocate(T * 2 * I_ * f));
+  RETURN_IF_ERROR(act_.Allocate(T * I_ * b));
+  if (config_.num_lizard_layers() > 0) {
+    RETURN_IF_ERROR(fq_.Allocate(T * H_ * F2 * f));
+    RETURN_IF_ERROR(fk_.Allocate(T * H_ * F2 * f));
+    RETURN_IF_ERROR(gamma_.Allocate(T * H_ * f));
+    RETURN_IF_ERROR(den_.Allocate(T * H_ * f));
+    RETURN_IF_ERROR(yw_.Allocate(T * H_ * D_ * f));
+    RETURN_IF_ERROR(fmap_logits_.Allocate(T * 2 * H_ * F_ * f));
+  }
+  if (config_.num_softmax_layers() > 0) {
+    RETURN_IF_ERROR(qrot_.Allocate(T * H_ * D_ * f));
+    partial_entries_ = T * H_ + 8192;
+    RETURN_IF_ERROR(partial_.Allocate(partial_entries_ * (D_ + 2) * f));
+  }
+  RETURN_IF_ERROR(logit_in_.Allocate(int64_t{kMaxLogitRows} * Hd_ * b));
+  RETURN_IF_ERROR(logits_.Allocate(int64_t{kMaxLogitRows} * V_ * f));
+  RETURN_IF_ERROR(meta_.Allocate(int64_t{kNumMetaFields} * T * sizeof(int32_t)));
+  RETURN_IF_ERROR(meta_host_.Allocate(meta_.bytes()));
+  return absl::OkStatus();
+}
+
+// The feature-map logits of all heads, q and k, are one batched GEMM per layer over 2H problems:
+// logits[t, i*F .. i*F+F) = x_i[t, :] W_i with x_i the q head i (i < H) or the kv head of query
+// head i - H, and W_i that head's [D, F] map. The operands never move, so the pointer arrays
+// are built once.
+absl::Status CudaBackend::BuildFeatureMapGemms() {
+  const int G = H_ / Hkv_;
+  for (DeviceLayer& L : layers_) {
+    if (L.type != LayerType::kLizard) continue;
+    std::vector<const void*> ptrs(3 * 2 * H_);
+    for (int i = 0; i < 2 * H_; ++i) {
+      const bool key = i >= H_;
+      const int h = key ? i - H_ : i;
+      ptrs[i] = (key ? L.fmap_k : L.fmap_q).get<float>() + static_cast<int64_t>(h) * D_ * F_;
+      ptrs[2 * H_ + i] = qkvg_.get<float>() + (key ? H_ * D_ + (h / G) * D_ : h * D_);
+      ptrs[4 * H_ + i] = fmap_logits_.get<float>() + static_cast<int64_t>(i) * F_;
+    }
+    RETURN_IF_ERROR(L.fmap_gemm_ptrs.Allocate(ptrs.size() * sizeof(void*)));
+    LIZARD_CUDA_RETURN(cudaMemcpyAsync(L.fmap_gemm_ptrs.get(), ptrs.data(), L.fmap_gemm_ptrs.bytes(),
+                                       cudaMemcpyHostToDevice, stream_));
+  }
+  return CudaStatus(cudaStreamSynchronize(stream_), "feature-map GEMM pointers");
+}
+
+absl::Status CudaBackend::AllocateKvPool() {
+  if (layout_.num_softmax_layers == 0) return absl::OkStatus();
+  const int64_t max_context = std::max<int64_t>(config_.max_position_embeddings, kMinMaxContext);
+  max_pages_ = static_cast<int>((max_context + kPageSize - 1) / kPageSize);
+  RETURN_IF_ERROR(page_table_.Allocate(static_cast<size_t>(num_slots_) * max_pages_ * sizeof(int32_t)));
+  LIZARD_CUDA_RETURN(cudaMemsetAsync(page_table_.get(), 0, page_table_.bytes(), stream_));
+  slot_pages_.assign(num_slots_, {});
+  // Every page holds kPageSize tokens of every softmax layer; the pool takes the free memory.
+  size_t free_bytes = 0, total_bytes = 0;
+  LIZARD_CUDA_RETURN(cudaMemGetInfo(&free_bytes, &total_bytes));
+  kv_page_bytes_ = layout_.kv_bytes_per_token_per_layer / 2 * kPageSize;
+  const int64_t page_all_layers = layout_.kv_bytes_per_token * kPageSize;
+  // No more than every slot at the longest context could use.
+  const int64_t usable = static_cast<int64_t>(free_bytes) - kReserveBytes;
+  num_pages_ = std::min<int64_t>(std::max<int64_t>(usable / page_all_layers, 0), int64_t{num_slots_} * max_pages_);
+  if (num_pages_ == 0) return absl::ResourceExhaustedError("no device memory left for the KV cache");
+  RETURN_IF_ERROR(kv_pool_.Allocate(num_pages_ * page_all_layers));
+  free_pages_.clear();
+  for (int64_t p = num_pages_ - 1; p >= 0; --p) free_pages_.push_back(static_cast<int32_t>(p));
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackend::MeasureCopyBandwidth() {
+  size_t free_bytes = 0, total_bytes = 0;
+  LIZARD_CUDA_RETURN(cudaMemGetInfo(&free_bytes, &total_bytes));
+  const size_t bytes = std::min<size_t>(size_t{1} << 30, free_bytes / 8) & ~size_t{255};
+  DeviceBuffer a, b;
+  RETURN_IF_ERROR(a.Allocate(bytes));
+  RETURN_IF_ERROR(b.Allocate(bytes));
+  LIZARD_CUDA_RETURN(cudaMemsetAsync(a.get(), 1, bytes, stream_));
+  cudaEvent_t start, stop;
+  LIZARD_CUDA_RETURN(cudaEventCreate(&start));
+  LIZARD_CUDA_RETURN(cudaEventCreate(&stop));
+  constexpr int kReps = 10;
+  LIZARD_CUDA_RETURN(cudaMemcpyAsync(b.get(), a.get(), bytes, cudaMemcpyDeviceToDevice, stream_));  // warm-up
+  LIZARD_CUDA_RETURN(cudaEventRecord(start, stream_));
+  for (int i = 0; i < kReps; ++i) {
+    LIZARD_CUDA_RETURN(cudaMemcpyAsync(b.get(), a.get(), bytes, cudaMemcpyDeviceToDevice, stream_));
+  }
+  LIZARD_CUDA_RETURN(cudaEventRecord(stop, stream_));
+  LIZARD_CUDA_RETURN(cudaEventSynchronize(stop));
+  float ms = 0.f;
+  LIZARD_CUDA_RETURN(cudaEventElapsedTime(&ms, start, stop));
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  copy_bandwidth_ = 2.0 * static_cast<double>(bytes) * kReps / (ms * 1e-3);  // read + write
+  return absl::OkStatus();
+}
+
+BackendInfo CudaBackend::info() const {
+  BackendInfo info;
+  info.name = "cuda";
+  info.device = device_name_;
+  size_t free_bytes = 0, total_bytes = 0;
+  if (cudaMemGetInfo(&free_bytes, &total_bytes) == cudaSuccess) {
+    info.memory_total_bytes = static_cast<int64_t>(total_bytes);
+    info.memory_used_bytes = static_cast<int64_t>(total_bytes - free_bytes);
+  }
+  info.weights_bytes = weights_bytes_;
+  info.state_pool_bytes = static_cast<int64_t>(pool_.bytes() + kv_pool_.bytes());
+  info.copy_bandwidth_bytes_per_s = copy_bandwidth_;
+  return info;
+}
+
+// ---------------------------------------------------------------- state pool
+
+absl::Status CudaBackend::CheckSlot(SlotId slot) const {
+  if (slot < 0 || slot >= num_slots_) {
+    return absl::InvalidArgumentError(absl::StrCat("slot ", slot, " out of range [0, ", num_slots_, ")"));
+  }
+  return absl::OkStatus();
+}
+
+char* CudaBackend::KvAddress(int softmax_layer, bool value, SlotId slot, int64_t t) const {
+  const int64_t layer_bytes = 2 * num_pages_ * kv_page_bytes_;
+  const int32_t page = slot_pages_[slot][t / kPageSize];
+  const int64_t token_bytes = kv_page_bytes_ / kPageSize;
+  return kv_pool_.get<char>() + softmax_layer * layer_bytes + (value ? num_pages_ * kv_page_bytes_ : 0) +
+         page * kv_page_bytes_ + (t % kPageSize) * token_bytes;
+}
+
+absl::Status CudaBackend::EnsurePages(SlotId slot, int64_t tokens) {
+  if (layout_.num_softmax_layers == 0) return absl::OkStatus();
+  const int64_t need = (tokens + kPageSize - 1) / kPageSize;
+  std::vector<int32_t>& pages = slot_pages_[slot];
+  if (need <= static_cast<int64_t>(pages.size())) return absl::OkStatus();
+  if (need > max_pages_) {
+    return absl::OutOfRangeError(absl::StrCat("context of ", tokens, " tokens exceeds the KV page table (",
+                                              int64_t{max_pages_} * kPageSize, " tokens)"));
+  }
+  if (need - static_cast<int64_t>(pages.size()) > static_cast<int64_t>(free_pages_.size())) {
+    return absl::ResourceExhaustedError(absl::StrCat("KV cache full: ", free_pages_.size(), " free pages of ",
+                                                     kPageSize, " tokens, ", need - pages.size(), " needed"));
+  }
+  while (static_cast<int64_t>(pages.size()) < need) {
+    pages.push_back(free_pages_.back());
+    free_pages_.pop_back();
+  }
+  return UploadPageTable(slot);
+}
+
+absl::Status CudaBackend::UploadPageTable(SlotId slot) {
+  const std::vector<int32_t>& pages = slot_pages_[slot];
+  if (pages.empty()) return absl::OkStatus();
+  LIZARD_CUDA_RETURN(cudaMemcpyAsync(page_table_.get<int32_t>() + static_cast<int64_t>(slot) * max_pages_, pages.data(),
+                                     pages.size() * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
+  return absl::OkStatus();
+}
+
+void CudaBackend::FreePages(SlotId slot) {
+  if (layout_.num_softmax_layers == 0) return;
+  for (int32_t p : slot_pages_[slot]) free_pages_.push_back(p);
+  slot_pages_[slot].clear();
+}
+
+absl::Status CudaBackend::ResetSlot(SlotId slot) {
+  RETURN_IF_ERROR(CheckSlot(slot));
+  FreePages(slot);
+  positions_[slot] = 0;
+  LIZARD_CUDA_RETURN(cudaMemsetAsync(pool_.get<char>() + slot * layout_.slot_bytes, 0, layout_.slot_bytes, stream_));
+  return CudaStatus(cudaStreamSynchronize(stream_), "ResetSlot");
+}
+
+absl::Status CudaBackend::CopySlot(SlotId src, SlotId dst) {
+  RETURN_IF_ERROR(CheckSlot(src));
+  RETURN_IF_ERROR(CheckSlot(dst));
+  if (src == dst) return absl::OkStatus();
+  FreePages(dst);
+  RETURN_IF_ERROR(EnsurePages(dst, positions_[src]));
+  char* base = pool_.get<char>();
+  LIZARD_CUDA_RETURN(cudaMemcpyAsync(base + dst * layout_.slot_bytes, base + src * layout_.slot_bytes,
+                                     layout_.slot_bytes, cudaMemcpyDeviceToDevice, stream_));
+  // Softmax KV: page by page (the two slots' pages differ).
+  for (int64_t s = 0; s < layout_.num_softmax_layers; ++s) {
+    for (int value = 0; value < 2; ++value) {
+      for (int64_t t = 0; t < positions_[src]; t += kPageSize) {
+        const int64_t n = std::min<int64_t>(kPageSize, positions_[src] - t);
+        LIZARD_CUDA_RETURN(cudaMemcpyAsync(KvAddress(s, value, dst, t), KvAddress(s, value, src, t),
+                                           n * (kv_page_bytes_ / kPageSize), cudaMemcpyDeviceToDevice, stream_));
+      }
+    }
+  }
+  positions_[dst] = positions_[src];
+  return CudaStatus(cudaStreamSynchronize(stream_), "CopySlot");
+}
+
+int64_t CudaBackend::SlotPosition(SlotId slot) const {
+  return (slot >= 0 && slot < num_slots_) ? positions_[slot] : -1;
+}
+
+absl::StatusOr<std::string> CudaBackend::SaveSlot(SlotId slot) {
+  RETURN_IF_ERROR(CheckSlot(slot));
+  const int64_t pos = positions_[slot];
+  PinnedBuffer host;
+  const int64_t token_bytes = kv_page_bytes_ / kPageSize;
+  const int64_t kv_layer_bytes = 2 * pos * token_bytes;
+  RETURN_IF_ERROR(host.Allocate(layout_.slot_bytes + layout_.num_softmax_layers * kv_layer_bytes));
+  char* h = host.get<char>();
+  LIZARD_CUDA_RETURN(cudaMemcpyAsync(h, pool_.get<char>() + slot * layout_.slot_bytes, layout_.slot_bytes,
+                                     cudaMemcpyDeviceToHost, stream_));
+  std::vector<std::string_view> kv;
+  for (int64_t s = 0; s < layout_.num_softmax_layers; ++s) {
+    char* layer = h + layout_.slot_bytes + s * kv_layer_bytes;
+    for (int value = 0; value < 2; ++value) {
+      for (int64_t t = 0; t < pos; t += kPageSize) {
+        const int64_t n = std::min<int64_t>(kPageSize, pos - t);
+        LIZARD_CUDA_RETURN(cudaMemcpyAsync(layer + (value * pos + t) * token_bytes, KvAddress(s, value, slot, t),
+                                           n * token_bytes, cudaMemcpyDeviceToHost, stream_));
+      }
+    }
+    kv.emplace_back(layer, kv_layer_bytes);
+  }
+  LIZARD_CUDA_RETURN(cudaStreamSynchronize(stream_));
+  WriteSlotPosition(layout_, h, pos);  // the device copy keeps positions on the host only
+  return SerializeState(layout_, std::string_view(h, layout_.slot_bytes), kv);
+}
+
+absl::Status CudaBackend::LoadSlot(SlotId slot, std::string_view bytes) {
+  RETURN_IF_ERROR(CheckSlot(slot));
+  auto view = ParseSerializedState(layout_, bytes);
+  if (!view.ok()) return view.status();
+  FreePages(slot);
+  positions_[slot] = 0;
+  RETURN_IF_ERROR(EnsurePages(slot, view->position));
+  LIZARD_CUDA_RETURN(cudaMemcpyAsync(pool_.get<char>() + slot * layout_.slot_bytes, view->slot.data(),
+                                     layout_.slot_bytes, cudaMemcpyHostToDevice, stream_));
+  const int64_t token_bytes = kv_page_bytes_ / kPageSize;
+  for (int64_t s = 0; s < layout_.num_softmax_layers; ++s) {
+    const char* layer = view->softmax_kv[s].data();
+    for (int value = 0; value < 2; ++value) {
+      for (int64_t t = 0; t < view->position; t += kPageSize) {
+        const int64_t n = std::min<int64_t>(kPageSize, view->position - t);
+        LIZARD_CUDA_RETURN(cudaMemcpyAsync(KvAddress(s, value, slot, t), layer + (value * view->position + t) * token_bytes,
+                                           n * token_bytes, cudaMemcpyHostToDevice, stream_));
+      }
+    }
+  }
+  LIZARD_CUDA_RETURN(cudaStreamSynchronize(stream_));
+  positions_[slot] = view->position;
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackend::FillSlotForBenchmark(SlotId slot, int64_t position, uint64_t seed) {
+  RETURN_IF_ERROR(ResetSlot(slot));
+  RETURN_IF_ERROR(EnsurePages(slot, position));
+  char* base = pool_.get<char>() + slot * layout_.slot_bytes;
+  uint64_t id = seed * 7919 + static_cast<uint64_t>(slot);
+  // Random bytes of the right type: small S, positive z (a sum of positive features), unit K/V.
+  auto fill = [&](char* p, int64_t bytes, DType type, float scale, float offset) {
+    if (type == DType::kBF16) {
+      return CudaStatus(k::RandomFillBf16(reinterpret_cast<bf16*>(p), bytes / 2, ++id, scale, offset, stream_), "fill");
+    }
+    return CudaStatus(k::RandomFillF32(reinterpret_cast<float*>(p), bytes / 4, ++id, scale, offset, stream_), "fill");
+  };
+  for (const LizardLayerOffsets& part : layout_.lizard_layers) {
+    RETURN_IF_ERROR(fill(base + part.s, layout_.s_bytes, layout_.state_dtype, 0.05f, 0.f));
+    RETURN_IF_ERROR(fill(base + part.z, layout_.z_bytes, layout_.state_dtype, 0.5f, 1.f));
+    RETURN_IF_ERROR(fill(base + part.window_k, layout_.window_bytes, layout_.window_dtype, 1.f, 0.f));
+    RETURN_IF_ERROR(fill(base + part.window_v, layout_.window_bytes, layout_.window_dtype, 1.f, 0.f));
+  }
+  const int64_t token_bytes = kv_page_bytes_ / kPageSize;
+  for (int64_t s = 0; s < layout_.num_softmax_layers; ++s) {
+    for (int value = 0; value < 2; ++value) {
+      for (int64_t t = 0; t < position; t += kPageSize) {
+        const int64_t n = std::min<int64_t>(kPageSize, position - t);
+        RETURN_IF_ERROR(fill(KvAddress(s, value, slot, t), n * token_bytes, layout_.window_dtype, 1.f, 0.f));
+      }
+    }
+  }
+  positions_[slot] = position;
+  return CudaStatus(cudaStreamSynchronize(stream_), "FillSlotForBenchmark");
+}
+
+// ---------------------------------------------------------------- compute
+
+absl::Status CudaBackend::Gemm(const bf16* x, int rows, int in, const DeviceBuffer& w, int out, float* y) {
+  // Row-major y[rows, out] = x[rows, in] w[out, in]^T, i.e. column-major y^T = w^T' x^T'.
+  const float one = 1.f, zero = 0.f;
+  return CublasStatus(cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, out, rows, in, &one, w.get(), CUDA_R_16BF, in,
+                                   x, CUDA_R_16BF, in, &zero, y, CUDA_R_32F, out, CUBLAS_COMPUTE_32F,
+                                   CUBLAS_GEMM_DEFAULT),
+                      "cublasGemmEx");
+}
+
+absl::Status CudaBackend::EnqueueModel(int T, int S, bool multi, int max_keys) {
+  const int32_t* meta = meta_.get<int32_t>();
+  auto field = [&](MetaField f) { return meta + static_cast<int64_t>(f) * kMaxStepTokens; };
+  float* x = x_.get<float>();
+  float* delta = delta_.get<float>();
+  bf16* u = u_.get<bf16>();
+  float* qkvg = qkvg_.get<float>();
+  bf16* y = y_.get<bf16>();
+  const float eps = static_cast<float>(config_.rms_norm_eps);
+  const int qd = H_ * D_, kd = Hkv_ * D_;
+
+  k::TokenMeta tokens{field(kTokSlot), field(kTokPos), field(kTokFirstRow), field(kTokFirstPos), field(kTokSingle)};
+  k::SeqMeta seqs{field(kSeqSlot), field(kSeqFirstRow), field(kSeqNumTokens)};
+  k::LizardScratch scratch{fq_.get<float>(), fk_.get<float>(), gamma_.get<float>(), den_.get<float>(), yw_.get<float>()};
+
+  LIZARD_CUDA_RETURN(k::EmbeddingGather(embed_.get<bf16>(), field(kTokIds), T, Hd_, x, stream_));
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    const DeviceLayer& L = layers_[l];
+    const bool liz = L.type == LayerType::kLizard;
+    const int ld = n_qkv_ + (liz ? H_ : 0);
+    LIZARD_CUDA_RETURN(k::AddRmsNorm(x, l == 0 ? nullptr : delta, L.input_norm.get<float>(), T, Hd_, eps, u, stream_));
+    RETURN_IF_ERROR(Gemm(u, T, Hd_, L.w_qkvg, ld, qkvg));
+    if (L.b_qkvg.bytes() > 0) LIZARD_CUDA_RETURN(k::AddBias(qkvg, ld, L.b_qkvg.get<float>(), T, ld, stream_));
+
+    // Keys after RoPE (or the raw keys when the window has no RoPE).
+    const float* krot = qkvg + qd;
+    int krot_ld = ld;
+    if (!liz || config_.window_rope) {
+      LIZARD_CUDA_RETURN(k::Rope(qkvg + qd, ld, krot_.get<float>(), kd, field(kTokPos), T, Hkv_, D_,
+                                 inv_freq_.get<double>(), stream_));
+      krot = krot_.get<float>();
+      krot_ld = kd;
+    }
+    if (liz) {
+      const LizardLayerOffsets& part = layout_.lizard_layers[L.lizard_index];
+      k::LizardStateRef state{pool_.get<char>(), layout_.slot_bytes, part.s, part.z, part.window_k, part.window_v,
+                              StoreTypeOf(layout_.state_dtype), StoreTypeOf(layout_.window_dtype)};
+      // Column-major view: logits_i^T [F, T] = W_i^T [F, D] x_i^T [D, T].
+      const float one = 1.f, zero = 0.f;
+      const void* const* ptrs = L.fmap_gemm_ptrs.get<const void*>();
+      RETURN_IF_ERROR(CublasStatus(
+          cublasGemmBatchedEx(cublas_, CUBLAS_OP_N, CUBLAS_OP_N, F_, T, D_, &one, ptrs, CUDA_R_32F, F_, ptrs + 2 * H_,
+                              CUDA_R_32F, ld, &zero, const_cast<void* const*>(ptrs + 4 * H_), CUDA_R_32F, 2 * H_ * F_,
+                              2 * H_, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+          "cublasGemmBatchedEx"));
+      k::LizardParams params{fmap_logits_.get<float>(), L.fmap_q_bias.get<float>(), L.fmap_k_bias.get<float>(),
+                             L.meta_logits.get<float>(), L.window_factor.get<float>()};
+      LIZARD_CUDA_RETURN(k::LizardWindow(dims_, qkvg, ld, krot, krot_ld, inv_freq_.get<double>(), tokens, T, params,
+                                         state, scratch, stream_));
+      if (multi) {
+        LIZARD_CUDA_RETURN(k::LizardNormalizer(dims_, seqs, S, state, scratch, stream_));
+        LIZARD_CUDA_RETURN(k::LizardRingWrite(dims_, qkvg, ld, krot, krot_ld, seqs, field(kSeqFirstPos), S, state, stream_));
+      }
+      LIZARD_CUDA_RETURN(k::LizardState(dims_, qkvg, ld, seqs, S, state, scratch, y, stream_));
+    } else {
+      LIZARD_CUDA_RETURN(k::Rope(qkvg, ld, qrot_.get<float>(), qd, field(kTokPos), T, H_, D_, inv_freq_.get<double>(), stream_));
+      const int64_t layer_bytes = 2 * num_pages_ * kv_page_bytes_;
+      char* layer_base = kv_pool_.get<char>() + L.softmax_index * layer_bytes;
+      k::PagedKv kv{layer_base, layer_base + num_pages_ * kv_page_bytes_, StoreTypeOf(layout_.window_dtype),
+                    page_table_.get<int32_t>(), max_pages_, kPageSize, Hkv_, D_};
+      LIZARD_CUDA_RETURN(k::PagedKvWrite(krot, krot_ld, qkvg + qd + kd, ld, field(kTokSlot), field(kTokPos), T, kv, stream_));
+      LIZARD_CUDA_RETURN(k::PagedAttention(qrot_.get<float>(), qd, field(kTokSlot), field(kTokPos), T, H_, max_keys, kv,
+                                           partial_.get<float>(), partial_entries_, y, stream_));
+    }
+    RETURN_IF_ERROR(Gemm(y, T, qd, L.w_o, Hd_, delta));
+    if (L.b_o.bytes() > 0) LIZARD_CUDA_RETURN(k::AddBias(delta, Hd_, L.b_o.get<float>(), T, Hd_, stream_));
+    LIZARD_CUDA_RETURN(k::AddRmsNorm(x, delta, L.post_norm.get<float>(), T, Hd_, eps, u, stream_));
+    RETURN_IF_ERROR(Gemm(u, T, Hd_, L.w_gate_up, 2 * I_, gate_up_.get<float>()));
+    LIZARD_CUDA_RETURN(k::SwiGlu(gate_up_.get<float>(), T, I_, act_.get<bf16>(), stream_));
+    RETURN_IF_ERROR(Gemm(act_.get<bf16>(), T, I_, L.w_down, Hd_, delta));
+  }
+  LIZARD_CUDA_RETURN(k::AddRmsNorm(x, delta, final_norm_.get<float>(), T, Hd_, eps, u, stream_));
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackend::EnqueueLogits(int first, int R) {
+  const int32_t* rows = meta_.get<int32_t>() + static_cast<int64_t>(kLogitRows) * kMaxStepTokens + first;
+  LIZARD_CUDA_RETURN(k::GatherRowsBf16(u_.get<bf16>(), rows, R, Hd_, logit_in_.get<bf16>(), stream_));
+  return Gemm(logit_in_.get<bf16>(), R, Hd_, tied_ ? embed_ : lm_head_, V_, logits_.get<float>());
+}
+
+absl::Status CudaBackend::RunStep(const std::vector<StepSeq>& seqs, StepOutput* out) {
+  // Softmax layers need pages for the new tokens before anything runs.
+  for (const StepSeq& s : seqs) RETURN_IF_ERROR(EnsurePages(s.slot, s.first_pos + s.n));
+
+  // Decode-only steps of pure Lizard models replay a graph; padding rows use slot -1.
+  const bool decode_only = std::all_of(seqs.begin(), seqs.end(), [](const StepSeq& s) { return s.n == 1; });
+  int bucket = 0;
+  if (decode_only && layout_.num_softmax_layers == 0) {
+    for (int b : kGraphBuckets) {
+      if (b >= static_cast<int>(seqs.size()) && b <= kMaxLogitRows) {
+        bucket = b;
+        break;
+      }
+    }
+  }
+
+  int32_t* meta = meta_host_.get<int32_t>();
+  auto field = [&](MetaField f) { return meta + static_cast<int64_t>(f) * kMaxStepTokens; };
+  int T = 0, R = 0, max_keys = 1;
+  bool multi = false;
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    const StepSeq& s = seqs[i];
+    field(kSeqSlot)[i] = s.slot;
+    field(kSeqFirstRow)[i] = T;
+    field(kSeqNumTokens)[i] = s.n;
+    field(kSeqFirstPos)[i] = static_cast<int32_t>(s.first_pos);
+    multi |= s.n > 1;
+    max_keys = std::max<int>(max_keys, static_cast<int>(s.first_pos + s.n));
+    for (int t = 0; t < s.n; ++t, ++T) {
+      field(kTokIds)[T] = s.tokens[t];
+      field(kTokSlot)[T] = s.slot;
+      field(kTokPos)[T] = static_cast<int32_t>(s.first_pos + t);
+      field(kTokFirstRow)[T] = T - t;
+      field(kTokFirstPos)[T] = static_cast<int32_t>(s.first_pos);
+      field(kTokSingle)[T] = s.n == 1;
+      if (s.logits == LogitsMode::kAll || (s.logits == LogitsMode::kLast && t == s.n - 1)) field(kLogitRows)[R++] = T;
+    }
+  }
+  int S = static_cast<int>(seqs.size());
+  if (bucket > 0) {
+    for (; T < bucket; ++T, ++S) {
+      field(kSeqSlot)[S] = -1, field(kSeqFirstRow)[S] = T, field(kSeqNumTokens)[S] = 1, field(kSeqFirstPos)[S] = 0;
+      field(kTokIds)[T] = 0, field(kTokSlot)[T] = -1, field(kTokPos)[T] = -1;
+      field(kTokFirstRow)[T] = T, field(kTokFirstPos)[T] = -1, field(kTokSingle)[T] = 1;
+    }
+    for (int r = 0; r < bucket; ++r) field(kLogitRows)[r] = r;
+  }
+  LIZARD_CUDA_RETURN(cudaMemcpyAsync(meta_.get(), meta, meta_.bytes(), cudaMemcpyHostToDevice, stream_));
+
+  const int64_t base_rows = out->rows;
+  out->rows += R;
+  out->logits.resize(static_cast<size_t>(out->rows) * V_);
+  // Straight into the output vector: the driver pipelines its staging copy with the DMA, which
+  // beats a pinned buffer plus a second host copy for these large rows.
+  auto copy_logits = [&](int first, int n) -> absl::Status {
+    LIZARD_CUDA_RETURN(cudaMemcpyAsync(out->logits.data() + (base_rows + first) * V_, logits_.get(),
+                                       static_cast<size_t>(n) * V_ * sizeof(float), cudaMemcpyDeviceToHost, stream_));
+    return CudaStatus(cudaStreamSynchronize(stream_), "logits");
+  };
+
+  if (bucket > 0) {
+    auto it = graphs_.find(bucket);
+    if (it == graphs_.end()) {
+      cudaGraph_t graph = nullptr;
+      LIZARD_CUDA_RETURN(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+      absl::Status st = EnqueueModel(bucket, bucket, false, 1);
+      if (st.ok()) st = EnqueueLogits(0, bucket);
+      const cudaError_t end = cudaStreamEndCapture(stream_, &graph);
+      RETURN_IF_ERROR(st);
+      LIZARD_CUDA_RETURN(end);
+      cudaGraphExec_t exec = nullptr;
+      const cudaError_t inst = cudaGraphInstantiate(&exec, graph, 0);
+      cudaGraphDestroy(graph);
+      LIZARD_CUDA_RETURN(inst);
+      it = graphs_.emplace(bucket, exec).first;
+    }
+    LIZARD_CUDA_RETURN(cudaGraphLaunch(it->second, stream_));
+    RETURN_IF_ERROR(copy_logits(0, R));
+  } else {
+    RETURN_IF_ERROR(EnqueueModel(T, S, multi, max_keys));
+    for (int first = 0; first < R; first += kMaxLogitRows) {
+      const int n = std::min(kMaxLogitRows, R - first);
+      RETURN_IF_ERROR(EnqueueLogits(first, n));
+      RETURN_IF_ERROR(copy_logits(first, n));
+    }
+    LIZARD_CUDA_RETURN(cudaStreamSynchronize(stream_));
+  }
+  for (const StepSeq& s : seqs) positions_[s.slot] = s.first_pos + s.n;
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackend::Forward(const StepPlan& plan, StepOutput* out) {
+  // Validate everything before touching any state.
+  std::vector<bool> seen(num_slots_, false);
+  auto check = [&](SlotId slot, int64_t position, const std::vector<int32_t>& tokens) -> absl::Status {
+    RETURN_IF_ERROR(CheckSlot(slot));
+    if (seen[slot]) return absl::InvalidArgumentError(absl::StrCat("slot ", slot, " appears twice in the plan"));
+    seen[slot] = true;
+    if (position != positions_[slot]) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("slot ", slot, " is at position ", positions_[slot], ", the plan says ", position));
+    }
+    if (position + static_cast<int64_t>(tokens.size()) > std::numeric_limits<int32_t>::max()) {
+      return absl::OutOfRangeError("position overflows int32");
+    }
+    for (int32_t t : tokens) {
+      if (t < 0 || t >= V_) return absl::InvalidArgumentError(absl::StrCat("token id ", t, " out of range [0, ", V_, ")"));
+    }
+    return absl::OkStatus();
+  };
+  for (const DecodeItem& d : plan.decodes) RETURN_IF_ERROR(check(d.slot, d.position, {d.token}));
+  for (const PrefillChunk& c : plan.prefills) {
+    if (c.tokens.empty()) return absl::InvalidArgumentError("empty prefill chunk");
+    RETURN_IF_ERROR(check(c.slot, c.first_position, c.tokens));
+  }
+  LIZARD_CUDA_RETURN(cudaSetDevice(device_));
+
+  out->rows = 0;
+  out->vocab = V_;
+  out->logits.clear();
+  out->logits.reserve(static_cast<size_t>(plan.num_logits_rows()) * V_);
+
+  // Pack the plan into internal steps of at most kMaxStepTokens tokens, in output-row order
+  // (decodes, then chunks in order; a long chunk is cut into consecutive pieces).
+  std::vector<StepSeq> step;
+  int step_tokens = 0;
+  auto flush = [&]() -> absl::Status {
+    if (step.empty()) return absl::OkStatus();
+    absl::Status st = RunStep(step, out);
+    step.clear();
+    step_tokens = 0;
+    return st;
+  };
+  for (const DecodeItem& d : plan.decodes) {
+    if (step_tokens == kMaxStepTokens) RETURN_IF_ERROR(flush());
+    step.push_back({d.slot, d.position, &d.token, 1, LogitsMode::kLast});
+    ++step_tokens;
+  }
+  for (const PrefillChunk& c : plan.prefills) {
+    const int n = static_cast<int>(c.tokens.size());
+    for (int done = 0; done < n;) {
+      if (step_tokens == kMaxStepTokens) RETURN_IF_ERROR(flush());
+      const int take = std::min(n - done, kMaxStepTokens - step_tokens);
+      LogitsMode mode = c.logits;
+      if (mode == LogitsMode::kLast && done + take < n) mode = LogitsMode::kNone;
+      step.push_back({c.slot, c.first_position + done, c.tokens.data() + done, take, mode});
+      step_tokens += take;
+      done += take;
+    }
+  }
+  return flush();
+}
+
+}  // namespace
+
+bool CudaDeviceAvailable() {
+  int n = 0;
+  return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
+}
+
+absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(const BackendOptions& options) {
+  auto backend = std::make_unique<CudaBackend>();
+  RETURN_IF_ERROR(backend->Init(options));
+  return std::unique_ptr<Backend>(std::move(backend));
+}
+
+}  // namespace lizard

@@ -1,0 +1,19 @@
+// The CUDA backend: bf16 weights and the sequence-state pool on one GPU, projections through
+// cuBLAS (bf16 inputs, float32 accumulation), everything else in kernels/ (see docs/cuda.md).
+#pragma once
+
+#include <memory>
+
+#include "absl/status/statusor.h"
+#include "engine/backend.h"
+
+namespace lizard {
+
+// Loads the checkpoint in options.model_dir (or generates random weights on the device for
+// options.synthetic_config) onto GPU options.device_index with options.num_slots state slots.
+absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(const BackendOptions& options);
+
+// True when the CUDA runtime sees at least one device.
+bool CudaDeviceAvailable();
+
+}  // namespace lizard

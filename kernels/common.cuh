@@ -1,0 +1,95 @@
+// Small device helpers shared by the kernels (internal to kernels/).
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+
+namespace lizard::kernels {
+
+__device__ __forceinline__ float WarpSum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+__device__ __forceinline__ float WarpMax(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// Sum over the whole block (blockDim.x a multiple of 32, at most 1024). `scratch` holds 32
+// floats; the result is returned to every thread. Contains __syncthreads.
+__device__ __forceinline__ float BlockSum(float v, float* scratch) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  v = WarpSum(v);
+  __syncthreads();  // scratch may still be read from a previous call
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  v = lane < warps ? scratch[lane] : 0.f;
+  return WarpSum(v);
+}
+
+__device__ __forceinline__ float BlockMax(float v, float* scratch) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  v = WarpMax(v);
+  __syncthreads();
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  v = lane < warps ? scratch[lane] : -INFINITY;
+  return WarpMax(v);
+}
+
+// Two block reductions in one pass (same contract as BlockSum / BlockMax; `scratch` holds 64).
+__device__ __forceinline__ void BlockMax2(float& a, float& b, float* scratch) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  a = WarpMax(a);
+  b = WarpMax(b);
+  __syncthreads();
+  if (lane == 0) scratch[warp] = a, scratch[32 + warp] = b;
+  __syncthreads();
+  a = WarpMax(lane < warps ? scratch[lane] : -INFINITY);
+  b = WarpMax(lane < warps ? scratch[32 + lane] : -INFINITY);
+}
+
+__device__ __forceinline__ void BlockSum2(float& a, float& b, float* scratch) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  a = WarpSum(a);
+  b = WarpSum(b);
+  __syncthreads();
+  if (lane == 0) scratch[warp] = a, scratch[32 + warp] = b;
+  __syncthreads();
+  a = WarpSum(lane < warps ? scratch[lane] : 0.f);
+  b = WarpSum(lane < warps ? scratch[32 + lane] : 0.f);
+}
+
+// Reads / writes one element of a buffer stored as float or bf16.
+template <typename T>
+__device__ __forceinline__ float Load(const T* p, int64_t i);
+template <>
+__device__ __forceinline__ float Load<float>(const float* p, int64_t i) { return p[i]; }
+template <>
+__device__ __forceinline__ float Load<__nv_bfloat16>(const __nv_bfloat16* p, int64_t i) {
+  return __bfloat162float(p[i]);
+}
+template <typename T>
+__device__ __forceinline__ void Store(T* p, int64_t i, float v);
+template <>
+__device__ __forceinline__ void Store<float>(float* p, int64_t i, float v) { p[i] = v; }
+template <>
+__device__ __forceinline__ void Store<__nv_bfloat16>(__nv_bfloat16* p, int64_t i, float v) {
+  p[i] = __float2bfloat16(v);
+}
+
+// x rounded to what a store into a T buffer keeps.
+template <typename T>
+__device__ __forceinline__ float Rounded(float x) {
+  if constexpr (sizeof(T) == 2) return __bfloat162float(__float2bfloat16(x));
+  return x;
+}
+
+inline int CeilDiv(int64_t a, int64_t b) { return static_cast<int>((a + b - 1) / b); }
+
+}  // namespace lizard::kernels

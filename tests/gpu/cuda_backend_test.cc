@@ -1,0 +1,257 @@
+// The CUDA backend as a whole: logits against the CPU reference backend (the GPU holds bf16
+// weights, so rows agree to ~1e-2 relative and greedy tokens agree wherever the CPU's top two
+// logits are not nearly tied), prefill == decode, batch invariance, fork / spill / restore.
+//
+// Models come from the directory in LIZARD_GPU_TEST_MODELS (one checkpoint per subdirectory,
+// made by tools/gpu/on_device.sh); without it these tests are skipped.
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "engine/backend.h"
+#include "engine/cpu/cpu_backend.h"
+#include "engine/cuda/cuda_backend.h"
+#include "engine/model/model_config.h"
+#include "tests/gpu/gpu_test_util.h"
+
+namespace lizard::gputest {
+namespace {
+
+constexpr double kLogitsTol = 3e-2;     // bf16 weights vs float32 weights
+constexpr double kSameGpuTol = 1e-2;    // same GPU weights, other step shapes (bf16 GEMM inputs)
+constexpr float kTieMargin = 0.05f;     // CPU top-2 gap below which greedy picks may differ
+constexpr int kGreedySteps = 32;
+
+std::vector<std::string> ModelDirs() {
+  std::vector<std::string> dirs;
+  const char* root = std::getenv("LIZARD_GPU_TEST_MODELS");
+  if (root == nullptr || !std::filesystem::is_directory(root)) return dirs;
+  for (const auto& e : std::filesystem::directory_iterator(root)) {
+    if (std::filesystem::exists(e.path() / "config.json")) dirs.push_back(e.path().string());
+  }
+  std::sort(dirs.begin(), dirs.end());
+  return dirs;
+}
+
+std::unique_ptr<Backend> Make(BackendKind kind, const std::string& dir, int slots = 12) {
+  BackendOptions options;
+  options.model_dir = dir;
+  options.kind = kind;
+  options.num_slots = slots;
+  auto b = kind == BackendKind::kCuda ? CreateCudaBackend(options) : CreateCpuBackend(options);
+  EXPECT_TRUE(b.ok()) << dir << ": " << b.status();
+  return b.ok() ? *std::move(b) : nullptr;
+}
+
+StepOutput RunPlan(Backend& b, const StepPlan& plan) {
+  StepOutput out;
+  const absl::Status st = b.Forward(plan, &out);
+  EXPECT_TRUE(st.ok()) << st;
+  return out;
+}
+
+StepOutput Prefill(Backend& b, SlotId slot, const std::vector<int32_t>& tokens, LogitsMode mode) {
+  StepPlan plan;
+  plan.prefills.push_back({slot, b.SlotPosition(slot), tokens, mode});
+  return RunPlan(b, plan);
+}
+
+StepOutput Decode(Backend& b, const std::vector<std::pair<SlotId, int32_t>>& items) {
+  StepPlan plan;
+  for (auto [slot, token] : items) plan.decodes.push_back({slot, b.SlotPosition(slot), token});
+  return RunPlan(b, plan);
+}
+
+std::vector<int32_t> RandomTokens(std::mt19937& rng, int n, int64_t vocab) {
+  std::vector<int32_t> t(n);
+  for (int32_t& x : t) x = static_cast<int32_t>(rng() % vocab);
+  return t;
+}
+
+int Argmax(const float* row, int64_t n) { return static_cast<int>(std::max_element(row, row + n) - row); }
+
+float TopGap(const float* row, int64_t n) {
+  std::vector<float> v(row, row + n);
+  std::partial_sort(v.begin(), v.begin() + 2, v.end(), std::greater<float>());
+  return v[0] - v[1];
+}
+
+double RowError(const StepOutput& a, int64_t ra, const StepOutput& b, int64_t rb) {
+  return RelError(a.row(ra), b.row(rb), a.vocab);
+}
+
+class CudaBackendTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!CudaDeviceAvailable()) GTEST_SKIP() << "no CUDA device";
+    dirs_ = ModelDirs();
+    if (dirs_.empty()) GTEST_SKIP() << "LIZARD_GPU_TEST_MODELS names no models";
+  }
+  std::vector<std::string> dirs_;
+};
+
+TEST_F(CudaBackendTest, LogitsAndGreedyTokensMatchCpu) {
+  for (const std::string& dir : dirs_) {
+    SCOPED_TRACE(dir);
+    auto cpu = Make(BackendKind::kCpu, dir);
+    auto gpu = Make(BackendKind::kCuda, dir);
+    ASSERT_TRUE(cpu && gpu);
+    const int64_t V = gpu->config().vocab_size;
+    std::mt19937 rng(11);
+    // A prompt longer than two windows, so prefill wraps the ring.
+    const int n = static_cast<int>(2 * std::max<int64_t>(gpu->config().window_size, 8) + 5);
+    const std::vector<int32_t> prompt = RandomTokens(rng, n, V);
+    const StepOutput c = Prefill(*cpu, 0, prompt, LogitsMode::kAll);
+    const StepOutput g = Prefill(*gpu, 0, prompt, LogitsMode::kAll);
+    ASSERT_EQ(c.rows, n);
+    ASSERT_EQ(g.rows, n);
+    for (int r = 0; r < n; ++r) EXPECT_LE(RowError(g, r, c, r), kLogitsTol) << "prompt row " << r;
+
+    // Greedy decoding, fed the CPU's choice so that both stay on one path.
+    int token = Argmax(c.row(n - 1), V);
+    int mismatches = 0;
+    for (int step = 0; step < kGreedySteps; ++step) {
+      const StepOutput cs = Decode(*cpu, {{0, token}});
+      const StepOutput gs = Decode(*gpu, {{0, token}});
+      EXPECT_LE(RowError(gs, 0, cs, 0), kLogitsTol) << "decode step " << step;
+      const int ct = Argmax(cs.row(0), V), gt = Argmax(gs.row(0), V);
+      if (ct != gt && TopGap(cs.row(0), V) > kTieMargin) ++mismatches;
+      token = ct;
+    }
+    EXPECT_EQ(mismatches, 0) << "greedy tokens differ from the CPU's";
+  }
+}
+
+TEST_F(CudaBackendTest, LongPrefillIsSplitCorrectly) {
+  // 2100 tokens exceed one internal step (2048): the chunk is cut and the state carried.
+  const std::string dir = dirs_.front();
+  auto cpu = Make(BackendKind::kCpu, dir);
+  auto gpu = Make(BackendKind::kCuda, dir);
+  ASSERT_TRUE(cpu && gpu);
+  std::mt19937 rng(12);
+  const std::vector<int32_t> prompt = RandomTokens(rng, 2100, gpu->config().vocab_size);
+  const StepOutput c = Prefill(*cpu, 0, prompt, LogitsMode::kLast);
+  const StepOutput g = Prefill(*gpu, 0, prompt, LogitsMode::kLast);
+  ASSERT_EQ(g.rows, 1);
+  EXPECT_LE(RowError(g, 0, c, 0), kLogitsTol);
+  EXPECT_EQ(gpu->SlotPosition(0), 2100);
+}
+
+TEST_F(CudaBackendTest, PrefillEqualsDecode) {
+  for (const std::string& dir : dirs_) {
+    SCOPED_TRACE(dir);
+    auto gpu = Make(BackendKind::kCuda, dir);
+    ASSERT_TRUE(gpu);
+    std::mt19937 rng(13);
+    const int n = static_cast<int>(gpu->config().window_size + 9);
+    const std::vector<int32_t> prompt = RandomTokens(rng, n, gpu->config().vocab_size);
+    const StepOutput whole = Prefill(*gpu, 0, prompt, LogitsMode::kLast);
+    StepOutput last;
+    for (int t = 0; t < n; ++t) last = Decode(*gpu, {{1, prompt[t]}});
+    EXPECT_LE(RowError(last, 0, whole, 0), kSameGpuTol);
+    // The states agree too: the next step from each gives the same logits.
+    const StepOutput a = Decode(*gpu, {{0, 7}}), b = Decode(*gpu, {{1, 7}});
+    EXPECT_LE(RowError(a, 0, b, 0), kSameGpuTol);
+  }
+}
+
+TEST_F(CudaBackendTest, BatchInvariance) {
+  for (const std::string& dir : dirs_) {
+    SCOPED_TRACE(dir);
+    auto gpu = Make(BackendKind::kCuda, dir);
+    ASSERT_TRUE(gpu);
+    std::mt19937 rng(14);
+    const int64_t V = gpu->config().vocab_size;
+    for (SlotId s = 0; s < 8; ++s) Prefill(*gpu, s, RandomTokens(rng, 5 + 3 * s, V), LogitsMode::kNone);
+    ASSERT_TRUE(gpu->CopySlot(0, 8).ok());
+    ASSERT_TRUE(gpu->CopySlot(0, 9).ok());
+    const StepOutput alone = Decode(*gpu, {{0, 3}});
+    // Batch of 3 (padded to a graph bucket of 4) and of 8 plus a prefill chunk (no graph).
+    const StepOutput small = Decode(*gpu, {{1, 5}, {8, 3}, {2, 9}});
+    EXPECT_LE(RowError(small, 1, alone, 0), kSameGpuTol);
+    StepPlan mixed;
+    for (SlotId s = 1; s < 8; ++s) mixed.decodes.push_back({s, gpu->SlotPosition(s), 4});
+    mixed.decodes.push_back({9, gpu->SlotPosition(9), 3});
+    mixed.prefills.push_back({10, 0, RandomTokens(rng, 40, V), LogitsMode::kLast});
+    const StepOutput big = RunPlan(*gpu, mixed);
+    ASSERT_EQ(big.rows, 9);
+    EXPECT_LE(RowError(big, 7, alone, 0), kSameGpuTol);
+  }
+}
+
+TEST_F(CudaBackendTest, ForkSpillRestore) {
+  for (const std::string& dir : dirs_) {
+    SCOPED_TRACE(dir);
+    auto gpu = Make(BackendKind::kCuda, dir);
+    ASSERT_TRUE(gpu);
+    std::mt19937 rng(15);
+    Prefill(*gpu, 0, RandomTokens(rng, 77, gpu->config().vocab_size), LogitsMode::kNone);
+    ASSERT_TRUE(gpu->CopySlot(0, 1).ok());
+    auto saved = gpu->SaveSlot(0);
+    ASSERT_TRUE(saved.ok()) << saved.status();
+    ASSERT_TRUE(gpu->ResetSlot(2).ok());
+    ASSERT_TRUE(gpu->LoadSlot(2, *saved).ok());
+    EXPECT_EQ(gpu->SlotPosition(1), 77);
+    EXPECT_EQ(gpu->SlotPosition(2), 77);
+    const StepOutput a = Decode(*gpu, {{0, 5}}), b = Decode(*gpu, {{1, 5}}), c = Decode(*gpu, {{2, 5}});
+    EXPECT_EQ(a.logits, b.logits);  // same step shape, same state: bitwise equal
+    EXPECT_EQ(a.logits, c.logits);
+    // A saved state round-trips byte for byte, and garbage is refused.
+    ASSERT_TRUE(gpu->LoadSlot(3, *saved).ok());
+    auto again = gpu->SaveSlot(3);
+    ASSERT_TRUE(again.ok());
+    EXPECT_EQ(*again, *saved);
+    EXPECT_FALSE(gpu->LoadSlot(3, saved->substr(0, saved->size() / 2)).ok());
+    // A reset slot starts over.
+    ASSERT_TRUE(gpu->ResetSlot(0).ok());
+    EXPECT_EQ(gpu->SlotPosition(0), 0);
+  }
+}
+
+TEST_F(CudaBackendTest, RefusesBadPlans) {
+  auto gpu = Make(BackendKind::kCuda, dirs_.front());
+  ASSERT_TRUE(gpu);
+  StepOutput out;
+  StepPlan wrong_pos;
+  wrong_pos.decodes.push_back({0, 5, 1});
+  EXPECT_FALSE(gpu->Forward(wrong_pos, &out).ok());
+  StepPlan twice;
+  twice.decodes.push_back({0, 0, 1});
+  twice.prefills.push_back({0, 0, {1, 2}, LogitsMode::kLast});
+  EXPECT_FALSE(gpu->Forward(twice, &out).ok());
+  StepPlan bad_token;
+  bad_token.decodes.push_back({0, 0, static_cast<int32_t>(gpu->config().vocab_size)});
+  EXPECT_FALSE(gpu->Forward(bad_token, &out).ok());
+  EXPECT_EQ(gpu->SlotPosition(0), 0);
+}
+
+TEST(CudaSyntheticTest, RandomWeightsOnDeviceAndBenchmarkSlots) {
+  if (!CudaDeviceAvailable()) GTEST_SKIP() << "no CUDA device";
+  for (bool teacher : {false, true}) {
+    auto config = ShapePreset("tiny");
+    ASSERT_TRUE(config.ok());
+    if (teacher) config->layer_types.assign(config->num_layers, LayerType::kSoftmax);
+    BackendOptions options;
+    options.kind = BackendKind::kCuda;
+    options.num_slots = 4;
+    options.synthetic_config = *config;
+    auto gpu = CreateCudaBackend(options);
+    ASSERT_TRUE(gpu.ok()) << gpu.status();
+    EXPECT_GT((*gpu)->info().copy_bandwidth_bytes_per_s, 0.0);
+    ASSERT_TRUE((*gpu)->FillSlotForBenchmark(0, 1000, 1).ok());
+    ASSERT_TRUE((*gpu)->FillSlotForBenchmark(1, 3, 2).ok());
+    const StepOutput out = Decode(**gpu, {{0, 1}, {1, 2}});
+    ASSERT_EQ(out.rows, 2);
+    for (float x : out.logits) ASSERT_TRUE(std::isfinite(x));
+    EXPECT_EQ((*gpu)->SlotPosition(0), 1001);
+  }
+}
+
+}  // namespace
+}  // namespace lizard::gputest

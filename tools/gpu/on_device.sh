@@ -1,0 +1,100 @@
+#!/bin/bash
+# Runs on the GPU machine, in the repository root, from the bundle made by
+# tools/gpu/run_gpu_suite.sh: the GPU tests, compute-sanitizer memcheck over them, and the
+# benchmarks. Everything is logged under $OUT (at most a few files: the device tool returns 8).
+#
+#   bash tools/gpu/on_device.sh [tests] [memcheck] [ncu] [bench] [bench-full]
+# (default: tests memcheck bench-full; ncu: per-kernel times of llama3-8b decode steps)
+set -u
+OUT=${OUT:-/tmp/gpu-out}
+mkdir -p "$OUT"
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+bundle=$repo/bundle-gpu
+phases=${*:-tests memcheck bench-full}
+
+[[ -f $bundle/lib.tar.xz && ! -d $bundle/lib ]] && tar -C "$bundle" -xJf "$bundle/lib.tar.xz"
+# The bundle's own libraries first, then the machine's CUDA toolkit (cuBLAS, cudart).
+cuda_libs=$(dirname "$(ls /usr/local/cuda/lib64/libcublas.so* 2>/dev/null | head -n 1)" 2>/dev/null)
+py_cublas=$(python3 -c 'import nvidia.cublas, os; print(os.path.join(nvidia.cublas.__path__[0], "lib"))' 2>/dev/null)
+py_cudart=$(python3 -c 'import nvidia.cuda_runtime, os; print(os.path.join(nvidia.cuda_runtime.__path__[0], "lib"))' 2>/dev/null)
+export LD_LIBRARY_PATH="$bundle/lib:${cuda_libs:-/usr/local/cuda/lib64}:${py_cublas}:${py_cudart}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+
+summary=$OUT/summary.txt
+note() { echo "$*" | tee -a "$summary"; }
+note "== $(date -u) on $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1)"
+nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
+ldd "$bundle/libexec/gpu_kernels_test" | grep -E "not found|cublas|cudart" >> "$summary" 2>&1
+
+models=/tmp/gpu-test-models
+if [[ ! -d $models ]]; then
+  python3 "$repo/tools/gpu/make_test_models.py" "$models" > /dev/null || note "making test models FAILED"
+fi
+export LIZARD_GPU_TEST_MODELS=$models
+
+run_test() {  # name, extra args...
+  local name=$1; shift
+  local t0=$SECONDS
+  timeout 300 "$bundle/libexec/$name" "$@" >> "$OUT/tests.log" 2>&1
+  note "$name $*: exit $? in $((SECONDS - t0)) s"
+}
+
+for phase in $phases; do
+  case $phase in
+    tests)
+      run_test gpu_kernels_test
+      run_test gpu_cuda_backend_test
+      grep -E "^\[  (FAILED|PASSED|SKIPPED) " "$OUT/tests.log" | sort | uniq -c >> "$summary"
+      ;;
+    memcheck)
+      for t in gpu_kernels_test gpu_cuda_backend_test; do
+        t0=$SECONDS
+        filter=()
+        # The whole-model comparison is covered without the sanitizer; memcheck the rest.
+        [[ $t == gpu_cuda_backend_test ]] && filter=(--gtest_filter=-*LongPrefill*)
+        timeout 300 compute-sanitizer --tool memcheck --leak-check no --error-exitcode 99 \
+          "$bundle/libexec/$t" "${filter[@]}" >> "$OUT/memcheck.log" 2>&1
+        note "memcheck $t: exit $? in $((SECONDS - t0)) s"
+      done
+      grep -E "ERROR SUMMARY|Invalid|out of bounds" "$OUT/memcheck.log" | sort | uniq -c | head -20 >> "$summary"
+      ;;
+    bench|bench-full)
+      cli=$bundle/libexec/lizard-cli
+      bench() {  # label, args...
+        local label=$1; shift
+        local t0=$SECONDS
+        echo "### $label: lizard-cli bench $*" >> "$OUT/bench.log"
+        timeout 240 "$cli" bench --backend cuda "$@" >> "$OUT/bench.log" 2>&1
+        note "bench $label: exit $? in $((SECONDS - t0)) s"
+      }
+      bench 8b-lizard --shape llama3-8b --batch-sizes 1,8,32,64,128,256 --context 1024 --prompt-lengths 512,2048,8192,32768
+      if [[ $phase == bench-full ]]; then
+        bench 8b-lizard-bf16-state-128k --shape llama3-8b --state-dtype bf16 --batch-sizes 1,64,256,512 --context 131072 --prompt-lengths 512
+        for ctx in 1024 16384 131072; do
+          bench "8b-lizard-ctx$ctx" --shape llama3-8b --batch-sizes 1,32 --context $ctx --prompt-lengths 512 --steps 10
+        done
+        for ctx in 1024 16384 131072; do
+          bench "8b-teacher-ctx$ctx" --shape llama3-8b --teacher --batch-sizes 1,4 --context $ctx --prompt-lengths 512 --steps 10
+        done
+        bench 8b-teacher-ctx131072-b8 --shape llama3-8b --teacher --batch-sizes 8 --context 131072 --prompt-lengths 512 --steps 5
+        bench 1b-lizard --shape llama3.2-1b --batch-sizes 1,8,32,64,128,256 --context 1024 --prompt-lengths 512,8192
+        bench tiny-lizard --shape tiny --batch-sizes 1,8,64,256 --context 1024 --prompt-lengths 512
+      fi
+      grep -E "^(###|backend|weights|copy bw| +[0-9]+ )" "$OUT/bench.log" >> "$OUT/bench-table.txt"
+      ;;
+    ncu)
+      # Per-kernel device time of the first decode steps (kernels inside graphs one by one).
+      for b in 1 64; do
+        t0=$SECONDS
+        echo "### batch $b" >> "$OUT/ncu.csv"
+        timeout 240 ncu --clock-control none --graph-profiling node --csv --metrics gpu__time_duration.sum \
+          --kernel-name 'regex:^(?!Random)' --launch-count 420 \
+          "$bundle/libexec/lizard-cli" bench --backend cuda --shape llama3-8b --batch-sizes $b --steps 1 \
+          --prompt-lengths 64 >> "$OUT/ncu.csv" 2>&1
+        note "ncu batch $b: exit $? in $((SECONDS - t0)) s"
+      done
+      ;;
+    *) note "unknown phase $phase" ;;
+  esac
+done
+note "== done $(date -u)"
+cat "$summary"
