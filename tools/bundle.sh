@@ -69,6 +69,24 @@ strip_debug() {
   strip --strip-debug "$1" 2>/dev/null || true
 }
 
+# Copies the libraries that binary or library $1 loads into OUT_DIR/lib (see `bundled`).
+copy_needed_libs() {
+  needed_libs "$1" | while read -r soname path; do
+    if [ "$path" = "not" ]; then  # ldd prints "=> not found"
+      if bundled "$soname"; then
+        echo "$1 needs $soname, which is not found on this machine" >&2
+        exit 1
+      fi
+      continue
+    fi
+    if bundled "$soname" && [ ! -e "$out_dir/lib/$soname" ]; then
+      # -L: copy the file behind the soname link (Debian's alternatives for OpenBLAS included).
+      cp -L "$path" "$out_dir/lib/$soname"
+      strip_debug "$out_dir/lib/$soname"
+    fi
+  done
+}
+
 mkdir -p "$out_dir/bin" "$out_dir/libexec" "$out_dir/lib" "$out_dir/models"
 out_dir=$(cd "$out_dir" && pwd)
 
@@ -93,21 +111,18 @@ exec "\$here/../libexec/$name" "\$@"
 EOF
   chmod 755 "$out_dir/bin/$name"
 
-  needed_libs "$exe" | while read -r soname path; do
-    if [ "$path" = "not" ]; then  # ldd prints "=> not found"
-      if bundled "$soname"; then
-        echo "$name needs $soname, which is not found on this machine" >&2
-        exit 1
-      fi
-      continue
-    fi
-    if bundled "$soname" && [ ! -e "$out_dir/lib/$soname" ]; then
-      # -L: copy the file behind the soname link (Debian's alternatives for OpenBLAS included).
-      cp -L "$path" "$out_dir/lib/$soname"
-      strip_debug "$out_dir/lib/$soname"
-    fi
-  done
+  copy_needed_libs "$exe"
 done
+
+# The CUDA backend is a plugin that the binaries dlopen (engine/cuda/CMakeLists.txt says why).
+plugin=$(find "$build_dir" -name CMakeFiles -prune -o -type f -name liblizard_cuda_plugin.so -print | head -n 1)
+if [ -n "$plugin" ]; then
+  cp "$plugin" "$out_dir/lib/"
+  strip_debug "$out_dir/lib/liblizard_cuda_plugin.so"
+  copy_needed_libs "$plugin"
+else
+  echo "no CUDA plugin in $build_dir: the bundle serves on the CPU only"
+fi
 
 # Self-check: with the bundle's lib first, every library is either bundled or one the target
 # provides; nothing resolves into the build tree or to a library we meant to bundle.

@@ -26,8 +26,17 @@ ServerProcess::ServerProcess(const std::vector<std::string>& extra_flags) {
   if (log_fd < 0) std::abort();
   log_path_ = log_template;
 
-  std::vector<std::string> args = {LIZARD_SERVER_BIN, "--model", LIZARD_TEST_MODEL_DIR,
+  // The environment can point the tests at a relocated bundle and add flags to every server
+  // (the GPU run: LIZARD_TEST_SERVER_FLAGS="--backend cuda").
+  const char* bin = std::getenv("LIZARD_SERVER_BIN");
+  const char* model = std::getenv("LIZARD_TEST_MODEL_DIR");
+  std::vector<std::string> args = {bin ? bin : LIZARD_SERVER_BIN, "--model",
+                                   model ? model : LIZARD_TEST_MODEL_DIR,
                                    "--host", "127.0.0.1", "--port", "0", "--metrics-port", "0"};
+  if (const char* flags = std::getenv("LIZARD_TEST_SERVER_FLAGS")) {
+    std::istringstream words(flags);
+    for (std::string word; words >> word;) args.push_back(word);
+  }
   args.insert(args.end(), extra_flags.begin(), extra_flags.end());
   pid_ = fork();
   if (pid_ == 0) {

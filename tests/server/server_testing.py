@@ -12,17 +12,25 @@ import urllib.request
 
 
 def generate_stubs(proto_dir, out_dir):
-    """Compiles PROTO_DIR/lizard/v1/lizard.proto into out_dir and imports it; returns
-    (lizard_pb2, lizard_pb2_grpc). Uses the system protoc and grpc_python_plugin: the protoc
-    inside Debian's grpc_tools predates proto3 `optional`."""
+    """Compiles PROTO_DIR/lizard/v1/lizard.proto into out_dir (or takes the stubs already in
+    $LIZARD_PY_STUBS) and imports it; returns (lizard_pb2, lizard_pb2_grpc). Uses the system protoc
+    and grpc_python_plugin: the protoc inside Debian's grpc_tools predates proto3 `optional`."""
+    prebuilt = os.environ.get("LIZARD_PY_STUBS")  # stubs made elsewhere (the GPU machine has no protoc)
+    if prebuilt:
+        out_dir = prebuilt
+    else:
+        _compile_stubs(proto_dir, out_dir)
+    sys.path.insert(0, out_dir)
+    from lizard.v1 import lizard_pb2, lizard_pb2_grpc
+    return lizard_pb2, lizard_pb2_grpc
+
+
+def _compile_stubs(proto_dir, out_dir):
     plugin = shutil.which("grpc_python_plugin") or "/usr/bin/grpc_python_plugin"
     subprocess.run([shutil.which("protoc") or "/usr/bin/protoc", "-I" + proto_dir,
                     "--python_out=" + out_dir, "--grpc_python_out=" + out_dir,
                     "--plugin=protoc-gen-grpc_python=" + plugin,
                     os.path.join(proto_dir, "lizard", "v1", "lizard.proto")], check=True)
-    sys.path.insert(0, out_dir)
-    from lizard.v1 import lizard_pb2, lizard_pb2_grpc
-    return lizard_pb2, lizard_pb2_grpc
 
 
 def health(channel, timeout_s=10):
@@ -42,7 +50,10 @@ class Server:
         self.log = tempfile.NamedTemporaryFile(prefix="lizard-server-", suffix=".log")
         self.proc = subprocess.Popen(
             [binary, "--model", model, "--host", "127.0.0.1", "--port", "0",
-             "--metrics-port", "0", *flags],  # a later --model wins
+             "--metrics-port", "0",
+             # Flags for every server of a run, e.g. "--backend cuda" on the GPU machine.
+             *os.environ.get("LIZARD_TEST_SERVER_FLAGS", "").split(),
+             *flags],  # a later --model wins
             stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + startup_timeout_s
         while time.monotonic() < deadline:

@@ -3,7 +3,7 @@
 # tools/gpu/run_gpu_suite.sh: the GPU tests, compute-sanitizer memcheck over them, and the
 # benchmarks. Everything is logged under $OUT (at most a few files: the device tool returns 8).
 #
-#   bash tools/gpu/on_device.sh [tests] [memcheck] [ncu] [bench] [bench-full]
+#   bash tools/gpu/on_device.sh [tests] [memcheck] [server] [ncu] [bench] [bench-full]
 # (default: tests memcheck bench-full; ncu: per-kernel times of llama3-8b decode steps)
 set -u
 OUT=${OUT:-/tmp/gpu-out}
@@ -44,6 +44,21 @@ for phase in $phases; do
       run_test gpu_kernels_test
       run_test gpu_cuda_backend_test
       grep -E "^\[  (FAILED|PASSED|SKIPPED) " "$OUT/tests.log" | sort | uniq -c >> "$summary"
+      ;;
+    server)
+      # The server's integration tests (C++ and Python clients) against lizard-server on the
+      # CUDA backend, then the same greedy requests on CPU and CUDA servers side by side.
+      export LIZARD_SERVER_BIN=$bundle/bin/lizard-server LIZARD_PY_STUBS=$bundle/py
+      export LIZARD_TEST_MODEL_DIR=$repo/models/lizard-tiny
+      LIZARD_TEST_SERVER_FLAGS="--backend cuda" run_test server_integration_test
+      t0=$SECONDS
+      LIZARD_TEST_SERVER_FLAGS="--backend cuda" timeout 300 python3 "$repo/tests/server/test_server.py" \
+        --server "$LIZARD_SERVER_BIN" --model "$LIZARD_TEST_MODEL_DIR" --proto-dir "$repo/proto" \
+        >> "$OUT/tests.log" 2>&1
+      note "test_server.py --backend cuda: exit $? in $((SECONDS - t0)) s"
+      timeout 300 python3 "$repo/tools/gpu/compare_backends.py" --server "$LIZARD_SERVER_BIN" \
+        --model "$LIZARD_TEST_MODEL_DIR" --proto-dir "$repo/proto" --requests 16 > "$OUT/compare.log" 2>&1
+      note "compare_backends (CPU vs CUDA greedy): exit $? -- $(tail -n 1 "$OUT/compare.log")"
       ;;
     memcheck)
       for t in gpu_kernels_test gpu_cuda_backend_test; do

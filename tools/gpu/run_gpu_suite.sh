@@ -16,7 +16,8 @@ if [[ ! -f $build/build.ninja ]]; then
 fi
 ninja -C "$build" -j2 gpu_kernels_test gpu_cuda_backend_test lizard-cli
 server=1
-ninja -C "$build" -j2 lizard-server || { server=0; echo "lizard-server does not build: left out"; }
+ninja -C "$build" -j2 lizard-server server_integration_test ||
+  { server=0; echo "lizard-server does not build: left out"; }
 
 rm -rf "$bundle"
 if [[ $server == 1 ]]; then
@@ -27,6 +28,14 @@ else
   cp "$build/tools/cli/lizard-cli" "$bundle/libexec/"
 fi
 cp "$build/tests/gpu/gpu_kernels_test" "$build/tests/gpu/gpu_cuda_backend_test" "$bundle/libexec/"
+if [[ $server == 1 ]]; then
+  # The server's integration tests run against a CUDA server too; the GPU machine has no protoc,
+  # so the Python stubs travel.
+  cp "$build/tests/server/server_integration_test" "$bundle/libexec/"
+  mkdir -p "$bundle/py"
+  protoc -I "$repo/proto" --python_out="$bundle/py" --grpc_python_out="$bundle/py" \
+    --plugin=protoc-gen-grpc_python=/usr/bin/grpc_python_plugin "$repo/proto/lizard/v1/lizard.proto"
+fi
 chmod u+w "$bundle"/libexec/*
 strip --strip-debug "$bundle"/libexec/*
 
@@ -49,9 +58,10 @@ echo "bundle-gpu: ${size} MiB ($(ls "$bundle/libexec" | tr '\n' ' '))"
 cat <<'CMD'
 
 Device call (tool `run`):
-  command:   bash tools/gpu/on_device.sh tests memcheck ncu bench-full
+  command:   bash tools/gpu/on_device.sh tests memcheck server ncu bench-full
   carry:     ["bundle-gpu"]
   timeout_s: 540
-(phases: tests, memcheck, ncu (per-kernel times), bench (llama3-8b decode/prefill only),
+(phases: tests, memcheck, server (the server's integration tests on --backend cuda and CPU vs
+ CUDA greedy tokens), ncu (per-kernel times), bench (llama3-8b decode/prefill only),
  bench-full (all tables of docs/bench-gpu.md); logs come back under the call's files_at)
 CMD
