@@ -1,10 +1,5 @@
 #include "server/server.h"
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <unistd.h>
-
 #include <filesystem>
 #include <utility>
 
@@ -17,25 +12,6 @@
 
 namespace lizard::server {
 namespace {
-
-// A port that is free on `host` now: bind to port 0, read what the kernel chose, release it.
-absl::StatusOr<int> FindFreePort(const std::string& host) {
-  sockaddr_in address{};
-  address.sin_family = AF_INET;
-  address.sin_port = 0;
-  if (inet_pton(AF_INET, host.c_str(), &address.sin_addr) != 1) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--metrics-port 0 needs an IPv4 --host, got ", host));
-  }
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) return absl::UnavailableError("cannot create a socket");
-  socklen_t length = sizeof(address);
-  const bool ok = bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0 &&
-                  getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length) == 0;
-  close(fd);
-  if (!ok) return absl::UnavailableError(absl::StrCat("cannot find a free port on ", host));
-  return ntohs(address.sin_port);
-}
 
 std::string LayerSummary(const ModelConfig& config) {
   return absl::StrCat(config.num_layers, " layers (", config.num_lizard_layers(), " lizard, ",
@@ -123,15 +99,8 @@ absl::StatusOr<std::unique_ptr<LizardServer>> LizardServer::Start(const ServerOp
   }
   server->grpc_server_->GetHealthCheckService()->SetServingStatus(true);
 
-  // civetweb (under prometheus::Exposer) throws when it cannot bind. Some builds of it refuse
-  // port 0, so "any free port" is resolved here first.
-  int metrics_port = options.metrics_port;
-  if (metrics_port == 0) {
-    absl::StatusOr<int> free_port = FindFreePort(options.host);
-    if (!free_port.ok()) return free_port.status();
-    metrics_port = *free_port;
-  }
-  const std::string metrics_address = absl::StrCat(options.host, ":", metrics_port);
+  // civetweb (under prometheus::Exposer) throws when it cannot bind.
+  const std::string metrics_address = absl::StrCat(options.host, ":", options.metrics_port);
   try {
     server->exposer_ = std::make_unique<prometheus::Exposer>(metrics_address);
   } catch (const std::exception& error) {
