@@ -9,22 +9,24 @@
 # Wrappers instead of patchelf'd RPATHs: no extra tool needed, and the bundle can be moved anywhere.
 # The bundle needs a glibc at least as new as the build machine's (printed at the end).
 #
-# Usage: tools/bundle.sh [--with-cuda-libs] [--model DIR] BUILD_DIR OUT_DIR
+# Usage: tools/bundle.sh [--with-cuda-libs] [--model DIR] [--extra FILE]... BUILD_DIR OUT_DIR
 set -eu
 
 usage() {
-  echo "usage: $0 [--with-cuda-libs] [--model MODEL_DIR] BUILD_DIR OUT_DIR" >&2
+  echo "usage: $0 [--with-cuda-libs] [--model MODEL_DIR] [--extra FILE]... BUILD_DIR OUT_DIR" >&2
   exit 2
 }
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 with_cuda_libs=0
 model_dir=$repo/models/lizard-tiny
+extras=""  # more executables for libexec/ (test binaries for the GPU run), no wrapper
 while [ $# -gt 0 ]; do
   case $1 in
     --with-cuda-libs) with_cuda_libs=1; shift ;;
     --model) [ $# -ge 2 ] || usage; model_dir=$2; shift 2 ;;
     --model=*) model_dir=${1#--model=}; shift ;;
+    --extra) [ $# -ge 2 ] || usage; extras="$extras $2"; shift 2 ;;
     -h|--help) usage ;;
     -*) echo "unknown option: $1" >&2; usage ;;
     *) break ;;
@@ -111,6 +113,12 @@ exec "\$here/../libexec/$name" "\$@"
 EOF
   chmod 755 "$out_dir/bin/$name"
 
+  copy_needed_libs "$exe"
+done
+
+for exe in $extras; do
+  cp "$exe" "$out_dir/libexec/"
+  strip_debug "$out_dir/libexec/$(basename "$exe")"
   copy_needed_libs "$exe"
 done
 
