@@ -21,6 +21,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "engine/cpu/ops.h"
+#include "engine/cpu/thread_pool.h"
 #include "engine/model/checkpoint.h"
 #include "engine/model/state_layout.h"
 #include "engine/model/weights.h"
@@ -30,6 +31,10 @@ namespace {
 
 // Tokens per block of the chunked parallel form (and of query rows in attention).
 constexpr int64_t kChunk = 64;
+
+// Fewest floats of state or weights one range of a parallel loop should touch: below that,
+// waking a pool thread costs more than the work it takes over.
+constexpr int64_t kMinFloatsPerRange = 16 * 1024;
 
 // Rows of one sequence inside the step's token matrix.
 struct Segment {
@@ -70,13 +75,13 @@ int64_t MemTotalBytes() {
 
 // Bytes read + written per second by a multi-threaded copy of 32 MiB, larger than the caches
 // (the roofline denominator of benchmarks).
-double MeasureCopyBandwidth(int num_threads) {
+double MeasureCopyBandwidth(cpu::ThreadPool& threads) {
   const int64_t n = int64_t{8} << 20;  // floats
   std::vector<float> src(n, 1.0f), dst(n, 0.0f);
   double best = 0.0;
   for (int rep = 0; rep < 2; ++rep) {
     const auto start = std::chrono::steady_clock::now();
-    cpu::ParallelFor(n, num_threads, [&](int64_t begin, int64_t end) {
+    threads.ParallelFor(n, 1, [&](int64_t begin, int64_t end) {
       std::memcpy(dst.data() + begin, src.data() + begin, (end - begin) * sizeof(float));
     });
     const double seconds =
@@ -98,7 +103,7 @@ class CpuBackend final : public Backend {
         // The CPU backend always keeps states in float32, whatever config.state_dtype says.
         layout_(config_, DType::kF32, DType::kF32),
         num_slots_(num_slots),
-        num_threads_(num_threads),
+        threads_(num_threads),
         inv_freq_(cpu::RopeInverseFrequencies(config_)),
         pool_(static_cast<size_t>(num_slots) * layout_.slot_bytes / sizeof(float), 0.0f),
         kv_(num_slots) {
@@ -111,9 +116,9 @@ class CpuBackend final : public Backend {
     // Resident float32 bytes: a tied lm_head is a copy of embed, so it counts once more.
     weights_bytes_ = weights_.num_parameters() * static_cast<int64_t>(sizeof(float));
     if (weights_.tied_embeddings) weights_bytes_ += VectorBytes(weights_.lm_head);
-    copy_bandwidth_ = MeasureCopyBandwidth(num_threads_);
+    copy_bandwidth_ = MeasureCopyBandwidth(threads_);
     // Read once: info() runs under the engine's backend lock at every metrics scrape.
-    device_ = absl::StrCat(CpuModelName(), ", ", num_threads_, " threads");
+    device_ = absl::StrCat(CpuModelName(), ", ", threads_.num_threads(), " threads");
     memory_total_bytes_ = MemTotalBytes();
   }
 
@@ -237,6 +242,11 @@ class CpuBackend final : public Backend {
     std::vector<float> u;            // [rows, Hd] normed input
     std::vector<float> q, k, v;      // [rows, H*D], [rows, Hkv*D] x2
     std::vector<float> y;            // [rows, H*D] attention output before Wo
+    // RoPE rotation of each row's position (cpu::RopeRotation), D/2 cos then D/2 sin per row.
+    int64_t half_dim = 0;
+    std::vector<float> rope;
+    const float* RopeCos(int64_t r) const { return rope.data() + r * 2 * half_dim; }
+    const float* RopeSin(int64_t r) const { return RopeCos(r) + half_dim; }
   };
 
   absl::Status CheckSlot(SlotId slot) const {
@@ -255,19 +265,22 @@ class CpuBackend final : public Backend {
     return reinterpret_cast<float*>(reinterpret_cast<char*>(SlotData(slot)) + byte_offset);
   }
 
-  // y += Gemm(x, W^T) (+ bias): one projection of all rows.
+  // y += Gemm(x, W^T) (+ bias): one projection of all rows, its output columns split over the
+  // thread pool.
   void Project(const float* x, int64_t rows, int64_t in, const std::vector<float>& w,
-               const std::vector<float>& bias, int64_t out_dim, float* y, bool accumulate) const;
+               const std::vector<float>& bias, int64_t out_dim, float* y, bool accumulate);
   void LizardAttention(int64_t layer, const std::vector<Segment>& decodes,
                        const std::vector<Segment>& prefills, Activations& a);
-  void SoftmaxAttention(int64_t layer, const std::vector<Segment>& segments, Activations& a);
-  void Mlp(int64_t layer, Activations& a) const;
+  // key_positions holds 0, 1, 2, ... up to at least every segment's last position.
+  void SoftmaxAttention(int64_t layer, const std::vector<Segment>& segments,
+                        const std::vector<int64_t>& key_positions, Activations& a);
+  void Mlp(int64_t layer, Activations& a);
 
   ModelConfig config_;
   HostWeights weights_;
   StateLayout layout_;
   int32_t num_slots_;
-  int num_threads_;
+  cpu::ThreadPool threads_;  // every parallel loop of the backend, projections included
   std::vector<double> inv_freq_;
   std::vector<float> pool_;                  // num_slots * slot_bytes
   std::vector<std::vector<LayerKv>> kv_;     // [slot][softmax layer]
@@ -323,13 +336,18 @@ absl::Status CpuBackend::ValidatePlan(const StepPlan& plan) const {
 
 void CpuBackend::Project(const float* x, int64_t rows, int64_t in, const std::vector<float>& w,
                          const std::vector<float>& bias, int64_t out_dim, float* y,
-                         bool accumulate) const {
-  cpu::Gemm(false, true, rows, out_dim, in, 1.0f, x, in, w.data(), in, accumulate ? 1.0f : 0.0f,
-            y, out_dim);
-  if (bias.empty()) return;
-  for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t j = 0; j < out_dim; ++j) y[r * out_dim + j] += bias[j];
-  }
+                         bool accumulate) {
+  if (rows == 0) return;
+  // Each range of output columns reads its own rows of W.
+  const int64_t min_columns = kMinFloatsPerRange / (rows * in) + 1;
+  threads_.ParallelFor(out_dim, min_columns, [&](int64_t begin, int64_t end) {
+    cpu::Gemm(false, true, rows, end - begin, in, 1.0f, x, in, w.data() + begin * in, in,
+              accumulate ? 1.0f : 0.0f, y + begin, out_dim);
+    if (bias.empty()) return;
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t j = begin; j < end; ++j) y[r * out_dim + j] += bias[j];
+    }
+  });
 }
 
 void CpuBackend::LizardAttention(int64_t layer, const std::vector<Segment>& decodes,
@@ -359,8 +377,8 @@ void CpuBackend::LizardAttention(int64_t layer, const std::vector<Segment>& deco
   // The window sees q and k after RoPE when window_rope.
   if (config_.window_rope) {
     for (int64_t r = 0; r < rows; ++r) {
-      cpu::ApplyRope(a.q.data() + r * q_width, h_count, d, a.positions[r], inv_freq_);
-      cpu::ApplyRope(a.k.data() + r * kv_width, kv_heads, d, a.positions[r], inv_freq_);
+      cpu::ApplyRope(a.q.data() + r * q_width, h_count, d, a.RopeCos(r), a.RopeSin(r));
+      cpu::ApplyRope(a.k.data() + r * kv_width, kv_heads, d, a.RopeCos(r), a.RopeSin(r));
     }
   }
 
@@ -375,7 +393,8 @@ void CpuBackend::LizardAttention(int64_t layer, const std::vector<Segment>& deco
 
   // Decodes, recurrent form: the state update and readout of every (item, head) in parallel.
   const int64_t num_decodes = static_cast<int64_t>(decodes.size());
-  cpu::ParallelFor(num_decodes * h_count, num_threads_, [&](int64_t begin, int64_t end) {
+  threads_.ParallelFor(num_decodes * h_count, kMinFloatsPerRange / head_s_floats + 1,
+                       [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const Segment& seg = decodes[i / h_count];
       const int64_t h = i % h_count, g = h / group, r = seg.row;
@@ -386,110 +405,134 @@ void CpuBackend::LizardAttention(int64_t layer, const std::vector<Segment>& deco
                    SlotPart(seg.slot, off.z) + h * f2, a.y.data() + r * q_width + h * d);
     }
   });
-  // Decodes, window: store the new key/value at ring row p % w, attend over the filled rows.
-  std::vector<float> anchor(kChunk * d);
-  std::vector<int64_t> key_pos(kChunk + w);
-  for (const Segment& seg : decodes) {
-    const int64_t p = seg.first_position, r = seg.row;
-    float* ring_k = SlotPart(seg.slot, off.window_k);
-    float* ring_v = SlotPart(seg.slot, off.window_v);
-    for (int64_t g = 0; g < kv_heads; ++g) {
-      std::memcpy(ring_k + (g * w + p % w) * d, a.k.data() + r * kv_width + g * d, d * sizeof(float));
-      std::memcpy(ring_v + (g * w + p % w) * d, a.v.data() + r * kv_width + g * d, d * sizeof(float));
+  // Decodes, window, items in parallel: store the new key/value at ring row p % w, attend over
+  // the filled rows.
+  const int64_t ring_floats = 2 * kv_heads * w * d;
+  threads_.ParallelFor(num_decodes, kMinFloatsPerRange / ring_floats + 1,
+                       [&](int64_t begin, int64_t end) {
+    std::vector<float> anchor(d);
+    std::vector<int64_t> key_pos(w);
+    for (int64_t i = begin; i < end; ++i) {
+      const Segment& seg = decodes[i];
+      const int64_t p = seg.first_position, r = seg.row;
+      float* ring_k = SlotPart(seg.slot, off.window_k);
+      float* ring_v = SlotPart(seg.slot, off.window_v);
+      for (int64_t g = 0; g < kv_heads; ++g) {
+        std::memcpy(ring_k + (g * w + p % w) * d, a.k.data() + r * kv_width + g * d,
+                    d * sizeof(float));
+        std::memcpy(ring_v + (g * w + p % w) * d, a.v.data() + r * kv_width + g * d,
+                    d * sizeof(float));
+      }
+      const int64_t filled = std::min(p + 1, w);
+      for (int64_t j = 0; j < filled; ++j) key_pos[j] = RingPosition(j, p + 1, w);
+      for (int64_t h = 0; h < h_count; ++h) {
+        const int64_t g = h / group;
+        cpu::SinkAttention(a.q.data() + r * q_width + h * d, q_width, 1, p, ring_k + g * w * d,
+                           d, ring_v + g * w * d, d, key_pos.data(), filled, w,
+                           lw.meta_logits.data() + h * m, m, d, scale, anchor.data(), d);
+        add_anchor(r, 1, h, anchor.data());
+      }
     }
-    const int64_t filled = std::min(p + 1, w);
-    for (int64_t j = 0; j < filled; ++j) key_pos[j] = RingPosition(j, p + 1, w);
-    for (int64_t h = 0; h < h_count; ++h) {
-      const int64_t g = h / group;
-      cpu::SinkAttention(a.q.data() + r * q_width + h * d, q_width, 1, p, ring_k + g * w * d, d,
-                         ring_v + g * w * d, d, key_pos.data(), filled, w,
-                         lw.meta_logits.data() + h * m, m, d, scale, anchor.data(), d);
-      add_anchor(r, 1, h, anchor.data());
-    }
-  }
+  });
 
-  // Prefill chunks, in blocks of kChunk tokens: chunked GLA from the carried state, then the
-  // window over the ring (positions before the block) plus the block's own keys.
-  std::vector<float> wk((w + kChunk) * d), wv((w + kChunk) * d);
+  // Prefill chunks, in blocks of kChunk tokens: chunked GLA from the carried state (heads in
+  // parallel), then the window over the ring (positions before the block) plus the block's own
+  // keys (KV heads in parallel).
   for (const Segment& seg : prefills) {
     float* ring_k = SlotPart(seg.slot, off.window_k);
     float* ring_v = SlotPart(seg.slot, off.window_v);
     for (int64_t start = 0; start < seg.length; start += kChunk) {
       const int64_t c = std::min(kChunk, seg.length - start);
       const int64_t row = seg.row + start, p0 = seg.first_position + start;
-      for (int64_t h = 0; h < h_count; ++h) {
-        const int64_t g = h / group;
-        cpu::GlaChunk(fq.data() + row * fm_width + h * f2, fm_width,
-                      fk.data() + row * fm_width + h * f2, fm_width,
-                      a.v.data() + row * kv_width + g * d, kv_width,
-                      gate_logit.data() + row * h_count + h, h_count, c, f2, d,
-                      config_.gla_normalize, SlotPart(seg.slot, off.s) + h * head_s_floats,
-                      SlotPart(seg.slot, off.z) + h * f2, a.y.data() + row * q_width + h * d,
-                      q_width);
-      }
+      threads_.ParallelFor(h_count, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t h = begin; h < end; ++h) {
+          const int64_t g = h / group;
+          cpu::GlaChunk(fq.data() + row * fm_width + h * f2, fm_width,
+                        fk.data() + row * fm_width + h * f2, fm_width,
+                        a.v.data() + row * kv_width + g * d, kv_width,
+                        gate_logit.data() + row * h_count + h, h_count, c, f2, d,
+                        config_.gla_normalize, SlotPart(seg.slot, off.s) + h * head_s_floats,
+                        SlotPart(seg.slot, off.z) + h * f2, a.y.data() + row * q_width + h * d,
+                        q_width);
+        }
+      });
       const int64_t filled = std::min(p0, w);  // ring rows holding positions < p0
+      std::vector<int64_t> key_pos(filled + c);
       for (int64_t j = 0; j < filled; ++j) key_pos[j] = RingPosition(j, p0, w);
       for (int64_t t = 0; t < c; ++t) key_pos[filled + t] = p0 + t;
-      for (int64_t g = 0; g < kv_heads; ++g) {
-        std::memcpy(wk.data(), ring_k + g * w * d, filled * d * sizeof(float));
-        std::memcpy(wv.data(), ring_v + g * w * d, filled * d * sizeof(float));
-        for (int64_t t = 0; t < c; ++t) {
-          std::memcpy(wk.data() + (filled + t) * d, a.k.data() + (row + t) * kv_width + g * d,
-                      d * sizeof(float));
-          std::memcpy(wv.data() + (filled + t) * d, a.v.data() + (row + t) * kv_width + g * d,
-                      d * sizeof(float));
+      threads_.ParallelFor(kv_heads, 1, [&](int64_t begin, int64_t end) {
+        std::vector<float> wk((filled + c) * d), wv((filled + c) * d), anchor(c * d);
+        for (int64_t g = begin; g < end; ++g) {
+          std::memcpy(wk.data(), ring_k + g * w * d, filled * d * sizeof(float));
+          std::memcpy(wv.data(), ring_v + g * w * d, filled * d * sizeof(float));
+          for (int64_t t = 0; t < c; ++t) {
+            std::memcpy(wk.data() + (filled + t) * d, a.k.data() + (row + t) * kv_width + g * d,
+                        d * sizeof(float));
+            std::memcpy(wv.data() + (filled + t) * d, a.v.data() + (row + t) * kv_width + g * d,
+                        d * sizeof(float));
+          }
+          for (int64_t h = g * group; h < (g + 1) * group; ++h) {
+            cpu::SinkAttention(a.q.data() + row * q_width + h * d, q_width, c, p0, wk.data(), d,
+                               wv.data(), d, key_pos.data(), filled + c, w,
+                               lw.meta_logits.data() + h * m, m, d, scale, anchor.data(), d);
+            add_anchor(row, c, h, anchor.data());
+          }
+          // The block's last w keys/values enter the ring.
+          for (int64_t t = std::max<int64_t>(0, c - w); t < c; ++t) {
+            const int64_t slot_row = (p0 + t) % w;
+            std::memcpy(ring_k + (g * w + slot_row) * d, wk.data() + (filled + t) * d,
+                        d * sizeof(float));
+            std::memcpy(ring_v + (g * w + slot_row) * d, wv.data() + (filled + t) * d,
+                        d * sizeof(float));
+          }
         }
-        for (int64_t h = g * group; h < (g + 1) * group; ++h) {
-          cpu::SinkAttention(a.q.data() + row * q_width + h * d, q_width, c, p0, wk.data(), d,
-                             wv.data(), d, key_pos.data(), filled + c, w,
-                             lw.meta_logits.data() + h * m, m, d, scale, anchor.data(), d);
-          add_anchor(row, c, h, anchor.data());
-        }
-        // The block's last w keys/values enter the ring.
-        for (int64_t t = std::max<int64_t>(0, c - w); t < c; ++t) {
-          const int64_t slot_row = (p0 + t) % w;
-          std::memcpy(ring_k + (g * w + slot_row) * d, wk.data() + (filled + t) * d, d * sizeof(float));
-          std::memcpy(ring_v + (g * w + slot_row) * d, wv.data() + (filled + t) * d, d * sizeof(float));
-        }
-      }
+      });
     }
   }
 }
 
 void CpuBackend::SoftmaxAttention(int64_t layer, const std::vector<Segment>& segments,
-                                  Activations& a) {
+                                  const std::vector<int64_t>& key_positions, Activations& a) {
   const int64_t h_count = config_.num_heads, kv_heads = config_.num_kv_heads;
   const int64_t d = config_.head_dim, group = config_.kv_group_size();
   const int64_t q_width = h_count * d, kv_width = kv_heads * d;
   const float scale = 1.0f / std::sqrt(static_cast<float>(d));
   for (int64_t r = 0; r < a.rows; ++r) {
-    cpu::ApplyRope(a.q.data() + r * q_width, h_count, d, a.positions[r], inv_freq_);
-    cpu::ApplyRope(a.k.data() + r * kv_width, kv_heads, d, a.positions[r], inv_freq_);
+    cpu::ApplyRope(a.q.data() + r * q_width, h_count, d, a.RopeCos(r), a.RopeSin(r));
+    cpu::ApplyRope(a.k.data() + r * kv_width, kv_heads, d, a.RopeCos(r), a.RopeSin(r));
   }
+  int64_t total_keys = 0;
   for (const Segment& seg : segments) {
     LayerKv& cache = kv_[seg.slot][softmax_index_[layer]];
     cache.k.insert(cache.k.end(), a.k.begin() + seg.row * kv_width,
                    a.k.begin() + (seg.row + seg.length) * kv_width);
     cache.v.insert(cache.v.end(), a.v.begin() + seg.row * kv_width,
                    a.v.begin() + (seg.row + seg.length) * kv_width);
-    std::vector<int64_t> key_pos(seg.first_position + seg.length);
-    std::iota(key_pos.begin(), key_pos.end(), 0);
-    // Query rows in blocks so the score matrix stays [kChunk, keys].
-    for (int64_t start = 0; start < seg.length; start += kChunk) {
-      const int64_t c = std::min(kChunk, seg.length - start);
-      const int64_t row = seg.row + start, p0 = seg.first_position + start;
-      for (int64_t h = 0; h < h_count; ++h) {
-        const int64_t g = h / group;
+    total_keys += seg.first_position + seg.length;
+  }
+  // Every (segment, head) in parallel; one reads about 2 * d * keys floats of its cache.
+  const int64_t num_segments = static_cast<int64_t>(segments.size());
+  const int64_t floats_per_item = 2 * d * total_keys / std::max<int64_t>(1, num_segments) + 1;
+  threads_.ParallelFor(num_segments * h_count, kMinFloatsPerRange / floats_per_item + 1,
+                       [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const Segment& seg = segments[i / h_count];
+      const int64_t h = i % h_count, g = h / group;
+      const LayerKv& cache = kv_[seg.slot][softmax_index_[layer]];
+      // Query rows in blocks so the score matrix stays [kChunk, keys].
+      for (int64_t start = 0; start < seg.length; start += kChunk) {
+        const int64_t c = std::min(kChunk, seg.length - start);
+        const int64_t row = seg.row + start, p0 = seg.first_position + start;
         cpu::SinkAttention(a.q.data() + row * q_width + h * d, q_width, c, p0,
                            cache.k.data() + g * d, kv_width, cache.v.data() + g * d, kv_width,
-                           key_pos.data(), p0 + c, std::numeric_limits<int64_t>::max(), nullptr,
-                           0, d, scale, a.y.data() + row * q_width + h * d, q_width);
+                           key_positions.data(), p0 + c, std::numeric_limits<int64_t>::max(),
+                           nullptr, 0, d, scale, a.y.data() + row * q_width + h * d, q_width);
       }
     }
-  }
+  });
 }
 
-void CpuBackend::Mlp(int64_t layer, Activations& a) const {
+void CpuBackend::Mlp(int64_t layer, Activations& a) {
   const LayerWeights& lw = weights_.layers[layer];
   const int64_t rows = a.rows, hd = config_.hidden_size, inter = config_.intermediate_size;
   cpu::RmsNorm(a.x.data(), lw.post_norm.data(), rows, hd, config_.rms_norm_eps, a.u.data());
@@ -534,6 +577,19 @@ absl::Status CpuBackend::Forward(const StepPlan& plan, StepOutput* out) {
   a.k.resize(a.rows * kv_width);
   a.v.resize(a.rows * kv_width);
   a.y.resize(a.rows * q_width);
+  a.half_dim = config_.head_dim / 2;
+  a.rope.resize(a.rows * 2 * a.half_dim);
+  for (int64_t r = 0; r < a.rows; ++r) {
+    cpu::RopeRotation(a.positions[r], inv_freq_, a.rope.data() + r * 2 * a.half_dim,
+                      a.rope.data() + r * 2 * a.half_dim + a.half_dim);
+  }
+  // Key positions 0, 1, 2, ... for the softmax layers, built once per step.
+  int64_t end_position = 0;
+  for (const Segment& seg : all) {
+    end_position = std::max(end_position, seg.first_position + seg.length);
+  }
+  std::vector<int64_t> key_positions(layout_.num_softmax_layers > 0 ? end_position : 0);
+  std::iota(key_positions.begin(), key_positions.end(), 0);
 
   for (int64_t l = 0; l < config_.num_layers; ++l) {
     const LayerWeights& lw = weights_.layers[l];
@@ -544,7 +600,7 @@ absl::Status CpuBackend::Forward(const StepPlan& plan, StepOutput* out) {
     if (config_.layer_types[l] == LayerType::kLizard) {
       LizardAttention(l, decodes, prefills, a);
     } else {
-      SoftmaxAttention(l, all, a);
+      SoftmaxAttention(l, all, key_positions, a);
     }
     Project(a.y.data(), a.rows, q_width, lw.wo, lw.bo, hd, a.x.data(), true);
     Mlp(l, a);
@@ -599,7 +655,9 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateCpuBackend(const BackendOptions& 
   const int threads = options.num_threads > 0
                           ? options.num_threads
                           : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  openblas_set_num_threads(threads);
+  // OpenBLAS runs single-threaded inside our pool's ranges: its own workers would spin
+  // (sched_yield) between the step's many small GEMMs and compete with the pool for the cores.
+  openblas_set_num_threads(1);
   return std::unique_ptr<Backend>(
       new CpuBackend(std::move(config), std::move(weights), options.num_slots, threads));
 }

@@ -5,7 +5,6 @@
 #include <algorithm>
 #include <cmath>
 #include <numbers>
-#include <thread>
 
 namespace lizard::cpu {
 
@@ -13,25 +12,17 @@ void Gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alp
           const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
           int64_t ldc) {
   if (m == 0 || n == 0) return;
+  if (m == 1) {
+    // c = alpha * op(B)^T a + beta * c; a's k values lie at stride lda when trans_a.
+    cblas_sgemv(CblasRowMajor, trans_b ? CblasNoTrans : CblasTrans,
+                static_cast<int>(trans_b ? n : k), static_cast<int>(trans_b ? k : n), alpha, b,
+                static_cast<int>(ldb), a, trans_a ? static_cast<int>(lda) : 1, beta, c, 1);
+    return;
+  }
   cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
               trans_b ? CblasTrans : CblasNoTrans, static_cast<int>(m), static_cast<int>(n),
               static_cast<int>(k), alpha, a, static_cast<int>(lda), b, static_cast<int>(ldb), beta,
               c, static_cast<int>(ldc));
-}
-
-void ParallelFor(int64_t n, int num_threads, const std::function<void(int64_t, int64_t)>& fn) {
-  const int64_t parts = std::min<int64_t>(std::max(num_threads, 1), n);
-  if (parts <= 1) {
-    if (n > 0) fn(0, n);
-    return;
-  }
-  std::vector<std::thread> threads;
-  threads.reserve(parts - 1);
-  for (int64_t p = 1; p < parts; ++p) {
-    threads.emplace_back(fn, n * p / parts, n * (p + 1) / parts);
-  }
-  fn(0, n / parts);
-  for (auto& t : threads) t.join();
 }
 
 void RmsNorm(const float* x, const float* weight, int64_t rows, int64_t n, double eps, float* out) {
@@ -78,21 +69,32 @@ std::vector<double> RopeInverseFrequencies(const ModelConfig& config) {
   return inv_freq;
 }
 
-void ApplyRope(float* x, int64_t num_heads, int64_t head_dim, int64_t position,
-               const std::vector<double>& inv_freq) {
-  const int64_t half = head_dim / 2;
-  for (int64_t i = 0; i < half; ++i) {
+void RopeRotation(int64_t position, const std::vector<double>& inv_freq, float* cos, float* sin) {
+  for (size_t i = 0; i < inv_freq.size(); ++i) {
     const double angle = static_cast<double>(position) * inv_freq[i];
-    const float c = static_cast<float>(std::cos(angle));
-    const float s = static_cast<float>(std::sin(angle));
-    for (int64_t h = 0; h < num_heads; ++h) {
-      float* xh = x + h * head_dim;
+    cos[i] = static_cast<float>(std::cos(angle));
+    sin[i] = static_cast<float>(std::sin(angle));
+  }
+}
+
+void ApplyRope(float* x, int64_t num_heads, int64_t head_dim, const float* cos, const float* sin) {
+  const int64_t half = head_dim / 2;
+  for (int64_t h = 0; h < num_heads; ++h) {
+    float* xh = x + h * head_dim;
+    for (int64_t i = 0; i < half; ++i) {
       const float a = xh[i];
       const float b = xh[i + half];
-      xh[i] = a * c - b * s;
-      xh[i + half] = b * c + a * s;
+      xh[i] = a * cos[i] - b * sin[i];
+      xh[i + half] = b * cos[i] + a * sin[i];
     }
   }
+}
+
+void ApplyRope(float* x, int64_t num_heads, int64_t head_dim, int64_t position,
+               const std::vector<double>& inv_freq) {
+  std::vector<float> cos(inv_freq.size()), sin(inv_freq.size());
+  RopeRotation(position, inv_freq, cos.data(), sin.data());
+  ApplyRope(x, num_heads, head_dim, cos.data(), sin.data());
 }
 
 void FeatureMap(const float* x, int64_t x_stride, int64_t rows, const float* w, const float* b,

@@ -3,24 +3,19 @@
 #pragma once
 
 #include <cstdint>
-#include <functional>
 #include <vector>
 
 #include "engine/model/model_config.h"
 
 namespace lizard::cpu {
 
-// C[m, n] = alpha * op(A) op(B) + beta * C, row-major, through OpenBLAS cblas_sgemm.
-// op(A) is [m, k] (A stored [k, m] when trans_a); op(B) is [k, n] (B stored [n, k] when trans_b,
-// which is the [out, in] layout of a projection weight).
+// C[m, n] = alpha * op(A) op(B) + beta * C, row-major, through OpenBLAS cblas_sgemm (cblas_sgemv
+// when m == 1: OpenBLAS's sgemm packs all of B first, which doubles the memory traffic of a
+// batch-1 projection). op(A) is [m, k] (A stored [k, m] when trans_a); op(B) is [k, n] (B stored
+// [n, k] when trans_b, which is the [out, in] layout of a projection weight).
 void Gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
           const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
           int64_t ldc);
-
-// Runs fn(begin, end) over [0, n) split into at most `num_threads` contiguous ranges, each on
-// its own std::thread (the caller's thread takes the first). For loops without GEMMs inside:
-// OpenBLAS already parallelises its own calls.
-void ParallelFor(int64_t n, int num_threads, const std::function<void(int64_t, int64_t)>& fn);
 
 // out = x / sqrt(mean(x^2) + eps) * weight, for `rows` rows of n values (out may alias x).
 void RmsNorm(const float* x, const float* weight, int64_t rows, int64_t n, double eps, float* out);
@@ -36,6 +31,13 @@ std::vector<double> RopeInverseFrequencies(const ModelConfig& config);
 // element i pairs with i + D/2 (rotate_half), angle position * inv_freq[i].
 void ApplyRope(float* x, int64_t num_heads, int64_t head_dim, int64_t position,
                const std::vector<double>& inv_freq);
+
+// The rotation of ApplyRope for `position`: cos and sin of position * inv_freq[i], D/2 values
+// each. Computed once per token, it serves every layer.
+void RopeRotation(int64_t position, const std::vector<double>& inv_freq, float* cos, float* sin);
+
+// ApplyRope with a rotation from RopeRotation.
+void ApplyRope(float* x, int64_t num_heads, int64_t head_dim, const float* cos, const float* sin);
 
 // Hedgehog feature map for `rows` rows: out[r] = concat(softmax(x[r] W + b), softmax(-(x[r] W + b)))
 // with W [d, f], b [f]; out rows hold 2f values.

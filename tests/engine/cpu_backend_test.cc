@@ -341,6 +341,16 @@ TEST_F(CpuBackendTest, LogitsRowsFollowThePlan) {
             std::vector<float>(fresh.end() - v, fresh.end()));
 }
 
+TEST_F(CpuBackendTest, StepWithoutLogitsRowsAdvancesTheState) {
+  StepPlan plan;
+  plan.prefills.push_back({0, 0, {1, 2, 3}, LogitsMode::kNone});
+  StepOutput out;
+  ASSERT_TRUE(backend_->Forward(plan, &out).ok());
+  EXPECT_EQ(out.rows, 0);
+  EXPECT_TRUE(out.logits.empty());
+  EXPECT_EQ(backend_->SlotPosition(0), 3);
+}
+
 TEST_F(CpuBackendTest, ResetSlotStartsOver) {
   const std::vector<float> first = Prefill(*backend_, 0, {1, 2, 3, 4}, 4);
   ASSERT_TRUE(backend_->ResetSlot(0).ok());

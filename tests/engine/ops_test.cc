@@ -8,6 +8,8 @@
 #include <random>
 #include <vector>
 
+#include "engine/cpu/thread_pool.h"
+
 namespace lizard::cpu {
 namespace {
 
@@ -31,34 +33,50 @@ std::vector<float> Random(size_t n, uint64_t seed, float scale = 1.0f) {
   return v;
 }
 
+// Every transpose combination with padded leading dimensions; m = 1 takes the sgemv path.
 TEST(OpsTest, GemmAllTransposes) {
-  const int64_t m = 5, n = 7, k = 9;
-  const auto a = Random(m * k, 1), b = Random(k * n, 2);
-  for (bool ta : {false, true}) {
-    for (bool tb : {false, true}) {
-      std::vector<float> c(m * n, 1.0f);
-      Gemm(ta, tb, m, n, k, 2.0f, a.data(), ta ? m : k, b.data(), tb ? k : n, 0.5f, c.data(), n);
-      std::vector<double> want(m * n);
-      for (int64_t i = 0; i < m; ++i) {
-        for (int64_t j = 0; j < n; ++j) {
-          double s = 0.0;
-          for (int64_t l = 0; l < k; ++l) {
-            s += double(ta ? a[l * m + i] : a[i * k + l]) * (tb ? b[j * k + l] : b[l * n + j]);
+  const int64_t n = 7, k = 9;
+  for (int64_t m : {1, 5}) {
+    for (bool ta : {false, true}) {
+      for (bool tb : {false, true}) {
+        const int64_t lda = (ta ? m : k) + 3, ldb = (tb ? k : n) + 2, ldc = n + 1;
+        const auto a = Random((ta ? k : m) * lda, 1), b = Random((tb ? n : k) * ldb, 2);
+        std::vector<float> c(m * ldc, 1.0f);
+        Gemm(ta, tb, m, n, k, 2.0f, a.data(), lda, b.data(), ldb, 0.5f, c.data(), ldc);
+        std::vector<float> got;
+        std::vector<double> want;
+        for (int64_t i = 0; i < m; ++i) {
+          for (int64_t j = 0; j < n; ++j) {
+            double s = 0.0;
+            for (int64_t l = 0; l < k; ++l) {
+              s += double(ta ? a[l * lda + i] : a[i * lda + l]) *
+                   (tb ? b[j * ldb + l] : b[l * ldb + j]);
+            }
+            got.push_back(c[i * ldc + j]);
+            want.push_back(2.0 * s + 0.5);
           }
-          want[i * n + j] = 2.0 * s + 0.5;
+          EXPECT_EQ(c[i * ldc + n], 1.0f) << "padding written";
         }
+        EXPECT_LT(RelError(got, want), kTol) << m << ta << tb;
       }
-      EXPECT_LT(RelError(c, want), kTol) << ta << tb;
     }
   }
 }
 
-TEST(OpsTest, ParallelForCoversEveryIndexOnce) {
-  std::vector<int> hits(37, 0);
-  ParallelFor(37, 4, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) hits[i]++;
-  });
-  for (int h : hits) EXPECT_EQ(h, 1);
+TEST(OpsTest, ThreadPoolCoversEveryIndexOnce) {
+  for (int threads : {1, 3}) {
+    ThreadPool pool(threads);
+    for (int64_t min_per_range : {1, 10, 100}) {
+      for (int rep = 0; rep < 20; ++rep) {  // reuses the same workers
+        std::vector<int> hits(37, 0);
+        pool.ParallelFor(37, min_per_range, [&](int64_t begin, int64_t end) {
+          for (int64_t i = begin; i < end; ++i) hits[i]++;
+        });
+        for (int h : hits) EXPECT_EQ(h, 1);
+      }
+    }
+    pool.ParallelFor(0, 1, [](int64_t, int64_t) { ADD_FAILURE() << "called for n = 0"; });
+  }
 }
 
 TEST(OpsTest, RmsNorm) {
