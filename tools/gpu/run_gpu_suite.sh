@@ -42,5 +42,5 @@ Device call (tool `run`):
   timeout_s: 540
 (phases: tests, memcheck, server (the server's integration tests on --backend cuda and CPU vs
  CUDA greedy tokens), ncu (per-kernel times), bench (llama3-8b decode/prefill only),
- bench-full (all tables of docs/bench-gpu.md); logs come back under the call's files_at)
+ bench-full (all tables of docs/benchmarks.md); logs come back under the call's files_at)
 CMD
