@@ -379,6 +379,7 @@ float HalfToFloat(uint16_t h) {
 
 void ConvertToF32(const TensorView& tensor, float* out) {
   const int64_t n = tensor.numel();
+  if (n == 0) return;  // `out` may then be null, which memcpy must not be given
   // Tensor data need not be aligned in the file, so every element is read with memcpy.
   const auto* bytes = static_cast<const uint8_t*>(tensor.data);
   switch (tensor.dtype) {

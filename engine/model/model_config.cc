@@ -195,6 +195,31 @@ absl::Status ReadLizard(const Json& lizard, ModelConfig& c) {
   return absl::OkStatus();
 }
 
+// The engine multiplies sizes in int64 (tensor shapes, state layout): each product must stay far
+// from overflow whatever the config says. Computed in double, which cannot overflow here.
+absl::Status CheckProductsFit(const ModelConfig& c) {
+  constexpr double kMaxElements = static_cast<double>(int64_t{1} << 40);
+  const double V = c.vocab_size, Hd = c.hidden_size, I = c.intermediate_size, H = c.num_heads;
+  const double Hkv = c.num_kv_heads, D = c.head_dim, F = c.feature_dim, w = c.window_size;
+  const struct {
+    const char* what;
+    double elements;
+  } products[] = {
+      {"vocab_size * hidden_size", V * Hd},
+      {"intermediate_size * hidden_size", I * Hd},
+      {"num_attention_heads * head_dim * hidden_size", H * D * Hd},
+      {"num_attention_heads * 2 * lizard.feature_dim * head_dim", H * 2 * F * D},
+      {"num_key_value_heads * lizard.window_size * head_dim", Hkv * w * D},
+      {"num_attention_heads * lizard.num_meta_tokens", H * static_cast<double>(c.num_meta_tokens)},
+  };
+  for (const auto& p : products) {
+    if (p.elements > kMaxElements) {
+      return FieldError(p.what, absl::StrCat("too large (", p.elements, " > 2^40 elements)"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 std::string_view DTypeName(DType dtype) {
@@ -245,6 +270,11 @@ absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text) {
     if (auto s = ReadInt(root, f.key, f.key, true, f.out); !s.ok()) return s;
     if (auto s = RequirePositive(*f.out, f.key); !s.ok()) return s;
   }
+  // layer_types gets one entry per layer: a corrupt count must not exhaust memory.
+  constexpr int64_t kMaxLayers = 1 << 16;
+  if (c.num_layers > kMaxLayers) {
+    return FieldError("num_hidden_layers", absl::StrCat("must be at most ", kMaxLayers, ", got ", c.num_layers));
+  }
   c.num_kv_heads = c.num_heads;
   if (auto s = ReadInt(root, "num_key_value_heads", "num_key_value_heads", false, &c.num_kv_heads); !s.ok()) {
     return s;
@@ -286,6 +316,7 @@ absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text) {
   } else {
     c.layer_types.assign(c.num_layers, LayerType::kSoftmax);  // a plain Llama teacher
   }
+  if (auto s = CheckProductsFit(c); !s.ok()) return s;
   return c;
 }
 

@@ -589,11 +589,24 @@ absl::StatusOr<SpecialTokenWrap> ParsePostProcessor(const json& config) {
             absl::StrCat("TemplateProcessing: special token '", name, "' is not listed"));
       }
       auto& ids = seen_sequence ? wrap.suffix : wrap.prefix;
-      for (const json& id : special[name].at("ids")) ids.push_back(id.get<int32_t>());
+      for (const json& id : special[name].at("ids")) {
+        auto parsed = ParseTokenId(id);
+        if (!parsed.ok()) return parsed.status();
+        ids.push_back(*parsed);
+      }
     }
     return wrap;
   }
   return Unsupported("post_processor", config);
+}
+
+absl::StatusOr<int32_t> ParseTokenId(const json& id) {
+  // Checked before get<>: converting an out-of-range number to int32_t is undefined behaviour.
+  if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() > kMaxTokenId) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("token id ", id.dump(), " is not an integer in [0, ", kMaxTokenId, "]"));
+  }
+  return static_cast<int32_t>(id.get<int64_t>());
 }
 
 }  // namespace lizard::tokenizer_internal

@@ -46,4 +46,9 @@ absl::StatusOr<std::unique_ptr<PreTokenizer>> ParsePreTokenizer(const nlohmann::
 absl::StatusOr<std::unique_ptr<Decoder>> ParseDecoder(const nlohmann::json& config);
 absl::StatusOr<SpecialTokenWrap> ParsePostProcessor(const nlohmann::json& config);
 
+// A token id of tokenizer.json: an integer in [0, kMaxTokenId] (INVALID_ARGUMENT otherwise). The
+// bound keeps a corrupt id from sizing the id -> token table or overflowing id + 1.
+inline constexpr int32_t kMaxTokenId = (1 << 24) - 1;
+absl::StatusOr<int32_t> ParseTokenId(const nlohmann::json& id);
+
 }  // namespace lizard::tokenizer_internal

@@ -152,7 +152,13 @@ absl::StatusOr<std::unique_ptr<BpeModel>> ParseModel(const json& config) {
   }
   std::vector<std::pair<std::string, int32_t>> vocab;
   vocab.reserve(config.at("vocab").size());
-  for (const auto& [token, id] : config.at("vocab").items()) vocab.emplace_back(token, id.get<int32_t>());
+  for (const auto& [token, id] : config.at("vocab").items()) {
+    auto parsed = tokenizer_internal::ParseTokenId(id);
+    if (!parsed.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("vocab '", token, "': ", parsed.status().message()));
+    }
+    vocab.emplace_back(token, *parsed);
+  }
 
   // Merges are "left right" strings (older files) or [left, right] pairs.
   std::vector<std::pair<std::string, std::string>> merges;
@@ -216,11 +222,15 @@ absl::StatusOr<std::unique_ptr<HfTokenizer>> HfTokenizer::Create(const json& roo
   for (const json& entry : root.value("added_tokens", json::array())) {
     auto token = std::make_unique<AddedToken>();
     token->content = entry.at("content").get<std::string>();
-    token->id = entry.at("id").get<int32_t>();
+    auto id = tokenizer_internal::ParseTokenId(entry.at("id"));
+    if (!id.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("added token ", entry.dump(), ": ", id.status().message()));
+    }
+    token->id = *id;
     token->special = entry.value("special", false);
     token->lstrip = entry.value("lstrip", false);
     token->rstrip = entry.value("rstrip", false);
-    if (token->content.empty() || token->id < 0) {
+    if (token->content.empty()) {
       return absl::InvalidArgumentError(absl::StrCat("bad added token ", entry.dump()));
     }
     if (entry.value("single_word", false)) {

@@ -111,6 +111,19 @@ TEST(ConvertToF32Test, BFloat16IsTheUpperHalfOfFloat32OnRandomValues) {
   ExpectSameFloats(expected, ToF32(view), "bf16");
 }
 
+// An empty tensor (a zero dimension) converts to nothing; `out` may be null. Before, the F32 case
+// passed the null pointer to memcpy (undefined behaviour, found by tests/fuzz/fuzz_checkpoint).
+TEST(ConvertToF32Test, EmptyTensorsNeedNoOutput) {
+  const float stored = 1.0f;
+  for (DType dtype : {DType::kF32, DType::kF16, DType::kBF16}) {
+    TensorView view;
+    view.dtype = dtype;
+    view.shape = {0, 4};
+    view.data = &stored;
+    ConvertToF32(view, nullptr);
+  }
+}
+
 class CheckpointRoundTripTest : public ::testing::TestWithParam<DType> {};
 
 TEST_P(CheckpointRoundTripTest, SingleFile) {

@@ -121,6 +121,22 @@ TEST(ModelConfigTest, RefusesInvalidConfigsNamingTheField) {
       {"zero hidden_size", [](Json& j) { j["hidden_size"] = 0; }, "hidden_size"},
       {"negative vocab", [](Json& j) { j["vocab_size"] = -5; }, "vocab_size"},
       {"zero layers", [](Json& j) { j["num_hidden_layers"] = 0; }, "num_hidden_layers"},
+      // Crashed (reproduced with tests/fuzz/fuzz_model_config): the count was allocated as layer_types.
+      {"huge layers", [](Json& j) { j["num_hidden_layers"] = int64_t{1} << 60; }, "num_hidden_layers"},
+      {"huge layers, no lizard",
+       [](Json& j) {
+         j.erase("lizard");
+         j["num_hidden_layers"] = int64_t{1} << 60;
+       },
+       "num_hidden_layers"},
+      // Overflowed int64 in StateLayout (reproduced with a sanitized build).
+      {"huge state",
+       [](Json& j) {
+         j["head_dim"] = int64_t{1} << 32;
+         j["lizard"]["feature_dim"] = int64_t{1} << 32;
+       },
+       "feature_dim"},
+      {"huge vocab", [](Json& j) { j["vocab_size"] = int64_t{1} << 40; }, "vocab_size"},
       {"zero intermediate", [](Json& j) { j["intermediate_size"] = 0; }, "intermediate_size"},
       {"float size", [](Json& j) { j["hidden_size"] = 16.5; }, "hidden_size"},
       {"string size", [](Json& j) { j["num_attention_heads"] = "4"; }, "num_attention_heads"},

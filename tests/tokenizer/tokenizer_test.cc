@@ -383,6 +383,32 @@ TEST(Tokenizer, RefusesUnsupportedComponentsByName) {
             absl::StatusCode::kNotFound);
 }
 
+// Crashed or ran into undefined behaviour before ids were range-checked (reproduced with
+// tests/fuzz/fuzz_tokenizer_json): INT32_MAX + 1, a 2e9-entry id table, a float cast to int.
+TEST(Tokenizer, RefusesOutOfRangeTokenIds) {
+  const std::vector<std::pair<std::string, json>> cases = {
+      {"added id INT32_MAX", {{"added_tokens", {{{"id", 2147483647}, {"content", "<big>"}}}}}},
+      {"added id float", {{"added_tokens", {{{"id", 1e300}, {"content", "<f>"}}}}}},
+      {"added id negative", {{"added_tokens", {{{"id", -1}, {"content", "<n>"}}}}}},
+      {"vocab id huge", {{"model", {{"vocab", {{"zzzq", 2000000000}}}}}}},
+      {"vocab id float", {{"model", {{"vocab", {{"zzzq", 1e300}}}}}}},
+      {"vocab id string", {{"model", {{"vocab", {{"zzzq", "7"}}}}}}},
+      {"template id float",
+       {{"post_processor",
+         {{"type", "TemplateProcessing"},
+          {"single", {{{"SpecialToken", {{"id", "<s>"}}}}, {{"Sequence", {{"id", "A"}}}}}},
+          {"special_tokens", {{"<s>", {{"ids", {1e300}}}}}}}}}},
+  };
+  for (const auto& [name, patch] : cases) {
+    json config = ByteLevelConfig({});
+    config.merge_patch(patch);
+    auto t = Tokenizer::FromJson(config.dump());
+    ASSERT_FALSE(t.ok()) << name;
+    EXPECT_EQ(t.status().code(), absl::StatusCode::kInvalidArgument) << name << ": " << t.status();
+    EXPECT_THAT(std::string(t.status().message()), HasSubstr("token id")) << name;
+  }
+}
+
 TEST(Tokenizer, SentencePieceStyle) {
   auto t = MustLoad(SentencePieceConfig());
   ASSERT_NE(t, nullptr);
