@@ -478,7 +478,14 @@ absl::Status CudaBackend::BuildFeatureMapGemms() {
 absl::Status CudaBackend::AllocateKvPool() {
   if (layout_.num_softmax_layers == 0) return absl::OkStatus();
   const int64_t max_context = std::max<int64_t>(config_.max_position_embeddings, kMinMaxContext);
-  max_pages_ = static_cast<int>((max_context + kPageSize - 1) / kPageSize);
+  const int64_t max_pages = (max_context + kPageSize - 1) / kPageSize;
+  // The kernels index the page table [num_slots, max_pages] with int32.
+  if (max_pages > std::numeric_limits<int32_t>::max() / std::max(num_slots_, 1)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "max_position_embeddings ", config_.max_position_embeddings, " with ", num_slots_,
+        " slots is too large for the KV page table"));
+  }
+  max_pages_ = static_cast<int>(max_pages);
   RETURN_IF_ERROR(page_table_.Allocate(static_cast<size_t>(num_slots_) * max_pages_ * sizeof(int32_t)));
   LIZARD_CUDA_RETURN(cudaMemsetAsync(page_table_.get(), 0, page_table_.bytes(), stream_));
   slot_pages_.assign(num_slots_, {});

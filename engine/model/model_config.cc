@@ -307,6 +307,13 @@ absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text) {
     return s;
   }
   if (auto s = RequirePositive(c.max_position_embeddings, "max_position_embeddings"); !s.ok()) return s;
+  // Backends size per-sequence tables by it (the CUDA KV page table); 2^40 tokens is far beyond
+  // any real context and keeps those products inside int64.
+  constexpr int64_t kMaxPositions = int64_t{1} << 40;
+  if (c.max_position_embeddings > kMaxPositions) {
+    return FieldError("max_position_embeddings",
+                      absl::StrCat("must be at most 2^40, got ", c.max_position_embeddings));
+  }
   // Newer transformers versions write "dtype" instead of "torch_dtype".
   const char* dtype_key = Find(root, "torch_dtype") != nullptr ? "torch_dtype" : "dtype";
   if (auto s = ReadDType(root, dtype_key, dtype_key, true, &c.torch_dtype); !s.ok()) return s;

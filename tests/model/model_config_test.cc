@@ -137,6 +137,8 @@ TEST(ModelConfigTest, RefusesInvalidConfigsNamingTheField) {
        },
        "feature_dim"},
       {"huge vocab", [](Json& j) { j["vocab_size"] = int64_t{1} << 40; }, "vocab_size"},
+      {"huge positions", [](Json& j) { j["max_position_embeddings"] = int64_t{1} << 50; },
+       "max_position_embeddings"},
       {"zero intermediate", [](Json& j) { j["intermediate_size"] = 0; }, "intermediate_size"},
       {"float size", [](Json& j) { j["hidden_size"] = 16.5; }, "hidden_size"},
       {"string size", [](Json& j) { j["num_attention_heads"] = "4"; }, "num_attention_heads"},
