@@ -24,57 +24,53 @@ inline absl::Status CudaStatus(cudaError_t e, const char* what) {
     if (absl::Status _s = ::lizard::cuda::CudaStatus((expr), #expr); !_s.ok()) return _s; \
   } while (0)
 
-// cudaMalloc'd bytes, freed on destruction.
-class DeviceBuffer {
+// Owned bytes from one CUDA allocator pair, freed on destruction (and before a new Allocate).
+template <cudaError_t (*kAlloc)(void**, size_t), cudaError_t (*kFree)(void*)>
+class CudaBuffer {
  public:
-  DeviceBuffer() = default;
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  DeviceBuffer(DeviceBuffer&& o) noexcept : ptr_(std::exchange(o.ptr_, nullptr)), bytes_(o.bytes_) {}
-  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
+  CudaBuffer() = default;
+  CudaBuffer(const CudaBuffer&) = delete;
+  CudaBuffer& operator=(const CudaBuffer&) = delete;
+  CudaBuffer(CudaBuffer&& o) noexcept
+      : ptr_(std::exchange(o.ptr_, nullptr)), bytes_(std::exchange(o.bytes_, 0)) {}
+  CudaBuffer& operator=(CudaBuffer&& o) noexcept {
     std::swap(ptr_, o.ptr_);
     std::swap(bytes_, o.bytes_);
     return *this;
   }
-  ~DeviceBuffer() {
-    if (ptr_ != nullptr) cudaFree(ptr_);
-  }
+  ~CudaBuffer() { Release(); }
 
   absl::Status Allocate(size_t bytes) {
-    bytes_ = bytes;
+    Release();
     if (bytes == 0) return absl::OkStatus();
-    return CudaStatus(cudaMalloc(&ptr_, bytes), "cudaMalloc");
+    if (absl::Status s = CudaStatus(kAlloc(&ptr_, bytes), "CUDA allocation"); !s.ok()) {
+      ptr_ = nullptr;
+      return s;
+    }
+    bytes_ = bytes;
+    return absl::OkStatus();
   }
   template <typename T = void>
   T* get() const { return static_cast<T*>(ptr_); }
   size_t bytes() const { return bytes_; }
 
  private:
+  void Release() {
+    if (ptr_ != nullptr) kFree(ptr_);
+    ptr_ = nullptr;
+    bytes_ = 0;
+  }
+
   void* ptr_ = nullptr;
   size_t bytes_ = 0;
 };
 
-// cudaMallocHost'd (pinned) bytes, for fast and asynchronous host <-> device copies.
-class PinnedBuffer {
- public:
-  PinnedBuffer() = default;
-  PinnedBuffer(const PinnedBuffer&) = delete;
-  PinnedBuffer& operator=(const PinnedBuffer&) = delete;
-  ~PinnedBuffer() {
-    if (ptr_ != nullptr) cudaFreeHost(ptr_);
-  }
-  absl::Status Allocate(size_t bytes) {
-    bytes_ = bytes;
-    if (bytes == 0) return absl::OkStatus();
-    return CudaStatus(cudaMallocHost(&ptr_, bytes), "cudaMallocHost");
-  }
-  template <typename T = void>
-  T* get() const { return static_cast<T*>(ptr_); }
-  size_t bytes() const { return bytes_; }
+inline cudaError_t DeviceAlloc(void** ptr, size_t bytes) { return cudaMalloc(ptr, bytes); }
+inline cudaError_t PinnedAlloc(void** ptr, size_t bytes) { return cudaMallocHost(ptr, bytes); }
 
- private:
-  void* ptr_ = nullptr;
-  size_t bytes_ = 0;
-};
+// Device memory (cudaMalloc).
+using DeviceBuffer = CudaBuffer<DeviceAlloc, cudaFree>;
+// Pinned host memory (cudaMallocHost), for fast and asynchronous host <-> device copies.
+using PinnedBuffer = CudaBuffer<PinnedAlloc, cudaFreeHost>;
 
 }  // namespace lizard::cuda
