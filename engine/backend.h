@@ -28,14 +28,6 @@ struct BackendInfo {
   double copy_bandwidth_bytes_per_s = 0.0;
 };
 
-// Logits for the rows a StepPlan asked for, row-major [rows, vocab], float32 on the host.
-struct StepOutput {
-  int64_t rows = 0;
-  int64_t vocab = 0;
-  std::vector<float> logits;
-  const float* row(int64_t i) const { return logits.data() + i * vocab; }
-};
-
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -66,8 +58,8 @@ class Backend {
 
   // --- compute ---
   // Runs one step: every decode item and prefill chunk advances its slot's state; returns the
-  // logits rows of StepPlan::num_logits_rows() in that order. Results never depend on what
-  // else shares the plan.
+  // logits rows of StepPlan::num_logits_rows() in that order, or the tokens sampled from them
+  // (see StepOutput). Results never depend on what else shares the plan.
   virtual absl::Status Forward(const StepPlan& plan, StepOutput* out) = 0;
 };
 
@@ -82,6 +74,13 @@ struct BackendOptions {
   int32_t num_slots = 64;      // state slots in the pool
   int32_t num_threads = 0;     // CPU: 0 = all cores
   int32_t device_index = 0;    // CUDA
+  // Overrides the checkpoint's lizard.state_dtype (S and z) when set. CUDA only: the CPU backend
+  // keeps float32 states whatever is asked.
+  std::optional<DType> state_dtype;
+  // CUDA: projections by the batch-invariant GEMM (kernels/gemm_bf16.cu), so a sequence's
+  // results do not depend on what shares its steps; false: cuBLAS (faster for long prefills,
+  // but its kernel choice changes with the batch, and greedy tokens with it at near ties).
+  bool batch_invariant = true;
   // Benchmarks: when set, no checkpoint is read; weights are random (seeded) for this shape.
   std::optional<ModelConfig> synthetic_config;
   uint64_t synthetic_seed = 1;

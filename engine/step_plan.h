@@ -5,6 +5,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "engine/sampling/sampling.h"
+
 namespace lizard {
 
 // Index of a fixed-size sequence-state slot in a backend's state pool.
@@ -33,6 +35,10 @@ struct DecodeItem {
 struct StepPlan {
   std::vector<DecodeItem> decodes;
   std::vector<PrefillChunk> prefills;
+  // Empty: Forward returns the logits rows. Otherwise one entry per logits row (in row order):
+  // the backend samples each row on its device (engine/sampling/sampler.h defines how) and
+  // returns token ids (and logprobs where asked) instead of logits.
+  std::vector<RowSampling> sampling;
 
   int64_t num_tokens() const {
     int64_t n = static_cast<int64_t>(decodes.size());
@@ -49,6 +55,19 @@ struct StepPlan {
     }
     return n;
   }
+};
+
+// What Forward returns for the rows a StepPlan asked for, in StepPlan::num_logits_rows() order:
+// without StepPlan::sampling, the logits, row-major [rows, vocab], float32 on the host; with it,
+// one token per row, and logprobs[r] for the rows whose RowSampling::logprobs > 0 (`logits` is
+// then empty).
+struct StepOutput {
+  int64_t rows = 0;
+  int64_t vocab = 0;
+  std::vector<float> logits;
+  std::vector<int32_t> tokens;
+  std::vector<TokenLogprobs> logprobs;  // sized `rows` when sampling
+  const float* row(int64_t i) const { return logits.data() + i * vocab; }
 };
 
 }  // namespace lizard

@@ -90,6 +90,34 @@ __device__ __forceinline__ float Rounded(float x) {
   return x;
 }
 
+// One token's step of the gated-linear-attention normaliser for one head, written once for the
+// decode path (LizardWindow) and the prefill path (LizardNormalizer) so that both give the same
+// bits whatever the chunking: thread t < kNormalizerThreads owns features t and
+// t + kNormalizerThreads, z_f = gamma z_f + fk_f is rounded as stored, and the thread's part of
+// fq . z is returned (the caller adds it up with WarpSum, then the warps in order).
+constexpr int kNormalizerThreads = 128;
+template <typename TS>
+__device__ __forceinline__ float NormalizerStep(float (&zr)[2], float gamma, const float* fk,
+                                                const float* fq, int F2) {
+  float part = 0.f;
+#pragma unroll
+  for (int k = 0; k < 2; ++k) {
+    const int f = threadIdx.x + k * kNormalizerThreads;
+    if (f < F2) {
+      zr[k] = Rounded<TS>(fmaf(gamma, zr[k], fk[f]));
+      part = fmaf(fq[f], zr[k], part);
+    }
+  }
+  return part;
+}
+
+// The denominator from the kNormalizerThreads / 32 warp sums, added in warp order.
+__device__ __forceinline__ float NormalizerDenominator(const float* warp_sums, bool normalize) {
+  float dot = 0.f;
+  for (int w = 0; w < kNormalizerThreads / 32; ++w) dot += warp_sums[w];
+  return normalize ? dot + 1e-6f : 1.f;
+}
+
 inline int CeilDiv(int64_t a, int64_t b) { return static_cast<int>((a + b - 1) / b); }
 
 }  // namespace lizard::kernels

@@ -121,6 +121,14 @@ struct LizardScratch {
   float* y = nullptr;      // [T, H, D] window_factor * y_anchor
 };
 
+// Feature-map logits (feature_map.cu), the input of LizardWindow's LizardParams::fmap_logits:
+// logits[t, i*F + f] = sum_d x_i[t, d] * W_i[d, f] for the 2H maps i: x_i is query head i of
+// qkvg row t with W_i = fmap_q[i] (i < H), or the kv head of query head i - H with
+// W_i = fmap_k[i - H]; maps are [H, D, F]. Summed over d in an order fixed by D (batch invariant).
+cudaError_t FeatureMapLogits(const float* qkvg, int ld, int T, int heads, int kv_heads, int head_dim,
+                             int features, const float* fmap_q, const float* fmap_k, float* logits,
+                             cudaStream_t stream);
+
 // Token-parallel part, grid (H, T): feature maps (softmax of the logits + bias), gate, window
 // attention with sinks.
 // For `single` tokens it also updates z and the denominator and writes the token's K/V into the
@@ -178,5 +186,44 @@ cudaError_t PagedKvWrite(const float* krot, int krot_ld, const float* v, int v_l
 cudaError_t PagedAttention(const float* q, int q_ld, const int32_t* slot, const int32_t* position,
                            int T, int heads, int max_keys, const PagedKv& kv, float* partial,
                            int64_t partial_entries, __nv_bfloat16* out, cudaStream_t stream);
+
+// ---- sampling.cu ----
+// Sampling on the device, one block per logits row; engine/sampling/sampler.h defines every step
+// and its host sampler is the reference (tests/gpu/kernels_test.cc compares them).
+struct SamplingRow {
+  float temperature = 0.f;  // 0 = greedy
+  int32_t top_k = 0;        // 0 = off
+  float top_p = 1.f;
+  float min_p = 0.f;
+  float repetition_penalty = 1.f, presence_penalty = 0.f, frequency_penalty = 0.f;
+  // This row's entries of the penalty arrays: the tokens it has seen (prompt + generated) and
+  // how often each was generated.
+  int32_t penalty_begin = 0, penalty_end = 0;
+  uint64_t seed = 0, step = 0;  // Philox key and counter of the draw
+};
+
+// In place: penalties over each row's entries (repetition on all of them, presence/frequency on
+// the generated ones), then division by the temperature when it is not 0.
+cudaError_t ProcessLogits(float* logits, int rows, int vocab, const SamplingRow* params,
+                          const int32_t* penalty_tokens, const int32_t* penalty_counts,
+                          cudaStream_t stream);
+
+// tokens[r] = the token drawn from processed row r (greedy argmax when temperature is 0).
+cudaError_t SampleTokens(const float* logits, int rows, int vocab, const SamplingRow* params,
+                         int32_t* tokens, cudaStream_t stream);
+
+// ---- gemm_bf16.cu ----
+// Batch-invariant projection: y[r, :] = x[r, :] w^T for r < rows, x bf16 [rows, in] (row stride
+// in), w bf16 [out, in], y fp32 [rows, out], fp32 accumulation on the tensor cores (sm_80+).
+// Every y[r, o] is reduced over `in` in an order fixed by (in, out) alone, so a row's result is
+// bit-identical whatever `rows` is and whatever the other rows hold. Requires in % 8 == 0 and x,
+// w 16-byte aligned (else cudaErrorInvalidValue); any out >= 1 and rows >= 0 (rows == 0: no-op).
+// `workspace` (GemmBf16WorkspaceBytes(in, out) bytes, may be null when that is 0) holds the
+// split-K partial sums; it is not kept between calls, but calls sharing one must be ordered.
+size_t GemmBf16WorkspaceBytes(int in, int out);
+// The fixed split-K count of a shape (informational: tests and benchmarks).
+int GemmBf16Splits(int in, int out);
+cudaError_t GemmBf16(const __nv_bfloat16* x, int rows, int in, const __nv_bfloat16* w, int out,
+                     float* y, void* workspace, cudaStream_t stream);
 
 }  // namespace lizard::kernels

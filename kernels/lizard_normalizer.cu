@@ -1,13 +1,14 @@
 // The normaliser z of gated linear attention for sequences with several tokens in a step (prefill
 // chunks): z_t = gamma_t z_{t-1} + fk_t and den_t = fq_t . z_t + 1e-6, token by token, with z held
-// in registers for the whole chunk. Decode tokens were handled inside LizardWindow.
+// in registers for the whole chunk (rounded as stored after every token). Decode tokens were
+// handled inside LizardWindow with the same NormalizerStep, so any chunking gives the same bits.
 #include "kernels/common.cuh"
 #include "kernels/kernels.h"
 
 namespace lizard::kernels {
 namespace {
 
-constexpr int kThreads = 128;
+constexpr int kThreads = kNormalizerThreads;  // the order NormalizerStep fixes
 constexpr int kWarps = kThreads / 32;
 constexpr int kMaxPerThread = 2;  // 2F <= 256
 constexpr int kTile = 8;          // tokens whose denominators are reduced together
@@ -38,15 +39,7 @@ __global__ void __launch_bounds__(kThreads) LizardNormalizerKernel(LizardDims di
       part[t] = 0.f;
       if (t >= nt) continue;
       const int64_t th = static_cast<int64_t>(first_row + t0 + t) * H + h;
-      const float gamma = scratch.gamma[th];
-#pragma unroll
-      for (int k = 0; k < kMaxPerThread; ++k) {
-        const int f = threadIdx.x + k * kThreads;
-        if (f < F2) {
-          zr[k] = gamma * zr[k] + scratch.fk[th * F2 + f];
-          part[t] += scratch.fq[th * F2 + f] * zr[k];
-        }
-      }
+      part[t] = NormalizerStep<TS>(zr, scratch.gamma[th], scratch.fk + th * F2, scratch.fq + th * F2, F2);
     }
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 #pragma unroll
@@ -58,9 +51,8 @@ __global__ void __launch_bounds__(kThreads) LizardNormalizerKernel(LizardDims di
     }
     __syncthreads();
     if (threadIdx.x < nt) {
-      float dot = 0.f;
-      for (int w = 0; w < kWarps; ++w) dot += red[threadIdx.x * kWarps + w];
-      scratch.den[static_cast<int64_t>(first_row + t0 + threadIdx.x) * H + h] = dims.normalize ? dot + 1e-6f : 1.f;
+      scratch.den[static_cast<int64_t>(first_row + t0 + threadIdx.x) * H + h] =
+          NormalizerDenominator(red + threadIdx.x * kWarps, dims.normalize);
     }
   }
 #pragma unroll

@@ -72,8 +72,9 @@ __global__ void __launch_bounds__(kThreads, 2) LizardStateKernel(LizardDims dims
       for (int k = 0; k < kRowsPerThread; ++k) {
         const int row = warp + k * kWarps;
         if (row < F2) {
-          sr[k] = gamma * sr[k] + sfk[t][row] * v[t];
-          acc += sfq[t][row] * sr[k];
+          // Rounded as stored after every token: a chunk gives the bits of one-token steps.
+          sr[k] = Rounded<TS>(fmaf(gamma, sr[k], sfk[t][row] * v[t]));
+          acc = fmaf(sfq[t][row], sr[k], acc);
         }
       }
       part[t][warp][lane] = acc;

@@ -84,7 +84,14 @@ __global__ void __launch_bounds__(kThreads) LizardWindowKernel(
   // A decode token advances z here (LizardNormalizer does multi-token sequences); F2 <= blockDim.
   const bool single = tokens.single[r] != 0;
   TS* z = SlotPart<TS>(state, slot, state.z_offset) + static_cast<int64_t>(h) * F2;
-  const float z_old = (single && threadIdx.x < F2) ? Load(z, threadIdx.x) : 0.f;
+  float zr[2] = {0.f, 0.f};  // features threadIdx.x and threadIdx.x + kNormalizerThreads
+  if (single && threadIdx.x < kNormalizerThreads) {
+    for (int k = 0; k < 2; ++k) {
+      const int f = threadIdx.x + k * kNormalizerThreads;
+      if (f < F2) zr[k] = Load(z, f);
+    }
+  }
+  __shared__ float zsum[kNormalizerThreads / 32];
   __syncthreads();
   HedgehogSoftmax(sa, F, sfq, red);
   HedgehogSoftmax(sa + F, F, sfk, red);
@@ -94,16 +101,16 @@ __global__ void __launch_bounds__(kThreads) LizardWindowKernel(
     scratch.fk[th * F2 + f] = sfk[f];
   }
   if (threadIdx.x == 0) scratch.gamma[th] = gamma;
-  if (single) {
-    float part = 0.f;
-    if (threadIdx.x < F2) {
-      const float zn = Rounded<TS>(gamma * z_old + sfk[threadIdx.x]);  // as stored, as a later step sees it
-      Store(z, threadIdx.x, zn);
-      part = sfq[threadIdx.x] * zn;
+  if (single && threadIdx.x < kNormalizerThreads) {  // whole warps
+    const float part = WarpSum(NormalizerStep<TS>(zr, gamma, sfk, sfq, F2));
+    for (int k = 0; k < 2; ++k) {
+      const int f = threadIdx.x + k * kNormalizerThreads;
+      if (f < F2) Store(z, f, zr[k]);
     }
-    const float dot = BlockSum(part, red);
-    if (threadIdx.x == 0) scratch.den[th] = dims.normalize ? dot + 1e-6f : 1.f;
+    if ((threadIdx.x & 31) == 0) zsum[threadIdx.x >> 5] = part;
   }
+  __syncthreads();
+  if (single && threadIdx.x == 0) scratch.den[th] = NormalizerDenominator(zsum, dims.normalize);
 
   // Window query.
   const int half = D / 2;
@@ -133,10 +140,14 @@ __global__ void __launch_bounds__(kThreads) LizardWindowKernel(
     float dot = 0.f;
     if (kk < nkeys) {
       const int j = lo + kk;
-      if (j >= first_pos) {
-        const float* kj = krot + static_cast<int64_t>(first_row + j - first_pos) * krot_ld + g * D;
+      if (j == pos) {  // the token's own key, as a decode step sees it
+        const float* kj = krot + static_cast<int64_t>(r) * krot_ld + g * D;
 #pragma unroll 8
         for (int d = sub; d < D; d += kKeyLanes) dot += sqa[d] * kj[d];
+      } else if (j >= first_pos) {  // an earlier token of this chunk: as the ring will hold it
+        const float* kj = krot + static_cast<int64_t>(first_row + j - first_pos) * krot_ld + g * D;
+#pragma unroll 8
+        for (int d = sub; d < D; d += kKeyLanes) dot += sqa[d] * Rounded<TW>(kj[d]);
       } else {
         const TW* kj = ring_k + static_cast<int64_t>(j % w) * D;
 #pragma unroll 8
@@ -164,7 +175,8 @@ __global__ void __launch_bounds__(kThreads) LizardWindowKernel(
   const float alpha = params.window_factor[h];
   const float* vcur = qkvg + H * D + Hkv * D + g * D;  // + row * ld
   // y_anchor: thread (group kg, column col) sums every groups-th key; the groups are added after.
-  // Keys before first_pos come from the ring, the rest from this step's rows.
+  // Keys before first_pos come from the ring, the rest from this step's rows, rounded as the ring
+  // stores them except the token's own: a prompt gives the same bits in any chunking as decode.
   const int groups = blockDim.x / D;
   const int kg = threadIdx.x / D, col = threadIdx.x % D;
   if (kg < groups) {
@@ -173,7 +185,8 @@ __global__ void __launch_bounds__(kThreads) LizardWindowKernel(
     for (int kk = kg; kk < nkeys; kk += groups) {
       const int j = lo + kk;
       const float v = j < first_pos ? Load(ring_v + static_cast<int64_t>(j % w) * D, col)
-                                    : vcur[static_cast<int64_t>(first_row + j - first_pos) * ld + col];
+                      : j < pos     ? Rounded<TW>(vcur[static_cast<int64_t>(first_row + j - first_pos) * ld + col])
+                                    : vcur[static_cast<int64_t>(r) * ld + col];
       acc += sp[kk] * v;
     }
     partial[kg * D + col] = acc;

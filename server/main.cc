@@ -33,6 +33,9 @@ ABSL_FLAG(int, metrics_port, Defaults().metrics_port,
           "Prometheus /metrics port (0 = any free port)");
 ABSL_FLAG(std::string, backend, "auto", "auto | cpu | cuda");
 ABSL_FLAG(int, threads, Defaults().threads, "CPU backend threads (0 = all cores)");
+ABSL_FLAG(bool, batch_invariant, Defaults().batch_invariant,
+          "CUDA: projections whose results do not depend on the batch (false: cuBLAS, faster "
+          "long prefills, tokens may then differ at near ties with what shares a step)");
 ABSL_FLAG(int, max_batch_tokens, Defaults().max_batch_tokens,
           "tokens per engine step (decodes + prefill chunks)");
 ABSL_FLAG(int, max_running, Defaults().max_running, "sequences running at once");
@@ -93,6 +96,7 @@ int main(int argc, char** argv) {
   }
   options.backend = *backend;
   options.threads = absl::GetFlag(FLAGS_threads);
+  options.batch_invariant = absl::GetFlag(FLAGS_batch_invariant);
   options.max_batch_tokens = absl::GetFlag(FLAGS_max_batch_tokens);
   options.max_running = absl::GetFlag(FLAGS_max_running);
   options.max_queue = absl::GetFlag(FLAGS_max_queue);

@@ -30,6 +30,7 @@ absl::StatusOr<std::unique_ptr<LizardServer>> LizardServer::Start(const ServerOp
   backend_options.kind = options.backend;
   backend_options.num_slots = options.device_state_slots;
   backend_options.num_threads = options.threads;
+  backend_options.batch_invariant = options.batch_invariant;
   absl::StatusOr<std::unique_ptr<Backend>> backend = CreateBackend(backend_options);
   if (!backend.ok()) {
     return absl::Status(backend.status().code(), absl::StrCat("loading model ", options.model_dir,

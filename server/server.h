@@ -25,6 +25,7 @@ struct ServerOptions {
   int metrics_port = 9400;   // 0: any free port
   BackendKind backend = BackendKind::kAuto;
   int32_t threads = 0;       // CPU backend threads, 0 = all cores
+  bool batch_invariant = true;  // CUDA: batch-invariant projections (BackendOptions)
   int32_t max_batch_tokens = 512;
   int32_t max_running = 64;
   int32_t max_queue = 256;

@@ -25,6 +25,7 @@
 #include "engine/model/checkpoint.h"
 #include "engine/model/state_layout.h"
 #include "engine/model/weights.h"
+#include "engine/sampling/sampler.h"
 
 namespace lizard {
 namespace {
@@ -184,7 +185,10 @@ class CpuBackend final : public Backend {
 
   absl::Status LoadSlot(SlotId slot, std::string_view bytes) override {
     if (absl::Status s = CheckSlot(slot); !s.ok()) return s;
-    absl::StatusOr<SerializedStateView> view = ParseSerializedState(layout_, bytes);
+    // A state saved under other dtypes (a CUDA backend's bf16) is re-encoded to float32 first.
+    std::string converted;
+    absl::StatusOr<SerializedStateView> view =
+        ParseOrConvertSerializedState(config_, layout_, bytes, &converted);
     if (!view.ok()) return view.status();
     std::memcpy(SlotData(slot), view->slot.data(), layout_.slot_bytes);
     for (size_t i = 0; i < view->softmax_kv.size(); ++i) {
@@ -545,6 +549,7 @@ void CpuBackend::Mlp(int64_t layer, Activations& a) {
 
 absl::Status CpuBackend::Forward(const StepPlan& plan, StepOutput* out) {
   if (absl::Status s = ValidatePlan(plan); !s.ok()) return s;
+  if (absl::Status s = ValidateSampling(plan, config_.vocab_size); !s.ok()) return s;
   const int64_t hd = config_.hidden_size;
   const int64_t q_width = config_.num_heads * config_.head_dim;
   const int64_t kv_width = config_.num_kv_heads * config_.head_dim;
@@ -629,6 +634,16 @@ absl::Status CpuBackend::Forward(const StepPlan& plan, StepOutput* out) {
 
   for (const Segment& seg : all) {
     WriteSlotPosition(layout_, SlotData(seg.slot), seg.first_position + seg.length);
+  }
+  if (!plan.sampling.empty()) {
+    // A row costs a few passes over the vocabulary: split rows across threads only when there
+    // is enough work per thread.
+    const int64_t min_rows = std::max<int64_t>(1, (int64_t{1} << 18) / config_.vocab_size);
+    SampleOnHost(plan, out, [&](int64_t rows, absl::FunctionRef<void(int64_t)> fn) {
+      threads_.ParallelFor(rows, min_rows, [&](int64_t begin, int64_t end) {
+        for (int64_t r = begin; r < end; ++r) fn(r);
+      });
+    });
   }
   return absl::OkStatus();
 }

@@ -22,6 +22,7 @@
 #include "engine/cuda/device_memory.h"
 #include "engine/model/checkpoint.h"
 #include "engine/model/state_layout.h"
+#include "engine/sampling/sampler.h"
 #include "kernels/kernels.h"
 
 namespace lizard {
@@ -70,8 +71,6 @@ struct DeviceLayer {
   DeviceBuffer w_down;     // [Hd, I]
   DeviceBuffer input_norm, post_norm;  // float [Hd]
   DeviceBuffer fmap_q, fmap_k, fmap_q_bias, fmap_k_bias, meta_logits, window_factor;
-  // Pointer arrays of the batched feature-map GEMM: A (maps), B (q/k rows), C (logits), 2H each.
-  DeviceBuffer fmap_gemm_ptrs;
 };
 
 // The int32 arrays describing one internal step, copied to the device in one transfer.
@@ -122,7 +121,6 @@ class CudaBackend : public Backend {
   absl::Status AllocateKvPool();
   absl::Status MeasureCopyBandwidth();
   absl::Status Gemm(const bf16* x, int rows, int in, const DeviceBuffer& w, int out, float* y);
-  absl::Status BuildFeatureMapGemms();
 
   // Pages for the slot's tokens [0, tokens); RESOURCE_EXHAUSTED when the pool runs out.
   absl::Status EnsurePages(SlotId slot, int64_t tokens);
@@ -132,8 +130,12 @@ class CudaBackend : public Backend {
   char* KvAddress(int softmax_layer, bool value, SlotId slot, int64_t t) const;
 
   // Runs the sequences of one internal step (at most kMaxStepTokens tokens) and appends their
-  // logits rows to `out`.
-  absl::Status RunStep(const std::vector<StepSeq>& seqs, StepOutput* out);
+  // rows to `out`: logits, or with `sampling` (the whole plan's rows) the sampled tokens.
+  absl::Status RunStep(const std::vector<StepSeq>& seqs, const std::vector<RowSampling>& sampling,
+                       StepOutput* out);
+  // Samples logits_ rows [0, n) on the device as `rows` says; results go to out rows
+  // out_row .. out_row + n - 1. Only token ids come back, and the rows that want logprobs.
+  absl::Status SampleLogits(const RowSampling* rows, int n, int64_t out_row, StepOutput* out);
   // Enqueues the whole model for `T` token rows and `S` sequences already described in the
   // device meta buffer; the final normed rows are left in u_. `multi` tells whether any sequence
   // has several tokens; `max_keys` is the longest softmax attention span.
@@ -151,6 +153,8 @@ class CudaBackend : public Backend {
   cudaStream_t stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;
   DeviceBuffer cublas_workspace_;
+  bool batch_invariant_ = true;  // projections by k::GemmBf16, else cuBLAS
+  DeviceBuffer gemm_workspace_;  // k::GemmBf16's split-K partial sums
 
   // Sizes.
   int Hd_ = 0, H_ = 0, Hkv_ = 0, D_ = 0, F_ = 0, I_ = 0, V_ = 0, n_qkv_ = 0;
@@ -182,6 +186,12 @@ class CudaBackend : public Backend {
   DeviceBuffer meta_;
   PinnedBuffer meta_host_;
 
+  // Sampling: the rows' parameters and penalty entries (seen tokens, then their generated
+  // counts) staged in pinned memory; tokens come back through sample_host_ too.
+  DeviceBuffer sample_params_, sample_tokens_, penalties_;
+  PinnedBuffer sample_host_, penalties_host_;
+  std::vector<float> logprob_rows_;  // processed rows of the requests that want logprobs
+
   // CUDA graphs of decode steps, by bucket size.
   std::map<int, cudaGraphExec_t> graphs_;
 };
@@ -196,9 +206,14 @@ absl::Status CudaBackend::Init(const BackendOptions& options) {
     if (!config.ok()) return config.status();
     config_ = *std::move(config);
   }
+  if (options.state_dtype.has_value()) config_.state_dtype = *options.state_dtype;
+  if (config_.state_dtype == DType::kF16) {
+    return absl::InvalidArgumentError("CUDA backend: state_dtype float16 is not supported (float32 or bfloat16)");
+  }
   if (options.num_slots <= 0) return absl::InvalidArgumentError("num_slots must be positive");
   num_slots_ = options.num_slots;
   device_ = options.device_index;
+  batch_invariant_ = options.batch_invariant;
   LIZARD_CUDA_RETURN(cudaSetDevice(device_));
   cudaDeviceProp prop{};
   LIZARD_CUDA_RETURN(cudaGetDeviceProperties(&prop, device_));
@@ -251,7 +266,6 @@ absl::Status CudaBackend::Init(const BackendOptions& options) {
   LIZARD_CUDA_RETURN(cudaMemsetAsync(pool_.get(), 0, pool_.bytes(), stream_));
   positions_.assign(num_slots_, 0);
   RETURN_IF_ERROR(AllocateActivations());
-  RETURN_IF_ERROR(BuildFeatureMapGemms());
   RETURN_IF_ERROR(MeasureCopyBandwidth());
   RETURN_IF_ERROR(AllocateKvPool());
   LIZARD_CUDA_RETURN(cudaDeviceSynchronize());
@@ -449,30 +463,18 @@ absl::Status CudaBackend::AllocateActivations() {
   RETURN_IF_ERROR(logits_.Allocate(int64_t{kMaxLogitRows} * V_ * f));
   RETURN_IF_ERROR(meta_.Allocate(int64_t{kNumMetaFields} * T * sizeof(int32_t)));
   RETURN_IF_ERROR(meta_host_.Allocate(meta_.bytes()));
-  return absl::OkStatus();
-}
-
-// The feature-map logits of all heads, q and k, are one batched GEMM per layer over 2H problems:
-// logits[t, i*F .. i*F+F) = x_i[t, :] W_i with x_i the q head i (i < H) or the kv head of query
-// head i - H, and W_i that head's [D, F] map. The operands never move, so the pointer arrays
-// are built once.
-absl::Status CudaBackend::BuildFeatureMapGemms() {
-  const int G = H_ / Hkv_;
-  for (DeviceLayer& L : layers_) {
-    if (L.type != LayerType::kLizard) continue;
-    std::vector<const void*> ptrs(3 * 2 * H_);
-    for (int i = 0; i < 2 * H_; ++i) {
-      const bool key = i >= H_;
-      const int h = key ? i - H_ : i;
-      ptrs[i] = (key ? L.fmap_k : L.fmap_q).get<float>() + static_cast<int64_t>(h) * D_ * F_;
-      ptrs[2 * H_ + i] = qkvg_.get<float>() + (key ? H_ * D_ + (h / G) * D_ : h * D_);
-      ptrs[4 * H_ + i] = fmap_logits_.get<float>() + static_cast<int64_t>(i) * F_;
-    }
-    RETURN_IF_ERROR(L.fmap_gemm_ptrs.Allocate(ptrs.size() * sizeof(void*)));
-    LIZARD_CUDA_RETURN(cudaMemcpyAsync(L.fmap_gemm_ptrs.get(), ptrs.data(), L.fmap_gemm_ptrs.bytes(),
-                                       cudaMemcpyHostToDevice, stream_));
+  RETURN_IF_ERROR(sample_params_.Allocate(kMaxLogitRows * sizeof(k::SamplingRow)));
+  RETURN_IF_ERROR(sample_tokens_.Allocate(kMaxLogitRows * sizeof(int32_t)));
+  RETURN_IF_ERROR(sample_host_.Allocate(sample_params_.bytes() + sample_tokens_.bytes()));
+  // The largest split-K workspace of the projections' shapes (one workspace: calls are ordered
+  // on the stream).
+  size_t workspace = 0;
+  for (auto [in, out] : {std::pair{Hd_, n_qkv_ + H_}, std::pair{Hd_, n_qkv_}, std::pair{H_ * D_, Hd_},
+                         std::pair{Hd_, 2 * I_}, std::pair{I_, Hd_}, std::pair{Hd_, V_}}) {
+    workspace = std::max(workspace, k::GemmBf16WorkspaceBytes(in, out));
   }
-  return CudaStatus(cudaStreamSynchronize(stream_), "feature-map GEMM pointers");
+  RETURN_IF_ERROR(gemm_workspace_.Allocate(workspace));
+  return absl::OkStatus();
 }
 
 absl::Status CudaBackend::AllocateKvPool() {
@@ -661,7 +663,9 @@ absl::StatusOr<std::string> CudaBackend::SaveSlot(SlotId slot) {
 
 absl::Status CudaBackend::LoadSlot(SlotId slot, std::string_view bytes) {
   RETURN_IF_ERROR(CheckSlot(slot));
-  auto view = ParseSerializedState(layout_, bytes);
+  // A state saved under other dtypes (the CPU backend's float32 window) is re-encoded first.
+  std::string converted;
+  auto view = ParseOrConvertSerializedState(config_, layout_, bytes, &converted);
   if (!view.ok()) return view.status();
   FreePages(slot);
   positions_[slot] = 0;
@@ -718,6 +722,10 @@ absl::Status CudaBackend::FillSlotForBenchmark(SlotId slot, int64_t position, ui
 // ---------------------------------------------------------------- compute
 
 absl::Status CudaBackend::Gemm(const bf16* x, int rows, int in, const DeviceBuffer& w, int out, float* y) {
+  if (batch_invariant_) {
+    LIZARD_CUDA_RETURN(k::GemmBf16(x, rows, in, w.get<bf16>(), out, y, gemm_workspace_.get(), stream_));
+    return absl::OkStatus();
+  }
   // Row-major y[rows, out] = x[rows, in] w[out, in]^T, i.e. column-major y^T = w^T' x^T'.
   const float one = 1.f, zero = 0.f;
   return CublasStatus(cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, out, rows, in, &one, w.get(), CUDA_R_16BF, in,
@@ -763,14 +771,8 @@ absl::Status CudaBackend::EnqueueModel(int T, int S, bool multi, int max_keys) {
       const LizardLayerOffsets& part = layout_.lizard_layers[L.lizard_index];
       k::LizardStateRef state{pool_.get<char>(), layout_.slot_bytes, part.s, part.z, part.window_k, part.window_v,
                               StoreTypeOf(layout_.state_dtype), StoreTypeOf(layout_.window_dtype)};
-      // Column-major view: logits_i^T [F, T] = W_i^T [F, D] x_i^T [D, T].
-      const float one = 1.f, zero = 0.f;
-      const void* const* ptrs = L.fmap_gemm_ptrs.get<const void*>();
-      RETURN_IF_ERROR(CublasStatus(
-          cublasGemmBatchedEx(cublas_, CUBLAS_OP_N, CUBLAS_OP_N, F_, T, D_, &one, ptrs, CUDA_R_32F, F_, ptrs + 2 * H_,
-                              CUDA_R_32F, ld, &zero, const_cast<void* const*>(ptrs + 4 * H_), CUDA_R_32F, 2 * H_ * F_,
-                              2 * H_, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
-          "cublasGemmBatchedEx"));
+      LIZARD_CUDA_RETURN(k::FeatureMapLogits(qkvg, ld, T, H_, Hkv_, D_, F_, L.fmap_q.get<float>(), L.fmap_k.get<float>(),
+                                             fmap_logits_.get<float>(), stream_));
       k::LizardParams params{fmap_logits_.get<float>(), L.fmap_q_bias.get<float>(), L.fmap_k_bias.get<float>(),
                              L.meta_logits.get<float>(), L.window_factor.get<float>()};
       LIZARD_CUDA_RETURN(k::LizardWindow(dims_, qkvg, ld, krot, krot_ld, inv_freq_.get<double>(), tokens, T, params,
@@ -807,7 +809,8 @@ absl::Status CudaBackend::EnqueueLogits(int first, int R) {
   return Gemm(logit_in_.get<bf16>(), R, Hd_, tied_ ? embed_ : lm_head_, V_, logits_.get<float>());
 }
 
-absl::Status CudaBackend::RunStep(const std::vector<StepSeq>& seqs, StepOutput* out) {
+absl::Status CudaBackend::RunStep(const std::vector<StepSeq>& seqs,
+                                  const std::vector<RowSampling>& sampling, StepOutput* out) {
   // Softmax layers need pages for the new tokens before anything runs.
   for (const StepSeq& s : seqs) RETURN_IF_ERROR(EnsurePages(s.slot, s.first_pos + s.n));
 
@@ -858,10 +861,12 @@ absl::Status CudaBackend::RunStep(const std::vector<StepSeq>& seqs, StepOutput* 
 
   const int64_t base_rows = out->rows;
   out->rows += R;
-  out->logits.resize(static_cast<size_t>(out->rows) * V_);
-  // Straight into the output vector: the driver pipelines its staging copy with the DMA, which
-  // beats a pinned buffer plus a second host copy for these large rows.
-  auto copy_logits = [&](int first, int n) -> absl::Status {
+  if (sampling.empty()) out->logits.resize(static_cast<size_t>(out->rows) * V_);
+  // logits_ rows [0, n) are the step's rows first .. first + n - 1: sampled on the device, or
+  // copied straight into the output vector (the driver pipelines its staging copy with the DMA,
+  // which beats a pinned buffer plus a second host copy for these large rows).
+  auto emit_rows = [&](int first, int n) -> absl::Status {
+    if (!sampling.empty()) return SampleLogits(sampling.data() + base_rows + first, n, base_rows + first, out);
     LIZARD_CUDA_RETURN(cudaMemcpyAsync(out->logits.data() + (base_rows + first) * V_, logits_.get(),
                                        static_cast<size_t>(n) * V_ * sizeof(float), cudaMemcpyDeviceToHost, stream_));
     return CudaStatus(cudaStreamSynchronize(stream_), "logits");
@@ -884,17 +889,80 @@ absl::Status CudaBackend::RunStep(const std::vector<StepSeq>& seqs, StepOutput* 
       it = graphs_.emplace(bucket, exec).first;
     }
     LIZARD_CUDA_RETURN(cudaGraphLaunch(it->second, stream_));
-    RETURN_IF_ERROR(copy_logits(0, R));
+    RETURN_IF_ERROR(emit_rows(0, R));
   } else {
     RETURN_IF_ERROR(EnqueueModel(T, S, multi, max_keys));
     for (int first = 0; first < R; first += kMaxLogitRows) {
       const int n = std::min(kMaxLogitRows, R - first);
       RETURN_IF_ERROR(EnqueueLogits(first, n));
-      RETURN_IF_ERROR(copy_logits(first, n));
+      RETURN_IF_ERROR(emit_rows(first, n));
     }
     LIZARD_CUDA_RETURN(cudaStreamSynchronize(stream_));
   }
   for (const StepSeq& s : seqs) positions_[s.slot] = s.first_pos + s.n;
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackend::SampleLogits(const RowSampling* rows, int n, int64_t out_row, StepOutput* out) {
+  // Penalty entries: every seen token of the rows that have a penalty, with its generated count.
+  int64_t entries = 0;
+  for (int i = 0; i < n; ++i) {
+    if (rows[i].history != nullptr && rows[i].params.penalized()) entries += rows[i].history->seen().size();
+  }
+  if (entries > std::numeric_limits<int32_t>::max() / 2) return absl::InvalidArgumentError("token history too long");
+  const size_t penalty_bytes = static_cast<size_t>(2 * entries) * sizeof(int32_t);
+  if (penalty_bytes > penalties_.bytes()) {
+    const size_t grown = std::max(penalty_bytes, 2 * penalties_.bytes());
+    RETURN_IF_ERROR(penalties_.Allocate(grown));
+    RETURN_IF_ERROR(penalties_host_.Allocate(grown));
+  }
+  auto* params = sample_host_.get<k::SamplingRow>();
+  int32_t* tokens = reinterpret_cast<int32_t*>(params + kMaxLogitRows);
+  int32_t* penalty_tokens = penalties_host_.get<int32_t>();
+  int32_t* penalty_counts = penalty_tokens + entries;
+  int32_t e = 0;
+  for (int i = 0; i < n; ++i) {
+    const SamplingParams& sp = rows[i].params;
+    k::SamplingRow& p = params[i];
+    p = {sp.temperature, sp.top_k, sp.top_p, sp.min_p, sp.repetition_penalty, sp.presence_penalty,
+         sp.frequency_penalty, e, e, rows[i].seed, rows[i].step};
+    if (rows[i].history != nullptr && sp.penalized()) {
+      const auto& generated = rows[i].history->generated_counts();
+      for (int32_t t : rows[i].history->seen()) {
+        const auto it = generated.find(t);
+        penalty_tokens[e] = t;
+        penalty_counts[e++] = it == generated.end() ? 0 : it->second;
+      }
+      p.penalty_end = e;
+    }
+  }
+  const int32_t* device_tokens = penalties_.get<int32_t>();
+  LIZARD_CUDA_RETURN(cudaMemcpyAsync(sample_params_.get(), params, n * sizeof(k::SamplingRow), cudaMemcpyHostToDevice, stream_));
+  if (entries > 0) {
+    LIZARD_CUDA_RETURN(cudaMemcpyAsync(penalties_.get(), penalty_tokens, penalty_bytes, cudaMemcpyHostToDevice, stream_));
+  }
+  float* logits = logits_.get<float>();
+  LIZARD_CUDA_RETURN(k::ProcessLogits(logits, n, V_, sample_params_.get<k::SamplingRow>(), device_tokens,
+                                      device_tokens + entries, stream_));
+  LIZARD_CUDA_RETURN(k::SampleTokens(logits, n, V_, sample_params_.get<k::SamplingRow>(), sample_tokens_.get<int32_t>(), stream_));
+  LIZARD_CUDA_RETURN(cudaMemcpyAsync(tokens, sample_tokens_.get(), n * sizeof(int32_t), cudaMemcpyDeviceToHost, stream_));
+  // Logprobs need the processed rows on the host (the log-softmax and the top-n run there).
+  std::vector<int> logprob_rows;
+  for (int i = 0; i < n; ++i) {
+    if (rows[i].logprobs > 0) logprob_rows.push_back(i);
+  }
+  logprob_rows_.resize(logprob_rows.size() * static_cast<size_t>(V_));
+  for (size_t j = 0; j < logprob_rows.size(); ++j) {
+    LIZARD_CUDA_RETURN(cudaMemcpyAsync(logprob_rows_.data() + j * V_, logits + static_cast<int64_t>(logprob_rows[j]) * V_,
+                                       V_ * sizeof(float), cudaMemcpyDeviceToHost, stream_));
+  }
+  LIZARD_CUDA_RETURN(cudaStreamSynchronize(stream_));
+  for (int i = 0; i < n; ++i) out->tokens[out_row + i] = tokens[i];
+  for (size_t j = 0; j < logprob_rows.size(); ++j) {
+    const int i = logprob_rows[j];
+    FillLogprobs(std::span<const float>(logprob_rows_.data() + j * V_, V_), tokens[i], rows[i].logprobs,
+                 &out->logprobs[out_row + i]);
+  }
   return absl::OkStatus();
 }
 
@@ -922,12 +990,20 @@ absl::Status CudaBackend::Forward(const StepPlan& plan, StepOutput* out) {
     if (c.tokens.empty()) return absl::InvalidArgumentError("empty prefill chunk");
     RETURN_IF_ERROR(check(c.slot, c.first_position, c.tokens));
   }
+  RETURN_IF_ERROR(ValidateSampling(plan, V_));
   LIZARD_CUDA_RETURN(cudaSetDevice(device_));
 
   out->rows = 0;
   out->vocab = V_;
   out->logits.clear();
-  out->logits.reserve(static_cast<size_t>(plan.num_logits_rows()) * V_);
+  out->tokens.clear();
+  out->logprobs.clear();
+  if (plan.sampling.empty()) {
+    out->logits.reserve(static_cast<size_t>(plan.num_logits_rows()) * V_);
+  } else {
+    out->tokens.resize(plan.sampling.size());
+    out->logprobs.resize(plan.sampling.size());
+  }
 
   // Pack the plan into internal steps of at most kMaxStepTokens tokens, in output-row order
   // (decodes, then chunks in order; a long chunk is cut into consecutive pieces).
@@ -935,7 +1011,7 @@ absl::Status CudaBackend::Forward(const StepPlan& plan, StepOutput* out) {
   int step_tokens = 0;
   auto flush = [&]() -> absl::Status {
     if (step.empty()) return absl::OkStatus();
-    absl::Status st = RunStep(step, out);
+    absl::Status st = RunStep(step, plan.sampling, out);
     step.clear();
     step_tokens = 0;
     return st;

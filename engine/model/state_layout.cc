@@ -3,11 +3,14 @@
 #include <zlib.h>
 
 #include <algorithm>
+#include <bit>
 #include <cstring>
+#include <optional>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "engine/model/checkpoint.h"
 
 namespace lizard {
 namespace {
@@ -41,6 +44,77 @@ uint32_t Crc32(std::string_view bytes) {
 
 absl::Status Corrupt(absl::string_view why) {
   return absl::InvalidArgumentError(absl::StrCat("serialized state is corrupt or truncated: ", why));
+}
+
+// The fingerprint the header names, unchecked (nullopt when there is no room for it).
+std::optional<std::string_view> HeaderFingerprint(std::string_view bytes) {
+  if (bytes.size() < kHeaderBytes || std::memcmp(bytes.data(), kMagic, sizeof(kMagic)) != 0) return std::nullopt;
+  const auto length = GetLE<uint32_t>(bytes.data() + 8);
+  if (length > bytes.size() - kHeaderBytes) return std::nullopt;
+  return bytes.substr(kHeaderBytes, length);
+}
+
+// float -> bf16, rounding to nearest even; a NaN stays a (quiet) NaN.
+uint16_t FloatToBf16(float f) {
+  const uint32_t x = std::bit_cast<uint32_t>(f);
+  if ((x & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((x >> 16) | 0x0040u);
+  // Adding 0x7fff plus the lowest kept bit carries into the kept half exactly when the dropped
+  // half is above one half, or equal to it with an odd kept half; carries into the exponent
+  // are right (up to inf).
+  return static_cast<uint16_t>((x + 0x7fffu + ((x >> 16) & 1u)) >> 16);
+}
+
+// float -> IEEE half, rounding to nearest even; too large rounds to inf, NaN stays a quiet NaN.
+uint16_t FloatToHalf(float f) {
+  const uint32_t bits = std::bit_cast<uint32_t>(f);
+  const auto sign = static_cast<uint16_t>((bits >> 16) & 0x8000u);
+  const uint32_t x = bits & 0x7fffffffu;
+  if (x > 0x7f800000u) return sign | 0x7e00u;  // NaN
+  if (x >= 0x477ff000u) return sign | 0x7c00u;  // >= 65520 (halfway past the largest half, 65504): inf
+  // Keep `shift` low bits of the 24-bit significand off, rounding to nearest even; a carry out
+  // of the mantissa lands in the exponent, which is right.
+  auto round_shift = [](uint32_t value, int shift) {
+    const uint32_t kept = value >> shift, dropped = value & ((1u << shift) - 1), half = 1u << (shift - 1);
+    return kept + (dropped > half || (dropped == half && (kept & 1u)) ? 1u : 0u);
+  };
+  const int exponent = static_cast<int>(x >> 23);  // biased by 127
+  if (exponent >= 113) {  // a normal half (>= 2^-14): rebias 127 -> 15, drop 13 mantissa bits
+    return sign | static_cast<uint16_t>(round_shift(x - (112u << 23), 13));
+  }
+  // Subnormal half: units of 2^-24. Below 2^-25 everything rounds to zero (2^-25 itself is a tie
+  // that goes to the even zero), so shifts beyond 24 are not needed.
+  if (exponent < 102) return sign;
+  const uint32_t significand = (x & 0x7fffffu) | 0x800000u;  // value = significand * 2^(exponent - 150)
+  return sign | static_cast<uint16_t>(round_shift(significand, 126 - exponent));
+}
+
+// Re-encodes `n` values from dtype `from` at `src` into dtype `to` at `dst` (neither aligned).
+void Recode(DType from, const char* src, DType to, char* dst, int64_t n) {
+  const size_t from_size = DTypeSize(from), to_size = DTypeSize(to);
+  if (from == to) {
+    std::memcpy(dst, src, n * from_size);
+    return;
+  }
+  constexpr int64_t kBlock = 4096;
+  float block[kBlock];
+  TensorView view;  // the checkpoint reader's decoder to float32
+  view.dtype = from;
+  for (int64_t begin = 0; begin < n; begin += kBlock) {
+    const int64_t count = std::min(kBlock, n - begin);
+    view.shape = {count};
+    view.data = src + begin * from_size;
+    view.nbytes = count * from_size;
+    ConvertToF32(view, block);
+    char* out = dst + begin * to_size;
+    for (int64_t i = 0; i < count; ++i) {
+      if (to == DType::kF32) {
+        std::memcpy(out + 4 * i, &block[i], 4);
+      } else {
+        const uint16_t h = to == DType::kBF16 ? FloatToBf16(block[i]) : FloatToHalf(block[i]);
+        std::memcpy(out + 2 * i, &h, 2);
+      }
+    }
+  }
 }
 
 }  // namespace
@@ -190,6 +264,73 @@ absl::StatusOr<SerializedStateView> ParseSerializedState(const StateLayout& layo
     view.softmax_kv.push_back(body.substr(fingerprint_len + slot_len + i * layer_kv_bytes, layer_kv_bytes));
   }
   return view;
+}
+
+absl::StatusOr<std::string> ConvertSerializedState(const ModelConfig& config, const StateLayout& target,
+                                                   std::string_view bytes) {
+  if (StateLayout(config, target.state_dtype, target.window_dtype).fingerprint != target.fingerprint) {
+    return absl::InvalidArgumentError(absl::StrCat("ConvertSerializedState: the target layout [", target.fingerprint,
+                                                   "] is not a layout of this model"));
+  }
+  // The header's fingerprint picks the source layout among this model's dtype choices;
+  // ParseSerializedState then checks everything, the checksum included.
+  std::optional<StateLayout> source;
+  const std::optional<std::string_view> fingerprint = HeaderFingerprint(bytes);
+  if (fingerprint.has_value() && *fingerprint != target.fingerprint) {
+    for (DType state_dtype : {DType::kF32, DType::kBF16, DType::kF16}) {
+      for (DType window_dtype : {DType::kF32, DType::kBF16, DType::kF16}) {
+        StateLayout candidate(config, state_dtype, window_dtype);
+        if (candidate.fingerprint == *fingerprint) source = std::move(candidate);
+      }
+    }
+  }
+  if (!source.has_value()) {
+    // Already in target's layout, or not a state of this model: target's parse accepts it or says why.
+    absl::StatusOr<SerializedStateView> view = ParseSerializedState(target, bytes);
+    if (!view.ok()) return view.status();
+    return std::string(bytes);
+  }
+  absl::StatusOr<SerializedStateView> view = ParseSerializedState(*source, bytes);
+  if (!view.ok()) return view.status();
+
+  std::string slot(target.slot_bytes, '\0');  // padding stays zero
+  WriteSlotPosition(target, slot.data(), view->position);
+  const DType from_state = source->state_dtype, from_window = source->window_dtype;
+  const int64_t s_values = source->s_bytes / DTypeSize(from_state);
+  const int64_t z_values = source->z_bytes / DTypeSize(from_state);
+  const int64_t window_values = source->window_bytes / DTypeSize(from_window);
+  for (size_t i = 0; i < target.lizard_layers.size(); ++i) {
+    const LizardLayerOffsets& from = source->lizard_layers[i];
+    const LizardLayerOffsets& to = target.lizard_layers[i];
+    const char* in = view->slot.data();
+    char* out = slot.data();
+    Recode(from_state, in + from.s, target.state_dtype, out + to.s, s_values);
+    Recode(from_state, in + from.z, target.state_dtype, out + to.z, z_values);
+    Recode(from_window, in + from.window_k, target.window_dtype, out + to.window_k, window_values);
+    Recode(from_window, in + from.window_v, target.window_dtype, out + to.window_v, window_values);
+  }
+  std::vector<std::string> kv;
+  for (std::string_view layer : view->softmax_kv) {
+    const int64_t values = static_cast<int64_t>(layer.size() / DTypeSize(from_window));
+    std::string converted(values * DTypeSize(target.window_dtype), '\0');
+    Recode(from_window, layer.data(), target.window_dtype, converted.data(), values);
+    kv.push_back(std::move(converted));
+  }
+  return SerializeState(target, slot, std::vector<std::string_view>(kv.begin(), kv.end()));
+}
+
+absl::StatusOr<SerializedStateView> ParseOrConvertSerializedState(const ModelConfig& config,
+                                                                  const StateLayout& layout,
+                                                                  std::string_view bytes,
+                                                                  std::string* storage) {
+  absl::StatusOr<SerializedStateView> view = ParseSerializedState(layout, bytes);
+  if (view.ok()) return view;
+  absl::StatusOr<std::string> converted = ConvertSerializedState(config, layout, bytes);
+  if (!converted.ok()) return view.status();
+  *storage = *std::move(converted);
+  absl::StatusOr<SerializedStateView> reparsed = ParseSerializedState(layout, *storage);
+  if (!reparsed.ok()) return view.status();
+  return reparsed;
 }
 
 }  // namespace lizard

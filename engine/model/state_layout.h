@@ -101,4 +101,23 @@ struct SerializedStateView {
 // INVALID_ARGUMENT; it never reads outside `bytes`.
 absl::StatusOr<SerializedStateView> ParseSerializedState(const StateLayout& layout, std::string_view bytes);
 
+// Re-encodes a serialized state saved under another dtype choice of the same model (same shapes,
+// layer types, window_rope...; only state_dtype / window_dtype differ, each f32, f16 or bf16)
+// into `target`'s dtypes: S and z in target.state_dtype, the window K/V and the softmax KV in
+// target.window_dtype, the position kept. f32 -> bf16 / f16 rounds to nearest even (f16
+// overflows to inf), bf16 / f16 -> f32 is exact. Bytes already in target's layout are returned
+// unchanged. Anything else (another model, corrupt bytes) is refused like ParseSerializedState
+// does, checksum included. `target` must be a layout of `config`.
+absl::StatusOr<std::string> ConvertSerializedState(const ModelConfig& config, const StateLayout& target,
+                                                   std::string_view bytes);
+
+// What a backend's LoadSlot uses: ParseSerializedState, and for a state saved under other dtypes
+// of the same model, ConvertSerializedState first (`storage` then owns the converted bytes the
+// views point into). Errors are ParseSerializedState's on the original bytes (they name both
+// layouts).
+absl::StatusOr<SerializedStateView> ParseOrConvertSerializedState(const ModelConfig& config,
+                                                                  const StateLayout& layout,
+                                                                  std::string_view bytes,
+                                                                  std::string* storage);
+
 }  // namespace lizard

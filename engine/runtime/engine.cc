@@ -9,21 +9,17 @@
 #include "engine/runtime/engine.h"
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <condition_variable>
 #include <mutex>
 #include <random>
-#include <span>
 #include <thread>
 #include <utility>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
-#include "absl/functional/function_ref.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
-#include "engine/runtime/sampler.h"
 #include "engine/runtime/scheduler.h"
 #include "engine/runtime/state_manager.h"
 
@@ -55,21 +51,6 @@ struct Finished {
   absl::Status status;
   Usage usage;
 };
-
-// Sampling a step's rows in parallel pays off from about two rows of a large vocabulary.
-constexpr int64_t kParallelSamplingWork = int64_t{1} << 18;
-
-// Runs fn(0), ..., fn(n - 1) on up to `threads` threads (the caller's included).
-void ParallelFor(int64_t n, int threads, absl::FunctionRef<void(int64_t)> fn) {
-  threads = static_cast<int>(std::min<int64_t>(threads, n));
-  std::atomic<int64_t> next{0};
-  auto work = [&] {
-    for (int64_t i = next++; i < n; i = next++) fn(i);
-  };
-  std::vector<std::jthread> helpers;
-  for (int t = 1; t < threads; ++t) helpers.emplace_back(work);
-  work();
-}  // the helpers join here
 
 absl::Status ValidateRequest(const EngineRequest& r, int64_t vocab) {
   auto bad = [](auto... parts) { return absl::InvalidArgumentError(absl::StrCat(parts...)); };
@@ -257,8 +238,8 @@ class EngineImpl : public Engine {
     std::vector<Advance> advances;  // decodes then prefill chunks, the plan's order
     StepOutput& out = step_output_;
     absl::Status status;
-    // The backend is held for planning (admission may spill/restore states) and Forward only;
-    // sampling and the sinks run without any engine lock.
+    // The backend is held for planning (admission may spill/restore states) and Forward (which
+    // samples) only; the sinks run without any engine lock.
     std::unique_lock backend_lock(backend_mu_);
     {
       std::lock_guard lock(mu_);
@@ -285,6 +266,7 @@ class EngineImpl : public Engine {
         Sequence* seq = sequences_.at(id).get();
         const SequenceState& state = *states_.Find(seq->state);
         plan.decodes.push_back({*state.slot, state.consumed, seq->tokens[seq->fed]});
+        plan.sampling.push_back(RowSamplingOf(*seq));
         advances.push_back({seq, 1, true, false});
       }
       for (const ScheduledStep::Chunk& c : step.prefills) {
@@ -298,22 +280,25 @@ class EngineImpl : public Engine {
                             seq->tokens.begin() + seq->fed + c.num_tokens);
         chunk.logits = wants_token ? LogitsMode::kLast : LogitsMode::kNone;
         plan.prefills.push_back(std::move(chunk));
+        if (wants_token) plan.sampling.push_back(RowSamplingOf(*seq));
         advances.push_back({seq, c.num_tokens, wants_token, c.last && !wants_token});
       }
     }
 
     if (!advances.empty()) {
       status = backend_->Forward(plan, &out);
-      if (status.ok() && out.rows != plan.num_logits_rows()) {
-        status = absl::InternalError(absl::StrCat(
-            "backend returned ", out.rows, " logits rows, expected ", plan.num_logits_rows()));
+      if (status.ok() && (out.rows != plan.num_logits_rows() ||
+                          static_cast<int64_t>(out.tokens.size()) != out.rows ||
+                          static_cast<int64_t>(out.logprobs.size()) != out.rows)) {
+        status = absl::InternalError(absl::StrCat("backend returned ", out.tokens.size(),
+                                                  " tokens, expected ", plan.num_logits_rows()));
       }
       if (!status.ok()) FailStep(advances, status, finished);
     }
     backend_lock.unlock();
 
     if (!advances.empty()) {
-      if (status.ok()) RunSamplers(advances, out, finished);
+      if (status.ok()) EmitTokens(advances, out, finished);
       if (options_.observer != nullptr) {
         options_.observer->OnStep(
             {static_cast<int64_t>(advances.size()), plan.num_tokens(), absl::Now() - start});
@@ -322,9 +307,20 @@ class EngineImpl : public Engine {
     Deliver(finished);
   }
 
-  // Advances the states by the fed tokens, samples each row, streams the tokens and retires
-  // the sequences that are done.
-  void RunSamplers(const std::vector<Advance>& advances, const StepOutput& out,
+  // How the backend samples the next token of `seq`.
+  static RowSampling RowSamplingOf(const Sequence& seq) {
+    RowSampling row;
+    row.params = seq.sampling;
+    row.seed = seq.seed;
+    row.step = static_cast<uint64_t>(seq.generated);
+    row.logprobs = seq.logprobs;
+    if (seq.sampling.penalized()) row.history = &seq.history;
+    return row;
+  }
+
+  // Advances the states by the fed tokens, streams the sampled tokens and retires the sequences
+  // that are done.
+  void EmitTokens(const std::vector<Advance>& advances, const StepOutput& out,
                    std::vector<Finished>& finished) {
     {
       std::lock_guard lock(mu_);
@@ -333,23 +329,13 @@ class EngineImpl : public Engine {
         states_.Find(a.seq->state)->consumed += a.num_tokens;
       }
     }
-    // Sample every row first (rows are independent: in parallel when worthwhile), then stream
-    // the tokens in row order. Neither holds mu_ (sinks may call back into the engine).
+    // Stream the sampled tokens in row order, without mu_ (sinks may call back into the engine).
     std::vector<Sequence*> row_seqs;
     for (const Advance& a : advances) {
       if (a.logits_row) row_seqs.push_back(a.seq);
     }
-    std::vector<int32_t> tokens(row_seqs.size());
-    std::vector<TokenLogprobs> logprobs(row_seqs.size());
-    const int64_t work = static_cast<int64_t>(row_seqs.size()) * out.vocab;
-    ParallelFor(static_cast<int64_t>(row_seqs.size()),
-                work >= kParallelSamplingWork ? sampler_threads_ : 1, [&](int64_t r) {
-                  const Sequence& seq = *row_seqs[r];
-                  tokens[r] = SampleToken(
-                      std::span<const float>(out.row(r), out.vocab), seq.sampling, seq.history,
-                      {seq.seed, static_cast<uint64_t>(seq.generated), seq.logprobs},
-                      seq.logprobs > 0 ? &logprobs[r] : nullptr);
-                });
+    const std::vector<int32_t>& tokens = out.tokens;
+    const std::vector<TokenLogprobs>& logprobs = out.logprobs;
 
     std::vector<std::pair<Sequence*, FinishReason>> done;
     for (const Advance& a : advances) {
@@ -453,13 +439,7 @@ class EngineImpl : public Engine {
   bool accepting_ = true;                                                // guarded by mu_
   bool stopping_ = false;                                                // guarded by mu_
   int64_t reported_evictions_ = 0, reported_restores_ = 0;               // engine thread only
-  // Host threads for sampling the rows of a step (by default half the cores: the rest may feed
-  // a GPU).
-  const int sampler_threads_ =
-      options_.sampler_threads > 0
-          ? options_.sampler_threads
-          : std::clamp(static_cast<int>(std::thread::hardware_concurrency()) / 2, 1, 8);
-  // Reused by every step (engine thread only), so the logits buffer is not reallocated.
+  // Reused by every step (engine thread only), so its buffers are not reallocated.
   StepOutput step_output_;
   std::thread thread_;
 };
@@ -474,10 +454,8 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::unique_ptr<Backend> 
     // Decodes must always fit the token budget so running sequences are never starved.
     return absl::InvalidArgumentError("need 1 <= max_running <= max_batch_tokens");
   }
-  if (options.max_queue < 0 || options.max_states < 1 || options.host_state_bytes < 0 ||
-      options.sampler_threads < 0) {
-    return absl::InvalidArgumentError(
-        "max_queue, max_states, host_state_bytes or sampler_threads out of range");
+  if (options.max_queue < 0 || options.max_states < 1 || options.host_state_bytes < 0) {
+    return absl::InvalidArgumentError("max_queue, max_states or host_state_bytes out of range");
   }
   return std::unique_ptr<Engine>(new EngineImpl(std::move(backend), options));
 }

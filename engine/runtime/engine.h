@@ -1,8 +1,8 @@
 // Engine: the step loop that serves many sequences at once on one Backend.
 //
 // One engine thread owns the backend. Each step: the scheduler picks decode items and prefill
-// chunks under a token budget, the backend runs them, the sampler picks tokens, and each token
-// goes to its request's TokenSink. The engine also owns sequence *states*: a state is a
+// chunks under a token budget, the backend runs them and samples a token for each row on its
+// device, and each token goes to its request's TokenSink. The engine also owns sequence *states*: a state is a
 // conversation's constant-size memory, resident in a device slot or spilled to host bytes.
 // The server maps sessions to StateIds; the engine never sees RPCs.
 #pragma once
@@ -17,22 +17,12 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "engine/backend.h"
+#include "engine/sampling/sampling.h"
 
 namespace lizard {
 
 using StateId = uint64_t;      // 0 = none (a one-shot request gets a temporary state)
 using RequestId = uint64_t;
-
-struct SamplingParams {
-  float temperature = 0.0f;  // 0 = greedy
-  int32_t top_k = 0;         // 0 = off
-  float top_p = 1.0f;        // (0, 1]
-  float min_p = 0.0f;        // [0, 1]
-  float repetition_penalty = 1.0f;
-  float presence_penalty = 0.0f;
-  float frequency_penalty = 0.0f;
-  std::optional<uint64_t> seed;  // unset: drawn from the engine's generator
-};
 
 struct StoppingCriteria {
   int32_t max_new_tokens = 16;  // 0 = prefill only (e.g. a session's prefix)
@@ -41,17 +31,6 @@ struct StoppingCriteria {
 };
 
 enum class FinishReason { kLength, kStop, kEos, kCancelled, kError };
-
-struct TokenLogprob {
-  int32_t token = 0;
-  float logprob = 0.0f;
-};
-
-// The sampled token's log-probability and the top-n alternatives (n = EngineRequest::logprobs).
-struct TokenLogprobs {
-  TokenLogprob chosen;
-  std::vector<TokenLogprob> top;
-};
 
 struct Usage {
   int64_t prompt_tokens = 0;
@@ -123,7 +102,6 @@ struct EngineOptions {
   int64_t max_states = 1024;        // states (sessions + running one-shots) in total
   int64_t host_state_bytes = int64_t{4} << 30;  // host tier for spilled states
   uint64_t seed = 0;                // engine generator for requests without a seed
-  int32_t sampler_threads = 0;      // host threads sampling a step's rows; 0 = half the cores, <= 8
   EngineObserver* observer = nullptr;  // not owned, may be null
 };
 

@@ -1,7 +1,10 @@
 // lizard-cli end to end: `logits` writes the reference's logits, errors exit non-zero.
 #include <gtest/gtest.h>
 
+#include <filesystem>
 #include <random>
+#include <regex>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -73,6 +76,58 @@ TEST(CliTest, SeededSamplingIsReproducible) {
   ASSERT_TRUE(RunCommand(command + out_dir + "/a.txt"));
   ASSERT_TRUE(RunCommand(command + out_dir + "/b.txt"));
   EXPECT_TRUE(RunCommand("cmp -s " + out_dir + "/a.txt " + out_dir + "/b.txt"));
+}
+
+// drift on the CPU backend: both backends keep float32 states, so every window shows no error.
+TEST(CliTest, DriftOnCpuIsZero) {
+  const std::string model =
+      (std::filesystem::path(__FILE__).parent_path().parent_path().parent_path() / "models" / "lizard-tiny")
+          .string();
+  ASSERT_TRUE(std::filesystem::exists(model + "/config.json")) << model;
+  const std::string out = MakeTempDir() + "/drift.txt";
+  const std::string drift = absl::StrCat(Cli(), " drift --backend cpu --model ", model);
+  ASSERT_TRUE(RunCommand(drift + " --tokens 64 --report-every 16 --prompt-length 8 > " + out));
+  const std::string text = ::lizard::testing::ReadFile(out);
+  std::vector<std::string> windows;
+  int overall = 0;
+  std::istringstream lines(text);
+  std::string line;
+  while (std::getline(lines, line)) {
+    std::istringstream fields(line);
+    std::string label;
+    fields >> label;
+    const bool window = std::regex_match(label, std::regex(R"(\d+-\d+)"));
+    if (!window && label != "overall") continue;
+    if (window) {
+      windows.push_back(label);
+    } else {
+      ++overall;
+      fields >> label;  // the token range
+      EXPECT_EQ(label, "1-64");
+    }
+    SCOPED_TRACE(line);
+    double rel_mean = -1, rel_max = -1, abs_max = -1, kl_mean = -1, kl_max = -1;
+    std::string agree;
+    fields >> rel_mean >> rel_max >> abs_max >> agree >> kl_mean >> kl_max;
+    ASSERT_FALSE(fields.fail());
+    EXPECT_EQ(rel_mean, 0.0);
+    EXPECT_EQ(rel_max, 0.0);
+    EXPECT_EQ(abs_max, 0.0);
+    EXPECT_EQ(agree, "100.00%");
+    EXPECT_EQ(kl_mean, 0.0);
+    EXPECT_EQ(kl_max, 0.0);
+  }
+  EXPECT_EQ(windows, (std::vector<std::string>{"1-16", "17-32", "33-48", "49-64"})) << text;
+  EXPECT_EQ(overall, 1) << text;
+  EXPECT_NE(text.find("first disagreement: never"), std::string::npos) << text;
+  EXPECT_NE(text.find("zero by construction"), std::string::npos) << text;  // the CPU note
+
+  const std::string quiet = " > /dev/null 2>&1";
+  EXPECT_FALSE(RunCommand(drift + " --tokens 0" + quiet));
+  EXPECT_FALSE(RunCommand(drift + " --report-every 0" + quiet));
+  EXPECT_FALSE(RunCommand(drift + " --prompt-length 0" + quiet));
+  EXPECT_FALSE(RunCommand(drift + " --prompt-length 100 --tokens 8100" + quiet));  // max positions 8192
+  EXPECT_FALSE(RunCommand(drift + " --shape tiny" + quiet));  // --model and --shape
 }
 
 }  // namespace

@@ -288,6 +288,81 @@ TEST(CpuBackendLoadTest, MissingDirectoryIsAnError) {
   EXPECT_FALSE(CreateCpuBackend(options).ok());
 }
 
+// ----------------------------------------------------- states saved under other dtypes (CUDA)
+
+// A float32 CPU state re-encoded in the CUDA backend's dtypes (bf16 window and softmax KV; S and
+// z in f32 or bf16) loads into the CPU backend and continues close to the original.
+class StateConversionTest : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(StateConversionTest, Bf16StatesLoadAndContinueClosely) {
+  const std::string dir = MakeModel(GetParam(), 5);
+  ASSERT_FALSE(dir.empty());
+  auto backend = OpenCpu(dir);
+  ASSERT_NE(backend, nullptr);
+  const ModelConfig& config = backend->config();
+  const std::vector<int32_t> tokens = RandomTokens(150, config.vocab_size, 13);
+  const std::vector<int32_t> prefix(tokens.begin(), tokens.begin() + 90);
+  const std::vector<int32_t> decoded(tokens.begin() + 90, tokens.begin() + 120);
+  const std::vector<int32_t> prefilled(tokens.begin() + 120, tokens.end());
+  Prefill(*backend, 0, prefix, 1000);
+  absl::StatusOr<std::string> saved = backend->SaveSlot(0);
+  ASSERT_TRUE(saved.ok()) << saved.status();
+  auto continue_slot = [&](SlotId slot) {
+    std::vector<float> logits = Decode(*backend, slot, decoded);
+    const std::vector<float> more = Prefill(*backend, slot, prefilled, 1000);
+    logits.insert(logits.end(), more.begin(), more.end());
+    return logits;
+  };
+  const std::vector<float> original = continue_slot(0);
+
+  for (DType state_dtype : {DType::kF32, DType::kBF16}) {
+    const StateLayout narrow(config, state_dtype, DType::kBF16);
+    SCOPED_TRACE(narrow.fingerprint);
+    absl::StatusOr<std::string> bf16 = ConvertSerializedState(config, narrow, *saved);
+    ASSERT_TRUE(bf16.ok()) << bf16.status();
+    ASSERT_TRUE(ParseSerializedState(narrow, *bf16).ok());
+    const absl::Status loaded = backend->LoadSlot(1, *bf16);
+    ASSERT_TRUE(loaded.ok()) << loaded;
+    EXPECT_EQ(backend->SlotPosition(1), 90);
+    // The loaded float32 state holds exactly the bf16 values: re-encoding it gives the same bytes.
+    absl::StatusOr<std::string> reloaded = backend->SaveSlot(1);
+    ASSERT_TRUE(reloaded.ok());
+    EXPECT_NE(*reloaded, *saved);
+    absl::StatusOr<std::string> again = ConvertSerializedState(config, narrow, *reloaded);
+    ASSERT_TRUE(again.ok());
+    EXPECT_EQ(*again, *bf16);
+    EXPECT_LT(RelativeError(continue_slot(1), original), 1e-2);
+  }
+}
+
+TEST_P(StateConversionTest, AnotherModelsStateIsStillRefused) {
+  const std::string dir = MakeModel(GetParam(), 5);
+  ASSERT_FALSE(dir.empty());
+  auto backend = OpenCpu(dir);
+  ASSERT_NE(backend, nullptr);
+  ModelConfig other = backend->config();
+  other.window_size += 1;
+  const StateLayout layout(other, DType::kF32, DType::kBF16);
+  const std::string slot(layout.slot_bytes, '\0');
+  absl::StatusOr<std::string> bytes =
+      SerializeState(layout, slot, std::vector<std::string_view>(layout.num_softmax_layers));
+  ASSERT_TRUE(bytes.ok()) << bytes.status();
+  const absl::Status status = backend->LoadSlot(0, *bytes);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  const std::string message(status.message());
+  EXPECT_NE(message.find("incompatible model"), std::string::npos) << message;
+  EXPECT_NE(message.find(layout.fingerprint), std::string::npos) << message;
+  EXPECT_NE(message.find(StateLayout(backend->config(), DType::kF32, DType::kF32).fingerprint), std::string::npos)
+      << message;
+}
+
+// The shipped model's shape (all Lizard) and a hybrid one with a softmax layer's KV cache.
+INSTANTIATE_TEST_SUITE_P(Models, StateConversionTest, ::testing::Values("lizard-tiny", "tiny-hybrid"),
+                         [](const ::testing::TestParamInfo<std::string>& info) {
+                           return info.param == "lizard-tiny" ? std::string("LizardTiny")
+                                                              : std::string("Hybrid");
+                         });
+
 // ------------------------------------------------------------------- plans, slots, synthetic
 
 class CpuBackendTest : public ::testing::Test {

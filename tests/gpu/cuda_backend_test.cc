@@ -1,12 +1,14 @@
 // The CUDA backend as a whole: logits against the CPU reference backend (the GPU holds bf16
 // weights, so rows agree to ~1e-2 relative and greedy tokens agree wherever the CPU's top two
-// logits are not nearly tied), prefill == decode, batch invariance, fork / spill / restore.
+// logits are not nearly tied), prefill in any chunking == decode and batch invariance (bitwise
+// for pure Lizard models), fork / spill / restore, sampling on the device.
 //
 // Models come from the directory in LIZARD_GPU_TEST_MODELS (one checkpoint per subdirectory,
 // made by tools/gpu/on_device.sh); without it these tests are skipped.
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <random>
 #include <string>
@@ -18,6 +20,7 @@
 #include "engine/cpu/cpu_backend.h"
 #include "engine/cuda/cuda_backend.h"
 #include "engine/model/model_config.h"
+#include "engine/sampling/sampler.h"
 #include "tests/gpu/gpu_test_util.h"
 
 namespace lizard::gputest {
@@ -143,21 +146,49 @@ TEST_F(CudaBackendTest, LongPrefillIsSplitCorrectly) {
   EXPECT_EQ(gpu->SlotPosition(0), 2100);
 }
 
-TEST_F(CudaBackendTest, PrefillEqualsDecode) {
+// Pure Lizard models on the (default) batch-invariant path give identical bits whatever the
+// chunking of a prompt and whatever shares a step; models with softmax layers agree within
+// kSameGpuTol (the paged attention splits its keys by the longest context of the step).
+bool ExactlyInvariant(const Backend& b) {
+  const auto& types = b.config().layer_types;
+  return std::count(types.begin(), types.end(), LayerType::kSoftmax) == 0;
+}
+
+void ExpectSameRow(const StepOutput& a, int64_t ra, const StepOutput& b, int64_t rb, bool exact) {
+  if (exact) {
+    EXPECT_EQ(std::memcmp(a.row(ra), b.row(rb), a.vocab * sizeof(float)), 0) << "rows differ in bits";
+  } else {
+    EXPECT_LE(RowError(a, ra, b, rb), kSameGpuTol);
+  }
+}
+
+TEST_F(CudaBackendTest, PrefillInAnyChunkingEqualsDecode) {
   for (const std::string& dir : dirs_) {
     SCOPED_TRACE(dir);
     auto gpu = Make(BackendKind::kCuda, dir);
     ASSERT_TRUE(gpu);
+    const bool exact = ExactlyInvariant(*gpu);
     std::mt19937 rng(13);
     const int n = static_cast<int>(gpu->config().window_size + 9);
     const std::vector<int32_t> prompt = RandomTokens(rng, n, gpu->config().vocab_size);
     const StepOutput whole = Prefill(*gpu, 0, prompt, LogitsMode::kLast);
     StepOutput last;
     for (int t = 0; t < n; ++t) last = Decode(*gpu, {{1, prompt[t]}});
-    EXPECT_LE(RowError(last, 0, whole, 0), kSameGpuTol);
+    ExpectSameRow(last, 0, whole, 0, exact);
+    // Chunks of 7 and of 64 tokens.
+    for (int chunk : {7, 64}) {
+      const SlotId slot = chunk == 7 ? 2 : 3;
+      StepOutput out;
+      for (int t = 0; t < n; t += chunk) {
+        out = Prefill(*gpu, slot, std::vector<int32_t>(prompt.begin() + t, prompt.begin() + std::min(n, t + chunk)),
+                      LogitsMode::kLast);
+      }
+      ExpectSameRow(out, 0, whole, 0, exact);
+    }
     // The states agree too: the next step from each gives the same logits.
-    const StepOutput a = Decode(*gpu, {{0, 7}}), b = Decode(*gpu, {{1, 7}});
-    EXPECT_LE(RowError(a, 0, b, 0), kSameGpuTol);
+    const StepOutput a = Decode(*gpu, {{0, 7}}), b = Decode(*gpu, {{1, 7}}), c = Decode(*gpu, {{2, 7}});
+    ExpectSameRow(a, 0, b, 0, exact);
+    ExpectSameRow(a, 0, c, 0, exact);
   }
 }
 
@@ -166,6 +197,7 @@ TEST_F(CudaBackendTest, BatchInvariance) {
     SCOPED_TRACE(dir);
     auto gpu = Make(BackendKind::kCuda, dir);
     ASSERT_TRUE(gpu);
+    const bool exact = ExactlyInvariant(*gpu);
     std::mt19937 rng(14);
     const int64_t V = gpu->config().vocab_size;
     for (SlotId s = 0; s < 8; ++s) Prefill(*gpu, s, RandomTokens(rng, 5 + 3 * s, V), LogitsMode::kNone);
@@ -174,14 +206,14 @@ TEST_F(CudaBackendTest, BatchInvariance) {
     const StepOutput alone = Decode(*gpu, {{0, 3}});
     // Batch of 3 (padded to a graph bucket of 4) and of 8 plus a prefill chunk (no graph).
     const StepOutput small = Decode(*gpu, {{1, 5}, {8, 3}, {2, 9}});
-    EXPECT_LE(RowError(small, 1, alone, 0), kSameGpuTol);
+    ExpectSameRow(small, 1, alone, 0, exact);
     StepPlan mixed;
     for (SlotId s = 1; s < 8; ++s) mixed.decodes.push_back({s, gpu->SlotPosition(s), 4});
     mixed.decodes.push_back({9, gpu->SlotPosition(9), 3});
     mixed.prefills.push_back({10, 0, RandomTokens(rng, 40, V), LogitsMode::kLast});
     const StepOutput big = RunPlan(*gpu, mixed);
     ASSERT_EQ(big.rows, 9);
-    EXPECT_LE(RowError(big, 7, alone, 0), kSameGpuTol);
+    ExpectSameRow(big, 7, alone, 0, exact);
   }
 }
 
@@ -229,6 +261,98 @@ TEST_F(CudaBackendTest, RefusesBadPlans) {
   bad_token.decodes.push_back({0, 0, static_cast<int32_t>(gpu->config().vocab_size)});
   EXPECT_FALSE(gpu->Forward(bad_token, &out).ok());
   EXPECT_EQ(gpu->SlotPosition(0), 0);
+}
+
+// Sampling inside Forward (the device path: penalties uploaded, tokens and logprobs back) picks
+// what the host sampler picks from the same backend's logits, step after step, for a mixed
+// batch: greedy, plain, top-k/top-p/min-p, penalties, logprobs.
+TEST_F(CudaBackendTest, SamplingInForwardMatchesHostSamplerOnItsLogits) {
+  for (const std::string& dir : dirs_) {
+    SCOPED_TRACE(dir);
+    auto gpu = Make(BackendKind::kCuda, dir);
+    ASSERT_TRUE(gpu);
+    const int64_t vocab = gpu->config().vocab_size;
+    std::mt19937 rng(21);
+    const int n = 6;
+    std::vector<TokenHistory> histories(n);
+    std::vector<RowSampling> rows(n);
+    rows[1].params = {.temperature = 0.9f};
+    rows[2].params = {.temperature = 1.1f, .top_k = 20, .top_p = 0.9f, .min_p = 0.01f};
+    rows[3].params = {.temperature = 0.7f, .repetition_penalty = 1.2f, .frequency_penalty = 0.3f};
+    rows[4].params = {.presence_penalty = 0.4f};  // greedy with a penalty
+    rows[5].params = {.temperature = 1.0f, .top_p = 0.5f};
+    rows[5].logprobs = 4;
+    rows[0].logprobs = 2;
+    for (int i = 0; i < n; ++i) {
+      const std::vector<int32_t> prompt = RandomTokens(rng, 10 + 7 * i, vocab);
+      Prefill(*gpu, 2 * i, prompt, LogitsMode::kNone);
+      ASSERT_TRUE(gpu->CopySlot(2 * i, 2 * i + 1).ok());  // the twin that gives the logits
+      histories[i].AddPrompt(prompt);
+      rows[i].seed = 1000 + i;
+      rows[i].history = &histories[i];
+    }
+    std::vector<int32_t> last(n, 1);
+    for (int step = 0; step < 12; ++step) {
+      StepPlan sampled, plain;
+      for (int i = 0; i < n; ++i) {
+        rows[i].step = step;
+        sampled.decodes.push_back({2 * i, gpu->SlotPosition(2 * i), last[i]});
+        plain.decodes.push_back({2 * i + 1, gpu->SlotPosition(2 * i + 1), last[i]});
+      }
+      sampled.sampling = rows;
+      const StepOutput got = RunPlan(*gpu, sampled);
+      const StepOutput logits = RunPlan(*gpu, plain);
+      ASSERT_EQ(got.tokens.size(), static_cast<size_t>(n));
+      EXPECT_TRUE(got.logits.empty());
+      for (int i = 0; i < n; ++i) {
+        SCOPED_TRACE(::testing::Message() << "step " << step << " row " << i);
+        TokenLogprobs expected_lp;
+        const int32_t expected = SampleToken(std::span<const float>(logits.row(i), vocab), rows[i], &expected_lp);
+        ASSERT_EQ(got.tokens[i], expected);
+        if (rows[i].logprobs > 0) {
+          ASSERT_EQ(got.logprobs[i].top.size(), expected_lp.top.size());
+          EXPECT_EQ(got.logprobs[i].chosen.token, expected);
+          EXPECT_FLOAT_EQ(got.logprobs[i].chosen.logprob, expected_lp.chosen.logprob);
+          for (size_t j = 0; j < expected_lp.top.size(); ++j) EXPECT_EQ(got.logprobs[i].top[j].token, expected_lp.top[j].token);
+        }
+        histories[i].AddGenerated(expected);
+        last[i] = expected;
+      }
+    }
+    // Two sampling entries for one row: refused before anything runs.
+    const int64_t position = gpu->SlotPosition(0);
+    StepPlan bad;
+    bad.decodes.push_back({0, position, 1});
+    bad.sampling.resize(2);
+    StepOutput out;
+    EXPECT_EQ(gpu->Forward(bad, &out).code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_EQ(gpu->SlotPosition(0), position);
+  }
+}
+
+// A state saved by the CPU backend (float32 window) continues on the GPU (bf16 window) and back:
+// each backend converts on load, and the next logits agree with the other backend's.
+TEST_F(CudaBackendTest, StatesMoveBetweenCpuAndCuda) {
+  for (const std::string& dir : dirs_) {
+    SCOPED_TRACE(dir);
+    auto cpu = Make(BackendKind::kCpu, dir);
+    auto gpu = Make(BackendKind::kCuda, dir);
+    ASSERT_TRUE(cpu && gpu);
+    std::mt19937 rng(22);
+    const int64_t V = gpu->config().vocab_size;
+    Prefill(*cpu, 0, RandomTokens(rng, 50, V), LogitsMode::kNone);
+    Prefill(*gpu, 1, RandomTokens(rng, 60, V), LogitsMode::kNone);
+    auto from_cpu = cpu->SaveSlot(0);
+    auto from_gpu = gpu->SaveSlot(1);
+    ASSERT_TRUE(from_cpu.ok() && from_gpu.ok());
+    ASSERT_TRUE(gpu->LoadSlot(0, *from_cpu).ok());
+    ASSERT_TRUE(cpu->LoadSlot(1, *from_gpu).ok());
+    EXPECT_EQ(gpu->SlotPosition(0), 50);
+    EXPECT_EQ(cpu->SlotPosition(1), 60);
+    const StepOutput g = Decode(*gpu, {{0, 3}, {1, 4}}), c = Decode(*cpu, {{0, 3}, {1, 4}});
+    EXPECT_LE(RowError(g, 0, c, 0), kLogitsTol);
+    EXPECT_LE(RowError(g, 1, c, 1), kLogitsTol);
+  }
 }
 
 TEST(CudaSyntheticTest, RandomWeightsOnDeviceAndBenchmarkSlots) {

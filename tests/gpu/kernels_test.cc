@@ -1,6 +1,7 @@
 // Each CUDA kernel against a plain CPU version (engine/cpu/ops.h, itself tested against naive
 // references) on fresh random inputs. Tolerances, as ||gpu - cpu|| / ||cpu||: float32 outputs
-// 1e-5, bf16 outputs (or bf16-stored inputs) 1e-2.
+// 1e-5, bf16 outputs (or bf16-stored inputs) 1e-2. The sampling kernels are held to the host
+// sampler (engine/sampling/sampler.h) exactly: same processed logits, same tokens.
 #include <algorithm>
 #include <cmath>
 #include <map>
@@ -11,6 +12,7 @@
 #include <gtest/gtest.h>
 
 #include "engine/cpu/ops.h"
+#include "engine/sampling/sampler.h"
 #include "kernels/kernels.h"
 #include "tests/gpu/gpu_test_util.h"
 
@@ -326,6 +328,9 @@ TEST_P(LizardAttentionTest, StepMatchesCpuRecurrence) {
         const float gamma = 1.f / (1.f + std::exp(-row[(H + 2 * Hkv) * D + h]));
         cpu::GlaStep(fq.data(), fk.data(), row + H * D + Hkv * D + g * D, gamma, F2, D, c.normalize,
                      &Ss[int64_t{h} * F2 * D], &Zs[h * F2], ygate.data());
+        // The state is rounded as stored after every token (bf16 state).
+        for (int64_t i = 0; i < int64_t{F2} * D; ++i) Ss[int64_t{h} * F2 * D + i] = round_s(Ss[int64_t{h} * F2 * D + i]);
+        for (int i = 0; i < F2; ++i) Zs[h * F2 + i] = round_s(Zs[h * F2 + i]);
         std::vector<float> qa(row + h * D, row + h * D + D);
         if (c.window_rope) cpu::ApplyRope(qa.data(), 1, D, p, inv_freq);
         std::vector<float> kk, vv;
@@ -339,6 +344,9 @@ TEST_P(LizardAttentionTest, StepMatchesCpuRecurrence) {
                            &meta[h * m], m, D, scale, ya.data(), D);
         for (int d = 0; d < D; ++d) y_ref[(int64_t{r} * H + h) * D + d] = ygate[d] + wf[h] * ya[d];
       }
+      // Later tokens see this token's key and value as the ring stores them.
+      for (float& x : cur.first) x = round_w(x);
+      for (float& x : cur.second) x = round_w(x);
     }
     // State after the step; the ring's rows for the last w positions.
     const double s_tol = s32 ? kF32Tol : kBf16Tol;
@@ -440,6 +448,135 @@ TEST(KernelsTest, PagedKvWriteAndAttention) {
       }
       EXPECT_LE(RelError(&out[int64_t{r} * H * D], ref.data(), H * D), kBf16Tol) << "D " << D << " row " << r;
     }
+  }
+}
+
+// ---------------------------------------------------------------- feature-map logits
+
+// Against a plain double loop (float32 output, 1e-5), and batch invariant: a token's logits are
+// bitwise the same alone and among 40 others.
+TEST(KernelsTest, FeatureMapLogits) {
+  std::mt19937 rng(13);
+  const int H = 8, Hkv = 2, D = 128, F = 64, T = 41, G = H / Hkv;
+  const int ld = (H + 2 * Hkv) * D + H + 3;  // qkvg rows with a gate part and padding
+  const std::vector<float> qkvg = Uniform(rng, static_cast<size_t>(T) * ld, -1, 1);
+  const std::vector<float> wq = Uniform(rng, H * D * F, -0.1f, 0.1f), wk = Uniform(rng, H * D * F, -0.1f, 0.1f);
+  DeviceVec<float> d_qkvg(qkvg), d_wq(wq), d_wk(wk), d_out(static_cast<size_t>(T) * 2 * H * F), d_one(2 * H * F);
+  CUDA_OK(k::FeatureMapLogits(d_qkvg.get(), ld, T, H, Hkv, D, F, d_wq.get(), d_wk.get(), d_out.get(), nullptr));
+  const std::vector<float> out = d_out.Download();
+  std::vector<float> ref(out.size());
+  for (int t = 0; t < T; ++t) {
+    for (int i = 0; i < 2 * H; ++i) {
+      const bool key = i >= H;
+      const int h = key ? i - H : i;
+      const float* x = qkvg.data() + static_cast<size_t>(t) * ld + (key ? H * D + (h / G) * D : h * D);
+      const float* w = (key ? wk : wq).data() + static_cast<size_t>(h) * D * F;
+      for (int f = 0; f < F; ++f) {
+        double acc = 0;
+        for (int d = 0; d < D; ++d) acc += static_cast<double>(x[d]) * w[d * F + f];
+        ref[(static_cast<size_t>(t) * 2 * H + i) * F + f] = static_cast<float>(acc);
+      }
+    }
+  }
+  EXPECT_LT(RelError(out, ref), kF32Tol);
+  for (int t : {0, 17, 40}) {
+    CUDA_OK(k::FeatureMapLogits(d_qkvg.get() + static_cast<size_t>(t) * ld, ld, 1, H, Hkv, D, F, d_wq.get(), d_wk.get(),
+                                d_one.get(), nullptr));
+    const std::vector<float> one = d_one.Download();
+    EXPECT_EQ(std::memcmp(one.data(), out.data() + static_cast<size_t>(t) * 2 * H * F, one.size() * sizeof(float)), 0) << t;
+  }
+}
+
+// ---------------------------------------------------------------- sampling
+
+// Random rows of a large and a small vocabulary, each with its own parameters and penalty
+// history; the kernels must reproduce the host sampler's processed logits bit for bit and its
+// tokens (a draw could only differ where u * mass lands within rounding of a boundary).
+TEST(KernelsTest, SamplingMatchesHostSampler) {
+  std::mt19937 rng(11);
+  for (int vocab : {128256, 1000, 37}) {
+    const int rows = vocab > 1000 ? 48 : 96;
+    std::vector<float> logits(static_cast<size_t>(rows) * vocab);
+    std::normal_distribution<float> normal(0.f, 1.f);
+    std::vector<RowSampling> specs(rows);
+    std::vector<TokenHistory> histories(rows);
+    std::vector<k::SamplingRow> params(rows);
+    std::vector<int32_t> penalty_tokens, penalty_counts;
+    for (int r = 0; r < rows; ++r) {
+      const float scale = std::vector<float>{0.5f, 2.f, 6.f}[r % 3];  // flat to peaked
+      for (int i = 0; i < vocab; ++i) logits[static_cast<size_t>(r) * vocab + i] = scale * normal(rng);
+      if (r % 7 == 0) logits[static_cast<size_t>(r) * vocab + 3] = logits[static_cast<size_t>(r) * vocab + 5];  // a tie
+      SamplingParams& p = specs[r].params;
+      switch (r % 8) {
+        case 0: break;                                            // greedy
+        case 1: p.temperature = 0.8f; break;                      // plain draw
+        case 2: p.temperature = 1.0f, p.top_k = 1 + r % 50; break;
+        case 3: p.temperature = 1.2f, p.top_p = 0.9f; break;
+        case 4: p.temperature = 0.7f, p.min_p = 0.05f; break;
+        case 5: p.temperature = 1.0f, p.top_k = 40, p.top_p = 0.8f, p.min_p = 0.02f; break;
+        case 6: p.temperature = 0.9f, p.top_p = 0.3f, p.repetition_penalty = 1.3f; break;
+        case 7: p.presence_penalty = 0.5f, p.frequency_penalty = 0.25f, p.repetition_penalty = 0.8f; break;
+      }
+      specs[r].seed = rng();
+      specs[r].step = rng() % 1000;
+      if (p.penalized()) {
+        std::vector<int32_t> prompt(20);
+        for (int32_t& t : prompt) t = static_cast<int32_t>(rng() % vocab);
+        histories[r].AddPrompt(prompt);
+        for (int g = 0; g < 15; ++g) histories[r].AddGenerated(static_cast<int32_t>(rng() % std::min(vocab, 40)));
+        specs[r].history = &histories[r];
+      }
+      params[r] = {p.temperature, p.top_k, p.top_p, p.min_p, p.repetition_penalty, p.presence_penalty,
+                   p.frequency_penalty, static_cast<int32_t>(penalty_tokens.size()), 0, specs[r].seed, specs[r].step};
+      if (specs[r].history != nullptr) {
+        for (int32_t t : histories[r].seen()) {
+          const auto it = histories[r].generated_counts().find(t);
+          penalty_tokens.push_back(t);
+          penalty_counts.push_back(it == histories[r].generated_counts().end() ? 0 : it->second);
+        }
+      }
+      params[r].penalty_end = static_cast<int32_t>(penalty_tokens.size());
+    }
+    DeviceVec<float> d_logits(logits);
+    DeviceVec<k::SamplingRow> d_params(params);
+    DeviceVec<int32_t> d_ptok(penalty_tokens), d_pcnt(penalty_counts), d_tokens(rows);
+    CUDA_OK(k::ProcessLogits(d_logits.get(), rows, vocab, d_params.get(), d_ptok.get(), d_pcnt.get(), nullptr));
+    CUDA_OK(k::SampleTokens(d_logits.get(), rows, vocab, d_params.get(), d_tokens.get(), nullptr));
+    const std::vector<float> processed = d_logits.Download();
+    const std::vector<int32_t> tokens = d_tokens.Download();
+    int draws = 0;
+    for (int r = 0; r < rows; ++r) {
+      SCOPED_TRACE(::testing::Message() << "vocab " << vocab << " row " << r);
+      std::vector<float> x(logits.begin() + static_cast<size_t>(r) * vocab, logits.begin() + static_cast<size_t>(r + 1) * vocab);
+      ProcessLogits(specs[r].params, specs[r].history, x);
+      ASSERT_EQ(std::memcmp(x.data(), processed.data() + static_cast<size_t>(r) * vocab, vocab * sizeof(float)), 0);
+      const int32_t expected = SampleToken(std::span<const float>(logits.data() + static_cast<size_t>(r) * vocab, vocab),
+                                           specs[r], nullptr);
+      EXPECT_EQ(tokens[r], expected);
+      draws += specs[r].params.temperature != 0.f;
+    }
+    EXPECT_GT(draws, rows / 2);
+  }
+}
+
+// A row's token does not depend on the other rows of the launch: each row alone gives what it
+// gave among 64 others.
+TEST(KernelsTest, SamplingIsPerRow) {
+  std::mt19937 rng(12);
+  const int vocab = 5000, rows = 64;
+  const std::vector<float> logits = Uniform(rng, static_cast<size_t>(rows) * vocab, -4, 4);
+  std::vector<k::SamplingRow> params(rows);
+  for (int r = 0; r < rows; ++r) {
+    params[r].temperature = 1.f, params[r].top_p = 0.95f, params[r].top_k = 100, params[r].seed = 99, params[r].step = r;
+  }
+  DeviceVec<float> d_logits(logits);
+  DeviceVec<k::SamplingRow> d_params(params);
+  DeviceVec<int32_t> d_tokens(rows), d_one(1);
+  CUDA_OK(k::SampleTokens(d_logits.get(), rows, vocab, d_params.get(), d_tokens.get(), nullptr));
+  const std::vector<int32_t> together = d_tokens.Download();
+  for (int r = 0; r < rows; r += 9) {
+    CUDA_OK(k::SampleTokens(d_logits.get() + static_cast<size_t>(r) * vocab, 1, vocab, d_params.get() + r, d_one.get(), nullptr));
+    EXPECT_EQ(d_one.Download()[0], together[r]) << r;
   }
 }
 

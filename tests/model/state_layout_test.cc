@@ -1,9 +1,13 @@
 #include "engine/model/state_layout.h"
 
+#include <bit>
+#include <cmath>
 #include <cstring>
+#include <limits>
 #include <random>
 #include <string>
 
+#include "engine/model/checkpoint.h"
 #include "gtest/gtest.h"
 #include "tests/model/test_checkpoint.h"
 
@@ -194,6 +198,221 @@ TEST(SerializedStateTest, RefusesAStateOfAnIncompatibleModel) {
   ModelConfig other_mlp = config;
   other_mlp.intermediate_size = 64;
   EXPECT_TRUE(ParseSerializedState(StateLayout(other_mlp, DType::kF32, DType::kBF16), *bytes).ok());
+}
+
+// ------------------------------------------------------------------ ConvertSerializedState
+
+// bf16 rounding of `x` worked out on doubles, independently of the bit trick under test: the
+// nearer of the two bf16 values around |x|, ties to the even one.
+float ReferenceBf16(float x) {
+  if (std::isnan(x) || std::isinf(x)) return x;
+  const uint32_t bits = std::bit_cast<uint32_t>(x);
+  const uint32_t lo = bits & 0xffff0000u;  // toward zero
+  const uint32_t hi = lo + 0x10000u;       // away from zero (may be inf)
+  const double magnitude = std::fabs(static_cast<double>(x));
+  const double lo_magnitude = std::fabs(static_cast<double>(std::bit_cast<float>(lo)));
+  const double hi_magnitude =
+      (hi & 0x7fffffffu) == 0x7f800000u ? std::ldexp(1.0, 128) : std::fabs(static_cast<double>(std::bit_cast<float>(hi)));
+  const double below = magnitude - lo_magnitude, above = hi_magnitude - magnitude;
+  const bool up = above < below || (above == below && ((lo >> 16) & 1u) != 0);
+  return std::bit_cast<float>(up ? hi : lo);
+}
+
+// What a value of dtype `dtype` holds after storing `x`: the compiler's own float -> _Float16
+// conversion is the reference for f16.
+float ReferenceRound(float x, DType dtype) {
+  switch (dtype) {
+    case DType::kF32: return x;
+    case DType::kBF16: return ReferenceBf16(x);
+    case DType::kF16: return static_cast<float>(static_cast<_Float16>(x));
+  }
+  return x;
+}
+
+// Decodes `n` values of `dtype` (with the checkpoint reader's decoder, tested in checkpoint_test).
+std::vector<float> Decode(const char* data, int64_t n, DType dtype) {
+  TensorView view;
+  view.dtype = dtype;
+  view.shape = {n};
+  view.data = data;
+  view.nbytes = n * DTypeSize(dtype);
+  std::vector<float> out(n);
+  ConvertToF32(view, out.data());
+  return out;
+}
+
+// Floats over every range that matters: any bit pattern (NaN, inf, subnormals, huge), values
+// near 1 and near the f16 limits, and the exact ties of both 16-bit formats.
+std::vector<float> TestFloats(int64_t n, std::mt19937& rng) {
+  const std::vector<float> specials = {
+      0.0f, -0.0f, 1.0f, std::numeric_limits<float>::infinity(), -std::numeric_limits<float>::infinity(),
+      std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::max(), -std::numeric_limits<float>::max(),
+      std::numeric_limits<float>::denorm_min(), std::ldexp(1.0f, -24), std::ldexp(1.0f, -25), std::ldexp(3.0f, -25),
+      std::ldexp(1.0f, -14), std::ldexp(1023.0f, -24) + std::ldexp(1.0f, -25),  // ties around the f16 subnormals
+      1.0f + std::ldexp(1.0f, -8), 1.0f + std::ldexp(3.0f, -8),                  // bf16 ties
+      1.0f + std::ldexp(1.0f, -11), 1.0f + std::ldexp(3.0f, -11),                // f16 ties
+      65504.0f, 65519.0f, 65520.0f, -65520.0f, 65536.0f, 3.3895314e38f, 3.3961776e38f};
+  std::vector<float> out;
+  std::uniform_int_distribution<uint32_t> bits;
+  std::uniform_real_distribution<float> mantissa(1.0f, 2.0f);
+  std::uniform_int_distribution<int> exponent(-27, 17);
+  for (int64_t i = 0; i < n; ++i) {
+    if (i < static_cast<int64_t>(specials.size())) {
+      out.push_back(specials[i]);
+    } else if (i % 2 == 0) {
+      out.push_back(std::bit_cast<float>(bits(rng)));
+    } else {
+      out.push_back((bits(rng) & 1 ? -1.0f : 1.0f) * std::ldexp(mantissa(rng), exponent(rng)));
+    }
+  }
+  return out;
+}
+
+void ExpectSameValues(const std::vector<float>& got, const std::vector<float>& want, const std::string& what) {
+  ASSERT_EQ(got.size(), want.size()) << what;
+  int mismatches = 0;
+  for (size_t i = 0; i < got.size() && mismatches < 5; ++i) {
+    const bool same = std::isnan(want[i]) ? std::isnan(got[i]) : std::bit_cast<uint32_t>(got[i]) == std::bit_cast<uint32_t>(want[i]);
+    if (!same) {
+      ++mismatches;
+      ADD_FAILURE() << what << " [" << i << "]: got " << got[i] << ", want " << want[i];
+    }
+  }
+}
+
+// Every value of a state (S, z, window K/V per lizard layer, then the softmax KV) decoded to
+// float, one vector per part.
+std::vector<std::vector<float>> StateParts(const StateLayout& layout, const SerializedStateView& view) {
+  std::vector<std::vector<float>> parts;
+  const int64_t state_size = DTypeSize(layout.state_dtype), window_size = DTypeSize(layout.window_dtype);
+  for (const LizardLayerOffsets& l : layout.lizard_layers) {
+    parts.push_back(Decode(view.slot.data() + l.s, layout.s_bytes / state_size, layout.state_dtype));
+    parts.push_back(Decode(view.slot.data() + l.z, layout.z_bytes / state_size, layout.state_dtype));
+    parts.push_back(Decode(view.slot.data() + l.window_k, layout.window_bytes / window_size, layout.window_dtype));
+    parts.push_back(Decode(view.slot.data() + l.window_v, layout.window_bytes / window_size, layout.window_dtype));
+  }
+  for (std::string_view kv : view.softmax_kv) {
+    parts.push_back(Decode(kv.data(), kv.size() / window_size, layout.window_dtype));
+  }
+  return parts;
+}
+
+// A float32 state of `layout` (f32, f32) whose every part holds TestFloats.
+std::string Float32TestState(const StateLayout& layout, int64_t position, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::string slot(layout.slot_bytes, '\0');
+  WriteSlotPosition(layout, slot.data(), position);
+  auto fill = [&](char* p, int64_t bytes) {
+    const std::vector<float> values = TestFloats(bytes / 4, rng);
+    std::memcpy(p, values.data(), bytes);
+  };
+  for (const LizardLayerOffsets& l : layout.lizard_layers) {
+    fill(slot.data() + l.s, layout.s_bytes);
+    fill(slot.data() + l.z, layout.z_bytes);
+    fill(slot.data() + l.window_k, layout.window_bytes);
+    fill(slot.data() + l.window_v, layout.window_bytes);
+  }
+  std::vector<std::string> kv(layout.num_softmax_layers, std::string(position * layout.kv_bytes_per_token_per_layer, '\0'));
+  for (std::string& k : kv) fill(k.data(), k.size());
+  absl::StatusOr<std::string> bytes = SerializeState(layout, slot, std::vector<std::string_view>(kv.begin(), kv.end()));
+  EXPECT_TRUE(bytes.ok()) << bytes.status();
+  return bytes.ok() ? *bytes : "";
+}
+
+TEST(ConvertSerializedStateTest, RoundsToNearestEvenAndWidensBackExactly) {
+  ModelConfig config = SmallHybridConfig();  // lizard, softmax, lizard
+  config.feature_dim = 16;                    // S of 4 * 32 * 8 values per layer
+  const StateLayout f32(config, DType::kF32, DType::kF32);
+  const int64_t position = 7;
+  const std::string original = Float32TestState(f32, position, 3);
+  absl::StatusOr<SerializedStateView> original_view = ParseSerializedState(f32, original);
+  ASSERT_TRUE(original_view.ok()) << original_view.status();
+  const std::vector<std::vector<float>> values = StateParts(f32, *original_view);
+
+  for (auto [state_dtype, window_dtype] : {std::pair{DType::kBF16, DType::kBF16}, std::pair{DType::kF32, DType::kBF16},
+                                           std::pair{DType::kF16, DType::kF16}, std::pair{DType::kBF16, DType::kF16}}) {
+    const StateLayout narrow(config, state_dtype, window_dtype);
+    SCOPED_TRACE(narrow.fingerprint);
+    absl::StatusOr<std::string> converted = ConvertSerializedState(config, narrow, original);
+    ASSERT_TRUE(converted.ok()) << converted.status();
+    absl::StatusOr<SerializedStateView> view = ParseSerializedState(narrow, *converted);
+    ASSERT_TRUE(view.ok()) << view.status();
+    EXPECT_EQ(view->position, position);
+    const std::vector<std::vector<float>> got = StateParts(narrow, *view);
+    ASSERT_EQ(got.size(), values.size());
+    std::vector<std::vector<float>> rounded = values;
+    for (size_t p = 0; p < rounded.size(); ++p) {
+      // Parts 0, 1 of each lizard layer are S and z; the rest are window or softmax KV.
+      const bool is_state = p < 4 * narrow.lizard_layers.size() && p % 4 < 2;
+      for (float& x : rounded[p]) x = ReferenceRound(x, is_state ? state_dtype : window_dtype);
+      ExpectSameValues(got[p], rounded[p], "part " + std::to_string(p));
+    }
+
+    // Back to float32: exactly the rounded values.
+    absl::StatusOr<std::string> wide = ConvertSerializedState(config, f32, *converted);
+    ASSERT_TRUE(wide.ok()) << wide.status();
+    absl::StatusOr<SerializedStateView> wide_view = ParseSerializedState(f32, *wide);
+    ASSERT_TRUE(wide_view.ok()) << wide_view.status();
+    EXPECT_EQ(wide_view->position, position);
+    const std::vector<std::vector<float>> back = StateParts(f32, *wide_view);
+    for (size_t p = 0; p < back.size(); ++p) ExpectSameValues(back[p], rounded[p], "back, part " + std::to_string(p));
+  }
+}
+
+TEST(ConvertSerializedStateTest, StatesAlreadyInTheTargetLayoutAreReturnedUnchanged) {
+  const ModelConfig config = SmallHybridConfig();
+  for (int64_t position : {0, 5}) {
+    const StateLayout layout(config, DType::kF32, DType::kBF16);
+    const TestState state = RandomState(layout, position, 21);
+    absl::StatusOr<std::string> bytes = SerializeState(layout, state.slot, state.kv_views());
+    ASSERT_TRUE(bytes.ok());
+    absl::StatusOr<std::string> same = ConvertSerializedState(config, layout, *bytes);
+    ASSERT_TRUE(same.ok()) << same.status();
+    EXPECT_EQ(*same, *bytes);
+    // An empty softmax KV (position 0) converts too.
+    absl::StatusOr<std::string> wide = ConvertSerializedState(config, StateLayout(config, DType::kF32, DType::kF32), *bytes);
+    ASSERT_TRUE(wide.ok()) << wide.status();
+    EXPECT_EQ(ParseSerializedState(StateLayout(config, DType::kF32, DType::kF32), *wide)->position, position);
+  }
+}
+
+TEST(ConvertSerializedStateTest, RefusesAnotherModelCorruptBytesAndAForeignTarget) {
+  const ModelConfig config = SmallHybridConfig();
+  const StateLayout bf16(config, DType::kBF16, DType::kBF16);
+  const StateLayout f32(config, DType::kF32, DType::kF32);
+  const TestState state = RandomState(bf16, 3, 8);
+  absl::StatusOr<std::string> bytes = SerializeState(bf16, state.slot, state.kv_views());
+  ASSERT_TRUE(bytes.ok());
+  ASSERT_TRUE(ConvertSerializedState(config, f32, *bytes).ok());
+
+  // A state of another model, in any dtype, is refused naming both layouts.
+  ModelConfig other = config;
+  other.window_size = 8;
+  for (const StateLayout& other_layout : {StateLayout(other, DType::kBF16, DType::kBF16), StateLayout(other, DType::kF32, DType::kF32)}) {
+    const TestState other_state = RandomState(other_layout, 3, 9);
+    absl::StatusOr<std::string> other_bytes = SerializeState(other_layout, other_state.slot, other_state.kv_views());
+    ASSERT_TRUE(other_bytes.ok());
+    const absl::Status status = ConvertSerializedState(config, f32, *other_bytes).status();
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+    const std::string message(status.message());
+    EXPECT_NE(message.find("incompatible model"), std::string::npos) << message;
+    EXPECT_NE(message.find(other_layout.fingerprint), std::string::npos) << message;
+    EXPECT_NE(message.find(f32.fingerprint), std::string::npos) << message;
+  }
+
+  // Corrupt or truncated bytes of a convertible state: the checksum and lengths are still checked.
+  for (size_t i : {size_t{0}, size_t{10}, size_t{50}, bytes->size() / 2, bytes->size() - 1}) {
+    std::string corrupt = *bytes;
+    corrupt[i] = static_cast<char>(corrupt[i] ^ 0x04);
+    EXPECT_EQ(ConvertSerializedState(config, f32, corrupt).status().code(), absl::StatusCode::kInvalidArgument)
+        << "byte " << i;
+  }
+  EXPECT_FALSE(ConvertSerializedState(config, f32, bytes->substr(0, bytes->size() - 1)).ok());
+  EXPECT_FALSE(ConvertSerializedState(config, f32, bytes->substr(0, 30)).ok());
+  EXPECT_FALSE(ConvertSerializedState(config, f32, "").ok());
+
+  // A target layout of another model is a caller's mistake, refused rather than written into.
+  EXPECT_FALSE(ConvertSerializedState(config, StateLayout(other, DType::kF32, DType::kF32), *bytes).ok());
 }
 
 }  // namespace

@@ -192,7 +192,7 @@ TEST(EngineTest, ParallelSamplingEqualsSequential) {
     auto control = std::make_shared<FakeControl>();
     std::unique_ptr<Engine> engine = *Engine::Create(
         std::make_unique<FakeBackend>(FakeBackendOptions{.num_slots = 16, .vocab = vocab}, control),
-        {.max_running = 16, .sampler_threads = 4});
+        {.max_running = 16});
     std::vector<Result> results;
     if (!together) {
       for (const EngineRequest& r : requests) results.push_back(RunRequest(*engine, r));

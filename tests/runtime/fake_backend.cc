@@ -5,6 +5,7 @@
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
+#include "engine/sampling/sampler.h"
 
 namespace lizard::testing {
 namespace {
@@ -154,6 +155,7 @@ absl::Status FakeBackend::Forward(const StepPlan& plan, StepOutput* out) {
     }
     return absl::OkStatus();
   };
+  if (absl::Status s = ValidateSampling(plan, options_.vocab); !s.ok()) return s;
   for (const DecodeItem& d : plan.decodes) {
     if (absl::Status s = check(d.slot, d.position); !s.ok()) return s;
     if (d.token == options_.poison_token) return absl::InternalError("poisoned token");
@@ -187,6 +189,11 @@ absl::Status FakeBackend::Forward(const StepPlan& plan, StepOutput* out) {
       if (c.logits == LogitsMode::kAll) emit(c.slot);
     }
     if (c.logits == LogitsMode::kLast) emit(c.slot);
+  }
+  if (!plan.sampling.empty()) {
+    SampleOnHost(plan, out, [](int64_t n, absl::FunctionRef<void(int64_t)> fn) {
+      for (int64_t i = 0; i < n; ++i) fn(i);
+    });
   }
   return absl::OkStatus();
 }

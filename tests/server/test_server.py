@@ -156,7 +156,10 @@ class LizardServerTest(unittest.TestCase):
         self.assertEqual(info.vocab_size, 512)
         self.assertEqual(len(info.layer_types), info.num_layers)
         self.assertGreater(info.state_bytes_per_session, 0)
-        self.assertEqual(info.backend, "cpu")
+        # The backend the server was started on: cpu unless LIZARD_TEST_SERVER_FLAGS says otherwise.
+        flags = os.environ.get("LIZARD_TEST_SERVER_FLAGS", "").split()
+        expected = flags[flags.index("--backend") + 1] if "--backend" in flags else "cpu"
+        self.assertEqual(info.backend, expected)
         self.assertGreater(info.capacity.device_state_slots, 0)
 
     def test_metrics_contract(self):

@@ -3,7 +3,9 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <optional>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -60,6 +62,21 @@ absl::Status RunBench(const Args& args) {
   } else {
     return absl::InvalidArgumentError("--state-dtype must be f32 or bf16");
   }
+  // What a decode step returns: token ids sampled on the backend's device (greedy, or a top-p
+  // draw, the dearest path), or the float32 logits rows.
+  const std::string sample = args.String("sample", "greedy");
+  std::optional<SamplingParams> sampling;
+  if (sample == "greedy") {
+    sampling = SamplingParams{};
+  } else if (sample == "top-p") {
+    sampling = SamplingParams{.temperature = 1.0f, .top_p = 0.9f};
+  } else if (sample != "logits") {
+    return absl::InvalidArgumentError("--sample must be greedy, top-p or logits");
+  }
+  const std::string gemm = args.String("gemm", "invariant");  // CUDA projections
+  if (gemm != "invariant" && gemm != "cublas") {
+    return absl::InvalidArgumentError("--gemm must be invariant or cublas");
+  }
   absl::StatusOr<BackendKind> kind = BackendKindOption(args);
   absl::StatusOr<std::vector<int64_t>> batch_sizes = args.IntList("batch-sizes", {1, 8, 32});
   absl::StatusOr<std::vector<int64_t>> prompt_lengths = args.IntList("prompt-lengths", {128, 512});
@@ -85,6 +102,7 @@ absl::Status RunBench(const Args& args) {
   options.num_slots = static_cast<int32_t>(
       std::max<int64_t>(1, *std::max_element(batch_sizes->begin(), batch_sizes->end())));
   options.num_threads = static_cast<int32_t>(*threads);
+  options.batch_invariant = gemm == "invariant";
   options.synthetic_config = *config;
   absl::StatusOr<std::unique_ptr<Backend>> created = CreateBackend(options);
   if (!created.ok()) return created.status();
@@ -104,7 +122,8 @@ absl::Status RunBench(const Args& args) {
   const double kv_read = static_cast<double>(backend.kv_bytes_per_token()) * (*context);
   const double per_sequence = state_rw + window_read + kv_read;
 
-  std::printf("backend   %s (%s)\n", info.name.c_str(), info.device.c_str());
+  std::printf("backend   %s (%s)%s\n", info.name.c_str(), info.device.c_str(),
+              info.name == "cuda" ? (gemm == "invariant" ? ", batch-invariant GEMM" : ", cuBLAS GEMM") : "");
   std::printf("model     %s: L=%lld (%lld lizard, %lld softmax), Hd=%lld, H=%lld, Hkv=%lld, D=%lld, "
               "F=%lld, w=%lld, V=%lld; random weights\n",
               c.name.c_str(), (long long)c.num_layers, (long long)c.num_lizard_layers(),
@@ -126,8 +145,9 @@ absl::Status RunBench(const Args& args) {
                 info.copy_bandwidth_bytes_per_s / 1e9);
   }
 
-  std::printf("\ndecode at context %lld (median of %lld steps after %d warm-up)\n",
-              (long long)*context, (long long)*steps, kWarmupSteps);
+  std::printf("\ndecode at context %lld, returning %s (median of %lld steps after %d warm-up)\n",
+              (long long)*context, sample == "logits" ? "logits" : ("tokens (" + sample + ")").c_str(),
+              (long long)*steps, kWarmupSteps);
   std::printf("%7s %14s %12s %14s %10s %10s\n", "batch", "step ms", "tokens/s", "MiB/step", "GB/s",
               "of copy bw");
   std::mt19937_64 rng(1);
@@ -145,6 +165,9 @@ absl::Status RunBench(const Args& args) {
       StepPlan plan;
       for (int64_t i = 0; i < batch; ++i) {
         plan.decodes.push_back({static_cast<SlotId>(i), *context + step, token(rng)});
+        if (sampling.has_value()) {
+          plan.sampling.push_back({*sampling, static_cast<uint64_t>(i), static_cast<uint64_t>(step)});
+        }
       }
       absl::StatusOr<double> t = TimeForward(backend, plan, &out);
       if (!t.ok()) return t.status();

@@ -15,10 +15,11 @@
 #include "engine/model/checkpoint.h"
 #include "engine/model/model_config.h"
 #include "engine/model/state_layout.h"
-#include "engine/runtime/sampler.h"
+#include "engine/sampling/sampling.h"
 #include "engine/tokenizer/tokenizer.h"
 #include "tools/cli/args.h"
 #include "tools/cli/bench.h"
+#include "tools/cli/drift.h"
 #include "tools/cli/npy.h"
 
 namespace lizard::cli {
@@ -39,9 +40,16 @@ commands:
            layers and their types, parameter count, state bytes per sequence, KV bytes per token
   bench    (--model DIR | --shape tiny|llama3.2-1b|llama3-8b) [--backend cpu|cuda|auto]
            [--batch-sizes 1,8,32] [--context N] [--prompt-lengths 128,512] [--teacher]
-           [--steps N] [--state-dtype f32|bf16] [--threads N]
-           decode step time and tokens/s per batch size, prefill tokens/s per prompt length
+           [--steps N] [--state-dtype f32|bf16] [--sample greedy|top-p|logits]
+           [--gemm invariant|cublas] [--threads N]
+           decode step time and tokens/s per batch size (each step returns sampled token ids,
+           default greedy, or the logits rows), prefill tokens/s per prompt length
            (random weights of the model's shape)
+  drift    (--model DIR | --shape tiny|llama3.2-1b|llama3-8b) [--backend cpu|cuda|auto]
+           [--tokens N] [--prompt-length P] [--report-every K] [--seed S] [--threads N]
+           logits with bfloat16 S/z states against float32 ones over P random prompt tokens
+           and N (default 10240) greedy tokens of the float32 run fed to both: relative error,
+           top-1 agreement and KL per K (default 1024) tokens (--shape: random weights)
 )";
 
 absl::StatusOr<std::vector<int32_t>> ParseTokens(const Args& args) {
@@ -154,25 +162,26 @@ absl::Status RunGenerate(const Args& args) {
   if (!backend.ok()) return backend.status();
   const ModelConfig& config = (*backend)->config();
 
-  SamplingParams params;
-  params.temperature = static_cast<float>(*temperature);
-  params.top_k = static_cast<int32_t>(*top_k);
-  params.top_p = static_cast<float>(*top_p);
+  // The backend samples (on the GPU for --backend cuda); only token ids come back.
   TokenHistory history;
   history.AddPrompt(*prompt);
+  RowSampling sampling;
+  sampling.params.temperature = static_cast<float>(*temperature);
+  sampling.params.top_k = static_cast<int32_t>(*top_k);
+  sampling.params.top_p = static_cast<float>(*top_p);
+  sampling.seed = static_cast<uint64_t>(*seed);
+  sampling.history = &history;
 
   // Prefill the prompt, then one decode step per generated token.
   StepPlan plan;
   plan.prefills.push_back({0, 0, *prompt, LogitsMode::kLast});
   std::vector<int32_t> generated;
   for (int64_t step = 0; step < *max_new; ++step) {
+    sampling.step = static_cast<uint64_t>(step);
+    plan.sampling = {sampling};
     StepOutput out;
     if (absl::Status s = (*backend)->Forward(plan, &out); !s.ok()) return s;
-    SampleOptions options;
-    options.seed = static_cast<uint64_t>(*seed);
-    options.step = static_cast<uint64_t>(step);
-    const int32_t token = SampleToken({out.row(0), static_cast<size_t>(out.vocab)}, params,
-                                      history, options, nullptr);
+    const int32_t token = out.tokens[0];
     generated.push_back(token);
     history.AddGenerated(token);
     if (std::find(config.eos_token_ids.begin(), config.eos_token_ids.end(), token) !=
@@ -253,9 +262,15 @@ int Main(int argc, char** argv) {
   } else if (command == "bench") {
     absl::StatusOr<Args> args =
         Args::Parse(rest, {"backend", "model", "shape", "batch-sizes", "context",
-                           "prompt-lengths", "steps", "state-dtype", "threads"},
+                           "prompt-lengths", "steps", "state-dtype", "sample", "gemm", "threads"},
                     {"teacher"});
     status = args.ok() ? RunBench(*args) : args.status();
+  } else if (command == "drift") {
+    absl::StatusOr<Args> args =
+        Args::Parse(rest, {"backend", "model", "shape", "tokens", "prompt-length", "report-every",
+                           "seed", "threads"},
+                    {});
+    status = args.ok() ? RunDrift(*args) : args.status();
   } else {
     std::fprintf(stderr, "unknown command \"%s\"\n\n%s", command.c_str(), kUsage);
     return 2;

@@ -1,6 +1,8 @@
-#include "engine/runtime/sampler.h"
+#include "engine/sampling/sampler.h"
 
 #include <gtest/gtest.h>
+
+#include "kernels/philox.h"
 
 #include <algorithm>
 #include <cmath>
@@ -10,6 +12,13 @@
 
 namespace lizard {
 namespace {
+
+// One row through the whole sampler.
+int32_t Sample(std::span<const float> x, const SamplingParams& params,
+               const TokenHistory* history = nullptr, uint64_t seed = 0, uint64_t step = 0,
+               int32_t logprobs = 0, TokenLogprobs* out = nullptr) {
+  return SampleToken(x, {params, seed, step, logprobs, history}, out);
+}
 
 std::vector<float> RandomLogits(int vocab, uint32_t seed, float scale = 3.0f) {
   std::mt19937 rng(seed);
@@ -52,13 +61,34 @@ std::vector<double> ReferenceDistribution(std::vector<float> x, const SamplingPa
   return out;
 }
 
-TEST(SamplerTest, CounterUniformIsDeterministicAndUniform) {
-  EXPECT_EQ(CounterUniform(5, 9), CounterUniform(5, 9));
-  EXPECT_NE(CounterUniform(5, 9), CounterUniform(6, 9));
+// Random123's known-answer vectors (kat_vectors: philox4x32 10 rounds).
+TEST(SamplerTest, PhiloxMatchesKnownAnswers) {
+  struct Kat {
+    Philox4x32 ctr;
+    uint32_t key0, key1;
+    Philox4x32 expected;
+  };
+  const Kat kats[] = {
+      {{{0, 0, 0, 0}}, 0, 0, {{0x6627e8d5, 0xe169c58d, 0xbc57ac4c, 0x9b00dbd8}}},
+      {{{0xffffffff, 0xffffffff, 0xffffffff, 0xffffffff}}, 0xffffffff, 0xffffffff,
+       {{0x408f276d, 0x41c83b0e, 0xa20bc7c6, 0x6d5451fd}}},
+      {{{0x243f6a88, 0x85a308d3, 0x13198a2e, 0x03707344}}, 0xa4093822, 0x299f31d0,
+       {{0xd16cfe09, 0x94fdcceb, 0x5001e420, 0x24126ea1}}},
+  };
+  for (const Kat& k : kats) {
+    const Philox4x32 r = Philox4x32x10(k.ctr, k.key0, k.key1);
+    for (int i = 0; i < 4; ++i) EXPECT_EQ(r.v[i], k.expected.v[i]) << i;
+  }
+}
+
+TEST(SamplerTest, PhiloxUniformIsDeterministicAndUniform) {
+  EXPECT_EQ(PhiloxUniform(5, 9), PhiloxUniform(5, 9));
+  EXPECT_NE(PhiloxUniform(5, 9), PhiloxUniform(6, 9));
+  EXPECT_NE(PhiloxUniform(5, 9), PhiloxUniform(5, 9 + (uint64_t{1} << 32)));
   double sum = 0;
   const int n = 100000;
   for (int i = 0; i < n; ++i) {
-    const double u = CounterUniform(42, i);
+    const double u = PhiloxUniform(42, i);
     ASSERT_GE(u, 0.0);
     ASSERT_LT(u, 1.0);
     sum += u;
@@ -67,30 +97,28 @@ TEST(SamplerTest, CounterUniformIsDeterministicAndUniform) {
 }
 
 TEST(SamplerTest, GreedyIsArgmaxLowestIdOnTies) {
-  TokenHistory none;
   for (uint32_t seed = 0; seed < 20; ++seed) {
     std::vector<float> x = RandomLogits(1000 + seed, seed);  // every length mod 8
     const int32_t expected = std::max_element(x.begin(), x.end()) - x.begin();
-    EXPECT_EQ(SampleToken(x, {}, none, {}, nullptr), expected);
+    EXPECT_EQ(Sample(x, {}), expected);
   }
   std::vector<float> ties = {0.0f, 2.0f, 1.0f, 2.0f};
-  EXPECT_EQ(SampleToken(ties, {}, none, {}, nullptr), 1);
+  EXPECT_EQ(Sample(ties, {}), 1);
   const float nan = std::numeric_limits<float>::quiet_NaN();
   std::vector<float> with_nan = {nan, 1.0f, 3.0f, nan, 3.0f};
-  EXPECT_EQ(SampleToken(with_nan, {}, none, {}, nullptr), 2);
+  EXPECT_EQ(Sample(with_nan, {}), 2);
   std::vector<float> all_nan = {nan, nan};
-  EXPECT_EQ(SampleToken(all_nan, {}, none, {}, nullptr), 0);
+  EXPECT_EQ(Sample(all_nan, {}), 0);
 }
 
 TEST(SamplerTest, SameSeedSameTokens) {
   const std::vector<float> x = RandomLogits(500, 3, 1.0f);
   SamplingParams p{.temperature = 1.0f, .top_p = 0.9f};
-  TokenHistory none;
   std::vector<int32_t> a, b, c;
   for (uint64_t step = 0; step < 50; ++step) {
-    a.push_back(SampleToken(x, p, none, {.seed = 11, .step = step}, nullptr));
-    b.push_back(SampleToken(x, p, none, {.seed = 11, .step = step}, nullptr));
-    c.push_back(SampleToken(x, p, none, {.seed = 12, .step = step}, nullptr));
+    a.push_back(Sample(x, p, nullptr, 11, step));
+    b.push_back(Sample(x, p, nullptr, 11, step));
+    c.push_back(Sample(x, p, nullptr, 12, step));
   }
   EXPECT_EQ(a, b);
   EXPECT_NE(a, c);
@@ -127,7 +155,6 @@ TEST(SamplerTest, FrequenciesMatchTruncatedDistribution) {
       {RandomLogits(5000, 107, 4.0f), {.temperature = 1.0f, .top_p = 0.9f}},
       {RandomLogits(5000, 108, 4.0f), {.temperature = 1.0f, .top_k = 40}},
   };
-  TokenHistory none;
   for (size_t ci = 0; ci < cases.size(); ++ci) {
     SCOPED_TRACE(ci);
     const Case& c = cases[ci];
@@ -136,7 +163,7 @@ TEST(SamplerTest, FrequenciesMatchTruncatedDistribution) {
     const std::vector<double> ref = ReferenceDistribution(c.logits, c.params);
     std::vector<int> count(vocab, 0);
     for (int i = 0; i < draws; ++i) {
-      ++count[SampleToken(c.logits, c.params, none, {.seed = ci, .step = uint64_t(i)}, nullptr)];
+      ++count[Sample(c.logits, c.params, nullptr, ci, uint64_t(i))];
     }
     for (int t = 0; t < vocab; ++t) {
       const double f = static_cast<double>(count[t]) / draws;
@@ -150,12 +177,26 @@ TEST(SamplerTest, FrequenciesMatchTruncatedDistribution) {
   }
 }
 
+// Thresholds keep every token tied at them (vLLM's semantics): top-k 1 over a three-way tie
+// draws among the three, and never the less likely token.
+TEST(SamplerTest, TiesAtAThresholdAreAllKept) {
+  const std::vector<float> x = {1.0f, 1.0f, 0.0f, 1.0f};
+  std::vector<int> count(4, 0);
+  for (uint64_t step = 0; step < 3000; ++step) {
+    ++count[Sample(x, {.temperature = 1.0f, .top_k = 1}, nullptr, 3, step)];
+  }
+  EXPECT_EQ(count[2], 0);
+  for (int t : {0, 1, 3}) EXPECT_NEAR(count[t] / 3000.0, 1.0 / 3, 0.04) << t;
+  // top-p: the smallest set of most likely values reaching 0.5 is the tie itself.
+  EXPECT_NE(Sample(x, {.temperature = 1.0f, .top_p = 0.5f}, nullptr, 4, 0), 2);
+}
+
 TEST(SamplerTest, RepetitionPenaltyHfSemantics) {
   std::vector<float> x = {2.0f, -2.0f, 1.0f, -1.0f};
   TokenHistory h;
   h.AddPrompt(std::vector<int32_t>{0, 1});
   h.AddGenerated(1);
-  ApplyPenalties({.repetition_penalty = 2.0f}, h, x);
+  ProcessLogits({.repetition_penalty = 2.0f}, &h, x);
   EXPECT_EQ(x, (std::vector<float>{1.0f, -4.0f, 1.0f, -1.0f}));
 }
 
@@ -166,7 +207,7 @@ TEST(SamplerTest, PresenceAndFrequencyOverGeneratedOnly) {
   h.AddGenerated(1);
   h.AddGenerated(1);
   h.AddGenerated(2);
-  ApplyPenalties({.presence_penalty = 0.5f, .frequency_penalty = 0.25f}, h, x);
+  ProcessLogits({.presence_penalty = 0.5f, .frequency_penalty = 0.25f}, &h, x);
   EXPECT_FLOAT_EQ(x[0], 1.0f);
   EXPECT_FLOAT_EQ(x[1], 1.0f - 0.5f - 0.5f);
   EXPECT_FLOAT_EQ(x[2], 1.0f - 0.5f - 0.25f);
@@ -177,9 +218,9 @@ TEST(SamplerTest, PenaltiesChangeTheGreedyChoice) {
   std::vector<float> x = {1.0f, 3.0f, 2.5f};
   TokenHistory h;
   h.AddGenerated(1);
-  EXPECT_EQ(SampleToken(x, {}, h, {}, nullptr), 1);
-  EXPECT_EQ(SampleToken(x, {.repetition_penalty = 1.5f}, h, {}, nullptr), 2);
-  EXPECT_EQ(SampleToken(x, {.frequency_penalty = 1.0f}, h, {}, nullptr), 2);
+  EXPECT_EQ(Sample(x, {}, &h), 1);
+  EXPECT_EQ(Sample(x, {.repetition_penalty = 1.5f}, &h), 2);
+  EXPECT_EQ(Sample(x, {.frequency_penalty = 1.0f}, &h), 2);
 }
 
 // Logprobs are the log-softmax of the processed (penalized, temperature-scaled) logits before
@@ -190,7 +231,7 @@ TEST(SamplerTest, LogprobsMatchLogSoftmaxOfProcessedLogits) {
   h.AddGenerated(4);
   const SamplingParams p{.temperature = 0.5f, .top_k = 3, .frequency_penalty = 1.0f};
   TokenLogprobs lp;
-  const int32_t token = SampleToken(x, p, h, {.seed = 1, .step = 0, .logprobs = 5}, &lp);
+  const int32_t token = Sample(x, p, &h, 1, 0, 5, &lp);
 
   std::vector<double> y(x.begin(), x.end());
   y[4] -= 1.0;
