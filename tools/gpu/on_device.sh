@@ -3,7 +3,7 @@
 # tools/gpu/run_gpu_suite.sh: the GPU tests, compute-sanitizer memcheck over them, and the
 # benchmarks. Everything is logged under $OUT (at most a few files: the device tool returns 8).
 #
-#   bash tools/gpu/on_device.sh [tests] [memcheck] [server] [ncu] [bench] [bench-full]
+#   bash tools/gpu/on_device.sh [tests] [memcheck] [server] [ncu] [bench] [bench-full] [drift]
 # (default: tests memcheck bench-full; ncu: per-kernel times of llama3-8b decode steps)
 set -u
 OUT=${OUT:-/tmp/gpu-out}
@@ -43,6 +43,7 @@ for phase in $phases; do
     tests)
       run_test gpu_kernels_test
       run_test gpu_cuda_backend_test
+      run_test gpu_gemm_test
       grep -E "^\[  (FAILED|PASSED|SKIPPED) " "$OUT/tests.log" | sort | uniq -c >> "$summary"
       ;;
     server)
@@ -61,7 +62,7 @@ for phase in $phases; do
       note "compare_backends (CPU vs CUDA greedy): exit $? -- $(tail -n 1 "$OUT/compare.log")"
       ;;
     memcheck)
-      for t in gpu_kernels_test gpu_cuda_backend_test; do
+      for t in gpu_kernels_test gpu_cuda_backend_test gpu_gemm_test; do
         t0=$SECONDS
         filter=()
         # The whole-model comparison is covered without the sanitizer; memcheck the rest.
@@ -82,6 +83,14 @@ for phase in $phases; do
         note "bench $label: exit $? in $((SECONDS - t0)) s"
       }
       bench 8b-lizard --shape llama3-8b --batch-sizes 1,8,32,64,128,256 --context 1024 --prompt-lengths 512,2048,8192,32768
+      # What sampling on the device costs (top-p: the dearest path) and what copying the logits
+      # back would cost instead; the same steps with cuBLAS projections.
+      bench 8b-lizard-top-p --shape llama3-8b --sample top-p --batch-sizes 1,64,256 --prompt-lengths 512 --steps 10
+      bench 8b-lizard-logits --shape llama3-8b --sample logits --batch-sizes 1,64,256 --prompt-lengths 512 --steps 10
+      bench 8b-lizard-cublas --shape llama3-8b --gemm cublas --batch-sizes 1,8,64,256 --prompt-lengths 512,8192 --steps 10
+      t0=$SECONDS
+      timeout 200 "$bundle/libexec/gpu_gemm_bench" > "$OUT/gemm-bench.txt" 2>&1
+      note "gpu_gemm_bench: exit $? in $((SECONDS - t0)) s"
       if [[ $phase == bench-full ]]; then
         bench 8b-lizard-bf16-state-128k --shape llama3-8b --state-dtype bf16 --batch-sizes 1,64,256,512 --context 131072 --prompt-lengths 512
         for ctx in 1024 16384 131072; do
@@ -95,6 +104,16 @@ for phase in $phases; do
         bench tiny-lizard --shape tiny --batch-sizes 1,8,64,256 --context 1024 --prompt-lengths 512
       fi
       grep -E "^(###|backend|weights|copy bw| +[0-9]+ )" "$OUT/bench.log" >> "$OUT/bench-table.txt"
+      ;;
+    drift)
+      # bf16 against float32 S/z over 10K+ teacher-forced greedy tokens (random weights).
+      for shape in llama3.2-1b llama3-8b; do
+        t0=$SECONDS
+        echo "### drift $shape" >> "$OUT/drift.log"
+        timeout 280 "$bundle/libexec/lizard-cli" drift --backend cuda --shape $shape --tokens 10240 \
+          --report-every 1024 >> "$OUT/drift.log" 2>&1
+        note "drift $shape: exit $? in $((SECONDS - t0)) s"
+      done
       ;;
     ncu)
       # Per-kernel device time of the first decode steps (kernels inside graphs one by one).

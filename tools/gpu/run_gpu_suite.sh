@@ -14,8 +14,8 @@ bundle=$repo/bundle-gpu
 if [[ ! -f $build/build.ninja ]]; then
   cmake -S "$repo" -B "$build" -G Ninja -DLIZARD_CUDA_ARCHS=90a -DCMAKE_BUILD_TYPE=Release
 fi
-ninja -C "$build" -j2 gpu_kernels_test gpu_cuda_backend_test lizard-cli lizard-server \
-  lizard_cuda_plugin server_integration_test
+ninja -C "$build" -j2 gpu_kernels_test gpu_cuda_backend_test gpu_gemm_test gpu_gemm_bench lizard-cli \
+  lizard-server lizard_cuda_plugin server_integration_test
 
 rm -rf "$bundle"
 # The server's integration tests run against a CUDA server too; the GPU machine has no protoc,
@@ -27,6 +27,7 @@ protoc -I "$repo/proto" --python_out="$bundle/py" --grpc_python_out="$bundle/py"
 # libraries they need beyond glibc, the driver and the CUDA toolkit.
 sh "$repo/tools/bundle.sh" \
   --extra "$build/tests/gpu/gpu_kernels_test" --extra "$build/tests/gpu/gpu_cuda_backend_test" \
+  --extra "$build/tests/gpu/gpu_gemm_test" --extra "$build/tests/gpu/gpu_gemm_bench" \
   --extra "$build/tests/server/server_integration_test" "$build" "$bundle"
 # OpenBLAS alone is ~36 MiB: the libraries travel xz-compressed; on_device.sh unpacks them.
 tar -C "$bundle" -cf - lib | xz -T2 -6 > "$bundle/lib.tar.xz"
@@ -37,10 +38,11 @@ echo "bundle-gpu: ${size} MiB ($(ls "$bundle/libexec" | tr '\n' ' '))"
 cat <<'CMD'
 
 Device call (tool `run`):
-  command:   bash tools/gpu/on_device.sh tests memcheck server ncu bench-full
+  command:   bash tools/gpu/on_device.sh tests memcheck server bench
   carry:     ["bundle-gpu"]
   timeout_s: 540
 (phases: tests, memcheck, server (the server's integration tests on --backend cuda and CPU vs
- CUDA greedy tokens), ncu (per-kernel times), bench (llama3-8b decode/prefill only),
- bench-full (all tables of docs/benchmarks.md); logs come back under the call's files_at)
+ CUDA greedy tokens), ncu (per-kernel times), bench (llama3-8b decode/prefill, sampling and GEMM
+ comparisons), bench-full (all tables of docs/benchmarks.md), drift (bf16 vs f32 state over
+ 10K tokens); logs come back under the call's files_at)
 CMD
