@@ -185,6 +185,7 @@ class CudaBackend : public Backend {
   DeviceBuffer logit_in_, logits_;
   DeviceBuffer meta_;
   PinnedBuffer meta_host_;
+  PinnedBuffer spill_staging_;  // one slot, for SaveSlot
 
   // Sampling: the rows' parameters and penalty entries (seen tokens, then their generated
   // counts) staged in pinned memory; tokens come back through sample_host_ too.
@@ -637,16 +638,20 @@ int64_t CudaBackend::SlotPosition(SlotId slot) const {
 absl::StatusOr<std::string> CudaBackend::SaveSlot(SlotId slot) {
   RETURN_IF_ERROR(CheckSlot(slot));
   const int64_t pos = positions_[slot];
-  PinnedBuffer host;
   const int64_t token_bytes = kv_page_bytes_ / kPageSize;
   const int64_t kv_layer_bytes = 2 * pos * token_bytes;
-  RETURN_IF_ERROR(host.Allocate(layout_.slot_bytes + layout_.num_softmax_layers * kv_layer_bytes));
-  char* h = host.get<char>();
+  // The constant-size slot goes through one pinned buffer kept for all spills (pinning 100+ MiB
+  // per call would cost more than the copy); the softmax KV, unbounded, into pageable memory.
+  if (spill_staging_.bytes() < static_cast<size_t>(layout_.slot_bytes)) {
+    RETURN_IF_ERROR(spill_staging_.Allocate(layout_.slot_bytes));
+  }
+  char* h = spill_staging_.get<char>();
+  std::vector<char> kv_host(layout_.num_softmax_layers * kv_layer_bytes);
   LIZARD_CUDA_RETURN(cudaMemcpyAsync(h, pool_.get<char>() + slot * layout_.slot_bytes, layout_.slot_bytes,
                                      cudaMemcpyDeviceToHost, stream_));
   std::vector<std::string_view> kv;
   for (int64_t s = 0; s < layout_.num_softmax_layers; ++s) {
-    char* layer = h + layout_.slot_bytes + s * kv_layer_bytes;
+    char* layer = kv_host.data() + s * kv_layer_bytes;
     for (int value = 0; value < 2; ++value) {
       for (int64_t t = 0; t < pos; t += kPageSize) {
         const int64_t n = std::min<int64_t>(kPageSize, pos - t);

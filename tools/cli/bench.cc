@@ -184,6 +184,27 @@ absl::Status RunBench(const Args& args) {
     std::printf("\n");
   }
 
+  // Spilling a sequence's state to the host tier and restoring it (what the engine does for idle
+  // sessions when device slots run out): SaveSlot then LoadSlot of slot 0, median of 5.
+  {
+    std::vector<double> save_times, load_times;
+    size_t bytes = 0;
+    for (int run = 0; run < 5; ++run) {
+      const auto t0 = std::chrono::steady_clock::now();
+      absl::StatusOr<std::string> saved = backend.SaveSlot(0);
+      if (!saved.ok()) return saved.status();
+      const auto t1 = std::chrono::steady_clock::now();
+      if (absl::Status s = backend.LoadSlot(0, *saved); !s.ok()) return s;
+      const auto t2 = std::chrono::steady_clock::now();
+      save_times.push_back(std::chrono::duration<double>(t1 - t0).count());
+      load_times.push_back(std::chrono::duration<double>(t2 - t1).count());
+      bytes = saved->size();
+    }
+    std::printf("\nstate spill (SaveSlot) %.2f ms, restore (LoadSlot) %.2f ms per sequence (%.2f MiB "
+                "serialized, median of 5)\n",
+                Median(save_times) * 1e3, Median(load_times) * 1e3, MiB(static_cast<double>(bytes)));
+  }
+
   std::printf("\nprefill from an empty state, one chunk (median of %d after 1 warm-up)\n",
               kPrefillRuns);
   std::printf("%7s %14s %12s\n", "prompt", "ms", "tokens/s");

@@ -103,7 +103,7 @@ for phase in $phases; do
         bench 1b-lizard --shape llama3.2-1b --batch-sizes 1,8,32,64,128,256 --context 1024 --prompt-lengths 512,8192
         bench tiny-lizard --shape tiny --batch-sizes 1,8,64,256 --context 1024 --prompt-lengths 512
       fi
-      grep -E "^(###|backend|weights|copy bw| +[0-9]+ )" "$OUT/bench.log" >> "$OUT/bench-table.txt"
+      grep -E "^(###|backend|weights|copy bw|state spill| +[0-9]+ )" "$OUT/bench.log" >> "$OUT/bench-table.txt"
       ;;
     drift)
       # bf16 against float32 S/z over 10K+ teacher-forced greedy tokens (random weights).
