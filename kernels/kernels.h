@@ -200,6 +200,7 @@ struct SamplingRow {
   // how often each was generated.
   int32_t penalty_begin = 0, penalty_end = 0;
   uint64_t seed = 0, step = 0;  // Philox key and counter of the draw
+  int32_t logprobs = 0;         // top-n logprobs wanted (TopLogprobs); 0 = none
 };
 
 // In place: penalties over each row's entries (repetition on all of them, presence/frequency on
@@ -211,6 +212,16 @@ cudaError_t ProcessLogits(float* logits, int rows, int vocab, const SamplingRow*
 // tokens[r] = the token drawn from processed row r (greedy argmax when temperature is 0).
 cudaError_t SampleTokens(const float* logits, int rows, int vocab, const SamplingRow* params,
                          int32_t* tokens, cudaStream_t stream);
+
+// For the rows with 0 < n = min(params[r].logprobs, vocab) <= kMaxDeviceTopLogprobs: the
+// log-softmax of processed row r at tokens[r] (chosen_logprob[r]) and its n most likely tokens
+// by logit, lower id first on ties, most likely first, at top_ids / top_logprobs
+// [r * kMaxDeviceTopLogprobs + i], i < n (log Z summed in double, as on the host). Other rows
+// are left alone (the host ranks larger n itself).
+constexpr int kMaxDeviceTopLogprobs = 64;
+cudaError_t TopLogprobs(const float* logits, int rows, int vocab, const SamplingRow* params,
+                        const int32_t* tokens, float* chosen_logprob, int32_t* top_ids,
+                        float* top_logprobs, cudaStream_t stream);
 
 // ---- gemm_bf16.cu ----
 // Batch-invariant projection: y[r, :] = x[r, :] w^T for r < rows, x bf16 [rows, in] (row stride

@@ -59,10 +59,10 @@ __device__ T BlockAllReduce(T v, Op op) {
 
 // The largest key in [lo, hi) for which `holds` is true, given holds(lo) and that `holds` turns
 // false once and stays false as the key grows. Every thread runs the same probes.
-template <typename Pred>
-__device__ uint32_t LargestKey(uint32_t lo, uint32_t hi, Pred holds) {
+template <typename Key, typename Pred>
+__device__ Key LargestKey(Key lo, Key hi, Pred holds) {
   while (hi - lo > 1) {
-    const uint32_t mid = lo + (hi - lo) / 2;
+    const Key mid = lo + (hi - lo) / 2;
     if (holds(mid)) {
       lo = mid;
     } else {
@@ -130,13 +130,13 @@ __global__ void __launch_bounds__(kThreads)
 
   float t = 0.f;  // keep p >= t
   if (p.top_k > 0 && p.top_k < vocab && count_at_least(0.f) >= p.top_k) {
-    t = __uint_as_float(LargestKey(0u, kKeyAboveOne, [&](uint32_t key) {
+    t = __uint_as_float(LargestKey<uint32_t>(0u, kKeyAboveOne, [&](uint32_t key) {
       return count_at_least(__uint_as_float(key)) >= p.top_k;
     }));
   }
   if (p.top_p < 1.f) {
     const double target = static_cast<double>(p.top_p) * mass_at_least(t);
-    t = __uint_as_float(LargestKey(__float_as_uint(t), kKeyAboveOne, [&](uint32_t key) {
+    t = __uint_as_float(LargestKey<uint32_t>(__float_as_uint(t), kKeyAboveOne, [&](uint32_t key) {
       return mass_at_least(__uint_as_float(key)) >= target;
     }));
   }
@@ -181,6 +181,83 @@ __global__ void __launch_bounds__(kThreads)
   if (tid == 0) tokens[blockIdx.x] = chosen != INT_MAX ? chosen : (last_kept >= 0 ? last_kept : argmax);
 }
 
+// Orders floats like their values (NaN first, below -inf: never among the top).
+__device__ __forceinline__ uint32_t OrderedKey(float v) {
+  if (isnan(v)) return 0u;
+  const uint32_t bits = __float_as_uint(v == 0.f ? 0.f : v);  // -0 ties with +0, as on the host
+  return (bits & 0x80000000u) ? ~bits : bits | 0x80000000u;
+}
+
+__global__ void __launch_bounds__(kThreads)
+    TopLogprobsKernel(const float* logits, int vocab, const SamplingRow* params, const int32_t* tokens,
+                      float* chosen_logprob, int32_t* top_ids, float* top_logprobs) {
+  const int n = min(params[blockIdx.x].logprobs, vocab);
+  if (n <= 0 || n > kMaxDeviceTopLogprobs) return;
+  const float* x = logits + static_cast<int64_t>(blockIdx.x) * vocab;
+  const int tid = threadIdx.x;
+
+  // log Z in double, as the host does.
+  IndexedValue best{-INFINITY, INT_MAX};
+  for (int i = tid; i < vocab; i += kThreads) best = ArgMaxOp()(best, {x[i], i});
+  best = BlockAllReduce(best, ArgMaxOp());
+  const double max_logit = best.index == INT_MAX ? static_cast<double>(x[0]) : best.value;
+  double sum = 0.0;
+  for (int i = tid; i < vocab; i += kThreads) sum += exp(static_cast<double>(x[i]) - max_logit);
+  const double log_z = max_logit + log(BlockAllReduce(sum, SumOp()));
+  if (tid == 0) chosen_logprob[blockIdx.x] = static_cast<float>(x[tokens[blockIdx.x]] - log_z);
+
+  // The n-th largest key, then the keys above it (fewer than n) and, in id order, as many ties
+  // at it as fill n.
+  auto count_at_least = [&](uint64_t key) {
+    int c = 0;
+    for (int i = tid; i < vocab; i += kThreads) c += OrderedKey(x[i]) >= key;
+    return BlockAllReduce(c, SumOp());
+  };
+  const uint32_t t = static_cast<uint32_t>(
+      LargestKey<uint64_t>(0, uint64_t{1} << 32, [&](uint64_t key) { return count_at_least(key) >= n; }));
+  const int chunk = (vocab + kThreads - 1) / kThreads;
+  const int begin = min(vocab, tid * chunk), end = min(vocab, begin + chunk);
+  int above = 0, ties = 0;
+  for (int i = begin; i < end; ++i) {
+    const uint32_t key = OrderedKey(x[i]);
+    above += key > t;
+    ties += key == t;
+  }
+  using Scan = cub::BlockScan<int, kThreads>;
+  __shared__ typename Scan::TempStorage scan_storage;
+  __shared__ int ids[kMaxDeviceTopLogprobs];
+  __shared__ float values[kMaxDeviceTopLogprobs];
+  int above_before = 0, ties_before = 0, above_total = 0, ties_total = 0;
+  Scan(scan_storage).ExclusiveSum(above, above_before, above_total);
+  __syncthreads();
+  Scan(scan_storage).ExclusiveSum(ties, ties_before, ties_total);
+  for (int i = begin; i < end; ++i) {
+    const uint32_t key = OrderedKey(x[i]);
+    if (key > t) {
+      ids[above_before] = i, values[above_before] = x[i];
+      ++above_before;
+    } else if (key == t && above_total + ties_before < n) {
+      ids[above_total + ties_before] = i, values[above_total + ties_before] = x[i];
+      ++ties_before;
+    }
+  }
+  __syncthreads();
+  if (tid == 0) {
+    // n <= 64 entries: insertion sort by (value desc, id asc).
+    for (int a = 1; a < n; ++a) {
+      const int id = ids[a];
+      const float v = values[a];
+      int b = a - 1;
+      for (; b >= 0 && (values[b] < v || (values[b] == v && ids[b] > id)); --b) ids[b + 1] = ids[b], values[b + 1] = values[b];
+      ids[b + 1] = id, values[b + 1] = v;
+    }
+    for (int a = 0; a < n; ++a) {
+      top_ids[blockIdx.x * kMaxDeviceTopLogprobs + a] = ids[a];
+      top_logprobs[blockIdx.x * kMaxDeviceTopLogprobs + a] = static_cast<float>(values[a] - log_z);
+    }
+  }
+}
+
 }  // namespace
 
 cudaError_t ProcessLogits(float* logits, int rows, int vocab, const SamplingRow* params,
@@ -195,6 +272,15 @@ cudaError_t SampleTokens(const float* logits, int rows, int vocab, const Samplin
                          int32_t* tokens, cudaStream_t stream) {
   if (rows == 0) return cudaSuccess;
   SampleTokensKernel<<<rows, kThreads, 0, stream>>>(logits, vocab, params, tokens);
+  return cudaGetLastError();
+}
+
+cudaError_t TopLogprobs(const float* logits, int rows, int vocab, const SamplingRow* params,
+                        const int32_t* tokens, float* chosen_logprob, int32_t* top_ids,
+                        float* top_logprobs, cudaStream_t stream) {
+  if (rows == 0) return cudaSuccess;
+  TopLogprobsKernel<<<rows, kThreads, 0, stream>>>(logits, vocab, params, tokens, chosen_logprob, top_ids,
+                                                   top_logprobs);
   return cudaGetLastError();
 }
 

@@ -191,7 +191,10 @@ class CudaBackend : public Backend {
   // counts) staged in pinned memory; tokens come back through sample_host_ too.
   DeviceBuffer sample_params_, sample_tokens_, penalties_;
   PinnedBuffer sample_host_, penalties_host_;
-  std::vector<float> logprob_rows_;  // processed rows of the requests that want logprobs
+  // Logprobs: per row the chosen token's, then kMaxDeviceTopLogprobs top ids and values.
+  DeviceBuffer logprobs_;
+  PinnedBuffer logprobs_host_;
+  std::vector<float> logprob_rows_;  // processed rows of requests wanting more than the device ranks
 
   // CUDA graphs of decode steps, by bucket size.
   std::map<int, cudaGraphExec_t> graphs_;
@@ -467,6 +470,8 @@ absl::Status CudaBackend::AllocateActivations() {
   RETURN_IF_ERROR(sample_params_.Allocate(kMaxLogitRows * sizeof(k::SamplingRow)));
   RETURN_IF_ERROR(sample_tokens_.Allocate(kMaxLogitRows * sizeof(int32_t)));
   RETURN_IF_ERROR(sample_host_.Allocate(sample_params_.bytes() + sample_tokens_.bytes()));
+  RETURN_IF_ERROR(logprobs_.Allocate(kMaxLogitRows * (1 + 2 * k::kMaxDeviceTopLogprobs) * sizeof(float)));
+  RETURN_IF_ERROR(logprobs_host_.Allocate(logprobs_.bytes()));
   // The largest split-K workspace of the projections' shapes (one workspace: calls are ordered
   // on the stream).
   size_t workspace = 0;
@@ -930,7 +935,7 @@ absl::Status CudaBackend::SampleLogits(const RowSampling* rows, int n, int64_t o
     const SamplingParams& sp = rows[i].params;
     k::SamplingRow& p = params[i];
     p = {sp.temperature, sp.top_k, sp.top_p, sp.min_p, sp.repetition_penalty, sp.presence_penalty,
-         sp.frequency_penalty, e, e, rows[i].seed, rows[i].step};
+         sp.frequency_penalty, e, e, rows[i].seed, rows[i].step, rows[i].logprobs};
     if (rows[i].history != nullptr && sp.penalized()) {
       const auto& generated = rows[i].history->generated_counts();
       for (int32_t t : rows[i].history->seen()) {
@@ -951,20 +956,47 @@ absl::Status CudaBackend::SampleLogits(const RowSampling* rows, int n, int64_t o
                                       device_tokens + entries, stream_));
   LIZARD_CUDA_RETURN(k::SampleTokens(logits, n, V_, sample_params_.get<k::SamplingRow>(), sample_tokens_.get<int32_t>(), stream_));
   LIZARD_CUDA_RETURN(cudaMemcpyAsync(tokens, sample_tokens_.get(), n * sizeof(int32_t), cudaMemcpyDeviceToHost, stream_));
-  // Logprobs need the processed rows on the host (the log-softmax and the top-n run there).
-  std::vector<int> logprob_rows;
+  // Logprobs: ranked on the device up to kMaxDeviceTopLogprobs alternatives (only those come
+  // back); a request for more gets its processed row copied back and ranked on the host.
+  bool device_logprobs = false;
+  std::vector<int> host_rows;
   for (int i = 0; i < n; ++i) {
-    if (rows[i].logprobs > 0) logprob_rows.push_back(i);
+    if (std::min(rows[i].logprobs, V_) > k::kMaxDeviceTopLogprobs) {
+      host_rows.push_back(i);
+    } else if (rows[i].logprobs > 0) {
+      device_logprobs = true;
+    }
   }
-  logprob_rows_.resize(logprob_rows.size() * static_cast<size_t>(V_));
-  for (size_t j = 0; j < logprob_rows.size(); ++j) {
-    LIZARD_CUDA_RETURN(cudaMemcpyAsync(logprob_rows_.data() + j * V_, logits + static_cast<int64_t>(logprob_rows[j]) * V_,
+  constexpr int kTop = k::kMaxDeviceTopLogprobs;
+  float* chosen = logprobs_.get<float>();
+  int32_t* top_ids = reinterpret_cast<int32_t*>(chosen + kMaxLogitRows);
+  float* top_values = chosen + kMaxLogitRows * (1 + kTop);
+  if (device_logprobs) {
+    LIZARD_CUDA_RETURN(k::TopLogprobs(logits, n, V_, sample_params_.get<k::SamplingRow>(), sample_tokens_.get<int32_t>(),
+                                      chosen, top_ids, top_values, stream_));
+    LIZARD_CUDA_RETURN(cudaMemcpyAsync(logprobs_host_.get(), logprobs_.get(), logprobs_.bytes(), cudaMemcpyDeviceToHost, stream_));
+  }
+  logprob_rows_.resize(host_rows.size() * static_cast<size_t>(V_));
+  for (size_t j = 0; j < host_rows.size(); ++j) {
+    LIZARD_CUDA_RETURN(cudaMemcpyAsync(logprob_rows_.data() + j * V_, logits + static_cast<int64_t>(host_rows[j]) * V_,
                                        V_ * sizeof(float), cudaMemcpyDeviceToHost, stream_));
   }
   LIZARD_CUDA_RETURN(cudaStreamSynchronize(stream_));
-  for (int i = 0; i < n; ++i) out->tokens[out_row + i] = tokens[i];
-  for (size_t j = 0; j < logprob_rows.size(); ++j) {
-    const int i = logprob_rows[j];
+  const float* chosen_host = logprobs_host_.get<float>();
+  const int32_t* top_ids_host = reinterpret_cast<const int32_t*>(chosen_host + kMaxLogitRows);
+  const float* top_values_host = chosen_host + kMaxLogitRows * (1 + kTop);
+  for (int i = 0; i < n; ++i) {
+    out->tokens[out_row + i] = tokens[i];
+    if (rows[i].logprobs <= 0 || std::find(host_rows.begin(), host_rows.end(), i) != host_rows.end()) continue;
+    TokenLogprobs& lp = out->logprobs[out_row + i];
+    lp.chosen = {tokens[i], chosen_host[i]};
+    lp.top.clear();
+    for (int a = 0; a < std::min(rows[i].logprobs, V_); ++a) {
+      lp.top.push_back({top_ids_host[i * kTop + a], top_values_host[i * kTop + a]});
+    }
+  }
+  for (size_t j = 0; j < host_rows.size(); ++j) {
+    const int i = host_rows[j];
     FillLogprobs(std::span<const float>(logprob_rows_.data() + j * V_, V_), tokens[i], rows[i].logprobs,
                  &out->logprobs[out_row + i]);
   }

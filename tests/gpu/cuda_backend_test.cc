@@ -279,6 +279,7 @@ TEST_F(CudaBackendTest, SamplingInForwardMatchesHostSamplerOnItsLogits) {
     rows[1].params = {.temperature = 0.9f};
     rows[2].params = {.temperature = 1.1f, .top_k = 20, .top_p = 0.9f, .min_p = 0.01f};
     rows[3].params = {.temperature = 0.7f, .repetition_penalty = 1.2f, .frequency_penalty = 0.3f};
+    rows[3].logprobs = 100;  // beyond what the device ranks: ranked on the host
     rows[4].params = {.presence_penalty = 0.4f};  // greedy with a penalty
     rows[5].params = {.temperature = 1.0f, .top_p = 0.5f};
     rows[5].logprobs = 4;

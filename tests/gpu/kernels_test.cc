@@ -490,8 +490,9 @@ TEST(KernelsTest, FeatureMapLogits) {
 // ---------------------------------------------------------------- sampling
 
 // Random rows of a large and a small vocabulary, each with its own parameters and penalty
-// history; the kernels must reproduce the host sampler's processed logits bit for bit and its
-// tokens (a draw could only differ where u * mass lands within rounding of a boundary).
+// history; the kernels must reproduce the host sampler's processed logits bit for bit, its tokens
+// (a draw could only differ where u * mass lands within rounding of a boundary) and its logprobs
+// (the same top-n ids, values within 4 ulps: log Z is summed in another order).
 TEST(KernelsTest, SamplingMatchesHostSampler) {
   std::mt19937 rng(11);
   for (int vocab : {128256, 1000, 37}) {
@@ -526,8 +527,10 @@ TEST(KernelsTest, SamplingMatchesHostSampler) {
         for (int g = 0; g < 15; ++g) histories[r].AddGenerated(static_cast<int32_t>(rng() % std::min(vocab, 40)));
         specs[r].history = &histories[r];
       }
+      specs[r].logprobs = std::vector<int32_t>{0, 1, 5, 20, 64}[r % 5];
       params[r] = {p.temperature, p.top_k, p.top_p, p.min_p, p.repetition_penalty, p.presence_penalty,
-                   p.frequency_penalty, static_cast<int32_t>(penalty_tokens.size()), 0, specs[r].seed, specs[r].step};
+                   p.frequency_penalty, static_cast<int32_t>(penalty_tokens.size()), 0, specs[r].seed, specs[r].step,
+                   specs[r].logprobs};
       if (specs[r].history != nullptr) {
         for (int32_t t : histories[r].seen()) {
           const auto it = histories[r].generated_counts().find(t);
@@ -542,8 +545,15 @@ TEST(KernelsTest, SamplingMatchesHostSampler) {
     DeviceVec<int32_t> d_ptok(penalty_tokens), d_pcnt(penalty_counts), d_tokens(rows);
     CUDA_OK(k::ProcessLogits(d_logits.get(), rows, vocab, d_params.get(), d_ptok.get(), d_pcnt.get(), nullptr));
     CUDA_OK(k::SampleTokens(d_logits.get(), rows, vocab, d_params.get(), d_tokens.get(), nullptr));
+    constexpr int kTop = k::kMaxDeviceTopLogprobs;
+    DeviceVec<float> d_chosen(rows), d_top_values(static_cast<size_t>(rows) * kTop);
+    DeviceVec<int32_t> d_top_ids(static_cast<size_t>(rows) * kTop);
+    CUDA_OK(k::TopLogprobs(d_logits.get(), rows, vocab, d_params.get(), d_tokens.get(), d_chosen.get(), d_top_ids.get(),
+                           d_top_values.get(), nullptr));
     const std::vector<float> processed = d_logits.Download();
     const std::vector<int32_t> tokens = d_tokens.Download();
+    const std::vector<float> chosen = d_chosen.Download(), top_values = d_top_values.Download();
+    const std::vector<int32_t> top_ids = d_top_ids.Download();
     int draws = 0;
     for (int r = 0; r < rows; ++r) {
       SCOPED_TRACE(::testing::Message() << "vocab " << vocab << " row " << r);
@@ -554,6 +564,17 @@ TEST(KernelsTest, SamplingMatchesHostSampler) {
                                            specs[r], nullptr);
       EXPECT_EQ(tokens[r], expected);
       draws += specs[r].params.temperature != 0.f;
+      // Logprobs: the host ranks the same processed row.
+      if (specs[r].logprobs > 0) {
+        TokenLogprobs lp;
+        FillLogprobs(x, tokens[r], specs[r].logprobs, &lp);
+        EXPECT_FLOAT_EQ(chosen[r], lp.chosen.logprob);
+        ASSERT_EQ(static_cast<int>(lp.top.size()), std::min(specs[r].logprobs, vocab));
+        for (size_t a = 0; a < lp.top.size(); ++a) {
+          EXPECT_EQ(top_ids[r * kTop + a], lp.top[a].token) << a;
+          EXPECT_FLOAT_EQ(top_values[r * kTop + a], lp.top[a].logprob) << a;
+        }
+      }
     }
     EXPECT_GT(draws, rows / 2);
   }
