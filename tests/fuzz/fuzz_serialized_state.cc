@@ -1,6 +1,8 @@
 // Fuzzes ParseSerializedState against the layout of a small hybrid model (lizard and softmax
-// layers). Each input is parsed as given, and once more with its header checksum recomputed so
-// that the fuzzer also reaches the checks behind the crc32. Every returned view is read in full.
+// layers), and ParseOrConvertSerializedState into the same model's layout with other dtypes (the
+// conversion a backend runs on load). Each input is parsed as given, and once more with its
+// header checksum recomputed so that the fuzzer also reaches the checks behind the crc32. Every
+// returned view is read in full.
 // The seeds in corpus/serialized_state are SerializeState output for this layout at positions 0
 // and 3 (the second with softmax KV).
 #include <cstddef>
@@ -28,12 +30,22 @@ constexpr std::string_view kConfig = R"({
 constexpr size_t kHeaderBytes = 40;
 constexpr size_t kCrcOffset = 12;
 
-const lizard::StateLayout& Layout() {
-  static const lizard::StateLayout layout = [] {
-    auto config = lizard::ParseModelConfig(kConfig);
-    if (!config.ok()) abort();
-    return lizard::StateLayout(*config, lizard::DType::kF32, lizard::DType::kF16);
+const lizard::ModelConfig& Config() {
+  static const lizard::ModelConfig config = [] {
+    auto parsed = lizard::ParseModelConfig(kConfig);
+    if (!parsed.ok()) abort();
+    return *parsed;
   }();
+  return config;
+}
+
+// The layout of the seeds, and another dtype choice of the same model to convert into.
+const lizard::StateLayout& Layout() {
+  static const lizard::StateLayout layout(Config(), lizard::DType::kF32, lizard::DType::kF16);
+  return layout;
+}
+const lizard::StateLayout& OtherLayout() {
+  static const lizard::StateLayout layout(Config(), lizard::DType::kBF16, lizard::DType::kF32);
   return layout;
 }
 
@@ -44,11 +56,17 @@ unsigned Touch(std::string_view bytes) {
   return sum;
 }
 
-void Parse(std::string_view bytes) {
-  auto view = lizard::ParseSerializedState(Layout(), bytes);
-  if (!view.ok()) return;
+unsigned TouchView(const absl::StatusOr<lizard::SerializedStateView>& view) {
+  if (!view.ok()) return 0;
   unsigned sum = Touch(view->slot);
   for (std::string_view kv : view->softmax_kv) sum += Touch(kv);
+  return sum;
+}
+
+void Parse(std::string_view bytes) {
+  unsigned sum = TouchView(lizard::ParseSerializedState(Layout(), bytes));
+  std::string converted;
+  sum += TouchView(lizard::ParseOrConvertSerializedState(Config(), OtherLayout(), bytes, &converted));
   volatile unsigned sink = sum;
   (void)sink;
 }
