@@ -266,71 +266,95 @@ absl::StatusOr<SerializedStateView> ParseSerializedState(const StateLayout& layo
   return view;
 }
 
-absl::StatusOr<std::string> ConvertSerializedState(const ModelConfig& config, const StateLayout& target,
-                                                   std::string_view bytes) {
+namespace {
+
+// The layout of `config` that `bytes` were saved under when it is another dtype choice than
+// `target`'s, found by the header's (unchecked) fingerprint; nullopt when the bytes name target's
+// layout or no layout of this model. Refuses a target that is not a layout of `config`.
+absl::StatusOr<std::optional<StateLayout>> OtherSourceLayout(const ModelConfig& config, const StateLayout& target,
+                                                             std::string_view bytes) {
   if (StateLayout(config, target.state_dtype, target.window_dtype).fingerprint != target.fingerprint) {
     return absl::InvalidArgumentError(absl::StrCat("ConvertSerializedState: the target layout [", target.fingerprint,
                                                    "] is not a layout of this model"));
   }
-  // The header's fingerprint picks the source layout among this model's dtype choices;
-  // ParseSerializedState then checks everything, the checksum included.
-  std::optional<StateLayout> source;
   const std::optional<std::string_view> fingerprint = HeaderFingerprint(bytes);
-  if (fingerprint.has_value() && *fingerprint != target.fingerprint) {
-    for (DType state_dtype : {DType::kF32, DType::kBF16, DType::kF16}) {
-      for (DType window_dtype : {DType::kF32, DType::kBF16, DType::kF16}) {
-        StateLayout candidate(config, state_dtype, window_dtype);
-        if (candidate.fingerprint == *fingerprint) source = std::move(candidate);
-      }
+  if (!fingerprint.has_value() || *fingerprint == target.fingerprint) return std::nullopt;
+  for (DType state_dtype : {DType::kF32, DType::kBF16, DType::kF16}) {
+    for (DType window_dtype : {DType::kF32, DType::kBF16, DType::kF16}) {
+      StateLayout candidate(config, state_dtype, window_dtype);
+      if (candidate.fingerprint == *fingerprint) return std::optional<StateLayout>(std::move(candidate));
     }
   }
-  if (!source.has_value()) {
+  return std::nullopt;
+}
+
+// A parsed state of layout `source` re-encoded in `target`'s dtypes, written to `out` as the slot
+// (target.slot_bytes) followed by each softmax layer's KV; returns the views into `out`.
+SerializedStateView RecodeState(const StateLayout& source, const SerializedStateView& view,
+                                const StateLayout& target, std::string* out) {
+  const DType from_state = source.state_dtype, from_window = source.window_dtype;
+  const int64_t kv_values = view.softmax_kv.empty()
+                                ? 0
+                                : static_cast<int64_t>(view.softmax_kv[0].size() / DTypeSize(from_window));
+  const int64_t kv_bytes = kv_values * static_cast<int64_t>(DTypeSize(target.window_dtype));
+  out->assign(target.slot_bytes + view.softmax_kv.size() * kv_bytes, '\0');  // padding stays zero
+  char* slot = out->data();
+  WriteSlotPosition(target, slot, view.position);
+  const int64_t s_values = source.s_bytes / DTypeSize(from_state);
+  const int64_t z_values = source.z_bytes / DTypeSize(from_state);
+  const int64_t window_values = source.window_bytes / DTypeSize(from_window);
+  for (size_t i = 0; i < target.lizard_layers.size(); ++i) {
+    const LizardLayerOffsets& from = source.lizard_layers[i];
+    const LizardLayerOffsets& to = target.lizard_layers[i];
+    const char* in = view.slot.data();
+    Recode(from_state, in + from.s, target.state_dtype, slot + to.s, s_values);
+    Recode(from_state, in + from.z, target.state_dtype, slot + to.z, z_values);
+    Recode(from_window, in + from.window_k, target.window_dtype, slot + to.window_k, window_values);
+    Recode(from_window, in + from.window_v, target.window_dtype, slot + to.window_v, window_values);
+  }
+  SerializedStateView recoded;
+  recoded.position = view.position;
+  recoded.slot = std::string_view(*out).substr(0, target.slot_bytes);
+  for (size_t i = 0; i < view.softmax_kv.size(); ++i) {
+    char* layer = slot + target.slot_bytes + i * kv_bytes;
+    Recode(from_window, view.softmax_kv[i].data(), target.window_dtype, layer, kv_values);
+    recoded.softmax_kv.emplace_back(layer, kv_bytes);
+  }
+  return recoded;
+}
+
+}  // namespace
+
+absl::StatusOr<std::string> ConvertSerializedState(const ModelConfig& config, const StateLayout& target,
+                                                   std::string_view bytes) {
+  // The header's fingerprint picks the source layout among this model's dtype choices;
+  // ParseSerializedState then checks everything, the checksum included.
+  absl::StatusOr<std::optional<StateLayout>> source = OtherSourceLayout(config, target, bytes);
+  if (!source.ok()) return source.status();
+  if (!source->has_value()) {
     // Already in target's layout, or not a state of this model: target's parse accepts it or says why.
     absl::StatusOr<SerializedStateView> view = ParseSerializedState(target, bytes);
     if (!view.ok()) return view.status();
     return std::string(bytes);
   }
-  absl::StatusOr<SerializedStateView> view = ParseSerializedState(*source, bytes);
+  absl::StatusOr<SerializedStateView> view = ParseSerializedState(**source, bytes);
   if (!view.ok()) return view.status();
-
-  std::string slot(target.slot_bytes, '\0');  // padding stays zero
-  WriteSlotPosition(target, slot.data(), view->position);
-  const DType from_state = source->state_dtype, from_window = source->window_dtype;
-  const int64_t s_values = source->s_bytes / DTypeSize(from_state);
-  const int64_t z_values = source->z_bytes / DTypeSize(from_state);
-  const int64_t window_values = source->window_bytes / DTypeSize(from_window);
-  for (size_t i = 0; i < target.lizard_layers.size(); ++i) {
-    const LizardLayerOffsets& from = source->lizard_layers[i];
-    const LizardLayerOffsets& to = target.lizard_layers[i];
-    const char* in = view->slot.data();
-    char* out = slot.data();
-    Recode(from_state, in + from.s, target.state_dtype, out + to.s, s_values);
-    Recode(from_state, in + from.z, target.state_dtype, out + to.z, z_values);
-    Recode(from_window, in + from.window_k, target.window_dtype, out + to.window_k, window_values);
-    Recode(from_window, in + from.window_v, target.window_dtype, out + to.window_v, window_values);
-  }
-  std::vector<std::string> kv;
-  for (std::string_view layer : view->softmax_kv) {
-    const int64_t values = static_cast<int64_t>(layer.size() / DTypeSize(from_window));
-    std::string converted(values * DTypeSize(target.window_dtype), '\0');
-    Recode(from_window, layer.data(), target.window_dtype, converted.data(), values);
-    kv.push_back(std::move(converted));
-  }
-  return SerializeState(target, slot, std::vector<std::string_view>(kv.begin(), kv.end()));
+  std::string recoded_bytes;
+  const SerializedStateView recoded = RecodeState(**source, *view, target, &recoded_bytes);
+  return SerializeState(target, recoded.slot, recoded.softmax_kv);
 }
 
 absl::StatusOr<SerializedStateView> ParseOrConvertSerializedState(const ModelConfig& config,
                                                                   const StateLayout& layout,
                                                                   std::string_view bytes,
                                                                   std::string* storage) {
-  absl::StatusOr<SerializedStateView> view = ParseSerializedState(layout, bytes);
-  if (view.ok()) return view;
-  absl::StatusOr<std::string> converted = ConvertSerializedState(config, layout, bytes);
-  if (!converted.ok()) return view.status();
-  *storage = *std::move(converted);
-  absl::StatusOr<SerializedStateView> reparsed = ParseSerializedState(layout, *storage);
-  if (!reparsed.ok()) return view.status();
-  return reparsed;
+  // One checksum pass either way: the bytes are parsed under the layout their header names, and a
+  // state of another dtype choice is recoded straight into `storage` (no re-serialization).
+  absl::StatusOr<std::optional<StateLayout>> source = OtherSourceLayout(config, layout, bytes);
+  if (!source.ok() || !source->has_value()) return ParseSerializedState(layout, bytes);
+  absl::StatusOr<SerializedStateView> view = ParseSerializedState(**source, bytes);
+  if (!view.ok()) return ParseSerializedState(layout, bytes).status();  // the error naming both layouts
+  return RecodeState(**source, *view, layout, storage);
 }
 
 }  // namespace lizard

@@ -112,9 +112,9 @@ absl::StatusOr<std::string> ConvertSerializedState(const ModelConfig& config, co
                                                    std::string_view bytes);
 
 // What a backend's LoadSlot uses: ParseSerializedState, and for a state saved under other dtypes
-// of the same model, ConvertSerializedState first (`storage` then owns the converted bytes the
-// views point into). Errors are ParseSerializedState's on the original bytes (they name both
-// layouts).
+// of the same model, the same re-encoding as ConvertSerializedState (`storage` then owns the
+// re-encoded slot and KV the views point into; nothing is serialized again). Errors are
+// ParseSerializedState's on the original bytes (they name both layouts).
 absl::StatusOr<SerializedStateView> ParseOrConvertSerializedState(const ModelConfig& config,
                                                                   const StateLayout& layout,
                                                                   std::string_view bytes,
