@@ -33,9 +33,16 @@ absl::StatusOr<double> TimeForward(Backend& backend, const StepPlan& plan, StepO
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
+}  // namespace
+
 double MiB(double bytes) { return bytes / 1048576.0; }
 
-}  // namespace
+absl::StatusOr<ModelConfig> ModelShapeOption(const Args& args) {
+  if (args.Has("model") == args.Has("shape")) {
+    return absl::InvalidArgumentError("give exactly one of --model DIR or --shape NAME");
+  }
+  return args.Has("model") ? LoadModelConfig(args.String("model", "")) : ShapePreset(args.String("shape", ""));
+}
 
 absl::StatusOr<BackendKind> BackendKindOption(const Args& args) {
   absl::StatusOr<BackendKind> kind = ParseBackendKind(args.String("backend", "auto"));
@@ -44,14 +51,8 @@ absl::StatusOr<BackendKind> BackendKindOption(const Args& args) {
 }
 
 absl::Status RunBench(const Args& args) {
-  // The model's shape: config.json of --model or a named --shape; weights are random either way
-  // (timings do not depend on their values).
-  if (args.Has("model") == args.Has("shape")) {
-    return absl::InvalidArgumentError("give exactly one of --model DIR or --shape NAME");
-  }
-  absl::StatusOr<ModelConfig> config = args.Has("model")
-                                           ? LoadModelConfig(args.String("model", ""))
-                                           : ShapePreset(args.String("shape", ""));
+  // Weights are random either way (timings do not depend on their values).
+  absl::StatusOr<ModelConfig> config = ModelShapeOption(args);
   if (!config.ok()) return config.status();
   if (args.Has("teacher")) config->layer_types.assign(config->num_layers, LayerType::kSoftmax);
   const std::string state_dtype = args.String("state-dtype", "f32");

@@ -128,14 +128,11 @@ absl::Status ForwardRow(Backend& backend, const StepPlan& plan, const char* whic
   return absl::OkStatus();
 }
 
-double MiB(double bytes) { return bytes / 1048576.0; }
-
 }  // namespace
 
 absl::Status RunDrift(const Args& args) {
-  if (args.Has("model") == args.Has("shape")) {
-    return absl::InvalidArgumentError("give exactly one of --model DIR or --shape NAME");
-  }
+  absl::StatusOr<ModelConfig> config = ModelShapeOption(args);
+  if (!config.ok()) return config.status();
   absl::StatusOr<BackendKind> kind = BackendKindOption(args);
   absl::StatusOr<int64_t> tokens = args.Int("tokens", 10240);
   absl::StatusOr<int64_t> prompt_length = args.Int("prompt-length", 64);
@@ -153,16 +150,8 @@ absl::Status RunDrift(const Args& args) {
 
   WeightsSource source;
   source.seed = static_cast<uint64_t>(*seed);
-  if (args.Has("model")) {
-    source.model_dir = args.String("model", "");
-    absl::StatusOr<ModelConfig> config = LoadModelConfig(source.model_dir);
-    if (!config.ok()) return config.status();
-    source.config = *std::move(config);
-  } else {
-    absl::StatusOr<ModelConfig> config = ShapePreset(args.String("shape", ""));
-    if (!config.ok()) return config.status();
-    source.config = *std::move(config);
-  }
+  source.config = *std::move(config);
+  if (args.Has("model")) source.model_dir = args.String("model", "");
   ModelConfig& c = source.config;
   if (c.num_lizard_layers() == 0) {
     return absl::InvalidArgumentError(
