@@ -959,9 +959,10 @@ absl::Status CudaBackend::SampleLogits(const RowSampling* rows, int n, int64_t o
   // Logprobs: ranked on the device up to kMaxDeviceTopLogprobs alternatives (only those come
   // back); a request for more gets its processed row copied back and ranked on the host.
   bool device_logprobs = false;
+  auto ranked_on_host = [&](int i) { return std::min(rows[i].logprobs, V_) > k::kMaxDeviceTopLogprobs; };
   std::vector<int> host_rows;
   for (int i = 0; i < n; ++i) {
-    if (std::min(rows[i].logprobs, V_) > k::kMaxDeviceTopLogprobs) {
+    if (ranked_on_host(i)) {
       host_rows.push_back(i);
     } else if (rows[i].logprobs > 0) {
       device_logprobs = true;
@@ -987,7 +988,7 @@ absl::Status CudaBackend::SampleLogits(const RowSampling* rows, int n, int64_t o
   const float* top_values_host = chosen_host + kMaxLogitRows * (1 + kTop);
   for (int i = 0; i < n; ++i) {
     out->tokens[out_row + i] = tokens[i];
-    if (rows[i].logprobs <= 0 || std::find(host_rows.begin(), host_rows.end(), i) != host_rows.end()) continue;
+    if (rows[i].logprobs <= 0 || ranked_on_host(i)) continue;
     TokenLogprobs& lp = out->logprobs[out_row + i];
     lp.chosen = {tokens[i], chosen_host[i]};
     lp.top.clear();
