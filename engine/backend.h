@@ -59,7 +59,8 @@ class Backend {
   // --- compute ---
   // Runs one step: every decode item and prefill chunk advances its slot's state; returns the
   // logits rows of StepPlan::num_logits_rows() in that order, or the tokens sampled from them
-  // (see StepOutput). Results never depend on what else shares the plan.
+  // (see StepOutput). Results never depend on what else shares the plan. Every field of `out`
+  // is overwritten (StepOutput::Reset first), also when no row is sampled.
   virtual absl::Status Forward(const StepPlan& plan, StepOutput* out) = 0;
 };
 

@@ -61,6 +61,8 @@ struct StepPlan {
 // without StepPlan::sampling, the logits, row-major [rows, vocab], float32 on the host; with it,
 // one token per row, and logprobs[r] for the rows whose RowSampling::logprobs > 0 (`logits` is
 // then empty).
+// A caller may reuse one StepOutput across steps (its buffers keep their capacity), so Forward
+// must start with Reset: nothing of an earlier step may survive into this one.
 struct StepOutput {
   int64_t rows = 0;
   int64_t vocab = 0;
@@ -68,6 +70,14 @@ struct StepOutput {
   std::vector<int32_t> tokens;
   std::vector<TokenLogprobs> logprobs;  // sized `rows` when sampling
   const float* row(int64_t i) const { return logits.data() + i * vocab; }
+
+  void Reset(int64_t new_rows, int64_t new_vocab) {
+    rows = new_rows;
+    vocab = new_vocab;
+    logits.clear();
+    tokens.clear();
+    logprobs.clear();
+  }
 };
 
 }  // namespace lizard

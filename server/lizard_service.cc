@@ -536,6 +536,9 @@ void LizardService::FillSession(const SessionSnapshot& snapshot, v1::Session* ou
   out->set_num_tokens(snapshot.info.num_tokens);
   out->set_state_bytes(snapshot.info.state_bytes);
   out->set_location(snapshot.info.location == StateLocation::kDevice ? v1::DEVICE : v1::HOST);
+  out->mutable_last_turn_token_ids()->Assign(snapshot.info.last_turn_tokens.begin(),
+                                             snapshot.info.last_turn_tokens.end());
+  out->set_last_turn_input_tokens(snapshot.info.last_turn_input_tokens);
   ToTimestamp(snapshot.created_at, out->mutable_created_at());
   ToTimestamp(snapshot.last_used_at, out->mutable_last_used_at());
   ToTimestamp(snapshot.expires_at, out->mutable_expires_at());

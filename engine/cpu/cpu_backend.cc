@@ -627,8 +627,7 @@ absl::Status CpuBackend::Forward(const StepPlan& plan, StepOutput* out) {
     cpu::RmsNorm(a.x.data() + logit_rows[i] * hd, weights_.final_norm.data(), 1, hd,
                  config_.rms_norm_eps, normed.data() + i * hd);
   }
-  out->rows = n;
-  out->vocab = config_.vocab_size;
+  out->Reset(n, config_.vocab_size);
   out->logits.resize(n * config_.vocab_size);
   Project(normed.data(), n, hd, weights_.lm_head, {}, config_.vocab_size, out->logits.data(), false);
 

@@ -1031,11 +1031,7 @@ absl::Status CudaBackend::Forward(const StepPlan& plan, StepOutput* out) {
   RETURN_IF_ERROR(ValidateSampling(plan, V_));
   LIZARD_CUDA_RETURN(cudaSetDevice(device_));
 
-  out->rows = 0;
-  out->vocab = V_;
-  out->logits.clear();
-  out->tokens.clear();
-  out->logprobs.clear();
+  out->Reset(0, V_);  // rows grow as the logits are produced
   if (plan.sampling.empty()) {
     out->logits.reserve(static_cast<size_t>(plan.num_logits_rows()) * V_);
   } else {

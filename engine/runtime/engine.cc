@@ -286,6 +286,7 @@ class EngineImpl : public Engine {
     }
 
     if (!advances.empty()) {
+      out.Reset(0, 0);  // nothing of the last step may be mistaken for this one's output
       status = backend_->Forward(plan, &out);
       if (status.ok() && (out.rows != plan.num_logits_rows() ||
                           static_cast<int64_t>(out.tokens.size()) != out.rows ||
@@ -389,6 +390,8 @@ class EngineImpl : public Engine {
                                    : static_cast<int64_t>(seq->tokens.size());
     state.pending.assign(seq->tokens.begin() + std::min(seq->fed, keep_until),
                          seq->tokens.begin() + keep_until);
+    state.last_turn.assign(seq->tokens.begin() + seq->carried, seq->tokens.begin() + keep_until);
+    state.last_turn_input = std::min(seq->prompt_tokens, keep_until - seq->carried);
     state.busy = false;
     state.running = false;
     states_.Touch(state);

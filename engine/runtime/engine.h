@@ -69,6 +69,12 @@ struct StateInfo {
   StateLocation location = StateLocation::kDevice;
   int64_t state_bytes = 0;       // slot bytes + softmax KV bytes
   bool busy = false;             // a request is running on it
+  // The tokens the last finished request added to the conversation: the part of its input that
+  // was kept (all of it, unless it failed), then every generated token that the state holds,
+  // delivered to the client or not. After a cancel, this is how a client learns exactly what
+  // the conversation now holds.
+  std::vector<int32_t> last_turn_tokens;
+  int64_t last_turn_input_tokens = 0;  // how many of last_turn_tokens were input
 };
 
 // Live numbers for metrics and GetModelInfo.
@@ -133,8 +139,9 @@ class Engine {
                                            std::shared_ptr<TokenSink> sink) = 0;
   // Stops a request at the next step (OnFinish with kCancelled); its state keeps what was
   // generated. Unknown or finished ids are ignored.
-  // (A cancelled request's state holds its whole input plus the streamed tokens; a request that
-  // fails with kError leaves out the part of its input that was not consumed yet.)
+  // (A cancelled request's state holds its whole input plus every token generated so far, which
+  // StateInfo::last_turn_tokens lists; a request that fails with kError leaves out the part of
+  // its input that was not consumed yet.)
   virtual void Cancel(RequestId id) = 0;
 
   virtual EngineStats Stats() const = 0;

@@ -36,6 +36,8 @@ absl::StatusOr<StateId> StateManager::Fork(StateId source) {
   SequenceState copy;
   copy.consumed = src->consumed;
   copy.pending = src->pending;
+  copy.last_turn = src->last_turn;
+  copy.last_turn_input = src->last_turn_input;
   if (src->slot.has_value()) {
     absl::StatusOr<SlotId> slot = AcquireSlot(source);
     if (slot.ok()) {
@@ -92,6 +94,8 @@ StateInfo StateManager::Info(const SequenceState& state) const {
   info.location = state.host.has_value() ? StateLocation::kHost : StateLocation::kDevice;
   info.state_bytes = backend_->slot_bytes() + backend_->kv_bytes_per_token() * state.consumed;
   info.busy = state.busy;
+  info.last_turn_tokens = state.last_turn;
+  info.last_turn_input_tokens = state.last_turn_input;
   return info;
 }
 

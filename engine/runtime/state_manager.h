@@ -33,6 +33,11 @@ struct SequenceState {
   std::optional<std::string> host;  // or spilled here (never both)
   int64_t consumed = 0;             // tokens the model state has consumed
   std::vector<int32_t> pending;     // tokens of the conversation not fed yet
+  // What the last request added to the conversation (its kept input, then its generated tokens),
+  // so a client can learn what a cancelled or broken stream left in the state. Bounded by one
+  // request's input + max_new_tokens.
+  std::vector<int32_t> last_turn;
+  int64_t last_turn_input = 0;      // how many of last_turn were input
   uint64_t last_used = 0;           // LRU clock
   bool busy = false;                // a request is attached (queued or running)
   bool running = false;             // that request is admitted: its slot is in use by steps

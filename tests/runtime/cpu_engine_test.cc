@@ -41,6 +41,31 @@ class CpuEngineTest : public ::testing::Test {
   }
 };
 
+// Regression: on a warm engine, a step whose rows are all unsampled (a prefill-only request, the
+// first chunks of a prompt longer than the step budget) failed with INTERNAL because the CPU
+// backend left the previous step's tokens in the reused StepOutput.
+TEST_F(CpuEngineTest, PrefillOnlyAndLongPromptsAfterGeneration) {
+  std::unique_ptr<Engine> engine = MakeEngine(4, {.max_batch_tokens = 16, .max_running = 4});
+  ASSERT_NE(engine, nullptr);
+  const int64_t vocab = engine->config().vocab_size;
+  ASSERT_TRUE(RunRequest(*engine, Greedy(RandomTokens(4, 1, vocab), 3)).status.ok());
+
+  StateId s = *engine->CreateState();
+  const std::vector<int32_t> prefix = RandomTokens(7, 2, vocab), prompt = RandomTokens(50, 3, vocab);
+  const Result prefill = RunRequest(*engine, Greedy(prefix, 0, s));
+  ASSERT_TRUE(prefill.status.ok()) << prefill.status;
+  const Result long_prompt = RunRequest(*engine, Greedy(prompt, 4));
+  ASSERT_TRUE(long_prompt.status.ok()) << long_prompt.status;
+  const Result turn = RunRequest(*engine, Greedy(prompt, 4, s));
+  ASSERT_TRUE(turn.status.ok()) << turn.status;
+
+  // Both equal the same requests on a fresh engine.
+  std::unique_ptr<Engine> fresh = MakeEngine(4, {});
+  ASSERT_NE(fresh, nullptr);
+  EXPECT_EQ(long_prompt.tokens, RunRequest(*fresh, Greedy(prompt, 4)).tokens);
+  EXPECT_EQ(turn.tokens, RunRequest(*fresh, Greedy(Concat({prefix, prompt}), 4)).tokens);
+}
+
 TEST_F(CpuEngineTest, ConcurrentGreedyRequestsEqualEachAlone) {
   std::unique_ptr<Engine> engine = MakeEngine(8, {});
   ASSERT_NE(engine, nullptr);

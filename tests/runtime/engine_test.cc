@@ -335,9 +335,38 @@ TEST(EngineTest, CancelMidStreamKeepsConsistentState) {
   EXPECT_EQ(h.engine->GetStateInfo(s)->num_tokens, r.usage.state_tokens);
   EXPECT_EQ(r.tokens, FakeGreedy(a, kVocab, r.tokens.size()));
 
+  // The state says exactly what the cancelled turn added: its input, then every generated token.
+  const StateInfo info = *h.engine->GetStateInfo(s);
+  EXPECT_EQ(info.last_turn_tokens, Concat({a, r.tokens}));
+  EXPECT_EQ(info.last_turn_input_tokens, static_cast<int64_t>(a.size()));
+
   const Result next = RunRequest(*h.engine, Greedy(b, 4, s));
   EXPECT_EQ(next.tokens, FakeGreedy(Concat({a, r.tokens, b}), kVocab, 4));
+  EXPECT_EQ(h.engine->GetStateInfo(s)->last_turn_tokens, Concat({b, next.tokens}));
   h.engine->Cancel(*id);  // finished: ignored
+}
+
+// Regression: the engine reuses one StepOutput, and a step that samples no row (a prefill-only
+// request, or a prompt chunk that is not the last) once saw the previous step's tokens and
+// failed with INTERNAL "backend returned 1 tokens, expected 0" on a warm engine.
+TEST(EngineTest, StepsThatSampleNothingWorkOnAWarmEngine) {
+  Harness h({}, {.max_batch_tokens = 8, .max_running = 4});
+  const std::vector<int32_t> warm = RandomTokens(3, 30), prefix = RandomTokens(5, 31),
+                             longer = RandomTokens(40, 32);
+  ASSERT_TRUE(RunRequest(*h.engine, Greedy(warm, 4)).status.ok());
+
+  StateId s = *h.engine->CreateState();
+  const Result prefill = RunRequest(*h.engine, Greedy(prefix, 0, s));
+  ASSERT_TRUE(prefill.status.ok()) << prefill.status;
+  EXPECT_EQ(h.engine->GetStateInfo(s)->num_tokens, 5);
+
+  const Result chunked = RunRequest(*h.engine, Greedy(longer, 3));  // 5 steps of 8 tokens
+  ASSERT_TRUE(chunked.status.ok()) << chunked.status;
+  EXPECT_EQ(chunked.tokens, FakeGreedy(longer, kVocab, 3));
+
+  const Result turn = RunRequest(*h.engine, Greedy(longer, 2, s));
+  ASSERT_TRUE(turn.status.ok()) << turn.status;
+  EXPECT_EQ(turn.tokens, FakeGreedy(Concat({prefix, longer}), kVocab, 2));
 }
 
 TEST(EngineTest, CancelFromInsideTheSinkAndBeforeAdmission) {

@@ -168,9 +168,7 @@ absl::Status FakeBackend::Forward(const StepPlan& plan, StepOutput* out) {
     }
   }
 
-  out->rows = plan.num_logits_rows();
-  out->vocab = options_.vocab;
-  out->logits.clear();
+  out->Reset(plan.num_logits_rows(), options_.vocab);
   auto consume = [&](SlotId slot, int32_t token) {
     Slot& s = slots_[slot];
     s.hash = FakeConsume(s.hash, token, s.position++);
