@@ -37,6 +37,15 @@ def add_training_args(p, steps, lr, batch, seq):
     p.add_argument("--log-every", type=int, default=20)
 
 
+def start(stage, args):
+    """The device a training stage runs on, or None when OUT already holds its result."""
+    os.makedirs(args.out, exist_ok=True)
+    if os.path.exists(os.path.join(args.out, "result.json")):
+        log(stage, "done already")
+        return None
+    return device(args.device)
+
+
 def device(name):
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -157,6 +166,30 @@ class Trainer:
                 self.save()
         self.save()
         return time.time() - start
+
+
+def next_token_loss(net, rows, dev):
+    """Mean cross-entropy of predicting rows[:, 1:] from rows[:, :-1]."""
+    with autocast(dev):
+        logits = net(rows[:, :-1])
+    return torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),
+                                             rows[:, 1:].reshape(-1))
+
+
+def finish(stage, args, net, trainer, wall, val, dev):
+    """The end of a training stage: validation loss, OUT/model (float32, LoRA merged) and
+    OUT/result.json."""
+    import model as lm
+    val_loss = evaluate_loss(net, val, args.seq, 64, dev)
+    out_model = os.path.join(args.out, "model")
+    lm.write_checkpoint(out_model, net.config, net.export_state(), "f32")
+    ppl = math.exp(val_loss)
+    write_json(os.path.join(args.out, "result.json"),
+               {"val_loss": val_loss, "val_ppl": ppl, "steps": trainer.step,
+                "train_seconds": wall, "tokens": trainer.step * trainer.tokens_per_step,
+                "history": trainer.history})
+    log(stage, f"next-token val loss {val_loss:.4f} (ppl {ppl:.2f}), {trainer.step} steps in "
+               f"{wall / 60:.1f} min -> {out_model}")
 
 
 def evaluate_loss(model, tokens, seq, windows, dev, batch=8):

@@ -40,10 +40,8 @@ def main():
     p.add_argument("--softmax-layers", default="", help="comma-separated layers kept softmax")
     p.add_argument("--gla-form", choices=["folded", "plain"], default="folded")
     a = p.parse_args()
-    dev = common.device(a.device)
-    os.makedirs(a.out, exist_ok=True)
-    if os.path.exists(os.path.join(a.out, "result.json")):
-        common.log(STAGE, "done already")
+    dev = common.start(STAGE, a)
+    if dev is None:
         return
     net = lm.load(a.teacher)
     net.to_lizard(lizard_config(a, net.s.layers))
@@ -75,13 +73,7 @@ def main():
 
     trainer = common.Trainer(STAGE, a, net, params, a.batch * a.seq)
     wall = trainer.run(loss_fn)
-    val_loss = common.evaluate_loss(net, val, a.seq, 64, dev)
-    lm.write_checkpoint(os.path.join(a.out, "model"), net.config, net.export_state(), "f32")
-    common.write_json(os.path.join(a.out, "result.json"),
-                      {"val_loss": val_loss, "val_ppl": float(torch.tensor(val_loss).exp()),
-                       "steps": trainer.step, "train_seconds": wall, "history": trainer.history})
-    common.log(STAGE, f"next-token val loss after attention transfer {val_loss:.4f} "
-                      f"(ppl {torch.tensor(val_loss).exp():.2f}), {wall / 60:.1f} min")
+    common.finish(STAGE, a, net, trainer, wall, val, dev)
 
 
 if __name__ == "__main__":

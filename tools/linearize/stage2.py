@@ -12,7 +12,6 @@ import os
 import common
 import model as lm
 import torch
-import torch.nn.functional as F
 
 STAGE = "stage2"
 
@@ -25,10 +24,8 @@ def main():
     p.add_argument("--alpha", type=float, default=16.0)
     p.add_argument("--gla-form", choices=["folded", "plain"], default="folded")
     a = p.parse_args()
-    dev = common.device(a.device)
-    os.makedirs(a.out, exist_ok=True)
-    if os.path.exists(os.path.join(a.out, "result.json")):
-        common.log(STAGE, "done already")
+    dev = common.start(STAGE, a)
+    if dev is None:
         return
     net = lm.load(a.init)
     for p_ in net.parameters():
@@ -49,21 +46,11 @@ def main():
     val = common.Tokens(os.path.join(a.data, "val.npy"))
 
     def loss_fn(rng):
-        rows = train.batch(rng, a.batch, a.seq).to(dev)
-        with common.autocast(dev):
-            logits = net(rows[:, :-1])
-        return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),
-                               rows[:, 1:].reshape(-1))
+        return common.next_token_loss(net, train.batch(rng, a.batch, a.seq).to(dev), dev)
 
     trainer = common.Trainer(STAGE, a, net, params, a.batch * a.seq)
     wall = trainer.run(loss_fn)
-    val_loss = common.evaluate_loss(net, val, a.seq, 64, dev)
-    lm.write_checkpoint(os.path.join(a.out, "model"), net.config, net.export_state(), "f32")
-    common.write_json(os.path.join(a.out, "result.json"),
-                      {"val_loss": val_loss, "val_ppl": float(torch.tensor(val_loss).exp()),
-                       "steps": trainer.step, "train_seconds": wall, "history": trainer.history})
-    common.log(STAGE, f"val loss {val_loss:.4f} (ppl {torch.tensor(val_loss).exp():.2f}), "
-                      f"{wall / 60:.1f} min")
+    common.finish(STAGE, a, net, trainer, wall, val, dev)
 
 
 if __name__ == "__main__":

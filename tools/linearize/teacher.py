@@ -9,12 +9,9 @@ Hugging Face checkpoint folder: config.json + model.safetensors, float32) and OU
   python3 tools/linearize/teacher.py --data work/tok --out work/teacher --steps 3000
 """
 import os
-import time
 
 import common
 import model as lm
-import torch
-import torch.nn.functional as F
 
 STAGE = "teacher"
 
@@ -42,11 +39,8 @@ def main():
     p.add_argument("--inter", type=int, default=768)
     p.add_argument("--rope-theta", type=float, default=10000.0)
     a = p.parse_args()
-    dev = common.device(a.device)
-    os.makedirs(a.out, exist_ok=True)
-    out_model = os.path.join(a.out, "model")
-    if os.path.exists(os.path.join(a.out, "result.json")):
-        common.log(STAGE, "done already")
+    dev = common.start(STAGE, a)
+    if dev is None:
         return
     tok = common.read_json(os.path.join(a.data, "tokenizer.json"))
     special = {t["content"]: t["id"] for t in tok["added_tokens"]}
@@ -63,22 +57,11 @@ def main():
     common.log(STAGE, f"{len(train):,} train tokens, {len(val):,} val tokens, device {dev}")
 
     def loss_fn(rng):
-        rows = train.batch(rng, a.batch, a.seq).to(dev)
-        with common.autocast(dev):
-            logits = net(rows[:, :-1])
-        return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),
-                               rows[:, 1:].reshape(-1))
+        return common.next_token_loss(net, train.batch(rng, a.batch, a.seq).to(dev), dev)
 
     trainer = common.Trainer(STAGE, a, net, net.parameters(), a.batch * a.seq)
     wall = trainer.run(loss_fn)
-    val_loss = common.evaluate_loss(net, val, a.seq, 64, dev)
-    lm.write_checkpoint(out_model, net.config, net.export_state(), "f32")
-    common.write_json(os.path.join(a.out, "result.json"),
-                      {"val_loss": val_loss, "val_ppl": float(torch.tensor(val_loss).exp()),
-                       "steps": trainer.step, "train_seconds": wall,
-                       "tokens": trainer.step * a.batch * a.seq, "history": trainer.history})
-    common.log(STAGE, f"val loss {val_loss:.4f} (ppl {torch.tensor(val_loss).exp():.2f}), "
-                      f"{trainer.step} steps in {wall / 60:.1f} min -> {out_model}")
+    common.finish(STAGE, a, net, trainer, wall, val, dev)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ Skips the work whose outputs exist.
 
   python3 tools/linearize/tokenizer.py --corpus corpus --out work/tok --vocab 8192
 """
+import importlib.util
 import os
 import time
 
@@ -29,11 +30,7 @@ CHAT_TEMPLATE = ("{{ bos_token }}{% for message in messages %}{{ message['role']
 
 
 def have_hf():
-    try:
-        import tokenizers  # noqa: F401
-        return True
-    except ImportError:
-        return False
+    return importlib.util.find_spec("tokenizers") is not None
 
 
 def train_hf(texts, vocab, path):
