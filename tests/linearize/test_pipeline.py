@@ -34,6 +34,11 @@ def main():
         run("corpus", "--out", j("corpus"), "--from-text", os.path.join(HERE, "data", "sample.txt"),
             "--recall-docs", "20")
         run("tokenizer", "--corpus", j("corpus"), "--out", j("tok"), "--vocab", "400")
+        # A teacher's own tokenizer instead of a trained one: the splits use its ids.
+        run("tokenizer", "--corpus", j("corpus"), "--out", j("tok-demo"), "--existing",
+            os.path.join(ROOT, "models", "lizard-demo", "tokenizer.json"))
+        import numpy as np
+        assert np.load(j("tok-demo", "val.npy"))[0] == 8190  # lizard-demo's <|begin_of_text|>
         out = run("teacher", "--data", j("tok"), "--out", j("teacher"), "--steps", "4",
                   "--hidden", "64", "--layers", "2", "--heads", "4", "--kv-heads", "2",
                   "--inter", "128", *small)

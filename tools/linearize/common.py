@@ -119,7 +119,7 @@ class Trainer:
         self.resume_path = os.path.join(args.out, "resume.pt")
         self.history = []
         if os.path.exists(self.resume_path):
-            state = torch.load(self.resume_path, map_location="cpu")
+            state = torch.load(self.resume_path, map_location="cpu", weights_only=False)  # own file
             model.load_state_dict(state["model"])
             self.opt.load_state_dict(state["opt"])
             self.step, self.history = state["step"], state["history"]

@@ -10,12 +10,14 @@ Encoder: `tokenizers`, else a pure-Python byte-level BPE (python3-regex).
 Writes OUT/tokenizer.json, OUT/tokenizer_config.json (with a chat template), OUT/train.npy and
 OUT/val.npy (each document as <|begin_of_text|> ids <|end_of_text|>, documents back to back) and
 OUT/val_lengths.npy (the id count of each validation document without the two specials).
-Skips the work whose outputs exist.
+--existing takes a given tokenizer.json (a Hugging Face teacher's, with the tokenizer_config.json
+beside it) instead of training one. Skips the work whose outputs exist.
 
   python3 tools/linearize/tokenizer.py --corpus corpus --out work/tok --vocab 8192
 """
 import importlib.util
 import os
+import shutil
 import time
 
 import common
@@ -100,17 +102,31 @@ class PyBPE:
         return out
 
 
+def special_ids(path):
+    """(bos, eos) ids of a tokenizer.json: ours and Llama-3's <|begin_of_text|> and
+    <|end_of_text|>, else the tokenizer_config.json beside it, else <s> and </s>."""
+    special = {t["content"]: t["id"] for t in common.read_json(path)["added_tokens"]}
+    names = [BOS, EOS]
+    config_path = os.path.join(os.path.dirname(path), "tokenizer_config.json")
+    if (BOS not in special or EOS not in special) and os.path.exists(config_path):
+        config = common.read_json(config_path)
+        names = [t if isinstance(t, str) else t["content"]
+                 for t in (config["bos_token"], config["eos_token"])]
+    elif BOS not in special:
+        names = ["<s>", "</s>"]
+    return special[names[0]], special[names[1]]
+
+
 def encoder(path):
     """(encode_batch(texts) -> [[ids]], bos id, eos id)."""
-    spec = common.read_json(path)
-    special = {t["content"]: t["id"] for t in spec["added_tokens"]}
+    bos, eos = special_ids(path)
     if have_hf():
         from tokenizers import Tokenizer
         tok = Tokenizer.from_file(path)
         return (lambda texts: [e.ids for e in tok.encode_batch(texts, add_special_tokens=False)],
-                special[BOS], special[EOS])
+                bos, eos)
     py = PyBPE(path)
-    return (lambda texts: [py.encode(t) for t in texts]), special[BOS], special[EOS]
+    return (lambda texts: [py.encode(t) for t in texts]), bos, eos
 
 
 def encode_split(encode, bos, eos, texts, dtype):
@@ -130,6 +146,8 @@ def main():
     p.add_argument("--train-bytes", type=int, default=40_000_000,
                    help="train the merges on about this much text (documents strided)")
     p.add_argument("--trainer", choices=["auto", "hf", "python"], default="auto")
+    p.add_argument("--existing", metavar="TOKENIZER_JSON",
+                   help="use this tokenizer (e.g. the teacher's) instead of training one")
     a = p.parse_args()
     os.makedirs(a.out, exist_ok=True)
     path = os.path.join(a.out, "tokenizer.json")
@@ -138,6 +156,13 @@ def main():
     val_docs = [d["text"] for d in corpus_stage.read_jsonl_xz(os.path.join(a.corpus, "val.jsonl.xz"))]
     common.log(STAGE, f"read {len(train_docs)} train / {len(val_docs)} val documents "
                       f"in {time.time() - start:.0f} s")
+    if a.existing and not os.path.exists(path):
+        # A given teacher's tokenizer: the splits are encoded with it, nothing is trained.
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            source = os.path.join(os.path.dirname(os.path.abspath(a.existing)), name)
+            if name == "tokenizer.json" or os.path.exists(source):
+                shutil.copyfile(a.existing if name == "tokenizer.json" else source,
+                                os.path.join(a.out, name))
     if not os.path.exists(path):
         total = sum(len(t) for t in train_docs)
         stride = max(1, round(total / a.train_bytes))
@@ -154,7 +179,9 @@ def main():
                   "tokenizer_class": "PreTrainedTokenizerFast"}
         common.write_json(os.path.join(a.out, "tokenizer_config.json"), config)
     encode, bos, eos = encoder(path)
-    dtype = np.uint16 if a.vocab <= 65536 else np.int32
+    spec = common.read_json(path)
+    top = max(list(spec["model"]["vocab"].values()) + [t["id"] for t in spec["added_tokens"]])
+    dtype = np.uint16 if top < 65536 else np.int32
     for split, docs in (("val", val_docs), ("train", train_docs)):
         out = os.path.join(a.out, f"{split}.npy")
         if os.path.exists(out):
