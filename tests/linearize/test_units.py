@@ -79,6 +79,19 @@ class ModelMatchesSpec(unittest.TestCase):
                     self.assertLess(err, 1e-5, (preset, form))
 
 
+class Loading(unittest.TestCase):
+    def test_sharded_bf16_checkpoint_loads_like_a_single_file(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            make_model.make_model(os.path.join(tmp, "one"), "tiny-llama3", seed=4, dtype="bf16")
+            make_model.make_model(os.path.join(tmp, "two"), "tiny-llama3", seed=4, dtype="bf16",
+                                  shards=2)
+            self.assertTrue(os.path.exists(os.path.join(tmp, "two",
+                                                        "model.safetensors.index.json")))
+            one, two = lm.load(os.path.join(tmp, "one")), lm.load(os.path.join(tmp, "two"))
+            for name, value in one.state_dict().items():
+                self.assertTrue(torch.equal(value, two.state_dict()[name]), name)
+
+
 class LoraAndExport(unittest.TestCase):
     def test_merged_lora_export_computes_the_same(self):
         with tempfile.TemporaryDirectory() as tmp:
