@@ -2,8 +2,9 @@
 """Stage eval: held-out perplexity by context length, passkey retrieval by distance, multi-query
 associative recall, greedy samples and state/KV bytes per token, for one or more models.
 
-Models are evaluated in float32 with the chunked GLA form (the recurrence's numbers), so the
-results are the served model's. Perplexity: the mean next-token loss over consecutive windows of
+The GLA runs in the plain chunked fp32 form (the recurrence's numbers). Perplexity runs under
+bf16 autocast on CUDA (as the training stages measure it; fp32 on the CPU), the probes and the
+samples in fp32. Perplexity: the mean next-token loss over consecutive windows of
 the validation stream at each context length (--contexts, in multiples of --seq). Passkey: the
 Landmark-attention prompt (recall.py) with the key at a given token distance before the
 question; a trial counts when every key token is the greedy choice. MQAR: lists of word-number
