@@ -68,8 +68,8 @@ absl::Status CheckTlsFiles(const SecurityOptions& options, const std::string& ce
       PEM_read_bio_PrivateKey(bio, nullptr, nullptr, nullptr), EVP_PKEY_free);
   BIO_free(bio);
   if (key == nullptr) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--tls-key ", options.tls_key_file, ": no unencrypted PEM private key in it"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--tls-key ", options.tls_key_file, ": no unencrypted PEM private key in it"));
   }
   if (X509_check_private_key(cert.get(), key.get()) != 1) {
     return absl::InvalidArgumentError(absl::StrCat("--tls-key ", options.tls_key_file,
@@ -77,8 +77,8 @@ absl::Status CheckTlsFiles(const SecurityOptions& options, const std::string& ce
                                                    options.tls_cert_file));
   }
   if (!options.tls_client_ca_file.empty() && FirstCertificate(client_ca_pem) == nullptr) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--tls-client-ca ", options.tls_client_ca_file, ": no PEM certificate in it"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--tls-client-ca ", options.tls_client_ca_file, ": no PEM certificate in it"));
   }
   return absl::OkStatus();
 }
@@ -88,8 +88,7 @@ absl::Status CheckTlsFiles(const SecurityOptions& options, const std::string& ce
 // and grpc::InsecureServerCredentials() refuses an AuthMetadataProcessor; the C API attaches one
 // to insecure and TLS credentials alike.
 void ProcessAuthMetadata(void* state, grpc_auth_context* /*context*/, const grpc_metadata* md,
-                         size_t num_md, grpc_process_auth_metadata_done_cb done,
-                         void* user_data) {
+                         size_t num_md, grpc_process_auth_metadata_done_cb done, void* user_data) {
   const ApiKeys& keys = *static_cast<const ApiKeys*>(state);
   auto view = [](const grpc_slice& s) {
     return std::string_view(reinterpret_cast<const char*>(GRPC_SLICE_START_PTR(s)),
@@ -109,7 +108,7 @@ void ProcessAuthMetadata(void* state, grpc_auth_context* /*context*/, const grpc
   const absl::Status status =
       keys.Check(authorization != nullptr ? view(authorization->value) : std::string_view());
   if (status.ok()) {
-    // Consumed: handlers never see the key, so it cannot end up in a log.
+    // Consumed: gRPC removes it from the metadata handlers see, so it cannot reach a log.
     done(user_data, authorization, 1, nullptr, 0, GRPC_STATUS_OK, nullptr);
   } else {
     const std::string message(status.message());
@@ -117,7 +116,8 @@ void ProcessAuthMetadata(void* state, grpc_auth_context* /*context*/, const grpc
   }
 }
 
-// grpc::ServerCredentials around credentials made with the C API (see ProcessAuthMetadata).
+// grpc::ServerCredentials around credentials made with the C API (see ProcessAuthMetadata),
+// written against gRPC 1.51's interface (Debian 12).
 class CoreServerCredentials final : public grpc::ServerCredentials {
  public:
   // `make` runs once the base class has initialized gRPC; its result is owned.
@@ -127,7 +127,7 @@ class CoreServerCredentials final : public grpc::ServerCredentials {
 
   grpc_server_credentials* c_creds() const { return creds_; }
 
-  // The processor is attached through the C API (AttachApiKeys); nothing calls this one.
+  // The processor is attached through the C API (MakeServerCredentials); nothing calls this.
   void SetAuthMetadataProcessor(const std::shared_ptr<grpc::AuthMetadataProcessor>&) override {}
 
  private:
@@ -150,8 +150,8 @@ absl::StatusOr<ApiKeys> ApiKeys::Parse(std::string_view contents) {
     for (const char c : line) {
       if (c <= ' ' || c > '~') {
         // The key itself stays out of the message (it may end up in a log).
-        return absl::InvalidArgumentError(absl::StrCat(
-            "line ", line_number, ": a key must be printable ASCII without spaces"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("line ", line_number, ": a key must be printable ASCII without spaces"));
       }
     }
     keys.digests_.push_back(Sha256(std::string_view(line.data(), line.size())));
@@ -181,7 +181,8 @@ absl::Status ApiKeys::Check(std::string_view authorization) const {
   // The scheme is case-insensitive (RFC 7235).
   constexpr std::string_view kScheme = "Bearer ";
   if (authorization.size() <= kScheme.size() ||
-      !absl::EqualsIgnoreCase(AbslView(authorization.substr(0, kScheme.size())), AbslView(kScheme))) {
+      !absl::EqualsIgnoreCase(AbslView(authorization.substr(0, kScheme.size())),
+                              AbslView(kScheme))) {
     return absl::UnauthenticatedError(
         "this server needs an API key: send the metadata \"authorization: Bearer <key>\"");
   }
@@ -212,10 +213,10 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(
     return absl::InvalidArgumentError("--tls-client-ca needs --tls-cert and --tls-key");
   }
   std::string cert, key, client_ca;
-  for (auto [flag, path, out] : {std::tuple("--tls-cert", &options.tls_cert_file, &cert),
-                                 std::tuple("--tls-key", &options.tls_key_file, &key),
-                                 std::tuple("--tls-client-ca", &options.tls_client_ca_file,
-                                            &client_ca)}) {
+  for (auto [flag, path, out] :
+       {std::tuple("--tls-cert", &options.tls_cert_file, &cert),
+        std::tuple("--tls-key", &options.tls_key_file, &key),
+        std::tuple("--tls-client-ca", &options.tls_client_ca_file, &client_ca)}) {
     if (path->empty()) continue;
     absl::StatusOr<std::string> contents = ReadFile(flag, *path);
     if (!contents.ok()) return contents.status();
@@ -254,7 +255,7 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(
 }
 
 std::string DescribeSecurity(const SecurityOptions& options) {
-  std::string text = options.tls_cert_file.empty()          ? "plaintext"
+  std::string text = options.tls_cert_file.empty()        ? "plaintext"
                      : options.tls_client_ca_file.empty() ? "TLS"
                                                           : "TLS with client certificates";
   absl::StrAppend(&text, options.api_keys_file.empty()

@@ -23,8 +23,8 @@ TEST(ApiKeysTest, ParseSkipsCommentsBlankLinesAndWhitespace) {
   ASSERT_TRUE(keys.ok()) << keys.status();
   EXPECT_EQ(keys->size(), 3u);
   EXPECT_TRUE(keys->Check("Bearer first-key").ok());
-  EXPECT_TRUE(keys->Check("Bearer second-key").ok());  // the \r of a CRLF file is not part of it
-  EXPECT_TRUE(keys->Check("Bearer last").ok());        // no newline at the end
+  EXPECT_TRUE(keys->Check("Bearer second-key").ok());   // the \r of a CRLF file is not part of it
+  EXPECT_TRUE(keys->Check("Bearer last").ok());         // no newline at the end
   EXPECT_FALSE(keys->Check("Bearer #third-key").ok());  // a comment, not a key
   EXPECT_FALSE(keys->Check("Bearer  first-key").ok());
 }
@@ -55,8 +55,8 @@ TEST(ApiKeysTest, CheckAcceptsExactlyTheKeys) {
   std::string flipped = key;
   flipped.back() ^= 1;
   for (const std::string& wrong :
-       {flipped, key.substr(0, key.size() - 1), key + "0", std::string("0") + key,
-        std::string("y"), std::string("xx"), std::string(1000, 'k')}) {
+       {flipped, key.substr(0, key.size() - 1), key + "0", std::string("0") + key, std::string("y"),
+        std::string("xx"), std::string(1000, 'k')}) {
     const absl::Status status = keys->Check("Bearer " + wrong);
     EXPECT_EQ(status.code(), absl::StatusCode::kUnauthenticated) << wrong;
     EXPECT_EQ(status.message(), "invalid API key");
@@ -66,10 +66,9 @@ TEST(ApiKeysTest, CheckAcceptsExactlyTheKeys) {
 TEST(ApiKeysTest, CheckWantsTheBearerScheme) {
   absl::StatusOr<ApiKeys> keys = ApiKeys::Parse(kKey);
   ASSERT_TRUE(keys.ok()) << keys.status();
-  for (const std::string& header :
-       {std::string(), std::string(kKey), std::string("Bearer"), std::string("Bearer "),
-        std::string("Basic ") + kKey, std::string("Bearer:") + kKey,
-        std::string("Bearer") + kKey}) {
+  for (const std::string& header : {std::string(), std::string(kKey), std::string("Bearer"),
+                                    std::string("Bearer "), std::string("Basic ") + kKey,
+                                    std::string("Bearer:") + kKey, std::string("Bearer") + kKey}) {
     const absl::Status status = keys->Check(header);
     EXPECT_EQ(status.code(), absl::StatusCode::kUnauthenticated) << header;
     EXPECT_THAT(status.message(), HasSubstr("authorization: Bearer <key>")) << header;
