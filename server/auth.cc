@@ -17,8 +17,10 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "google/protobuf/descriptor.h"
 #include "grpc/grpc.h"
 #include "grpc/grpc_security.h"
+#include "lizard/v1/lizard.grpc.pb.h"
 
 namespace lizard::server {
 namespace {
@@ -83,13 +85,32 @@ absl::Status CheckTlsFiles(const SecurityOptions& options, const std::string& ce
   return absl::OkStatus();
 }
 
+// What ProcessAuthMetadata works with; owned by the credentials.
+struct KeyCheck {
+  ApiKeys keys;
+  OnUnauthenticated on_unauthenticated;
+};
+
+// "Generate" for "/lizard.v1.Lizard/Generate"; empty for a path of no lizard.v1.Lizard method.
+std::string_view LizardMethod(std::string_view path) {
+  static const google::protobuf::ServiceDescriptor* const service =
+      google::protobuf::DescriptorPool::generated_pool()->FindServiceByName(
+          v1::Lizard::service_full_name());
+  static const std::string prefix = absl::StrCat("/", service->full_name(), "/");
+  if (!absl::StartsWith(AbslView(path), prefix)) return {};
+  const google::protobuf::MethodDescriptor* method =
+      service->FindMethodByName(std::string(path.substr(prefix.size())));
+  if (method == nullptr) return {};
+  return method->name();
+}
+
 // Runs in gRPC's server auth filter for every call, before any handler: the one place API keys
 // are checked. gRPC C++ 1.51 offers no other such place: a server interceptor cannot fail a call,
 // and grpc::InsecureServerCredentials() refuses an AuthMetadataProcessor; the C API attaches one
 // to insecure and TLS credentials alike.
 void ProcessAuthMetadata(void* state, grpc_auth_context* /*context*/, const grpc_metadata* md,
                          size_t num_md, grpc_process_auth_metadata_done_cb done, void* user_data) {
-  const ApiKeys& keys = *static_cast<const ApiKeys*>(state);
+  const KeyCheck& check = *static_cast<const KeyCheck*>(state);
   auto view = [](const grpc_slice& s) {
     return std::string_view(reinterpret_cast<const char*>(GRPC_SLICE_START_PTR(s)),
                             GRPC_SLICE_LENGTH(s));
@@ -106,11 +127,14 @@ void ProcessAuthMetadata(void* state, grpc_auth_context* /*context*/, const grpc
     return;
   }
   const absl::Status status =
-      keys.Check(authorization != nullptr ? view(authorization->value) : std::string_view());
+      check.keys.Check(authorization != nullptr ? view(authorization->value) : std::string_view());
   if (status.ok()) {
     // Consumed: gRPC removes it from the metadata handlers see, so it cannot reach a log.
     done(user_data, authorization, 1, nullptr, 0, GRPC_STATUS_OK, nullptr);
   } else {
+    if (const std::string_view rpc = LizardMethod(path); !rpc.empty()) {
+      check.on_unauthenticated(rpc);
+    }
     const std::string message(status.message());
     done(user_data, nullptr, 0, nullptr, 0, GRPC_STATUS_UNAUTHENTICATED, message.c_str());
   }
@@ -204,7 +228,7 @@ bool RequiresApiKey(std::string_view method_path) {
 }
 
 absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(
-    const SecurityOptions& options) {
+    const SecurityOptions& options, OnUnauthenticated on_unauthenticated) {
   if (options.tls_cert_file.empty() != options.tls_key_file.empty()) {
     return absl::InvalidArgumentError("--tls-cert and --tls-key go together");
   }
@@ -225,11 +249,11 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(
   if (tls) {
     if (absl::Status s = CheckTlsFiles(options, cert, key, client_ca); !s.ok()) return s;
   }
-  std::unique_ptr<ApiKeys> keys;
+  std::unique_ptr<KeyCheck> check;
   if (!options.api_keys_file.empty()) {
-    absl::StatusOr<ApiKeys> parsed = ApiKeys::FromFile(options.api_keys_file);
-    if (!parsed.ok()) return parsed.status();
-    keys = std::make_unique<ApiKeys>(*std::move(parsed));
+    absl::StatusOr<ApiKeys> keys = ApiKeys::FromFile(options.api_keys_file);
+    if (!keys.ok()) return keys.status();
+    check = std::make_unique<KeyCheck>(KeyCheck{*std::move(keys), std::move(on_unauthenticated)});
   }
 
   auto credentials = std::make_shared<CoreServerCredentials>([&]() -> grpc_server_credentials* {
@@ -244,11 +268,11 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(
                               : GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY,
             config));
   });
-  if (keys != nullptr) {
+  if (check != nullptr) {
     grpc_auth_metadata_processor processor;
     processor.process = ProcessAuthMetadata;
-    processor.destroy = [](void* state) { delete static_cast<ApiKeys*>(state); };
-    processor.state = keys.release();
+    processor.destroy = [](void* state) { delete static_cast<KeyCheck*>(state); };
+    processor.state = check.release();
     grpc_server_credentials_set_auth_metadata_processor(credentials->c_creds(), processor);
   }
   return credentials;

@@ -4,6 +4,7 @@
 
 #include <array>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -50,11 +51,16 @@ class ApiKeys {
 // key: health checks and server reflection stay open for probes and tools.
 bool RequiresApiKey(std::string_view method_path);
 
+// Told of each call refused for its API key, with the lizard.v1.Lizard method it called
+// ("Generate"); calls of other paths are not reported, so what an attacker sends cannot grow a
+// metric's label set.
+using OnUnauthenticated = std::function<void(std::string_view rpc)>;
+
 // The gRPC listening port's credentials for `options`: TLS (mutual with a client CA) or
 // plaintext, and with API keys, a check of every call before it reaches a handler. Reads and
 // checks every file, so a bad one fails startup with a message that names it.
 absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(
-    const SecurityOptions& options);
+    const SecurityOptions& options, OnUnauthenticated on_unauthenticated);
 
 // For the startup log, e.g. "TLS with client certificates, API keys from /etc/lizard/keys".
 std::string DescribeSecurity(const SecurityOptions& options);

@@ -26,7 +26,9 @@ absl::StatusOr<std::unique_ptr<LizardServer>> LizardServer::Start(const ServerOp
   std::unique_ptr<LizardServer> server(new LizardServer());
   // Before the model loads: a bad key or certificate file fails startup at once.
   absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials =
-      MakeServerCredentials(options.security);
+      MakeServerCredentials(options.security, [metrics = &server->metrics_](std::string_view rpc) {
+        metrics->CountRequest(rpc, grpc::StatusCode::UNAUTHENTICATED);
+      });
   if (!credentials.ok()) return credentials.status();
 
   BackendOptions backend_options;

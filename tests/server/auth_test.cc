@@ -110,17 +110,17 @@ TEST(MakeServerCredentialsTest, RefusesIncompleteTlsFlags) {
   SecurityOptions key_alone;
   key_alone.tls_key_file = "server.key";
   for (const SecurityOptions& options : {cert_alone, key_alone}) {
-    EXPECT_THAT(MakeServerCredentials(options).status().message(),
+    EXPECT_THAT(MakeServerCredentials(options, nullptr).status().message(),
                 HasSubstr("--tls-cert and --tls-key go together"));
   }
   SecurityOptions ca_alone;
   ca_alone.tls_client_ca_file = "ca.pem";
-  EXPECT_THAT(MakeServerCredentials(ca_alone).status().message(),
+  EXPECT_THAT(MakeServerCredentials(ca_alone, nullptr).status().message(),
               HasSubstr("--tls-client-ca needs --tls-cert and --tls-key"));
 }
 
 TEST(MakeServerCredentialsTest, PlaintextWithoutFlags) {
-  EXPECT_TRUE(MakeServerCredentials(SecurityOptions()).ok());
+  EXPECT_TRUE(MakeServerCredentials(SecurityOptions(), nullptr).ok());
   EXPECT_EQ(DescribeSecurity(SecurityOptions()), "plaintext, no API keys");
 }
 

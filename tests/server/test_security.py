@@ -163,8 +163,19 @@ class ApiKeyTest(unittest.TestCase):
                          [("authorization", "Basic " + KEY)],  # other scheme
                          [("x-api-key", KEY)]]:                # other metadata
             self.assertEqual(call_every_rpc(self.stub, metadata), unauthenticated, metadata)
-        # Refused before any handler: the engine saw nothing.
+        # Refused before any handler: the engine saw nothing. Counted by method, but only for
+        # methods of the service: made-up paths add no label.
         self.assertEqual(self.prompt_tokens(), prompt_tokens)
+        for path in ["/lizard.v1.Lizard/NoSuchMethod", "/no.such.Service/Method"]:
+            with self.assertRaises(grpc.RpcError) as caught:
+                self.channel.unary_unary(path)(b"", timeout=10)
+            self.assertEqual(caught.exception.code(), grpc.StatusCode.UNAUTHENTICATED)
+        page = self.server.metrics()
+        for method in unauthenticated:
+            self.assertRegex(page, r'lizard_requests_total\{code="UNAUTHENTICATED",rpc="%s"\} '
+                             r'([89]|[1-9]\d+)\n' % method)
+        self.assertNotIn("NoSuchMethod", page)
+        self.assertNotIn("no.such.Service", page)
 
     def test_right_key(self):
         for metadata in [bearer(KEY), bearer(OTHER_KEY),
