@@ -56,6 +56,13 @@ ABSL_FLAG(int, max_new_tokens_limit, Defaults().max_new_tokens_limit,
           "largest max_new_tokens a request may ask for");
 ABSL_FLAG(int, max_input_tokens, Defaults().max_input_tokens,
           "largest input (tokens) of one request");
+ABSL_FLAG(std::string, api_keys_file, "",
+          "file of API keys, one per line: every call but health/reflection then needs the "
+          "metadata 'authorization: Bearer <key>'");
+ABSL_FLAG(std::string, tls_cert, "", "PEM certificate chain: gRPC over TLS (with --tls-key)");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls-cert");
+ABSL_FLAG(std::string, tls_client_ca, "",
+          "PEM CA certificates: mutual TLS, clients need a certificate signed by one");
 ABSL_FLAG(absl::Duration, drain_grace, absl::Seconds(30),
           "on SIGTERM/SIGINT, how long running requests may still take");
 
@@ -108,6 +115,10 @@ int main(int argc, char** argv) {
   options.default_max_new_tokens = absl::GetFlag(FLAGS_default_max_new_tokens);
   options.max_new_tokens_limit = absl::GetFlag(FLAGS_max_new_tokens_limit);
   options.max_input_tokens = absl::GetFlag(FLAGS_max_input_tokens);
+  options.security.api_keys_file = absl::GetFlag(FLAGS_api_keys_file);
+  options.security.tls_cert_file = absl::GetFlag(FLAGS_tls_cert);
+  options.security.tls_key_file = absl::GetFlag(FLAGS_tls_key);
+  options.security.tls_client_ca_file = absl::GetFlag(FLAGS_tls_client_ca);
   if (options.session_ttl <= absl::ZeroDuration() || options.max_session_ttl < absl::Seconds(1)) {
     LogError("--session-ttl and --max-session-ttl must be positive");
     return 2;

@@ -24,6 +24,12 @@ std::string LayerSummary(const ModelConfig& config) {
 
 absl::StatusOr<std::unique_ptr<LizardServer>> LizardServer::Start(const ServerOptions& options) {
   std::unique_ptr<LizardServer> server(new LizardServer());
+  // Before the model loads: a bad key or certificate file fails startup at once.
+  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials =
+      MakeServerCredentials(options.security, [metrics = &server->metrics_](std::string_view rpc) {
+        metrics->CountRequest(rpc, grpc::StatusCode::UNAUTHENTICATED);
+      });
+  if (!credentials.ok()) return credentials.status();
 
   BackendOptions backend_options;
   backend_options.model_dir = options.model_dir;
@@ -92,7 +98,7 @@ absl::StatusOr<std::unique_ptr<LizardServer>> LizardServer::Start(const ServerOp
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   const std::string address = absl::StrCat(options.host, ":", options.port);
-  builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &server->grpc_port_);
+  builder.AddListeningPort(address, *credentials, &server->grpc_port_);
   builder.RegisterService(server->service_.get());
   server->grpc_server_ = builder.BuildAndStart();
   if (server->grpc_server_ == nullptr || server->grpc_port_ == 0) {
@@ -127,6 +133,7 @@ absl::StatusOr<std::unique_ptr<LizardServer>> LizardServer::Start(const ServerOp
                        options.host_state_bytes, " host state bytes, ", options.max_sessions,
                        " sessions, ", options.max_running, " running, ", options.max_queue,
                        " queued, ", options.max_batch_tokens, " tokens per step"));
+  LogInfo(absl::StrCat("grpc security: ", DescribeSecurity(options.security)));
   LogInfo(absl::StrCat("grpc listening on ", options.host, ":", server->grpc_port_));
   LogInfo(absl::StrCat("metrics listening on ", options.host, ":", server->metrics_port_,
                        "/metrics"));

@@ -12,6 +12,7 @@
 #include "engine/tokenizer/tokenizer.h"
 #include "grpcpp/grpcpp.h"
 #include "prometheus/exposer.h"
+#include "server/auth.h"
 #include "server/lizard_service.h"
 #include "server/metrics.h"
 #include "server/session_table.h"
@@ -37,6 +38,7 @@ struct ServerOptions {
   int32_t max_new_tokens_limit = 4096;
   int32_t default_max_new_tokens = 64;
   int32_t max_input_tokens = 32768;
+  SecurityOptions security;  // API keys, TLS (default: none, plaintext)
 };
 
 class LizardServer {
