@@ -24,17 +24,21 @@ struct ServiceConfig {
   absl::Duration max_session_ttl;
   v1::Capacity capacity;
   int64_t kv_bytes_per_token = 0;
+  // A Generate stream whose client does not read is cancelled with RESOURCE_EXHAUSTED once this
+  // many bytes of responses wait for it (the engine never waits for a client).
+  int64_t stream_buffer_bytes = int64_t{8} << 20;
 };
 
-// Methods that take text (Generate, CreateSession, Tokenize) receive raw bytes and parse them
-// here: protobuf refuses a string field holding malformed UTF-8, and gRPC would answer that
-// with a bare INTERNAL; parsing ourselves turns it into INVALID_ARGUMENT with a message.
+// Every method receives raw bytes and parses them here (ParseRequest): protobuf refuses a
+// string field holding malformed UTF-8, and gRPC would answer that with a bare INTERNAL or
+// UNIMPLEMENTED; parsing ourselves turns any undecodable request into INVALID_ARGUMENT with a
+// message, the same way for all RPCs.
 using LizardServiceBase = v1::Lizard::WithRawCallbackMethod_Generate<
     v1::Lizard::WithRawCallbackMethod_CreateSession<v1::Lizard::WithRawCallbackMethod_Tokenize<
-        v1::Lizard::WithCallbackMethod_GetSession<v1::Lizard::WithCallbackMethod_ForkSession<
-            v1::Lizard::WithCallbackMethod_DeleteSession<
-                v1::Lizard::WithCallbackMethod_Detokenize<
-                    v1::Lizard::WithCallbackMethod_GetModelInfo<v1::Lizard::Service>>>>>>>>;
+        v1::Lizard::WithRawCallbackMethod_GetSession<v1::Lizard::WithRawCallbackMethod_ForkSession<
+            v1::Lizard::WithRawCallbackMethod_DeleteSession<
+                v1::Lizard::WithRawCallbackMethod_Detokenize<
+                    v1::Lizard::WithRawCallbackMethod_GetModelInfo<v1::Lizard::Service>>>>>>>>;
 
 class LizardService final : public LizardServiceBase {
  public:
@@ -54,36 +58,45 @@ class LizardService final : public LizardServiceBase {
                                           const grpc::ByteBuffer* request,
                                           grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* GetSession(grpc::CallbackServerContext* context,
-                                       const v1::GetSessionRequest* request,
-                                       v1::Session* response) override;
+                                       const grpc::ByteBuffer* request,
+                                       grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* ForkSession(grpc::CallbackServerContext* context,
-                                        const v1::ForkSessionRequest* request,
-                                        v1::Session* response) override;
+                                        const grpc::ByteBuffer* request,
+                                        grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* DeleteSession(grpc::CallbackServerContext* context,
-                                          const v1::DeleteSessionRequest* request,
-                                          v1::DeleteSessionResponse* response) override;
+                                          const grpc::ByteBuffer* request,
+                                          grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* Tokenize(grpc::CallbackServerContext* context,
                                      const grpc::ByteBuffer* request,
                                      grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* Detokenize(grpc::CallbackServerContext* context,
-                                       const v1::DetokenizeRequest* request,
-                                       v1::DetokenizeResponse* response) override;
+                                       const grpc::ByteBuffer* request,
+                                       grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* GetModelInfo(grpc::CallbackServerContext* context,
-                                         const v1::GetModelInfoRequest* request,
-                                         v1::ModelInfo* response) override;
+                                         const grpc::ByteBuffer* request,
+                                         grpc::ByteBuffer* response) override;
 
  private:
   class GenerateCall;
   class PrefillSink;
 
-  // Counts the call in lizard_requests_total and finishes it with `status`.
+  // Counts the call in lizard_requests_total, logs it unless OK and finishes it with `status`.
   grpc::ServerUnaryReactor* FinishUnary(grpc::CallbackServerContext* context,
                                         std::string_view rpc, const absl::Status& status);
+  // A unary RPC that answers at once: refuses while draining, parses the raw request, runs
+  // `handler(request, &response)` and serializes the response when it succeeds.
+  template <typename Request, typename Response, typename Handler>
+  grpc::ServerUnaryReactor* Unary(grpc::CallbackServerContext* context, std::string_view rpc,
+                                  const grpc::ByteBuffer& raw, grpc::ByteBuffer* out,
+                                  Handler handler);
+  // Counts a finished call in lizard_requests_total and logs every status but OK.
+  void RecordOutcome(std::string_view rpc, const grpc::Status& status);
   absl::Status CheckAccepting();
   // Calls that use the engine hold one of these while in flight (see AwaitIdle).
   void BeginEngineCall();
   void EndEngineCall();
   void FillSession(const SessionSnapshot& snapshot, v1::Session* out) const;
+  void FillModelInfo(v1::ModelInfo* out) const;
 
   const ServiceConfig config_;
   Engine* const engine_;

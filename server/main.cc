@@ -56,6 +56,9 @@ ABSL_FLAG(int, max_new_tokens_limit, Defaults().max_new_tokens_limit,
           "largest max_new_tokens a request may ask for");
 ABSL_FLAG(int, max_input_tokens, Defaults().max_input_tokens,
           "largest input (tokens) of one request");
+ABSL_FLAG(int64_t, stream_buffer_bytes, Defaults().stream_buffer_bytes,
+          "bytes of responses that may wait for a Generate client that does not read; past "
+          "that the stream ends with RESOURCE_EXHAUSTED");
 ABSL_FLAG(std::string, api_keys_file, "",
           "file of API keys, one per line: every call but health/reflection then needs the "
           "metadata 'authorization: Bearer <key>'");
@@ -119,8 +122,9 @@ int main(int argc, char** argv) {
   options.security.tls_cert_file = absl::GetFlag(FLAGS_tls_cert);
   options.security.tls_key_file = absl::GetFlag(FLAGS_tls_key);
   options.security.tls_client_ca_file = absl::GetFlag(FLAGS_tls_client_ca);
-  if (options.session_ttl <= absl::ZeroDuration() || options.max_session_ttl < absl::Seconds(1)) {
-    LogError("--session-ttl and --max-session-ttl must be positive");
+  options.stream_buffer_bytes = absl::GetFlag(FLAGS_stream_buffer_bytes);
+  if (absl::Status s = lizard::server::ValidateServerOptions(options); !s.ok()) {
+    LogError(s.message());
     return 2;
   }
 

@@ -22,7 +22,38 @@ std::string LayerSummary(const ModelConfig& config) {
 
 }  // namespace
 
+absl::Status ValidateServerOptions(const ServerOptions& o) {
+  auto in_range = [](int64_t value, int64_t lo, int64_t hi, const char* flag) -> absl::Status {
+    if (value >= lo && value <= hi) return absl::OkStatus();
+    return absl::InvalidArgumentError(
+        absl::StrCat("--", flag, "=", value, " is outside [", lo, ", ", hi, "]"));
+  };
+  constexpr int64_t kBig = int64_t{1} << 40;
+  for (absl::Status s : {
+           in_range(o.port, 0, 65535, "port"),
+           in_range(o.metrics_port, 0, 65535, "metrics-port"),
+           in_range(o.threads, 0, 4096, "threads"),
+           in_range(o.max_batch_tokens, 1, 1 << 24, "max-batch-tokens"),
+           in_range(o.max_running, 1, o.max_batch_tokens, "max-running"),
+           in_range(o.max_queue, 1, 1 << 24, "max-queue"),
+           in_range(o.max_sessions, 0, 1 << 24, "max-sessions"),
+           in_range(o.device_state_slots, 1, 1 << 20, "device-state-slots"),
+           in_range(o.host_state_bytes, 0, kBig, "host-state-bytes"),
+           in_range(o.max_new_tokens_limit, 1, 1 << 24, "max-new-tokens-limit"),
+           in_range(o.default_max_new_tokens, 0, 1 << 24, "default-max-new-tokens"),
+           in_range(o.max_input_tokens, 1, 1 << 30, "max-input-tokens"),
+           in_range(o.stream_buffer_bytes, 1 << 20, kBig, "stream-buffer-bytes"),
+       }) {
+    if (!s.ok()) return s;
+  }
+  if (o.session_ttl <= absl::ZeroDuration() || o.max_session_ttl < absl::Seconds(1)) {
+    return absl::InvalidArgumentError("--session-ttl and --max-session-ttl must be positive");
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::unique_ptr<LizardServer>> LizardServer::Start(const ServerOptions& options) {
+  if (absl::Status s = ValidateServerOptions(options); !s.ok()) return s;
   std::unique_ptr<LizardServer> server(new LizardServer());
   // Before the model loads: a bad key or certificate file fails startup at once.
   absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials =
@@ -79,6 +110,7 @@ absl::StatusOr<std::unique_ptr<LizardServer>> LizardServer::Start(const ServerOp
   config.limits.max_new_tokens_limit = options.max_new_tokens_limit;
   config.limits.default_max_new_tokens =
       std::min(options.default_max_new_tokens, options.max_new_tokens_limit);
+  config.stream_buffer_bytes = options.stream_buffer_bytes;
   config.limits.max_input_tokens = options.max_input_tokens;
   config.max_session_ttl = options.max_session_ttl;
   config.kv_bytes_per_token = kv_bytes_per_token;
@@ -98,11 +130,15 @@ absl::StatusOr<std::unique_ptr<LizardServer>> LizardServer::Start(const ServerOp
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   const std::string address = absl::StrCat(options.host, ":", options.port);
+  // Without this, gRPC sets SO_REUSEPORT and a second server on a busy port starts silently and
+  // takes half of the connections (sessions then look NOT_FOUND at random).
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   builder.AddListeningPort(address, *credentials, &server->grpc_port_);
   builder.RegisterService(server->service_.get());
   server->grpc_server_ = builder.BuildAndStart();
   if (server->grpc_server_ == nullptr || server->grpc_port_ == 0) {
-    return absl::UnavailableError(absl::StrCat("cannot listen on ", address));
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen for gRPC on ", address, " (address in use or not local?)"));
   }
   server->grpc_server_->GetHealthCheckService()->SetServingStatus(true);
 
@@ -148,9 +184,13 @@ void LizardServer::Drain(absl::Duration grace) {
   if (!service_->AwaitIdle(absl::Now() + grace)) {
     LogInfo("drain grace period over: cancelling the remaining requests");
   }
-  // Cancels whatever still runs; each stream then ends with CANCELLED.
+  // Cancels whatever still runs; each stream then ends with CANCELLED and writes its last
+  // message, for which it gets a short while.
   engine_->Shutdown();
-  grpc_server_->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
+  service_->AwaitIdle(absl::Now() + absl::Seconds(2));
+  // Nothing of ours runs any more: stop at once. (A deadline in the future would be waited out
+  // in full whenever a client keeps an idle connection open.)
+  grpc_server_->Shutdown(absl::ToChronoTime(absl::Now()));
   LogInfo("drained");
 }
 

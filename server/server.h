@@ -38,8 +38,13 @@ struct ServerOptions {
   int32_t max_new_tokens_limit = 4096;
   int32_t default_max_new_tokens = 64;
   int32_t max_input_tokens = 32768;
+  // A Generate stream is cancelled (RESOURCE_EXHAUSTED) once this many bytes wait for its client.
+  int64_t stream_buffer_bytes = int64_t{8} << 20;
   SecurityOptions security;  // API keys, TLS (default: none, plaintext)
 };
+
+// INVALID_ARGUMENT naming the flag for any option out of its range (checked by Start).
+absl::Status ValidateServerOptions(const ServerOptions& options);
 
 class LizardServer {
  public:

@@ -5,6 +5,7 @@
 #include "engine/cpu/cpu_backend.h"
 
 #include <cblas.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -665,6 +666,16 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateCpuBackend(const BackendOptions& 
     absl::StatusOr<HostWeights> host = LoadHostWeights(config, **checkpoint);
     if (!host.ok()) return host.status();
     weights = *std::move(host);
+  }
+  // Refuse a pool that cannot fit before allocating it (a huge --device-state-slots once ended
+  // in std::bad_alloc).
+  const int64_t pool_bytes =
+      int64_t{options.num_slots} * StateLayout(config, DType::kF32, DType::kF32).slot_bytes;
+  const int64_t memory_bytes = int64_t{sysconf(_SC_PHYS_PAGES)} * sysconf(_SC_PAGE_SIZE);
+  if (memory_bytes > 0 && pool_bytes > memory_bytes / 2) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "a state pool of ", options.num_slots, " slots takes ", pool_bytes,
+        " bytes, more than half of this machine's memory (", memory_bytes, " bytes)"));
   }
   const int threads = options.num_threads > 0
                           ? options.num_threads
