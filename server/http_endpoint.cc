@@ -91,6 +91,21 @@ class Connection final : public httplib::Stream {
     shutdown(sock_, SHUT_RDWR);
   }
   static constexpr int64_t kNotReading = std::numeric_limits<int64_t>::max();
+
+  // After the last response: stop sending, then drop what the client still sends until it
+  // closes (for at most 1 s and 1 MiB). Closing a socket with unread bytes resets the connection,
+  // and the reset can destroy the response before the client has read it.
+  void Linger() {
+    shutdown(sock_, SHUT_WR);
+    reading_since_ = absl::ToUnixNanos(absl::Now());
+    const absl::Time deadline = absl::Now() + absl::Seconds(1);
+    for (int64_t left = int64_t{1} << 20;
+         left > 0 && WaitFor(sock_, POLLIN, stop_fd_, deadline);) {
+      const ssize_t n = recv(sock_, buffer_, sizeof(buffer_), MSG_DONTWAIT);
+      if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) return;
+      if (n > 0) left -= n;
+    }
+  }
   // Whether reading stopped because the request was larger than max_header_bytes.
   bool over_budget() const { return over_budget_; }
 
@@ -244,6 +259,7 @@ const char* ErrorText(int status) {
     case 405: return "Method Not Allowed";
     case 413: return "Payload Too Large";
     case 414: return "URI Too Long";
+    case 416: return "Range Not Satisfiable";
     case 431: return "Request Header Fields Too Large";
     case 500: return "Internal Server Error";
     default: return "Error";
@@ -304,6 +320,7 @@ class HttpEndpoint::Server final : public httplib::Server {
       connections_.insert(&connection);
     }
     ServeRequests(connection);
+    connection.Linger();
     absl::MutexLock lock(&connections_mu_);
     connections_.erase(&connection);
   }
@@ -327,11 +344,17 @@ class HttpEndpoint::Server final : public httplib::Server {
       Exchange exchange{&connection, served + 1 == options_.keep_alive_max_requests};
       current_exchange = &exchange;
       bool client_closes = false;
-      const bool ok = process_request(connection, exchange.last_request, client_closes, nullptr);
+      const bool ok = process_request(connection, exchange.last_request, client_closes,
+                                      IgnoreRanges);
       current_exchange = nullptr;
       if (!ok || client_closes || exchange.close) return;
     }
   }
+
+  // Range requests are answered in full (RFC 9110 allows it): httplib would build one part per
+  // range in memory, so a request of overlapping ranges made a response thousands of times
+  // larger than the page.
+  static void IgnoreRanges(httplib::Request& req) { req.ranges.clear(); }
 
   HandlerResponse Dispatch(const httplib::Request& req, httplib::Response& res) {
     if (current_exchange != nullptr) current_exchange->connection->HeadersRead();
