@@ -174,9 +174,10 @@ thread_local Exchange* current_exchange = nullptr;
 thread_local bool shedding = false;
 
 // httplib's task queue: `threads` workers serve one connection each. A new connection that finds
-// no idle worker first evicts the connection that has kept a worker waiting for a request the
-// longest (idle or half-sent requests cannot starve others); it then waits for a worker, or,
-// with `max_pending` already waiting, is closed at once, unserved.
+// no idle worker evicts the connection that has kept a worker waiting for a request the longest,
+// and waits; the newest waiting connection is served first, and beyond `max_pending` waiting the
+// oldest is closed unserved. So idle, half-sent or flooding connections cannot starve a client
+// that sends its request at once (a scrape).
 class ConnectionPool final : public httplib::TaskQueue {
  public:
   ConnectionPool(int threads, int max_pending, std::function<void()> evict_oldest_reader)
@@ -187,18 +188,21 @@ class ConnectionPool final : public httplib::TaskQueue {
   }
 
   void enqueue(std::function<void()> serve) override {
+    std::function<void()> dropped;
     {
       absl::MutexLock lock(&mu_);
-      const int queued = static_cast<int>(jobs_.size());
-      if (queued >= idle_) evict_oldest_reader_();
-      if (queued < idle_ + max_pending_) {
-        jobs_.push_back(std::move(serve));
-        return;
+      if (static_cast<int>(jobs_.size()) >= idle_) evict_oldest_reader_();
+      jobs_.push_back(std::move(serve));
+      if (static_cast<int>(jobs_.size()) > max_pending_ + idle_) {
+        dropped = std::move(jobs_.front());
+        jobs_.pop_front();
       }
     }
-    shedding = true;
-    serve();  // closes the socket (process_and_close_socket)
-    shedding = false;
+    if (dropped) {
+      shedding = true;
+      dropped();  // closes the socket (process_and_close_socket)
+      shedding = false;
+    }
   }
 
   // Serves what is still queued (the stop signal makes that quick), then joins the workers.
@@ -224,8 +228,8 @@ class ConnectionPool final : public httplib::TaskQueue {
             this));
         --idle_;
         if (jobs_.empty()) return;
-        serve = std::move(jobs_.front());
-        jobs_.pop_front();
+        serve = std::move(jobs_.back());
+        jobs_.pop_back();
       }
       serve();
     }
@@ -296,6 +300,10 @@ class HttpEndpoint::Server final : public httplib::Server {
   ~Server() override { close(stop_fd_); }
 
   bool ok() const { return stop_fd_ >= 0; }
+
+  // httplib listens with a backlog of 5: a burst of more connections than that would see its
+  // SYNs dropped and retried a second later. listen() again sets a new backlog.
+  void ListenBacklog(int backlog) { ::listen(svr_sock_, backlog); }
 
   // Ends the accept loop and makes every connection's wait return at once.
   void Stop() {
@@ -414,6 +422,7 @@ absl::StatusOr<std::unique_ptr<HttpEndpoint>> HttpEndpoint::Start(
                                                errno != 0 ? absl::StrCat(": ", strerror(errno))
                                                           : std::string()));
   }
+  server.ListenBacklog(options.listen_backlog);
   endpoint->listener_ = std::thread([&server] { server.listen_after_bind(); });
   // Stop() only ends an accept loop that has started.
   while (!server.is_running()) absl::SleepFor(absl::Milliseconds(1));

@@ -21,6 +21,7 @@ struct HttpEndpointOptions {
   int port = 0;  // 0: any free port (see HttpEndpoint::port())
   int threads = 8;      // connections served at once
   int max_pending = 8;  // accepted connections waiting for a thread; more are closed unserved
+  int listen_backlog = 128;  // connections the kernel queues before they are accepted
   absl::Duration request_timeout = absl::Seconds(5);     // to receive one whole request
   absl::Duration write_timeout = absl::Seconds(5);       // for a blocked write to make progress
   absl::Duration keep_alive_timeout = absl::Seconds(5);  // idle time between two requests
