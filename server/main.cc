@@ -27,8 +27,10 @@ const lizard::server::ServerOptions& Defaults() {
 }
 }  // namespace
 
-ABSL_FLAG(std::string, host, Defaults().host, "address to listen on (gRPC and metrics)");
+ABSL_FLAG(std::string, host, Defaults().host, "address to listen on (gRPC)");
 ABSL_FLAG(int, port, Defaults().port, "gRPC port (0 = any free port, logged at startup)");
+ABSL_FLAG(std::string, metrics_host, Defaults().metrics_host,
+          "address of the Prometheus /metrics endpoint (in Kubernetes: 0.0.0.0 or the pod IP)");
 ABSL_FLAG(int, metrics_port, Defaults().metrics_port,
           "Prometheus /metrics port (0 = any free port)");
 ABSL_FLAG(std::string, backend, "auto", "auto | cpu | cuda");
@@ -97,6 +99,7 @@ int main(int argc, char** argv) {
   if (options.model_dir.empty()) options.model_dir = DefaultModelDir();
   options.host = absl::GetFlag(FLAGS_host);
   options.port = absl::GetFlag(FLAGS_port);
+  options.metrics_host = absl::GetFlag(FLAGS_metrics_host);
   options.metrics_port = absl::GetFlag(FLAGS_metrics_port);
   absl::StatusOr<lizard::BackendKind> backend =
       lizard::ParseBackendKind(absl::GetFlag(FLAGS_backend));

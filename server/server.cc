@@ -8,6 +8,7 @@
 #include "absl/time/clock.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
+#include "server/http_endpoint.h"
 #include "server/log.h"
 
 namespace lizard::server {
@@ -142,16 +143,20 @@ absl::StatusOr<std::unique_ptr<LizardServer>> LizardServer::Start(const ServerOp
   }
   server->grpc_server_->GetHealthCheckService()->SetServingStatus(true);
 
-  // civetweb (under prometheus::Exposer) throws when it cannot bind.
-  const std::string metrics_address = absl::StrCat(options.host, ":", options.metrics_port);
-  try {
-    server->exposer_ = std::make_unique<prometheus::Exposer>(metrics_address);
-  } catch (const std::exception& error) {
-    return absl::UnavailableError(
-        absl::StrCat("cannot serve metrics on ", metrics_address, ": ", error.what()));
+  HttpEndpointOptions metrics_options;
+  metrics_options.host = options.metrics_host;
+  metrics_options.port = options.metrics_port;
+  absl::StatusOr<std::unique_ptr<HttpEndpoint>> metrics_endpoint = HttpEndpoint::Start(
+      metrics_options,
+      {{"/metrics", [metrics = &server->metrics_](const httplib::Request&, httplib::Response& res) {
+          res.set_content(metrics->Scrape(), "text/plain; version=0.0.4");
+        }}});
+  if (!metrics_endpoint.ok()) {
+    return absl::Status(metrics_endpoint.status().code(),
+                        absl::StrCat("metrics: ", metrics_endpoint.status().message()));
   }
-  server->exposer_->RegisterCollectable(server->metrics_.collectable());
-  server->metrics_port_ = server->exposer_->GetListeningPorts().at(0);
+  server->metrics_endpoint_ = *std::move(metrics_endpoint);
+  server->metrics_port_ = server->metrics_endpoint_->port();
 
   const ModelConfig& model = e.config();
   const BackendInfo info = e.backend_info();
@@ -171,7 +176,7 @@ absl::StatusOr<std::unique_ptr<LizardServer>> LizardServer::Start(const ServerOp
                        " queued, ", options.max_batch_tokens, " tokens per step"));
   LogInfo(absl::StrCat("grpc security: ", DescribeSecurity(options.security)));
   LogInfo(absl::StrCat("grpc listening on ", options.host, ":", server->grpc_port_));
-  LogInfo(absl::StrCat("metrics listening on ", options.host, ":", server->metrics_port_,
+  LogInfo(absl::StrCat("metrics listening on ", options.metrics_host, ":", server->metrics_port_,
                        "/metrics"));
   return server;
 }

@@ -11,7 +11,6 @@
 #include "engine/runtime/engine.h"
 #include "engine/tokenizer/tokenizer.h"
 #include "grpcpp/grpcpp.h"
-#include "prometheus/exposer.h"
 #include "server/auth.h"
 #include "server/lizard_service.h"
 #include "server/metrics.h"
@@ -19,10 +18,13 @@
 
 namespace lizard::server {
 
+class HttpEndpoint;
+
 struct ServerOptions {
   std::string model_dir;
   std::string host = "0.0.0.0";
   int port = 50051;          // 0: any free port (see grpc_port())
+  std::string metrics_host = "127.0.0.1";  // in Kubernetes 0.0.0.0 or the pod IP
   int metrics_port = 9400;   // 0: any free port
   BackendKind backend = BackendKind::kAuto;
   int32_t threads = 0;       // CPU backend threads, 0 = all cores
@@ -69,7 +71,7 @@ class LizardServer {
   std::unique_ptr<SessionTable> sessions_;
   std::unique_ptr<LizardService> service_;
   std::unique_ptr<grpc::Server> grpc_server_;
-  std::unique_ptr<prometheus::Exposer> exposer_;
+  std::unique_ptr<HttpEndpoint> metrics_endpoint_;
   int grpc_port_ = 0;
   int metrics_port_ = 0;
 };
