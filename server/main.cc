@@ -1,5 +1,5 @@
 // lizard-server: serves a Lizard model over gRPC (see docs/server.md).
-#include <pthread.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -87,6 +87,14 @@ std::string DefaultModelDir() {
   return LIZARD_SOURCE_MODEL_DIR;
 }
 
+int g_stop_pipe[2] = {-1, -1};
+
+void OnStopSignal(int signal_number) {
+  // Async-signal-safe: one write of a few bytes to a pipe is atomic.
+  const ssize_t written = write(g_stop_pipe[1], &signal_number, sizeof(signal_number));
+  (void)written;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -131,12 +139,19 @@ int main(int argc, char** argv) {
     return 2;
   }
 
-  // Block the stop signals in every thread (threads inherit the mask) and wait for them here.
-  sigset_t stop_signals;
-  sigemptyset(&stop_signals);
-  sigaddset(&stop_signals, SIGTERM);
-  sigaddset(&stop_signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  // SIGTERM/SIGINT are caught by a handler that writes the signal number to a pipe, which this
+  // thread reads. (Blocking them and calling sigwait is not enough: libraries start threads
+  // before main, e.g. OpenBLAS's pool, and a signal delivered to one of those would kill the
+  // process without a drain.)
+  if (pipe2(g_stop_pipe, O_CLOEXEC) != 0) {
+    LogError("cannot create the signal pipe");
+    return 1;
+  }
+  struct sigaction action = {};
+  action.sa_handler = OnStopSignal;
+  sigemptyset(&action.sa_mask);
+  sigaction(SIGTERM, &action, nullptr);
+  sigaction(SIGINT, &action, nullptr);
 
   absl::StatusOr<std::unique_ptr<lizard::server::LizardServer>> server =
       lizard::server::LizardServer::Start(options);
@@ -145,7 +160,9 @@ int main(int argc, char** argv) {
     return 1;
   }
   int signal_number = 0;
-  sigwait(&stop_signals, &signal_number);
+  while (read(g_stop_pipe[0], &signal_number, sizeof(signal_number)) != sizeof(signal_number)) {
+    // EINTR: the handler ran in this thread; the number is in the pipe now.
+  }
   lizard::server::LogInfo(absl::StrCat("received ", strsignal(signal_number)));
   (*server)->Drain(absl::GetFlag(FLAGS_drain_grace));
   server->reset();
