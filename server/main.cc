@@ -10,6 +10,8 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "server/dash_flags.h"
@@ -98,7 +100,20 @@ void OnStopSignal(int signal_number) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage("Serves a Lizard language model over gRPC.");
+  absl::SetProgramUsageMessage(
+      "Serves a Lizard language model over gRPC (docs/server.md).\n"
+      "Flags may be written with dashes or underscores (--metrics-port = --metrics_port).");
+  absl::FlagsUsageConfig usage;
+  // --help lists this program's flags (by default Abseil looks for a file named after the
+  // binary, finds none and prints "No flags matched").
+  usage.contains_help_flags = [](absl::string_view file) {
+    return absl::EndsWith(file, "server/main.cc");
+  };
+  usage.contains_helpshort_flags = usage.contains_help_flags;
+  usage.version_string = [] {
+    return absl::StrCat("lizard-server ", LIZARD_VERSION, " (", LIZARD_BUILD, ")\n");
+  };
+  absl::SetFlagsUsageConfig(usage);
   lizard::ParseCommandLineWithDashes(argc, argv);
   using lizard::server::LogError;
 

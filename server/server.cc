@@ -14,6 +14,8 @@
 namespace lizard::server {
 namespace {
 
+constexpr char kServiceName[] = "lizard.v1.Lizard";
+
 std::string LayerSummary(const ModelConfig& config) {
   return absl::StrCat(config.num_layers, " layers (", config.num_lizard_layers(), " lizard, ",
                       config.num_softmax_layers(), " softmax), vocab ", config.vocab_size,
@@ -141,7 +143,9 @@ absl::StatusOr<std::unique_ptr<LizardServer>> LizardServer::Start(const ServerOp
     return absl::UnavailableError(
         absl::StrCat("cannot listen for gRPC on ", address, " (address in use or not local?)"));
   }
+  // Health answers for the whole server ("") and for the service by name, as probes ask either.
   server->grpc_server_->GetHealthCheckService()->SetServingStatus(true);
+  server->grpc_server_->GetHealthCheckService()->SetServingStatus(kServiceName, true);
 
   HttpEndpointOptions metrics_options;
   metrics_options.host = options.metrics_host;
@@ -185,6 +189,7 @@ void LizardServer::Drain(absl::Duration grace) {
   LogInfo(absl::StrCat("draining: NOT_SERVING, new requests refused, up to ",
                        absl::FormatDuration(grace), " for running ones"));
   grpc_server_->GetHealthCheckService()->SetServingStatus(false);
+  grpc_server_->GetHealthCheckService()->SetServingStatus(kServiceName, false);
   service_->StartDraining();
   if (!service_->AwaitIdle(absl::Now() + grace)) {
     LogInfo("drain grace period over: cancelling the remaining requests");

@@ -230,6 +230,26 @@ class StartupTest(unittest.TestCase):
         self.assertNotEqual(code, 0)
         self.assertIn("state pool", output)
 
+    def test_help_version_and_health_by_service_name(self):
+        """--help lists our flags (it once printed "No flags matched."), --version names the
+        build, and health answers for "" and for "lizard.v1.Lizard"."""
+        help_run = subprocess.run([ARGS.server, "--help"], capture_output=True, text=True)
+        self.assertIn("--max_batch_tokens", help_run.stdout + help_run.stderr)
+        self.assertIn("default: 512", help_run.stdout + help_run.stderr)
+        version = subprocess.run([ARGS.server, "--version"], capture_output=True, text=True)
+        self.assertEqual(version.returncode, 0)
+        self.assertRegex(version.stdout, r"^lizard-server \d+\.\d+\.\d+ \(")
+        server = Server()
+        try:
+            check = server.channel.unary_unary("/grpc.health.v1.Health/Check",
+                                               request_serializer=lambda b: b,
+                                               response_deserializer=lambda b: b)
+            name = b"lizard.v1.Lizard"
+            self.assertEqual(check(b"\x0a" + bytes([len(name)]) + name, timeout=10), b"\x08\x01")
+            self.assertEqual(check(b"", timeout=10), b"\x08\x01")
+        finally:
+            server.close()
+
     def test_busy_port_fails_at_start(self):
         """Defect 7: a second server on a busy gRPC port once started (SO_REUSEPORT) and took
         half of the connections."""
