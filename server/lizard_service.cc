@@ -255,7 +255,9 @@ class LizardService::GenerateCall : public grpc::ServerWriteReactor<grpc::ByteBu
   }
 
   void CancelEngineLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    if (engine_request_ != 0 && !engine_done_) service_->engine_->Cancel(engine_request_);
+    if (engine_request_ == 0 || engine_done_) return;
+    if (!session_id_.empty()) service_->sessions_->MarkCancelling(session_id_, engine_request_);
+    service_->engine_->Cancel(engine_request_);
   }
 
   // The queued message that `bytes` more go into: the last one, or a new one when it is full.
@@ -623,6 +625,7 @@ void LizardService::FillSession(const SessionSnapshot& snapshot, v1::Session* ou
   out->mutable_last_turn_token_ids()->Assign(snapshot.info.last_turn_tokens.begin(),
                                              snapshot.info.last_turn_tokens.end());
   out->set_last_turn_input_tokens(snapshot.info.last_turn_input_tokens);
+  out->set_busy(snapshot.info.busy);
   ToTimestamp(snapshot.created_at, out->mutable_created_at());
   ToTimestamp(snapshot.last_used_at, out->mutable_last_used_at());
   ToTimestamp(snapshot.expires_at, out->mutable_expires_at());

@@ -39,7 +39,7 @@ ServerMetrics::ServerMetrics()
     : requests_(Single(prometheus::BuildCounter(), registry_, "lizard_requests_total",
                        "RPCs handled, by method and status code")),
       prompt_tokens_(Single(prometheus::BuildCounter(), registry_, "lizard_prompt_tokens_total",
-                            "Prompt (input) tokens prefilled")
+                            "Prompt (input) tokens that joined a conversation (a failed request counts what it consumed)")
                          .Add({})),
       generated_tokens_(Single(prometheus::BuildCounter(), registry_,
                                "lizard_generated_tokens_total", "Tokens generated")

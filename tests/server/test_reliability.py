@@ -9,6 +9,7 @@ session holds after a cancel. Usage:
 """
 import argparse
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -200,6 +201,52 @@ class ReliabilityTest(unittest.TestCase):
         one_shot = [t for r in self.stub.Generate(pb.GenerateRequest(
             token_ids=pb.TokenIds(ids=history + [30]), stopping=greedy(8))) for t in r.token_ids]
         self.assertEqual(cont, one_shot)
+
+    def test_session_info_right_after_a_cancel_is_consistent(self):
+        """Found by the randomized test: the client's cancel ends its call at once, but the
+        engine ends the turn at its next step; in between GetSession reported the running turn's
+        token count with the previous turn's last_turn_token_ids. Now a busy session says so
+        (Session.busy) and its numbers describe it before the running turn; once the server has
+        seen the cancel, GetSession and Generate wait for the turn to end."""
+        sid = self.stub.CreateSession(pb.CreateSessionRequest(
+            token_ids=pb.TokenIds(ids=[1, 2, 3, 4, 5]))).session_id
+        history = 5
+        for _ in range(5):
+            call = self.stub.Generate(pb.GenerateRequest(
+                session_id=sid, token_ids=pb.TokenIds(ids=[7, 8, 9]),
+                stopping=greedy(4000)), timeout=60)
+            with self.assertRaises(grpc.RpcError):
+                for _ in call:
+                    call.cancel()
+            # Every answer is consistent; a busy one describes the session before the turn.
+            for _ in range(250):
+                info = self.stub.GetSession(pb.GetSessionRequest(session_id=sid))
+                if not info.busy:
+                    break
+                self.assertEqual(info.num_tokens, history)
+                time.sleep(0.02)
+            self.assertFalse(info.busy)
+            self.assertEqual(info.last_turn_input_tokens, 3)
+            self.assertEqual(info.num_tokens, history + len(info.last_turn_token_ids))
+            history = info.num_tokens
+
+    def test_prompt_tokens_total_counts_only_input_that_joined(self):
+        """Found by the randomized test: a request refused at admission (state memory full)
+        added its whole input to lizard_prompt_tokens_total although nothing was prefilled."""
+        server = Server("--device-state-slots", "1", "--host-state-bytes", "0")
+        try:
+            def prompt_tokens():
+                return float(re.search(r"^lizard_prompt_tokens_total (\S+)$", server.metrics(),
+                                       re.M)[1])
+            server.stub.CreateSession(pb.CreateSessionRequest(token_ids=pb.TokenIds(ids=[1, 2])))
+            before = prompt_tokens()
+            with self.assertRaises(grpc.RpcError) as caught:
+                list(server.stub.Generate(pb.GenerateRequest(token_ids=pb.TokenIds(ids=[5] * 50)),
+                                          timeout=60))
+            self.assertEqual(caught.exception.code(), grpc.StatusCode.RESOURCE_EXHAUSTED)
+            self.assertEqual(prompt_tokens(), before)
+        finally:
+            server.close()
 
 
 def run_server(*flags, timeout=20):
