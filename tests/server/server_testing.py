@@ -90,3 +90,26 @@ class Server:
             self.proc.kill()
             self.proc.wait()
         self.log.close()
+
+
+def settled_session(get_session, history_tokens, timeout_s=10):
+    """GetSession (GET_SESSION() -> Session) once a cancelled turn has settled, and whether the
+    first answer was not settled yet. A client's cancel (or deadline) ends its call at once, but
+    the engine drops the turn only at its next step: until then GetSession shows num_tokens of
+    the running turn with the previous turn's last_turn_token_ids. Settled: the session holds
+    its history (HISTORY_TOKENS tokens before the turn) plus last_turn_token_ids, or just its
+    history (the turn never reached the engine), unchanged over 50 ms."""
+    deadline = time.monotonic() + timeout_s
+    waited = False
+    while True:
+        session = get_session()
+        if session.num_tokens in (history_tokens,
+                                  history_tokens + len(session.last_turn_token_ids)):
+            time.sleep(0.05)
+            again = get_session()
+            if again == session or time.monotonic() > deadline:
+                return again, waited
+        elif time.monotonic() > deadline:
+            return session, True
+        waited = True
+        time.sleep(0.01)
