@@ -133,17 +133,17 @@ class Stream:
         self.tokens, self.text, self.last, self.logprobs = [], "", None, []
 
 
-def collect(responses, into, cancel_after=None, call=None):
+def collect(responses, into, cancel_after=None, cancel=None):
     """Reads a Generate stream into INTO (a Stream), message by message, so what arrived
-    before an error stays there. With cancel_after, cancels the call after that many messages
-    (the RpcError that follows propagates)."""
+    before an error stays there. With cancel_after, calls CANCEL() after that many messages
+    (an RpcError that follows propagates)."""
     for n, response in enumerate(responses, 1):
         into.tokens += list(response.token_ids)
         into.text += response.text
         into.logprobs += list(response.logprobs)
         into.last = response
-        if cancel_after is not None and n >= cancel_after:
-            call.cancel()
+        if n == cancel_after:
+            cancel()
     return into
 
 
@@ -161,6 +161,7 @@ class Outcome(Stream):
         self.turn = None          # turn: GetSession.last_turn_token_ids after it
         self.turn_input = None    # turn: GetSession.last_turn_input_tokens
         self.probe = False        # turn: the final check of a session's state
+        self.deleted = False      # turn: its session was deleted while it ran
 
 
 class Workload:
@@ -297,27 +298,33 @@ class Workload:
             fields["logprobs"] = rng.choice([1, 3, 8])
         return fields, mode
 
-    def random_cancel(self, rng):
-        """(None | "client" | "deadline", messages before the cancel, timeout in seconds)."""
+    def random_cancel(self, rng, can_delete):
+        """(None | "client" | "deadline" | "delete" (the session, while the turn runs),
+        messages before the cancel, timeout in seconds)."""
         r = rng.random()
         if r < 0.08:
             return "client", rng.randint(1, 4), 120
         if r < 0.14:
             return "deadline", None, rng.choice([0.005, 0.02, 0.05, 0.1, 0.3])
+        if can_delete and r < 0.18:
+            return "delete", rng.randint(1, 4), 120
         return None, None, 120
 
     # --- calls ---
-    def generate(self, rng, request, kind, may_cancel=True):
+    def generate(self, rng, request, kind, may_cancel=True, delete_session=None):
+        """Runs a Generate, maybe cancelled (or its session deleted by DELETE_SESSION())."""
         outcome = Outcome(request, kind)
-        outcome.cancel, cancel_after, timeout = (self.random_cancel(rng) if may_cancel
-                                                 else (None, None, 120))
+        outcome.cancel, cancel_after, timeout = (
+            self.random_cancel(rng, delete_session is not None) if may_cancel
+            else (None, None, 120))
         if outcome.cancel:  # long enough to be cut
             request.stopping.max_new_tokens = rng.randint(100, 1000)
         with self.lock:
             self.in_flight += 1
         try:
             call = self.stub.Generate(request, timeout=timeout)
-            collect(call, outcome, cancel_after, call)
+            collect(call, outcome, cancel_after,
+                    delete_session if outcome.cancel == "delete" else call.cancel)
             outcome.code = OK
         except grpc.RpcError as e:  # outcome keeps what arrived before
             outcome.code, outcome.details = e.code(), e.details()
@@ -397,10 +404,13 @@ class Workload:
             input_fields = self.random_input(rng)
             fields, _ = self.random_generate_fields(rng)
         request = pb.GenerateRequest(session_id=sid, **input_fields, **fields)
-        outcome = self.generate(rng, request, "turn", may_cancel=not probe)
+        outcome = self.generate(rng, request, "turn", may_cancel=not probe,
+                                delete_session=lambda: self.delete(owned, sid))
         outcome.probe = probe
         outcome.history = list(history)
-        if outcome.code == OK or outcome.code in CANCEL_CODES:
+        if sid not in owned:  # deleted while the turn ran: the stream ended early
+            self.deleted_turn(outcome, sid, self.expected_input(input_fields, history))
+        elif outcome.code == OK or outcome.code in CANCEL_CODES:
             session = self.get_session(sid)
             if session is None:
                 return
@@ -413,11 +423,7 @@ class Workload:
             outcome.turn_input = session.last_turn_input_tokens
             expected = self.expected_input(input_fields, history)
             if outcome.code in CANCEL_CODES and session.num_tokens == len(history):
-                # Cancelled before the engine took the turn: the session is as it was.
-                if session.num_tokens != len(history):
-                    self.failures.add("a turn cancelled before admission changed the session",
-                                      num_tokens=session.num_tokens, history=len(history))
-                outcome.turn = None
+                outcome.turn = None  # cancelled before the engine took it: nothing changed
                 return
             if expected is not None and outcome.turn[:outcome.turn_input] != expected:
                 self.failures.add("last_turn_token_ids does not start with the turn's input",
@@ -440,6 +446,24 @@ class Workload:
                 self.generated_tokens[0] += len(generated)
         else:
             self.check_session_size(sid, history, "a failed turn (%s)" % outcome.code.name)
+
+    def deleted_turn(self, outcome, sid, expected_input):
+        """A turn whose session was deleted while it ran: what it streamed is a prefix of the
+        reference, and the session is gone."""
+        _, code = self.call("GetSession", lambda: self.stub.GetSession(
+            pb.GetSessionRequest(session_id=sid), timeout=30),
+            allowed=(grpc.StatusCode.NOT_FOUND,))
+        if code != grpc.StatusCode.NOT_FOUND:
+            self.failures.add("a deleted session is still there", code=code.name)
+        if outcome.code != OK or expected_input is None:
+            return
+        outcome.deleted = True
+        outcome.turn = expected_input + outcome.tokens
+        outcome.turn_input = len(expected_input)
+        with self.lock:
+            self.prompt_tokens[0] += len(expected_input)
+            self.generated_tokens[0] += len(outcome.tokens)
+            self.generated_tokens[1] += outcome.request.stopping.max_new_tokens - len(outcome.tokens)
 
     def fork(self, owned, sid):
         session, code = self.call("ForkSession", lambda: self.stub.ForkSession(
@@ -514,7 +538,7 @@ def checkable(outcome):
 
 def verify(outcome, pool, failures, stats):
     request = reference_request(outcome)
-    if outcome.code != OK:  # a prefix of the reference is checked: generate only that much
+    if outcome.code != OK or outcome.deleted:  # a prefix of the reference is checked: generate only that much
         kept = outcome.turn[outcome.turn_input:] if outcome.turn is not None else outcome.tokens
         request = pb.GenerateRequest()
         request.CopyFrom(reference_request(outcome))
@@ -523,7 +547,7 @@ def verify(outcome, pool, failures, stats):
     ref_tokens, ref_text, ref_last, ref_logprobs = ref.tokens, ref.text, ref.last, ref.logprobs
     context = dict(request=outcome.request, history=len(outcome.history or []),
                    got=outcome.tokens, reference=ref_tokens)
-    if outcome.code != OK:
+    if outcome.code != OK or outcome.deleted:
         # Cancelled: what was received, and what the session kept, is a prefix of the reference.
         if ref_tokens[:len(outcome.tokens)] != outcome.tokens or ref_tokens[:len(kept)] != kept:
             failures.add("a cancelled request's tokens are no prefix of the reference",
@@ -716,8 +740,9 @@ def main():
             # whole history).
             checkable_outcomes = [o for o in workload.outcomes if checkable(o)]
             todo = [o for o in checkable_outcomes if o.probe]
-            completed = [o for o in checkable_outcomes if not o.probe and o.code == OK]
-            cancelled = [o for o in checkable_outcomes if o.code != OK]
+            completed = [o for o in checkable_outcomes
+                         if not o.probe and o.code == OK and not o.deleted]
+            cancelled = [o for o in checkable_outcomes if o.code != OK or o.deleted]
             left = max(0, args.checks - len(todo))
             n_cancelled = min(len(cancelled), max(left // 2, left - len(completed)))
             sampler = random.Random(args.seed)
@@ -755,7 +780,8 @@ def main():
     codes = collections.Counter()
     for (rpc, code), n in workload.calls.items():
         codes[code] += n
-    kinds = collections.Counter((o.kind, o.code.name) for o in workload.outcomes)
+    kinds = collections.Counter(("turn whose session was deleted" if o.deleted else o.kind,
+                                 o.code.name) for o in workload.outcomes)
     print("seed %d: %d operations in %.1fs by %d clients; %d of %d checkable results checked "
           "against %d fresh servers in %.1fs" % (
               args.seed, args.requests - workload.remaining, workload_s, args.clients, len(todo),

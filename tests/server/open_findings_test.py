@@ -6,11 +6,8 @@ yet. Each test fails on the current server; they are skipped unless LIZARD_TEST_
   LIZARD_TEST_OPEN_FINDINGS=1 /usr/bin/python3 open_findings_test.py \
       --server BUILD/server/lizard-server --model MODEL_DIR --proto-dir REPO/proto
 """
-import argparse
 import os
 import re
-import sys
-import tempfile
 import unittest
 
 import grpc
@@ -72,18 +69,5 @@ class OpenFindingsTest(unittest.TestCase):
         self.assertEqual(prompt_tokens(), before)
 
 
-def main():
-    global ARGS, pb, pbg
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--server", required=True)
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--proto-dir", required=True)
-    ARGS, rest = parser.parse_known_args()
-    with tempfile.TemporaryDirectory() as out:
-        pb, pbg = server_testing.generate_stubs(ARGS.proto_dir, out)
-        result = unittest.main(argv=[sys.argv[0]] + rest, exit=False).result
-    sys.exit(0 if result.wasSuccessful() else 1)
-
-
 if __name__ == "__main__":
-    main()
+    server_testing.unittest_main(globals())

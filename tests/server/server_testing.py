@@ -1,6 +1,7 @@
 """Helpers of the Python tests that run lizard-server (tests/server/test_server.py,
 tests/deploy/session_affinity_test.py): gRPC stubs generated at test time, the server process on
 127.0.0.1 with free ports, and the health check without generated health stubs."""
+import argparse
 import os
 import re
 import shutil
@@ -8,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import unittest
 import urllib.request
 
 
@@ -23,6 +25,23 @@ def generate_stubs(proto_dir, out_dir):
     sys.path.insert(0, out_dir)
     from lizard.v1 import lizard_pb2, lizard_pb2_grpc
     return lizard_pb2, lizard_pb2_grpc
+
+
+def unittest_main(module_globals):
+    """The main of a unittest script run as `SCRIPT --server BIN --model DIR --proto-dir DIR
+    [unittest args]`: generates the stubs into a temporary folder, sets the script's globals
+    ARGS (the parsed flags), pb and pbg (lizard_pb2, lizard_pb2_grpc), runs its tests and exits
+    0 if all passed."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--server", required=True)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--proto-dir", required=True)
+    args, rest = parser.parse_known_args()
+    with tempfile.TemporaryDirectory() as out:
+        pb, pbg = generate_stubs(args.proto_dir, out)
+        module_globals.update(ARGS=args, pb=pb, pbg=pbg)
+        result = unittest.main(argv=[sys.argv[0]] + rest, exit=False).result
+    sys.exit(0 if result.wasSuccessful() else 1)
 
 
 def _compile_stubs(proto_dir, out_dir):

@@ -9,10 +9,8 @@ over that history. Usage:
   /usr/bin/python3 session_cancel_test.py --server BUILD/server/lizard-server --model MODEL_DIR \
       --proto-dir REPO/proto
 """
-import argparse
 import random
 import sys
-import tempfile
 import unittest
 
 import grpc
@@ -137,18 +135,5 @@ class SessionCancelTest(unittest.TestCase):
         self.stub.DeleteSession(pb.DeleteSessionRequest(session_id=sid))
 
 
-def main():
-    global ARGS, pb, pbg
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--server", required=True)
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--proto-dir", required=True)
-    ARGS, rest = parser.parse_known_args()
-    with tempfile.TemporaryDirectory() as out:
-        pb, pbg = server_testing.generate_stubs(ARGS.proto_dir, out)
-        result = unittest.main(argv=[sys.argv[0]] + rest, exit=False).result
-    sys.exit(0 if result.wasSuccessful() else 1)
-
-
 if __name__ == "__main__":
-    main()
+    server_testing.unittest_main(globals())
