@@ -21,7 +21,7 @@ echo "differential soak: budget ${budget}s, first seed ${seed}, logs in ${log_di
 while (( $(date +%s) + 240 <= end )); do
   log="${log_dir}/seed-${seed}.log"
   args=(--seed "$seed" --requests 4000 --duration 60 --checks 150 --clients 8
-        --sessions-per-client 3 --host-states 12 --max-new 64 --references "$references" "$@")
+        --sessions-per-client 3 --host-states 20 --max-new 64 --references "$references" "$@")
   if ! /usr/bin/python3 tests/server/differential_test.py \
       --server "${build_dir}/server/lizard-server" --model models/lizard-tiny \
       --proto-dir proto "${args[@]}" > "$log" 2>&1; then
