@@ -7,7 +7,8 @@ drift. In the Markdown, HTML comments right before a block (invisible when rende
   <!-- not-tested: REASON -->   the block is not run (sparingly: e.g. the quick start, whose
                                 `test` command is this suite itself)
   <!-- test-expect: REGEX -->   its output must match REGEX (any number of these)
-Every other ```sh / ```python block is run in order, from the repository root, with:
+Every other ```sh / ```bash / ```shell / ```python block is run in order, from the repository
+root, with:
   - 127.0.0.1:50051 / :9400 (and a bare --target default) pointed at a server this test started
     on free ports, the stub folder /tmp/lizard_py moved into a temporary directory, and
     build/... pointed at the build directory;
@@ -31,11 +32,11 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import server_testing  # noqa: E402
 
 DOCS = ("README.md", "docs/server.md")
-BLOCK = re.compile(r"((?:<!--[^\n]*-->\n)*)```(sh|bash|python)\n(.*?)```", re.S)
+BLOCK = re.compile(r"((?:<!--[^\n]*-->\n)*)```(sh|bash|shell|python)\n(.*?)```", re.S)
 
 
 def blocks(path):
-    """[(line, language, code, not_tested reason or None, [expected regexes])] of a Markdown file."""
+    """[(line, language, code, not_tested reason or None, [expected regexes])] of PATH."""
     with open(path) as f:
         text = f.read()
     found = []

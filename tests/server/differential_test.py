@@ -463,7 +463,8 @@ class Workload:
         with self.lock:
             self.prompt_tokens[0] += len(expected_input)
             self.generated_tokens[0] += len(outcome.tokens)
-            self.generated_tokens[1] += outcome.request.stopping.max_new_tokens - len(outcome.tokens)
+            self.generated_tokens[1] += (outcome.request.stopping.max_new_tokens
+                                         - len(outcome.tokens))
 
     def fork(self, owned, sid):
         session, code = self.call("ForkSession", lambda: self.stub.ForkSession(
@@ -538,7 +539,7 @@ def checkable(outcome):
 
 def verify(outcome, pool, failures, stats):
     request = reference_request(outcome)
-    if outcome.code != OK or outcome.deleted:  # a prefix of the reference is checked: generate only that much
+    if outcome.code != OK or outcome.deleted:  # only a prefix is checked: generate that much
         kept = outcome.turn[outcome.turn_input:] if outcome.turn is not None else outcome.tokens
         request = pb.GenerateRequest()
         request.CopyFrom(reference_request(outcome))
@@ -570,7 +571,8 @@ def verify(outcome, pool, failures, stats):
         failures.add("usage.generated_tokens differs", **context)
     if outcome.kind == "oneshot" and outcome.last.usage != ref_last.usage:
         failures.add("usage differs", usage=outcome.last.usage, ref_usage=ref_last.usage)
-    if outcome.kind == "turn" and outcome.last.usage.session_tokens != ref_last.usage.session_tokens:
+    if (outcome.kind == "turn"
+            and outcome.last.usage.session_tokens != ref_last.usage.session_tokens):
         failures.add("usage.session_tokens differs from the one-shot over the history",
                      got=outcome.last.usage.session_tokens,
                      ref=ref_last.usage.session_tokens)
@@ -647,15 +649,18 @@ def tally_tokens(workload):
             workload.generated_tokens[0] += o.last.usage.generated_tokens
         elif o.code in CANCEL_CODES:
             workload.generated_tokens[0] += len(o.tokens)
-            workload.generated_tokens[1] += max(0, o.request.stopping.max_new_tokens - len(o.tokens))
+            workload.generated_tokens[1] += max(0, o.request.stopping.max_new_tokens
+                                                - len(o.tokens))
     for o in workload.outcomes:
         # The input of a cancelled one-shot, and of a request refused when the engine admitted
         # it, may be counted (the engine reports the whole input as the request's prompt tokens,
         # prefilled or not).
-        if (o.kind == "oneshot" and o.code in CANCEL_CODES) or o.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        if ((o.kind == "oneshot" and o.code in CANCEL_CODES)
+                or o.code == grpc.StatusCode.RESOURCE_EXHAUSTED):
             request = o.request
             # Text input: at most a token per byte, and BOS.
-            workload.prompt_tokens[1] += (len(request.token_ids.ids) if request.HasField("token_ids")
+            workload.prompt_tokens[1] += (len(request.token_ids.ids)
+                                          if request.HasField("token_ids")
                                           else len(request.text.encode()) + 1)
 
 
