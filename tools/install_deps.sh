@@ -16,7 +16,7 @@ build_packages=(
 # offline checks of deploy/ (yamllint, promtool, haproxy); Node.js + npm for the tokenizer parity,
 # manifest validation and OpenAI client tests.
 test_packages=(
-  python3 python3-numpy python3-torch python3-grpcio python3-grpc-tools
+  python3 python3-numpy python3-torch python3-grpcio python3-grpc-tools python3-regex
   openssl curl yamllint prometheus haproxy
 )
 
