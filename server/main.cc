@@ -20,7 +20,7 @@
 
 ABSL_FLAG(std::string, model, "",
           "model directory (config.json, safetensors, tokenizer.json); default: the shipped "
-          "models/lizard-tiny");
+          "models/lizard-demo (a trained Lizard model)");
 namespace {
 // The flags' defaults are ServerOptions' defaults, so the two cannot drift apart.
 const lizard::server::ServerOptions& Defaults() {
@@ -75,7 +75,7 @@ ABSL_FLAG(absl::Duration, drain_grace, absl::Seconds(30),
 
 namespace {
 
-// --model's default: models/lizard-tiny of an installed tree (<prefix>/bin/lizard-server), else
+// --model's default: models/lizard-demo of an installed tree (<prefix>/bin/lizard-server), else
 // of the source tree this binary was built from.
 std::string DefaultModelDir() {
   char exe[PATH_MAX];
@@ -83,7 +83,7 @@ std::string DefaultModelDir() {
   if (n > 0) {
     const std::filesystem::path installed =
         std::filesystem::path(std::string(exe, n)).parent_path().parent_path() / "models" /
-        "lizard-tiny";
+        "lizard-demo";
     if (std::filesystem::exists(installed / "config.json")) return installed.string();
   }
   return LIZARD_SOURCE_MODEL_DIR;

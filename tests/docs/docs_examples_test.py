@@ -105,7 +105,7 @@ def main():
 
     failures, ran = [], 0
     server = server_testing.Server(os.path.join(build_dir, "server", "lizard-server"),
-                                   "models/lizard-tiny")
+                                   "models/lizard-demo")  # the default model, as a user gets it
     try:
         with tempfile.TemporaryDirectory() as stubs:
             for doc in DOCS:
