@@ -10,24 +10,12 @@
 
 #include "lizard/v1/lizard.pb.h"
 #include "server/request_validation.h"
-
-namespace {
-
-const lizard::Tokenizer& Tiny() {
-  static const std::unique_ptr<lizard::Tokenizer> tokenizer = [] {
-    auto loaded = lizard::Tokenizer::FromFile(LIZARD_TOKENIZER_JSON);
-    if (!loaded.ok()) abort();
-    return *std::move(loaded);
-  }();
-  return *tokenizer;
-}
-
-}  // namespace
+#include "tests/fuzz/tiny_tokenizer.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string bytes(reinterpret_cast<const char*>(data), size);
   lizard::server::RequestLimits limits;
-  limits.vocab_size = Tiny().vocab_size();
+  limits.vocab_size = TinyTokenizer().vocab_size();
   limits.max_new_tokens_limit = 4096;
   limits.default_max_new_tokens = 64;
   limits.max_input_tokens = 4096;
@@ -38,9 +26,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     (void)lizard::server::CheckSessionId(generate.session_id());
     auto input = lizard::server::InputTokens(
         generate.has_text() ? &generate.text() : nullptr,
-        generate.has_token_ids() ? &generate.token_ids() : nullptr, &Tiny(), true, limits);
+        generate.has_token_ids() ? &generate.token_ids() : nullptr, &TinyTokenizer(), true, limits);
     if (input.ok()) {
-      auto request = lizard::server::ToEngineRequest(generate, *std::move(input), &Tiny(), limits);
+      auto request = lizard::server::ToEngineRequest(generate, *std::move(input), &TinyTokenizer(), limits);
       if (request.ok() && request->input.empty()) abort();  // validation must refuse empty input
     }
   }
@@ -48,7 +36,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (create.ParseFromString(bytes)) {
     (void)lizard::server::InputTokens(create.has_text() ? &create.text() : nullptr,
                                       create.has_token_ids() ? &create.token_ids() : nullptr,
-                                      &Tiny(), true, limits);
+                                      &TinyTokenizer(), true, limits);
   }
   // The other requests: the parse alone (their fields are checked by the handlers' one-liners).
   lizard::v1::GetSessionRequest get;
@@ -57,7 +45,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (detokenize.ParseFromString(bytes)) {
     std::vector<int32_t> ids(detokenize.token_ids().begin(), detokenize.token_ids().end());
     if (lizard::server::CheckTokenIds(ids, limits.vocab_size, "token_ids").ok()) {
-      (void)Tiny().Decode(ids);
+      (void)TinyTokenizer().Decode(ids);
     }
   }
   return 0;

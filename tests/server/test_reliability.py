@@ -7,15 +7,10 @@ session holds after a cancel. Usage:
   /usr/bin/python3 test_reliability.py --server BUILD/server/lizard-server --model MODEL_DIR \
       --proto-dir REPO/proto
 """
-import argparse
 import os
 import re
 import signal
-import socket
 import subprocess
-import sys
-import tempfile
-import threading
 import time
 import unittest
 
@@ -328,17 +323,5 @@ class StartupTest(unittest.TestCase):
             server.close()
 
 
-def main():
-    global ARGS, pb, pbg
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--server", required=True)
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--proto-dir", required=True)
-    ARGS, rest = parser.parse_known_args()
-    with tempfile.TemporaryDirectory() as stubs:
-        pb, pbg = server_testing.generate_stubs(ARGS.proto_dir, stubs)
-        unittest.main(argv=[sys.argv[0]] + rest, verbosity=2)
-
-
 if __name__ == "__main__":
-    main()
+    server_testing.unittest_main(globals())
