@@ -50,7 +50,7 @@ class Server:
         self.log = tempfile.NamedTemporaryFile(prefix="lizard-server-", suffix=".log")
         self.proc = subprocess.Popen(
             [binary, "--model", model, "--host", "127.0.0.1", "--port", "0",
-             "--metrics-port", "0",
+             "--metrics-port", "0", "--http-port", "0",  # a test that wants HTTP sets it
              # Flags for every server of a run, e.g. "--backend cuda" on the GPU machine.
              *os.environ.get("LIZARD_TEST_SERVER_FLAGS", "").split(),
              *flags],  # a later --model wins
