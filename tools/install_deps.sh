@@ -7,7 +7,7 @@ packages=(
   build-essential cmake ninja-build pkg-config git
   libabsl-dev libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
   prometheus-cpp-dev libcpp-httplib-dev libopenblas-dev nlohmann-json3-dev libpcre2-dev
-  libgtest-dev libgmock-dev libssl-dev openssl
+  libgtest-dev libgmock-dev libssl-dev openssl curl
   python3 python3-numpy python3-torch python3-grpcio python3-grpc-tools
   yamllint prometheus haproxy
 )
@@ -16,7 +16,8 @@ missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
-# Node.js + npm run the tokenizer parity and manifest validation tests; use the system's if present.
+# Node.js + npm run the tokenizer parity, manifest validation and openai client tests; use the
+# system's if present.
 command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
 
 if [ ${#missing[@]} -eq 0 ]; then

@@ -1,7 +1,7 @@
 // The official `openai` npm client against lizard-server's OpenAI-compatible API: completions and
 // chat, streaming and not, a session-bearing chat turn, an error. Starts the real binary on
 // 127.0.0.1 (gRPC and metrics on free ports, HTTP on a free port) with a copy of the shipped model
-// (symlinks) whose tokenizer_config.json holds a ChatML template.
+// (symlinks) whose tokenizer_config.json holds server/chat_templates/chatml.jinja.
 // Usage: node openai_client_test.mjs SERVER_BINARY MODEL_DIR
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
@@ -13,10 +13,8 @@ import { after, before, test } from "node:test";
 import OpenAI from "openai";
 
 const [serverBinary, modelDir] = process.argv.slice(2);
-const CHATML =
-  "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + " +
-  "message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}" +
-  "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+const CHATML = fs.readFileSync(
+  new URL("../../server/chat_templates/chatml.jinja", import.meta.url), "utf8");
 const greedy = { temperature: 0, ignore_eos: true };
 
 let server;
@@ -38,11 +36,12 @@ before(async () => {
   tmp = fs.mkdtempSync(path.join(os.tmpdir(), "lizard-openai-"));
   const model = path.join(tmp, "lizard-tiny");
   fs.mkdirSync(model);
-  for (const name of fs.readdirSync(modelDir)) {
+  for (const name of ["config.json", "model.safetensors", "tokenizer.json"]) {
     fs.symlinkSync(path.resolve(modelDir, name), path.join(model, name));
   }
   fs.writeFileSync(path.join(model, "tokenizer_config.json"),
-                   JSON.stringify({ chat_template: CHATML, bos_token: "<|begin_of_text|>" }));
+                   JSON.stringify({ chat_template: CHATML, bos_token: "<|begin_of_text|>",
+                                   eos_token: "<|end_of_text|>" }));
   const httpPort = await freePort();
   server = spawn(serverBinary, ["--model", model, "--host", "127.0.0.1", "--port", "0",
                                 "--metrics-port", "0", "--http-host", "127.0.0.1",

@@ -27,9 +27,8 @@ import server_testing  # noqa: E402
 ARGS = None
 pb = pbg = None
 
-CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + "
-          "message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}"
-          "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+CHATML = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "server",
+                      "chat_templates", "chatml.jinja")
 
 
 def free_port():
@@ -38,15 +37,19 @@ def free_port():
         return s.getsockname()[1]
 
 
-def chat_model_dir(root):
-    """A copy of the shipped model (symlinks) with a ChatML tokenizer_config.json."""
+def model_copy(root, chat_template):
+    """A copy of the shipped model (symlinks) named lizard-tiny whose tokenizer_config.json holds
+    the ChatML template, or which has none."""
     model = os.path.join(root, "lizard-tiny")
     os.mkdir(model)
-    for name in os.listdir(ARGS.model):
+    for name in ["config.json", "model.safetensors", "tokenizer.json"]:
         os.symlink(os.path.abspath(os.path.join(ARGS.model, name)), os.path.join(model, name))
-    with open(os.path.join(model, "tokenizer_config.json"), "w") as f:
-        json.dump({"chat_template": CHATML, "bos_token": "<|begin_of_text|>",
-                   "eos_token": "<|end_of_text|>"}, f)
+    if chat_template:
+        with open(CHATML) as f:
+            source = f.read()
+        with open(os.path.join(model, "tokenizer_config.json"), "w") as f:
+            json.dump({"chat_template": source, "bos_token": "<|begin_of_text|>",
+                       "eos_token": "<|end_of_text|>"}, f)
     return model
 
 
@@ -120,7 +123,7 @@ class OpenAiApiTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.tmp = tempfile.TemporaryDirectory()
-        cls.server = HttpServer(chat_model_dir(cls.tmp.name))
+        cls.server = HttpServer(model_copy(cls.tmp.name, chat_template=True))
 
     @classmethod
     def tearDownClass(cls):
@@ -292,13 +295,22 @@ class OpenAiApiTest(unittest.TestCase):
             headers={"X-Session-Id": "other"}), 400, "session_id")
 
     def test_no_chat_template(self):
-        server = HttpServer(ARGS.model)  # the shipped model: no tokenizer_config.json
+        tmp = tempfile.TemporaryDirectory()
+        server = HttpServer(model_copy(tmp.name, chat_template=False))
         try:
             self.assert_error(server.request("/v1/chat/completions", {
                 "messages": [{"role": "user", "content": "Hi"}]}), 400,
                 message="no chat template")
             self.assertEqual(server.request("/v1/completions", {"prompt": "Hi",
                                                                 "max_tokens": 2})[0], 200)
+        finally:
+            server.close()
+            tmp.cleanup()
+        # --chat-template turns chat on.
+        server = HttpServer(ARGS.model, "--chat-template", CHATML)
+        try:
+            self.assertEqual(server.request("/v1/chat/completions", {
+                "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2})[0], 200)
         finally:
             server.close()
 
@@ -353,7 +365,6 @@ class OpenAiApiLimitsTest(unittest.TestCase):
             body = json.dumps({"prompt": "x", "max_tokens": 20000, "stream": True,
                                "logprobs": 20, **GREEDY}).encode()
             sock = socket.create_connection(("127.0.0.1", server.http_port))
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
             sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
                          b"application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
             time.sleep(8)  # not reading
