@@ -632,24 +632,20 @@ void OpenAiApi::Completions(const httplib::Request& req, httplib::Response& res,
 
     // Sampling. OpenAI's default temperature is 1 (gRPC's unset field is 0, greedy).
     v1::SamplingParams& sampling = *request.mutable_sampling();
-    std::optional<double> number;
-    if (absl::Status s = ReadNumber(body, "temperature", number); !s.ok()) return s;
-    sampling.set_temperature(number.has_value() ? static_cast<float>(*number) : 1.0f);
-    number.reset();
-    if (absl::Status s = ReadNumber(body, "top_p", number); !s.ok()) return s;
-    if (number.has_value()) sampling.set_top_p(static_cast<float>(*number));
-    number.reset();
-    if (absl::Status s = ReadNumber(body, "min_p", number); !s.ok()) return s;
-    if (number.has_value()) sampling.set_min_p(static_cast<float>(*number));
-    number.reset();
-    if (absl::Status s = ReadNumber(body, "repetition_penalty", number); !s.ok()) return s;
-    if (number.has_value()) sampling.set_repetition_penalty(static_cast<float>(*number));
-    number.reset();
-    if (absl::Status s = ReadNumber(body, "presence_penalty", number); !s.ok()) return s;
-    if (number.has_value()) sampling.set_presence_penalty(static_cast<float>(*number));
-    number.reset();
-    if (absl::Status s = ReadNumber(body, "frequency_penalty", number); !s.ok()) return s;
-    if (number.has_value()) sampling.set_frequency_penalty(static_cast<float>(*number));
+    sampling.set_temperature(1.0f);
+    using Sampling = v1::SamplingParams;
+    for (const auto& [name, set] : {
+             std::pair{"temperature", &Sampling::set_temperature},
+             std::pair{"top_p", &Sampling::set_top_p},
+             std::pair{"min_p", &Sampling::set_min_p},
+             std::pair{"repetition_penalty", &Sampling::set_repetition_penalty},
+             std::pair{"presence_penalty", &Sampling::set_presence_penalty},
+             std::pair{"frequency_penalty", &Sampling::set_frequency_penalty},
+         }) {
+      std::optional<double> number;
+      if (absl::Status s = ReadNumber(body, name, number); !s.ok()) return s;
+      if (number.has_value()) (sampling.*set)(static_cast<float>(*number));
+    }
     std::optional<int64_t> integer;
     if (absl::Status s = ReadInteger(body, "top_k", integer); !s.ok()) return s;
     // vLLM spells "off" -1.

@@ -1,6 +1,7 @@
 """Helpers of the Python tests that run lizard-server (tests/server/test_server.py,
 tests/deploy/session_affinity_test.py): gRPC stubs generated at test time, the server process on
 127.0.0.1 with free ports, and the health check without generated health stubs."""
+import argparse
 import os
 import re
 import shutil
@@ -8,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import unittest
 import urllib.request
 
 
@@ -31,6 +33,23 @@ def _compile_stubs(proto_dir, out_dir):
                     "--python_out=" + out_dir, "--grpc_python_out=" + out_dir,
                     "--plugin=protoc-gen-grpc_python=" + plugin,
                     os.path.join(proto_dir, "lizard", "v1", "lizard.proto")], check=True)
+
+
+def run_tests(module_globals):
+    """The main() of a test file: parses --server, --model and --proto-dir into the module's ARGS,
+    generates the stubs into its pb and pbg, runs its unittest cases (the other arguments select
+    them) and exits 0 if all passed."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--server", required=True)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--proto-dir", required=True)
+    module_globals["ARGS"], rest = parser.parse_known_args()
+    with tempfile.TemporaryDirectory() as out:
+        module_globals["pb"], module_globals["pbg"] = generate_stubs(module_globals["ARGS"].proto_dir,
+                                                                     out)
+        result = unittest.main(module=module_globals["__name__"], argv=[sys.argv[0]] + rest,
+                               exit=False).result
+    sys.exit(0 if result.wasSuccessful() else 1)
 
 
 def health(channel, timeout_s=10):

@@ -4,7 +4,6 @@ the new messages, API keys, 429, drain, a client that does not read, the gateway
 
 The shipped model has no chat template: the chat tests run on a copy of it (symlinks) with a
 tokenizer_config.json holding a ChatML template."""
-import argparse
 import json
 import os
 import re
@@ -238,6 +237,13 @@ class OpenAiApiTest(unittest.TestCase):
         self.assertEqual(status, 400)
         self.assertEqual(json.loads(body)["error"]["param"], "n")
 
+    def test_expect_100_continue(self):
+        """curl's Expect: 100-continue gets its interim answer before the body is read."""
+        status, _, body = split_http(self.server.curl("/v1/completions", {
+            "prompt": "x", "max_tokens": 1}, "-H", "Expect: 100-continue"))
+        self.assertEqual(status, 100)  # curl -i shows the interim response first
+        self.assertIn("HTTP/1.1 200", body)
+
     def test_chat(self):
         status, _, body = self.post("/v1/chat/completions", {
             "model": "lizard-tiny", "max_completion_tokens": 8, "logprobs": True,
@@ -406,18 +412,5 @@ class OpenAiApiLimitsTest(unittest.TestCase):
             server.close()
 
 
-def main():
-    global ARGS, pb, pbg
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--server", required=True)
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--proto-dir", required=True)
-    ARGS, rest = parser.parse_known_args()
-    with tempfile.TemporaryDirectory() as out:
-        pb, pbg = server_testing.generate_stubs(ARGS.proto_dir, out)
-        result = unittest.main(argv=[sys.argv[0]] + rest, exit=False).result
-    sys.exit(0 if result.wasSuccessful() else 1)
-
-
 if __name__ == "__main__":
-    main()
+    server_testing.run_tests(globals())
