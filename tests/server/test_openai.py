@@ -232,6 +232,11 @@ class OpenAiApiTest(unittest.TestCase):
         status, head, _ = server.request("/v1/completions")  # GET
         self.assertEqual(status, 405)
         self.assertEqual(head["Allow"], "POST")
+        # Bodies need a Content-Length (chunked ones are refused before they are read).
+        status, _, body = split_http(server.curl("/v1/completions", {"prompt": "x"},
+                                                 "-H", "Transfer-Encoding: chunked"))
+        self.assertEqual(status, 400)
+        self.assertIn("error", json.loads(body))
         # The same shapes through curl, status line included.
         status, _, body = split_http(server.curl("/v1/completions", {"prompt": "x", "n": 3}))
         self.assertEqual(status, 400)
