@@ -106,6 +106,15 @@ class Connection final : public httplib::Stream {
       if (n > 0) left -= n;
     }
   }
+  // Whether the client closed its side: an end of stream (or an error) is waiting after what was
+  // read so far.
+  bool PeerClosed() const {
+    pollfd fd = {sock_, POLLIN | POLLRDHUP, 0};
+    if (poll(&fd, 1, 0) <= 0) return false;
+    if ((fd.revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0) return true;
+    char byte;
+    return recv(sock_, &byte, 1, MSG_PEEK | MSG_DONTWAIT) == 0;
+  }
   // Whether reading stopped because the request was larger than max_header_bytes.
   bool over_budget() const { return over_budget_; }
   // Reads a body of exactly `length` bytes (within the request's deadline); false if the
@@ -483,6 +492,10 @@ absl::StatusOr<std::unique_ptr<HttpEndpoint>> HttpEndpoint::Start(
   // Stop() only ends an accept loop that has started.
   while (!server.is_running()) absl::SleepFor(absl::Milliseconds(1));
   return endpoint;
+}
+
+bool HttpEndpoint::ClientClosed() {
+  return current_exchange != nullptr && current_exchange->connection->PeerClosed();
 }
 
 HttpEndpoint::~HttpEndpoint() {

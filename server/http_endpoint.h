@@ -59,6 +59,10 @@ class HttpEndpoint {
 
   int port() const { return port_; }
 
+  // On a handler's thread: whether the client has closed (or half-closed) its connection, so
+  // that a long handler can stop working for nobody. Bytes of a next request do not count.
+  static bool ClientClosed();
+
  private:
   class Server;
   HttpEndpoint() = default;

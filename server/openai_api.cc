@@ -256,14 +256,18 @@ class OpenAiApi::Call final : public LizardService::Generation {
     return Submit(request, input, std::move(self));
   }
 
-  // Non-streaming: waits for the end, then the response object or the error.
+  // Non-streaming: waits for the end (cancelling the generation if the client goes away
+  // meanwhile), then the response object or the error.
   absl::StatusOr<json> Wait() {
     absl::MutexLock lock(&mu_);
-    mu_.Await(absl::Condition(&done_));
-    if (reason_ == FinishReason::kError) return status_;
-    if (reason_ == FinishReason::kCancelled) {
-      return absl::UnavailableError("the generation was cancelled: the server is shutting down");
+    while (!mu_.AwaitWithTimeout(absl::Condition(&done_), absl::Milliseconds(100))) {
+      if (!client_gone_ && HttpEndpoint::ClientClosed()) {
+        client_gone_ = true;
+        Cancel();
+      }
     }
+    if (reason_ == FinishReason::kError) return status_;
+    if (reason_ == FinishReason::kCancelled) return CancelledStatus();
     json choice = {{"index", 0},
                    {"logprobs", top_logprobs_ >= 0 ? logprobs_ : json(nullptr)},
                    {"finish_reason", FinishReasonName(reason_)}};
@@ -385,12 +389,18 @@ class OpenAiApi::Call final : public LizardService::Generation {
       }
     }
     if (reason == FinishReason::kCancelled && !stream_) {
-      outcome = absl::UnavailableError("cancelled: the server is shutting down");
+      absl::MutexLock lock(&mu_);
+      outcome = CancelledStatus();
     }
     service_->RecordOutcome(chat_ ? kChatCompletions : kCompletions, ToGrpcStatus(outcome));
   }
 
  private:
+  absl::Status CancelledStatus() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return client_gone_ ? absl::CancelledError("the client went away")
+                        : absl::UnavailableError("cancelled: the server is shutting down");
+  }
+
   json ChunkBase() const {
     json chunk = {{"id", id_},
                   {"object", chat_ ? "chat.completion.chunk" : "text_completion"},
@@ -451,6 +461,7 @@ class OpenAiApi::Call final : public LizardService::Generation {
 
   absl::Mutex mu_;
   bool done_ ABSL_GUARDED_BY(mu_) = false;
+  bool client_gone_ ABSL_GUARDED_BY(mu_) = false;  // non-streaming: its connection closed
   FinishReason reason_ ABSL_GUARDED_BY(mu_) = FinishReason::kError;
   Usage usage_ ABSL_GUARDED_BY(mu_);
   absl::Status status_ ABSL_GUARDED_BY(mu_);

@@ -369,7 +369,8 @@ class OpenAiApiLimitsTest(unittest.TestCase):
             server.close()
 
     def test_client_that_does_not_read_is_cut(self):
-        """The engine never waits: past --stream-buffer-bytes the stream is cut (no [DONE])."""
+        """The engine never waits: past --stream-buffer-bytes the stream is cut (no [DONE]); a
+        client that goes away stops its generation."""
         server = HttpServer(ARGS.model, "--stream-buffer-bytes", str(1 << 20),
                             "--max-new-tokens-limit", "20000")
         try:
@@ -388,6 +389,19 @@ class OpenAiApiLimitsTest(unittest.TestCase):
                 received += data
             sock.close()
             self.assertNotIn(b"data: [DONE]", received)
+            # A non-streaming request whose client goes away is cancelled.
+            body = json.dumps({"prompt": "x", "max_tokens": 20000, **GREEDY}).encode()
+            sock = socket.create_connection(("127.0.0.1", server.http_port))
+            sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n"
+                         b"\r\n" % len(body) + body)
+            time.sleep(0.5)
+            sock.close()
+            deadline = time.monotonic() + 30
+            while ("CANCELLED: the client went away" not in server.log_text() and
+                   time.monotonic() < deadline):
+                time.sleep(0.05)
+            self.assertIn("/v1/completions failed: CANCELLED: the client went away",
+                          server.log_text())
             # The server still serves.
             self.assertEqual(server.request("/v1/completions", {"prompt": "x",
                                                                 "max_tokens": 1})[0], 200)
