@@ -106,8 +106,29 @@ class Connection final : public httplib::Stream {
       if (n > 0) left -= n;
     }
   }
+  // Whether the client closed its side: an end of stream (or an error) is waiting after what was
+  // read so far.
+  bool PeerClosed() const {
+    pollfd fd = {sock_, POLLIN | POLLRDHUP, 0};
+    if (poll(&fd, 1, 0) <= 0) return false;
+    if ((fd.revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0) return true;
+    char byte;
+    return recv(sock_, &byte, 1, MSG_PEEK | MSG_DONTWAIT) == 0;
+  }
   // Whether reading stopped because the request was larger than max_header_bytes.
   bool over_budget() const { return over_budget_; }
+  // Reads a body of exactly `length` bytes (within the request's deadline); false if the
+  // client closed or was too slow.
+  bool ReadBody(size_t length, std::string& body) {
+    budget_ = static_cast<int64_t>(length);
+    body.resize(length);
+    for (size_t done = 0; done < length;) {
+      const ssize_t n = read(body.data() + done, length - done);
+      if (n <= 0) return false;
+      done += static_cast<size_t>(n);
+    }
+    return true;
+  }
 
   bool is_readable() const override {
     return pos_ < end_ || WaitFor(sock_, POLLIN, stop_fd_, deadline_);
@@ -167,6 +188,7 @@ struct Exchange {
   Connection* connection;
   bool last_request;   // httplib already answers it with "Connection: close"
   bool close = false;  // the handlers ask to close the connection after the response
+  int body_status = 0;  // a POST whose body was refused or not received: its error status
 };
 thread_local Exchange* current_exchange = nullptr;
 
@@ -244,15 +266,16 @@ class ConnectionPool final : public httplib::TaskQueue {
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
 };
 
-// The body a request would send: -1 none, else its Content-Length; an error status (400, 413)
-// when it is malformed or not allowed (routes take no body).
-int RequestBodyStatus(const httplib::Request& req) {
+// Checks the body a request announces: 0 and its Content-Length in `length` (0 when none) if it
+// may be read, else an error status: 400 for a malformed length or a chunked body, 413 for one
+// over `max_bytes`.
+int RequestBodyStatus(const httplib::Request& req, int64_t max_bytes, uint64_t& length) {
+  length = 0;
   if (req.has_header("Transfer-Encoding")) return 400;
   if (req.get_header_value_count("Content-Length") > 1) return 400;
   if (!req.has_header("Content-Length")) return 0;
-  uint64_t length = 0;
   if (!absl::SimpleAtoi(req.get_header_value("Content-Length"), &length)) return 400;
-  return length > 0 ? 413 : 0;
+  return length > static_cast<uint64_t>(max_bytes) ? 413 : 0;
 }
 
 // The reason phrase of the error statuses this endpoint answers with.
@@ -276,7 +299,7 @@ class HttpEndpoint::Server final : public httplib::Server {
  public:
   Server(const HttpEndpointOptions& options, std::vector<Route> routes)
       : options_(options), stop_fd_(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {
-    for (Route& route : routes) routes_.emplace(route.path, std::move(route.get));
+    for (Route& route : routes) routes_.emplace(route.path, std::move(route));
     // SO_REUSEADDR only: httplib's default adds SO_REUSEPORT, which lets a second server bind
     // the same port and take half of the connections.
     set_socket_options([](socket_t sock) {
@@ -292,7 +315,8 @@ class HttpEndpoint::Server final : public httplib::Server {
     };
     set_pre_routing_handler(
         [this](const httplib::Request& req, httplib::Response& res) { return Dispatch(req, res); });
-    set_error_handler(HandlerWithResponse(&OnError));
+    set_error_handler(HandlerWithResponse(
+        [this](const httplib::Request& req, httplib::Response& res) { return OnError(req, res); }));
     set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr) {
       res.status = 500;
     });
@@ -352,37 +376,70 @@ class HttpEndpoint::Server final : public httplib::Server {
       Exchange exchange{&connection, served + 1 == options_.keep_alive_max_requests};
       current_exchange = &exchange;
       bool client_closes = false;
-      const bool ok = process_request(connection, exchange.last_request, client_closes,
-                                      IgnoreRanges);
+      const bool ok = process_request(
+          connection, exchange.last_request, client_closes,
+          [this, &exchange](httplib::Request& req) { PrepareRequest(req, exchange); });
       current_exchange = nullptr;
       if (!ok || client_closes || exchange.close) return;
     }
   }
 
-  // Range requests are answered in full (RFC 9110 allows it): httplib would build one part per
-  // range in memory, so a request of overlapping ranges made a response thousands of times
-  // larger than the page.
-  static void IgnoreRanges(httplib::Request& req) { req.ranges.clear(); }
+  // Runs after the headers are parsed, before routing (httplib's setup hook).
+  void PrepareRequest(httplib::Request& req, Exchange& exchange) {
+    // Range requests are answered in full (RFC 9110 allows it): httplib would build one part
+    // per range in memory, so a request of overlapping ranges made a response thousands of
+    // times larger than the page.
+    req.ranges.clear();
+    exchange.connection->HeadersRead();
+    const auto route = routes_.find(req.path);
+    if (req.method != "POST" || route == routes_.end() || !route->second.post) return;
+    // API responses are small JSON or event streams, which must not wait in a compressor.
+    req.headers.erase("Accept-Encoding");
+    uint64_t length = 0;
+    exchange.body_status = RequestBodyStatus(req, options_.max_body_bytes, length);
+    if (exchange.body_status != 0) return;
+    // curl asks before sending a body over 1 KiB; answer before reading it (not after, as
+    // httplib would).
+    if (req.get_header_value("Expect") == "100-continue") {
+      req.headers.erase("Expect");
+      constexpr std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
+      if (exchange.connection->write(kContinue.data(), kContinue.size()) !=
+          static_cast<ssize_t>(kContinue.size())) {
+        exchange.body_status = 400;
+        return;
+      }
+    }
+    if (!exchange.connection->ReadBody(length, req.body)) exchange.body_status = 400;
+  }
 
   HandlerResponse Dispatch(const httplib::Request& req, httplib::Response& res) {
-    if (current_exchange != nullptr) current_exchange->connection->HeadersRead();
-    const auto route = routes_.find(req.path);
-    if (route == routes_.end()) {
+    const auto found = routes_.find(req.path);
+    if (found == routes_.end()) {
       res.status = 404;
-    } else if (req.method != "GET" && req.method != "HEAD") {
+      return HandlerResponse::Handled;
+    }
+    const Route& route = found->second;
+    const bool get = (req.method == "GET" || req.method == "HEAD") && route.get;
+    const bool post = req.method == "POST" && route.post;
+    uint64_t length = 0;
+    if (!get && !post) {
       res.status = 405;
-      res.set_header("Allow", "GET, HEAD");
-    } else if (const int status = RequestBodyStatus(req); status != 0) {
-      res.status = status;
+      res.set_header("Allow", route.get && route.post ? "GET, HEAD, POST"
+                              : route.post             ? "POST"
+                                                       : "GET, HEAD");
+    } else if (get && RequestBodyStatus(req, 0, length) != 0) {
+      res.status = RequestBodyStatus(req, 0, length);
+    } else if (post && current_exchange != nullptr && current_exchange->body_status != 0) {
+      res.status = current_exchange->body_status;
     } else {
-      route->second(req, res);
+      (get ? route.get : route.post)(req, res);
     }
     return HandlerResponse::Handled;
   }
 
   // Every response with status >= 400: a short text body, and the connection is closed after
   // it (what follows an unread or malformed request cannot be trusted to be the next one).
-  static HandlerResponse OnError(const httplib::Request& req, httplib::Response& res) {
+  HandlerResponse OnError(const httplib::Request& req, httplib::Response& res) {
     Exchange* exchange = current_exchange;
     if (exchange != nullptr) {
       if (exchange->connection->over_budget()) res.status = 431;
@@ -392,13 +449,21 @@ class HttpEndpoint::Server final : public httplib::Server {
         res.set_header("Connection", "close");
       }
     }
-    res.set_content(absl::StrCat(res.status, " ", ErrorText(res.status), "\n"), "text/plain");
+    // A handler's own error body (e.g. an API's JSON error) is kept.
+    if (res.body.empty() && !res.content_provider_) {
+      const std::string message = absl::StrCat(res.status, " ", ErrorText(res.status));
+      if (options_.error_body) {
+        options_.error_body(res, message);
+      } else {
+        res.set_content(message + "\n", "text/plain");
+      }
+    }
     return HandlerResponse::Handled;
   }
 
   const HttpEndpointOptions options_;
   const int stop_fd_;
-  absl::flat_hash_map<std::string, Handler> routes_;
+  absl::flat_hash_map<std::string, Route> routes_;
   // The connections being served; a connection leaves before its socket is closed.
   absl::Mutex connections_mu_;
   absl::flat_hash_set<Connection*> connections_ ABSL_GUARDED_BY(connections_mu_);
@@ -427,6 +492,10 @@ absl::StatusOr<std::unique_ptr<HttpEndpoint>> HttpEndpoint::Start(
   // Stop() only ends an accept loop that has started.
   while (!server.is_running()) absl::SleepFor(absl::Milliseconds(1));
   return endpoint;
+}
+
+bool HttpEndpoint::ClientClosed() {
+  return current_exchange != nullptr && current_exchange->connection->PeerClosed();
 }
 
 HttpEndpoint::~HttpEndpoint() {

@@ -10,7 +10,6 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "server/log.h"
-#include "server/stop_strings.h"
 
 namespace lizard::server {
 
@@ -61,6 +60,116 @@ double SecondsSince(absl::Time start) { return absl::ToDoubleSeconds(absl::Now()
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------
+LizardService::Generation::Generation(LizardService* service)
+    : service_(service), start_(absl::Now()) {}
+
+absl::Status LizardService::Generation::Submit(const v1::GenerateRequest& request,
+                                               const InputBuilder& input,
+                                               std::shared_ptr<Generation> self) {
+  // A conversation starts with BOS: a one-shot request, or the first input of a session.
+  bool starts_conversation = true;
+  StateId state = 0;
+  if (!request.session_id().empty()) {
+    if (absl::Status s = CheckSessionId(request.session_id()); !s.ok()) return s;
+    absl::StatusOr<StateId> acquired = service_->sessions_->Acquire(request.session_id());
+    if (!acquired.ok()) return acquired.status();
+    session_id_ = request.session_id();
+    state = *acquired;
+    absl::StatusOr<StateInfo> info = service_->engine_->GetStateInfo(state);
+    starts_conversation = info.ok() && info->num_tokens == 0;
+  }
+  absl::Status status = [&]() -> absl::Status {
+    const RequestLimits& limits = service_->config_.limits;
+    const Tokenizer* tokenizer = service_->tokenizer_;
+    absl::StatusOr<std::vector<int32_t>> tokens =
+        input ? input(starts_conversation)
+              : InputTokens(request.has_text() ? &request.text() : nullptr,
+                            request.has_token_ids() ? &request.token_ids() : nullptr,
+                            tokenizer, starts_conversation, limits);
+    if (!tokens.ok()) return tokens.status();
+    absl::StatusOr<EngineRequest> engine_request =
+        ToEngineRequest(request, *std::move(tokens), tokenizer, limits);
+    if (!engine_request.ok()) return engine_request.status();
+    engine_request->state = state;
+
+    // Text deltas (and stop strings on them) need the tokenizer; special tokens such as EOS
+    // are not part of the text.
+    if (tokenizer != nullptr) decoder_.emplace(*tokenizer, /*skip_special_tokens=*/true);
+    const auto& stops = request.stopping().stop_strings();
+    if (!stops.empty()) {
+      stop_matcher_.emplace(std::vector<std::string>(stops.begin(), stops.end()));
+    }
+    absl::StatusOr<RequestId> id =
+        service_->engine_->Submit(*std::move(engine_request), std::move(self));
+    if (!id.ok()) return id.status();
+    if (!session_id_.empty()) service_->sessions_->SetRunning(session_id_, *id);
+    absl::MutexLock lock(&mu_);
+    engine_request_ = *id;
+    if (cancel_requested_) CancelEngineLocked();
+    return absl::OkStatus();
+  }();
+  if (!status.ok() && !session_id_.empty()) {
+    service_->sessions_->Release(session_id_);
+    session_id_.clear();
+  }
+  return status;
+}
+
+void LizardService::Generation::Cancel() {
+  absl::MutexLock lock(&mu_);
+  cancel_requested_ = true;
+  CancelEngineLocked();
+}
+
+void LizardService::Generation::CancelEngineLocked() {
+  if (engine_request_ == 0 || finished_) return;
+  if (!session_id_.empty()) service_->sessions_->MarkCancelling(session_id_, engine_request_);
+  service_->engine_->Cancel(engine_request_);
+}
+
+bool LizardService::Generation::OnToken(int32_t token, const TokenLogprobs* logprobs) {
+  const absl::Time now = absl::Now();
+  if (generated_ == 0) {
+    service_->metrics_->ObserveTimeToFirstToken(absl::ToDoubleSeconds(now - start_));
+  } else {
+    service_->metrics_->ObserveInterTokenLatency(absl::ToDoubleSeconds(now - last_token_));
+  }
+  last_token_ = now;
+  ++generated_;
+  service_->metrics_->AddGeneratedTokens(1);
+
+  std::string text;
+  if (decoder_.has_value()) {
+    absl::StatusOr<std::string> piece = decoder_->Push(token);
+    if (piece.ok()) text = *std::move(piece);
+    if (stop_matcher_.has_value()) text = stop_matcher_->Push(text);
+  }
+  if (!Deliver(token, std::move(text), logprobs)) return false;
+  return !(stop_matcher_.has_value() && stop_matcher_->stopped());
+}
+
+void LizardService::Generation::OnFinish(FinishReason reason, const Usage& usage,
+                                         const absl::Status& status) {
+  std::string tail;
+  if (decoder_.has_value() && !(stop_matcher_.has_value() && stop_matcher_->stopped())) {
+    tail = decoder_->Flush();
+    if (stop_matcher_.has_value()) {
+      tail = stop_matcher_->Push(tail);
+      if (!stop_matcher_->stopped()) tail += stop_matcher_->Flush();
+    }
+  }
+  // The session is free again before the client can see the last message.
+  if (!session_id_.empty()) service_->sessions_->Release(session_id_);
+  service_->metrics_->AddPromptTokens(usage.prompt_tokens);
+  service_->metrics_->ObserveRequestDuration(SecondsSince(start_));
+  {
+    absl::MutexLock lock(&mu_);
+    finished_ = true;
+  }
+  End(reason, usage, std::move(tail), status);
+}
+
+// ---------------------------------------------------------------------------------------------
 // Generate: one streaming call. The engine thread appends tokens to the queued messages (never
 // blocking); at most one write is in flight, and whatever arrives meanwhile is merged into the
 // last queued message, so a slow reader gets fewer, larger messages and never holds up the
@@ -70,9 +179,9 @@ double SecondsSince(absl::Time start) { return absl::ToDoubleSeconds(absl::Now()
 // the generation is cancelled and the call ends with RESOURCE_EXHAUSTED.
 constexpr int64_t kMaxMessageBytes = 256 << 10;
 class LizardService::GenerateCall : public grpc::ServerWriteReactor<grpc::ByteBuffer>,
-                                    public TokenSink {
+                                    public Generation {
  public:
-  explicit GenerateCall(LizardService* service) : service_(service), start_(absl::Now()) {}
+  explicit GenerateCall(LizardService* service) : Generation(service) {}
 
   // Validates and submits; any error finishes the call at once. Keeps the call alive until
   // gRPC is done with it (OnDone).
@@ -86,24 +195,8 @@ class LizardService::GenerateCall : public grpc::ServerWriteReactor<grpc::ByteBu
     }
   }
 
-  // --- TokenSink (engine thread) ---
-  bool OnToken(int32_t token, const TokenLogprobs* logprobs) override {
-    const absl::Time now = absl::Now();
-    if (generated_ == 0) {
-      service_->metrics_->ObserveTimeToFirstToken(absl::ToDoubleSeconds(now - start_));
-    } else {
-      service_->metrics_->ObserveInterTokenLatency(absl::ToDoubleSeconds(now - last_token_));
-    }
-    last_token_ = now;
-    ++generated_;
-    service_->metrics_->AddGeneratedTokens(1);
-
-    std::string text;
-    if (decoder_.has_value()) {
-      absl::StatusOr<std::string> piece = decoder_->Push(token);
-      if (piece.ok()) text = *std::move(piece);
-      if (stop_matcher_.has_value()) text = stop_matcher_->Push(text);
-    }
+  // --- Generation (engine thread) ---
+  bool Deliver(int32_t token, std::string text, const TokenLogprobs* logprobs) override {
     absl::MutexLock lock(&mu_);
     if (overflowed_) return false;  // cancelled already; the engine ends the request
     // Upper bounds of the encoded sizes: a token id <= 11 bytes, a TokenLogprob <= 20.
@@ -133,27 +226,14 @@ class LizardService::GenerateCall : public grpc::ServerWriteReactor<grpc::ByteBu
           absl::StrCat("the client did not read the stream: more than ",
                        service_->config_.stream_buffer_bytes,
                        " bytes of responses waited for it (--stream-buffer-bytes)"));
-      CancelEngineLocked();
       return false;
     }
     MaybeWriteLocked();
-    return !(stop_matcher_.has_value() && stop_matcher_->stopped());
+    return true;
   }
 
-  void OnFinish(FinishReason reason, const Usage& usage, const absl::Status& status) override {
-    std::string tail;
-    if (decoder_.has_value() && !(stop_matcher_.has_value() && stop_matcher_->stopped())) {
-      tail = decoder_->Flush();
-      if (stop_matcher_.has_value()) {
-        tail = stop_matcher_->Push(tail);
-        if (!stop_matcher_->stopped()) tail += stop_matcher_->Flush();
-      }
-    }
-    // The session is free again before the client can see the last message.
-    if (!session_id_.empty()) service_->sessions_->Release(session_id_);
-    service_->metrics_->AddPromptTokens(usage.prompt_tokens);
-    service_->metrics_->ObserveRequestDuration(SecondsSince(start_));
-
+  void End(FinishReason reason, const Usage& usage, std::string tail,
+           const absl::Status& status) override {
     absl::MutexLock lock(&mu_);
     if (overflowed_) {
       // final_status_ says why; nothing more is sent.
@@ -182,7 +262,7 @@ class LizardService::GenerateCall : public grpc::ServerWriteReactor<grpc::ByteBu
     if (!ok) {
       // The client is gone: stop generating; Finish once the engine reports the end.
       broken_ = true;
-      CancelEngineLocked();
+      Cancel();
     }
     MaybeWriteLocked();
   }
@@ -190,7 +270,7 @@ class LizardService::GenerateCall : public grpc::ServerWriteReactor<grpc::ByteBu
   void OnCancel() override {
     absl::MutexLock lock(&mu_);
     cancelled_ = true;
-    CancelEngineLocked();
+    Cancel();
   }
 
   void OnDone() override {
@@ -206,58 +286,7 @@ class LizardService::GenerateCall : public grpc::ServerWriteReactor<grpc::ByteBu
     if (absl::Status s = ParseRequest(raw, &request); !s.ok()) return s;
     if (absl::Status s = CheckRequestId(request.request_id()); !s.ok()) return s;
     request_id_ = request.request_id();
-
-    // A conversation starts with BOS: a one-shot request, or the first input of a session.
-    bool add_bos = true;
-    StateId state = 0;
-    if (!request.session_id().empty()) {
-      if (absl::Status s = CheckSessionId(request.session_id()); !s.ok()) return s;
-      absl::StatusOr<StateId> acquired = service_->sessions_->Acquire(request.session_id());
-      if (!acquired.ok()) return acquired.status();
-      session_id_ = request.session_id();
-      state = *acquired;
-      absl::StatusOr<StateInfo> info = service_->engine_->GetStateInfo(state);
-      add_bos = info.ok() && info->num_tokens == 0;
-    }
-    absl::Status status = SubmitToEngine(request, state, add_bos);
-    if (!status.ok() && !session_id_.empty()) {
-      service_->sessions_->Release(session_id_);
-      session_id_.clear();
-    }
-    return status;
-  }
-
-  absl::Status SubmitToEngine(const v1::GenerateRequest& request, StateId state, bool add_bos) {
-    const RequestLimits& limits = service_->config_.limits;
-    const Tokenizer* tokenizer = service_->tokenizer_;
-    absl::StatusOr<std::vector<int32_t>> input = InputTokens(
-        request.has_text() ? &request.text() : nullptr,
-        request.has_token_ids() ? &request.token_ids() : nullptr, tokenizer, add_bos, limits);
-    if (!input.ok()) return input.status();
-    absl::StatusOr<EngineRequest> engine_request =
-        ToEngineRequest(request, *std::move(input), tokenizer, limits);
-    if (!engine_request.ok()) return engine_request.status();
-    engine_request->state = state;
-
-    // Text deltas (and stop strings on them) need the tokenizer; special tokens such as EOS
-    // are not part of the text.
-    if (tokenizer != nullptr) decoder_.emplace(*tokenizer, /*skip_special_tokens=*/true);
-    const auto& stops = request.stopping().stop_strings();
-    if (!stops.empty()) stop_matcher_.emplace(std::vector<std::string>(stops.begin(), stops.end()));
-
-    absl::StatusOr<RequestId> id = service_->engine_->Submit(*std::move(engine_request), self_);
-    if (!id.ok()) return id.status();
-    if (!session_id_.empty()) service_->sessions_->SetRunning(session_id_, *id);
-    absl::MutexLock lock(&mu_);
-    engine_request_ = *id;
-    if (cancelled_ || broken_) CancelEngineLocked();
-    return absl::OkStatus();
-  }
-
-  void CancelEngineLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    if (engine_request_ == 0 || engine_done_) return;
-    if (!session_id_.empty()) service_->sessions_->MarkCancelling(session_id_, engine_request_);
-    service_->engine_->Cancel(engine_request_);
+    return Generation::Submit(request, nullptr, self_);
   }
 
   // The queued message that `bytes` more go into: the last one, or a new one when it is full.
@@ -294,17 +323,8 @@ class LizardService::GenerateCall : public grpc::ServerWriteReactor<grpc::ByteBu
     Finish(final_status_);
   }
 
-  LizardService* const service_;
-  const absl::Time start_;
   std::shared_ptr<GenerateCall> self_;  // released in OnDone
   std::string request_id_;
-  std::string session_id_;  // empty for a one-shot request
-
-  // Engine thread only (after Submit).
-  std::optional<IncrementalDecoder> decoder_;
-  std::optional<StopStringMatcher> stop_matcher_;
-  int64_t generated_ = 0;
-  absl::Time last_token_;
 
   struct Queued {
     v1::GenerateResponse message;
@@ -320,7 +340,6 @@ class LizardService::GenerateCall : public grpc::ServerWriteReactor<grpc::ByteBu
   bool finish_called_ ABSL_GUARDED_BY(mu_) = false;
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;  // client cancel or deadline
   bool broken_ ABSL_GUARDED_BY(mu_) = false;     // a write failed
-  RequestId engine_request_ ABSL_GUARDED_BY(mu_) = 0;
   grpc::Status final_status_ ABSL_GUARDED_BY(mu_);
 };
 

@@ -35,6 +35,16 @@ ABSL_FLAG(std::string, metrics_host, Defaults().metrics_host,
           "address of the Prometheus /metrics endpoint (in Kubernetes: 0.0.0.0 or the pod IP)");
 ABSL_FLAG(int, metrics_port, Defaults().metrics_port,
           "Prometheus /metrics port (0 = any free port)");
+ABSL_FLAG(std::string, http_host, Defaults().http_host,
+          "address of the OpenAI-compatible HTTP API");
+ABSL_FLAG(int, http_port, Defaults().http_port, "OpenAI-compatible HTTP API port (0 = off)");
+ABSL_FLAG(int, http_max_connections, Defaults().http_max_connections,
+          "HTTP connections served at once (a streaming completion holds one)");
+ABSL_FLAG(int64_t, http_max_body_bytes, Defaults().http_max_body_bytes,
+          "largest HTTP request body (413 beyond)");
+ABSL_FLAG(std::string, chat_template, "",
+          "file holding a Jinja chat template for /v1/chat/completions (default: the "
+          "chat_template of the model's tokenizer_config.json)");
 ABSL_FLAG(std::string, backend, "auto", "auto | cpu | cuda");
 ABSL_FLAG(int, threads, Defaults().threads, "CPU backend threads (0 = all cores)");
 ABSL_FLAG(bool, batch_invariant, Defaults().batch_invariant,
@@ -101,7 +111,7 @@ void OnStopSignal(int signal_number) {
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
-      "Serves a Lizard language model over gRPC (docs/server.md).\n"
+      "Serves a Lizard language model over gRPC and an OpenAI-compatible HTTP API (docs/server.md).\n"
       "Flags may be written with dashes or underscores (--metrics-port = --metrics_port).");
   absl::FlagsUsageConfig usage;
   // --help lists this program's flags (by default Abseil looks for a file named after the
@@ -124,6 +134,11 @@ int main(int argc, char** argv) {
   options.port = absl::GetFlag(FLAGS_port);
   options.metrics_host = absl::GetFlag(FLAGS_metrics_host);
   options.metrics_port = absl::GetFlag(FLAGS_metrics_port);
+  options.http_host = absl::GetFlag(FLAGS_http_host);
+  options.http_port = absl::GetFlag(FLAGS_http_port);
+  options.http_max_connections = absl::GetFlag(FLAGS_http_max_connections);
+  options.http_max_body_bytes = absl::GetFlag(FLAGS_http_max_body_bytes);
+  options.chat_template_file = absl::GetFlag(FLAGS_chat_template);
   absl::StatusOr<lizard::BackendKind> backend =
       lizard::ParseBackendKind(absl::GetFlag(FLAGS_backend));
   if (!backend.ok()) {

@@ -57,6 +57,16 @@ ServerMetrics::ServerMetrics()
       queue_depth_(Single(prometheus::BuildGauge(), registry_, "lizard_queue_depth",
                           "Requests waiting for the engine")
                        .Add({})),
+      num_requests_waiting_(Single(prometheus::BuildGauge(), registry_,
+                                   "lizard_num_requests_waiting",
+                                   "Requests waiting for the engine (= lizard_queue_depth; the "
+                                   "inference gateway's queue gauge)")
+                                .Add({})),
+      state_pool_utilization_(Single(prometheus::BuildGauge(), registry_,
+                                     "lizard_state_pool_utilization",
+                                     "Used device state slots / device state slots, 0..1 (the "
+                                     "inference gateway's cache utilization gauge)")
+                                  .Add({})),
       running_sequences_(Single(prometheus::BuildGauge(), registry_,
                                 "lizard_running_sequences", "Sequences the engine is running")
                              .Add({})),
@@ -108,6 +118,10 @@ void ServerMetrics::RefreshGauges() {
   if (engine_ == nullptr) return;
   const EngineStats stats = engine_->Stats();
   queue_depth_.Set(static_cast<double>(stats.queue_depth));
+  num_requests_waiting_.Set(static_cast<double>(stats.queue_depth));
+  const int32_t slots = stats.device_slots_used + stats.device_slots_free;
+  state_pool_utilization_.Set(slots > 0 ? static_cast<double>(stats.device_slots_used) / slots
+                                        : 0.0);
   running_sequences_.Set(static_cast<double>(stats.running_sequences));
   sessions_.Set(static_cast<double>(session_count_()));
 

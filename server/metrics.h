@@ -54,6 +54,8 @@ class ServerMetrics : public EngineObserver {
   prometheus::Histogram& itl_;
   prometheus::Histogram& request_duration_;
   prometheus::Gauge& queue_depth_;
+  prometheus::Gauge& num_requests_waiting_;
+  prometheus::Gauge& state_pool_utilization_;
   prometheus::Gauge& running_sequences_;
   prometheus::Gauge& sessions_;
   prometheus::Histogram& batch_size_;

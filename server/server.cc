@@ -1,6 +1,8 @@
 #include "server/server.h"
 
 #include <filesystem>
+#include <fstream>
+#include <sstream>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -10,6 +12,7 @@
 #include "grpcpp/health_check_service_interface.h"
 #include "server/http_endpoint.h"
 #include "server/log.h"
+#include "server/openai_api.h"
 
 namespace lizard::server {
 namespace {
@@ -21,6 +24,37 @@ std::string LayerSummary(const ModelConfig& config) {
                       config.num_softmax_layers(), " softmax), vocab ", config.vocab_size,
                       ", hidden ", config.hidden_size, ", window ", config.window_size,
                       ", meta tokens ", config.num_meta_tokens);
+}
+
+// The chat template: --chat-template FILE, else the model's tokenizer_config.json. Without one
+// (or with one this server cannot parse, which is logged) chat completions are refused with
+// `reason`; a --chat-template that cannot be read or parsed fails startup.
+absl::Status LoadChatTemplate(const ServerOptions& options, OpenAiConfig& config) {
+  if (!options.chat_template_file.empty()) {
+    std::ifstream in(options.chat_template_file);
+    if (!in) return absl::NotFoundError(absl::StrCat("--chat-template: cannot read ",
+                                                     options.chat_template_file));
+    std::stringstream source;
+    source << in.rdbuf();
+    absl::StatusOr<ChatTemplate> parsed = ChatTemplate::Parse(source.str());
+    if (!parsed.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--chat-template ", options.chat_template_file, ": ", parsed.status().message()));
+    }
+    config.chat_template = *std::move(parsed);
+    return absl::OkStatus();
+  }
+  const std::string path = options.model_dir + "/tokenizer_config.json";
+  absl::StatusOr<ChatTemplate> parsed = ChatTemplate::FromTokenizerConfig(path);
+  if (parsed.ok()) {
+    config.chat_template = *std::move(parsed);
+  } else if (absl::IsNotFound(parsed.status())) {
+    config.no_chat_template_reason = "no chat_template in the model's tokenizer_config.json";
+  } else {
+    config.no_chat_template_reason = absl::StrCat("its chat template: ", parsed.status().message());
+    LogInfo(absl::StrCat("chat completions off: ", path, ": ", parsed.status().message()));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -35,6 +69,9 @@ absl::Status ValidateServerOptions(const ServerOptions& o) {
   for (absl::Status s : {
            in_range(o.port, 0, 65535, "port"),
            in_range(o.metrics_port, 0, 65535, "metrics-port"),
+           in_range(o.http_port, 0, 65535, "http-port"),
+           in_range(o.http_max_connections, 1, 4096, "http-max-connections"),
+           in_range(o.http_max_body_bytes, 1 << 10, int64_t{1} << 30, "http-max-body-bytes"),
            in_range(o.threads, 0, 4096, "threads"),
            in_range(o.max_batch_tokens, 1, 1 << 24, "max-batch-tokens"),
            in_range(o.max_running, 1, o.max_batch_tokens, "max-running"),
@@ -162,6 +199,38 @@ absl::StatusOr<std::unique_ptr<LizardServer>> LizardServer::Start(const ServerOp
   server->metrics_endpoint_ = *std::move(metrics_endpoint);
   server->metrics_port_ = server->metrics_endpoint_->port();
 
+  if (options.http_port != 0) {
+    OpenAiConfig api;
+    api.model_id = e.config().name;
+    api.limits = config.limits;
+    api.stream_buffer_bytes = options.stream_buffer_bytes;
+    api.max_session_ttl = options.max_session_ttl;
+    if (!options.security.api_keys_file.empty()) {
+      absl::StatusOr<ApiKeys> keys = ApiKeys::FromFile(options.security.api_keys_file);
+      if (!keys.ok()) return keys.status();
+      api.api_keys = *std::move(keys);
+    }
+    if (absl::Status s = LoadChatTemplate(options, api); !s.ok()) return s;
+    server->openai_ = std::make_unique<OpenAiApi>(std::move(api), server->service_.get(),
+                                                  server->tokenizer_.get(),
+                                                  server->sessions_.get());
+    HttpEndpointOptions http_options;
+    http_options.host = options.http_host;
+    http_options.port = options.http_port;
+    http_options.threads = options.http_max_connections;
+    http_options.max_pending = options.http_max_connections;
+    http_options.max_body_bytes = options.http_max_body_bytes;
+    http_options.error_body = OpenAiApi::ErrorBody;
+    absl::StatusOr<std::unique_ptr<HttpEndpoint>> http_endpoint =
+        HttpEndpoint::Start(http_options, server->openai_->Routes());
+    if (!http_endpoint.ok()) {
+      return absl::Status(http_endpoint.status().code(),
+                          absl::StrCat("http: ", http_endpoint.status().message()));
+    }
+    server->http_endpoint_ = *std::move(http_endpoint);
+    server->http_port_ = server->http_endpoint_->port();
+  }
+
   const ModelConfig& model = e.config();
   const BackendInfo info = e.backend_info();
   LogInfo(absl::StrCat("loaded model ", model.name, " from ", options.model_dir, ": ",
@@ -182,6 +251,10 @@ absl::StatusOr<std::unique_ptr<LizardServer>> LizardServer::Start(const ServerOp
   LogInfo(absl::StrCat("grpc listening on ", options.host, ":", server->grpc_port_));
   LogInfo(absl::StrCat("metrics listening on ", options.metrics_host, ":", server->metrics_port_,
                        "/metrics"));
+  if (server->http_port_ != 0) {
+    LogInfo(absl::StrCat("http listening on ", options.http_host, ":", server->http_port_,
+                         " (OpenAI-compatible API, model id ", model.name, ")"));
+  }
   return server;
 }
 

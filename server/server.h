@@ -19,6 +19,7 @@
 namespace lizard::server {
 
 class HttpEndpoint;
+class OpenAiApi;
 
 struct ServerOptions {
   std::string model_dir;
@@ -26,6 +27,11 @@ struct ServerOptions {
   int port = 50051;          // 0: any free port (see grpc_port())
   std::string metrics_host = "127.0.0.1";  // in Kubernetes 0.0.0.0 or the pod IP
   int metrics_port = 9400;   // 0: any free port
+  std::string http_host = "0.0.0.0";  // the OpenAI-compatible HTTP API
+  int http_port = 8000;      // 0: no HTTP API
+  int http_max_connections = 128;  // served at once (a streaming completion holds one)
+  int64_t http_max_body_bytes = int64_t{4} << 20;  // of a request
+  std::string chat_template_file;  // Jinja chat template; empty: tokenizer_config.json's
   BackendKind backend = BackendKind::kAuto;
   int32_t threads = 0;       // CPU backend threads, 0 = all cores
   bool batch_invariant = true;  // CUDA: batch-invariant projections (BackendOptions)
@@ -56,6 +62,7 @@ class LizardServer {
 
   int grpc_port() const { return grpc_port_; }
   int metrics_port() const { return metrics_port_; }
+  int http_port() const { return http_port_; }  // 0 when off
 
   // Graceful stop: health NOT_SERVING and new calls UNAVAILABLE at once; running calls get up
   // to `grace` to finish, then the rest are cancelled and everything stops.
@@ -72,8 +79,11 @@ class LizardServer {
   std::unique_ptr<LizardService> service_;
   std::unique_ptr<grpc::Server> grpc_server_;
   std::unique_ptr<HttpEndpoint> metrics_endpoint_;
+  std::unique_ptr<OpenAiApi> openai_;
+  std::unique_ptr<HttpEndpoint> http_endpoint_;  // serves openai_
   int grpc_port_ = 0;
   int metrics_port_ = 0;
+  int http_port_ = 0;
 };
 
 }  // namespace lizard::server

@@ -48,7 +48,7 @@ fi
 
 # Run it the way the container does: only the wrapper, no inherited library path.
 env -i PATH=/usr/bin:/bin "$bundle/bin/lizard-server" --model="$bundle/models/lizard-demo" \
-  --backend=cpu --host=127.0.0.1 --port=0 --metrics-port=0 > "$tmp/server.log" 2>&1 &
+  --backend=cpu --host=127.0.0.1 --port=0 --metrics-port=0 --http-port=0 > "$tmp/server.log" 2>&1 &
 server_pid=$!
 tries=0
 until grep -q "metrics listening on" "$tmp/server.log"; do

@@ -57,6 +57,8 @@ def free_port():
 def rewrite(code, server, build_dir, stubs):
     code = code.replace("127.0.0.1:50051", server.address)
     code = code.replace("127.0.0.1:9400", "127.0.0.1:%d" % server.metrics_port)
+    code = code.replace("127.0.0.1:8000", "127.0.0.1:%d" % server.http_port)
+    code = code.replace("localhost:8000", "localhost:%d" % server.http_port)
     code = code.replace("/tmp/lizard_py", stubs)
     code = re.sub(r"(?<![\w/.])build/", build_dir.rstrip("/") + "/", code)
     # lizard-loadgen without --target talks to its default, 127.0.0.1:50051.
@@ -68,6 +70,9 @@ def run_server_block(code, where):
     """A block that starts lizard-server: run on free ports on 127.0.0.1, stopped by SIGTERM."""
     code = re.sub(r"--port\s+\d+", "--port %d" % free_port(), code)
     code = re.sub(r"--metrics-port\s+\d+", "--metrics-port %d" % free_port(), code)
+    code = re.sub(r"--http-port\s+\d+", "--http-port %d" % free_port(), code)
+    if "--http-port" not in code:
+        code = code.rstrip() + " --http-port 0"
     code = code.rstrip() + " --host 127.0.0.1\n"
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen(["bash", "-c", "exec " + code.strip()], stdout=log,
@@ -104,8 +109,11 @@ def main():
     os.chdir(args.source_dir)
 
     failures, ran = [], 0
+    http_port = free_port()
     server = server_testing.Server(os.path.join(build_dir, "server", "lizard-server"),
-                                   "models/lizard-demo")  # the default model, as a user gets it
+                                   "models/lizard-demo",  # the default model, as a user gets it
+                                   "--http-port", str(http_port))
+    server.http_port = http_port
     try:
         with tempfile.TemporaryDirectory() as stubs:
             for doc in DOCS:

@@ -1,4 +1,4 @@
-// Fuzzes the HTTP endpoint that serves /metrics with arbitrary request bytes, sent over a real
+// Fuzzes the HTTP endpoint that serves /metrics (and a POST route) with arbitrary request bytes, sent over a real
 // 127.0.0.1 connection (so the endpoint's own socket reading, limits and keep-alive loop are
 // exercised, not only httplib's parser). The server must answer with one of the statuses it is
 // meant to use, or close without answering, and never crash; ASan/UBSan check its memory.
@@ -26,9 +26,15 @@ int Port() {
   static lizard::server::HttpEndpoint* const endpoint = [] {
     lizard::server::HttpEndpointOptions options;
     options.request_timeout = absl::Seconds(1);  // inputs are half-closed: never waited on
+    options.max_body_bytes = 4096;
     auto endpoint = lizard::server::HttpEndpoint::Start(
-        options, {{"/metrics", [](const httplib::Request&, httplib::Response& res) {
+        options, {{"/metrics",
+                   [](const httplib::Request&, httplib::Response& res) {
                      res.set_content("# TYPE up gauge\nup 1\n", "text/plain; version=0.0.4");
+                   }},
+                  // POST bodies (Content-Length, Expect: 100-continue, the size limit).
+                  {"/echo", nullptr, [](const httplib::Request& req, httplib::Response& res) {
+                     res.set_content(req.body, "application/octet-stream");
                    }}});
     if (!endpoint.ok()) {
       std::fprintf(stderr, "%s\n", endpoint.status().ToString().c_str());

@@ -52,6 +52,23 @@ def _compile_stubs(proto_dir, out_dir):
                     os.path.join(proto_dir, "lizard", "v1", "lizard.proto")], check=True)
 
 
+def run_tests(module_globals):
+    """The main() of a test file: parses --server, --model and --proto-dir into the module's ARGS,
+    generates the stubs into its pb and pbg, runs its unittest cases (the other arguments select
+    them) and exits 0 if all passed."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--server", required=True)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--proto-dir", required=True)
+    module_globals["ARGS"], rest = parser.parse_known_args()
+    with tempfile.TemporaryDirectory() as out:
+        module_globals["pb"], module_globals["pbg"] = generate_stubs(module_globals["ARGS"].proto_dir,
+                                                                     out)
+        result = unittest.main(module=module_globals["__name__"], argv=[sys.argv[0]] + rest,
+                               exit=False).result
+    sys.exit(0 if result.wasSuccessful() else 1)
+
+
 def health(channel, timeout_s=10):
     """grpc.health.v1.Health/Check: "SERVING", "NOT_SERVING" or None. The request is an empty
     message; the response is HealthCheckResponse{status} (field 1 varint: 1 SERVING, 2 NOT_SERVING)."""
@@ -69,7 +86,7 @@ class Server:
         self.log = tempfile.NamedTemporaryFile(prefix="lizard-server-", suffix=".log")
         self.proc = subprocess.Popen(
             [binary, "--model", model, "--host", "127.0.0.1", "--port", "0",
-             "--metrics-port", "0",
+             "--metrics-port", "0", "--http-port", "0",  # a test that wants HTTP sets it
              # Flags for every server of a run, e.g. "--backend cuda" on the GPU machine.
              *os.environ.get("LIZARD_TEST_SERVER_FLAGS", "").split(),
              *flags],  # a later --model wins

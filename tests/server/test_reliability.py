@@ -247,7 +247,7 @@ class ReliabilityTest(unittest.TestCase):
 def run_server(*flags, timeout=20):
     """Runs lizard-server to its exit; returns (exit code, output)."""
     proc = subprocess.run([ARGS.server, "--model", ARGS.model, "--host", "127.0.0.1",
-                           "--metrics-port", "0", *flags], capture_output=True, text=True,
+                           "--metrics-port", "0", "--http-port", "0", *flags], capture_output=True, text=True,
                           timeout=timeout)
     return proc.returncode, proc.stdout + proc.stderr
 

@@ -129,7 +129,7 @@ def reflection_lists_lizard(channel):
 def start_failure(*flags):
     """Runs the server with flags that must stop it at startup; returns its output."""
     result = subprocess.run([ARGS.server, "--model", ARGS.model, "--host", "127.0.0.1",
-                             "--port", "0", "--metrics-port", "0", *flags],
+                             "--port", "0", "--metrics-port", "0", "--http-port", "0", *flags],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode != 0, result.stdout + result.stderr
     return result.stdout + result.stderr
