@@ -6,7 +6,7 @@ set -euo pipefail
 packages=(
   build-essential cmake ninja-build pkg-config git
   libabsl-dev libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
-  prometheus-cpp-dev libopenblas-dev nlohmann-json3-dev libpcre2-dev libgtest-dev libgmock-dev
+  prometheus-cpp-dev nlohmann-json3-dev libpcre2-dev libgtest-dev libgmock-dev
   python3 python3-numpy python3-torch python3-grpcio python3-grpc-tools
   yamllint prometheus haproxy
 )

@@ -4,8 +4,6 @@
 // form and prefill chunks in the chunked parallel form.
 #include "engine/cpu/cpu_backend.h"
 
-#include <cblas.h>
-
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -670,9 +668,6 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateCpuBackend(const BackendOptions& 
   const int threads = options.num_threads > 0
                           ? options.num_threads
                           : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  // OpenBLAS runs single-threaded inside our pool's ranges: its own workers would spin
-  // (sched_yield) between the step's many small GEMMs and compete with the pool for the cores.
-  openblas_set_num_threads(1);
   return std::unique_ptr<Backend>(
       new CpuBackend(std::move(config), std::move(weights), options.num_slots, threads));
 }
