@@ -400,7 +400,7 @@ void CpuBackend::LizardAttention(int64_t layer, const std::vector<Segment>& deco
     for (int64_t i = begin; i < end; ++i) {
       const Segment& seg = decodes[i / h_count];
       const int64_t h = i % h_count, g = h / group, r = seg.row;
-      const float gamma = static_cast<float>(1.0 / (1.0 + std::exp(-gate_logit[r * h_count + h])));
+      const float gamma = static_cast<float>(1.0 / (1.0 + cpu::Exp(-gate_logit[r * h_count + h])));
       cpu::GlaStep(fq.data() + r * fm_width + h * f2, fk.data() + r * fm_width + h * f2,
                    a.v.data() + r * kv_width + g * d, gamma, f2, d, config_.gla_normalize,
                    SlotPart(seg.slot, off.s) + h * head_s_floats,

@@ -1,8 +1,10 @@
 #include "engine/cpu/ops.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <numbers>
 
 namespace lizard::cpu {
@@ -237,6 +239,122 @@ void Gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alp
   }
 }
 
+namespace {
+
+// 1/n! for n <= 13: Taylor coefficients of exp.
+constexpr std::array<double, 14> kInverseFactorials = [] {
+  std::array<double, 14> c{};
+  double factorial = 1.0;
+  for (int n = 0; n < 14; ++n) {
+    if (n > 0) factorial *= n;
+    c[n] = 1.0 / factorial;
+  }
+  return c;
+}();
+
+// (-1)^n / (2n + 1)! and (-1)^n / (2n)! for n <= 9: Taylor coefficients of sin and cos.
+constexpr auto kSinCoefficients = [] {
+  std::array<double, 10> c{};
+  double factorial = 1.0;
+  for (int n = 0; n < 10; ++n) {
+    if (n > 0) factorial *= (2.0 * n) * (2.0 * n + 1);
+    c[n] = (n % 2 == 0 ? 1.0 : -1.0) / factorial;
+  }
+  return c;
+}();
+constexpr auto kCosCoefficients = [] {
+  std::array<double, 10> c{};
+  double factorial = 1.0;
+  for (int n = 0; n < 10; ++n) {
+    if (n > 0) factorial *= (2.0 * n - 1) * (2.0 * n);
+    c[n] = (n % 2 == 0 ? 1.0 : -1.0) / factorial;
+  }
+  return c;
+}();
+
+// ln 2 in two parts, the first with its low 21 bits zero: k * kLn2Hi is exact for |k| < 2^21.
+constexpr double kLn2Hi = 6.93147180369123816490e-01;
+constexpr double kLn2Lo = 1.90821492927058770002e-10;
+
+// Rounds to the nearest integer (ties to even) with two additions, for |x| < 2^51.
+double RoundToInteger(double x) {
+  constexpr double kShifter = 0x1.8p52;
+  return (x + kShifter) - kShifter;
+}
+
+// 2 atanh(s) = 2 (s + s^3/3 + s^5/5 + ...) to terms below 2^-56 for |s| <= 1/3: log((1+s)/(1-s)).
+double TwoAtanh(double s) {
+  const double s2 = s * s;
+  double sum = 0.0;
+  for (int n = 37; n >= 3; n -= 2) sum = (sum + 1.0 / n) * s2;
+  return 2.0 * (s + s * sum);
+}
+
+// log(1 + t) for 0 <= t <= 1, where t / (2 + t) <= 1/3.
+double Log1pUnit(double t) { return TwoAtanh(t / (2.0 + t)); }
+
+}  // namespace
+
+double Exp(double x) {
+  if (x != x) return x;
+  if (x > 710.0) return std::numeric_limits<double>::infinity();
+  if (x < -746.0) return 0.0;
+  // x = k ln2 + r with |r| <= ln2 / 2; exp(r) by its Taylor series to degree 13 (remainder
+  // below 2^-57).
+  const double k = RoundToInteger(x * std::numbers::log2e);
+  const double r = (x - k * kLn2Hi) - k * kLn2Lo;
+  double p = kInverseFactorials[13];
+  for (int n = 12; n >= 0; --n) p = p * r + kInverseFactorials[n];
+  return std::ldexp(p, static_cast<int>(k));  // exact scaling (one rounding when subnormal)
+}
+
+double Log(double x) {
+  if (!(x > 0.0) || x == std::numeric_limits<double>::infinity()) return std::log(x);
+  // x = m 2^e with m in [sqrt(1/2), sqrt(2)); log m = 2 atanh((m - 1) / (m + 1)).
+  int e = 0;
+  double m = std::frexp(x, &e);  // exact, m in [1/2, 1)
+  if (m < std::numbers::sqrt2 / 2) {
+    m *= 2.0;
+    --e;
+  }
+  return e * kLn2Hi + (e * kLn2Lo + TwoAtanh((m - 1.0) / (m + 1.0)));
+}
+
+void SinCos(double x, double* sin, double* cos) {
+  // x = k pi/2 + r with |r| <= pi/4: pi/2 in three parts of 33, 33 and 53 bits, so k times the
+  // first two is exact for |k| < 2^20.
+  constexpr double kPio2_1 = 1.57079632673412561417e+00;
+  constexpr double kPio2_2 = 6.07710050630396597660e-11;
+  constexpr double kPio2_3 = 2.02226624879595063154e-21;
+  const double k = RoundToInteger(x * (2.0 / std::numbers::pi));
+  const double r = ((x - k * kPio2_1) - k * kPio2_2) - k * kPio2_3;
+  // Taylor series of sin and cos on |r| <= pi/4 to degrees 19 and 18 (remainders below 2^-60).
+  const double r2 = r * r;
+  double sin_poly = 0.0, cos_poly = 0.0;
+  for (int n = 9; n >= 0; --n) {
+    sin_poly = sin_poly * r2 + kSinCoefficients[n];
+    cos_poly = cos_poly * r2 + kCosCoefficients[n];
+  }
+  const double sr = r * sin_poly, cr = cos_poly;
+  switch (static_cast<int64_t>(k) & 3) {
+    case 0:
+      *sin = sr;
+      *cos = cr;
+      break;
+    case 1:
+      *sin = cr;
+      *cos = -sr;
+      break;
+    case 2:
+      *sin = -sr;
+      *cos = -cr;
+      break;
+    default:
+      *sin = -cr;
+      *cos = sr;
+  }
+}
+
 void RmsNorm(const float* x, const float* weight, int64_t rows, int64_t n, double eps, float* out) {
   for (int64_t r = 0; r < rows; ++r) {
     const float* xr = x + r * n;
@@ -251,7 +369,7 @@ void RmsNorm(const float* x, const float* weight, int64_t rows, int64_t n, doubl
 void SiluMul(const float* gate, const float* up, int64_t n, float* y) {
   for (int64_t i = 0; i < n; ++i) {
     const float g = gate[i];
-    y[i] = g / (1.0f + std::exp(-g)) * up[i];
+    y[i] = g / (1.0f + static_cast<float>(Exp(-g))) * up[i];
   }
 }
 
@@ -259,7 +377,7 @@ std::vector<double> RopeInverseFrequencies(const ModelConfig& config) {
   const int64_t d = config.head_dim;
   std::vector<double> inv_freq(d / 2);
   for (int64_t i = 0; i < d / 2; ++i) {
-    inv_freq[i] = std::pow(config.rope_theta, -2.0 * static_cast<double>(i) / d);
+    inv_freq[i] = Exp(-2.0 * static_cast<double>(i) / d * Log(config.rope_theta));
   }
   const RopeScaling& rs = config.rope_scaling;
   if (!rs.llama3) return inv_freq;
@@ -284,8 +402,10 @@ std::vector<double> RopeInverseFrequencies(const ModelConfig& config) {
 void RopeRotation(int64_t position, const std::vector<double>& inv_freq, float* cos, float* sin) {
   for (size_t i = 0; i < inv_freq.size(); ++i) {
     const double angle = static_cast<double>(position) * inv_freq[i];
-    cos[i] = static_cast<float>(std::cos(angle));
-    sin[i] = static_cast<float>(std::sin(angle));
+    double s = 0.0, c = 0.0;
+    SinCos(angle, &s, &c);
+    cos[i] = static_cast<float>(c);
+    sin[i] = static_cast<float>(s);
   }
 }
 
@@ -324,8 +444,8 @@ void FeatureMap(const float* x, int64_t x_stride, int64_t rows, const float* w, 
     }
     double sum_pos = 0.0, sum_neg = 0.0;
     for (int64_t j = 0; j < f; ++j) {
-      neg[j] = std::exp(lo - pos[j]);  // max of -a is -lo
-      pos[j] = std::exp(pos[j] - hi);
+      neg[j] = static_cast<float>(Exp(lo - pos[j]));  // max of -a is -lo
+      pos[j] = static_cast<float>(Exp(pos[j] - hi));
       sum_pos += pos[j];
       sum_neg += neg[j];
     }
@@ -339,7 +459,7 @@ void FeatureMap(const float* x, int64_t x_stride, int64_t rows, const float* w, 
 }
 
 double LogSigmoid(double x) {
-  return x >= 0 ? -std::log1p(std::exp(-x)) : x - std::log1p(std::exp(x));
+  return x >= 0 ? -Log1pUnit(Exp(-x)) : x - Log1pUnit(Exp(x));
 }
 
 void GlaStep(const float* fq, const float* fk, const float* v, float gamma, int64_t f2, int64_t d,
@@ -382,7 +502,7 @@ void GlaChunk(const float* fq, int64_t fq_stride, const float* fk, int64_t fk_st
   for (int64_t t = 0; t < c; ++t) {
     float* pt = p.data() + t * c;
     for (int64_t j = 0; j < c; ++j) {
-      pt[j] = j <= t ? pt[j] * static_cast<float>(std::exp(b[t] - b[j])) : 0.0f;
+      pt[j] = j <= t ? pt[j] * static_cast<float>(Exp(b[t] - b[j])) : 0.0f;
       den[t] += pt[j];
     }
   }
@@ -390,13 +510,13 @@ void GlaChunk(const float* fq, int64_t fq_stride, const float* fk, int64_t fk_st
   // Inter-chunk part from the carried state: y_t = e^{b_t} fq_t S0, den_t += e^{b_t} fq_t . z0.
   Gemm(false, false, c, d, f2, 1.0f, fq, fq_stride, s, d, 0.0f, y, y_stride);
   for (int64_t t = 0; t < c; ++t) {
-    const float decay = static_cast<float>(std::exp(b[t]));
+    const float decay = static_cast<float>(Exp(b[t]));
     float* yt = y + t * y_stride;
     for (int64_t j = 0; j < d; ++j) yt[j] *= decay;
     double qz = 0.0;
     const float* fqt = fq + t * fq_stride;
     for (int64_t i = 0; i < f2; ++i) qz += static_cast<double>(fqt[i]) * z[i];
-    den[t] += std::exp(b[t]) * qz;
+    den[t] += Exp(b[t]) * qz;
   }
   // Plus the intra-chunk part P V.
   Gemm(false, false, c, d, c, 1.0f, p.data(), c, v, v_stride, 1.0f, y, y_stride);
@@ -412,11 +532,11 @@ void GlaChunk(const float* fq, int64_t fq_stride, const float* fk, int64_t fk_st
   const double last = b[c - 1];
   std::vector<float> kw(c * f2);
   for (int64_t t = 0; t < c; ++t) {
-    const float w = static_cast<float>(std::exp(last - b[t]));
+    const float w = static_cast<float>(Exp(last - b[t]));
     const float* fkt = fk + t * fk_stride;
     for (int64_t i = 0; i < f2; ++i) kw[t * f2 + i] = fkt[i] * w;
   }
-  const float total_decay = static_cast<float>(std::exp(last));
+  const float total_decay = static_cast<float>(Exp(last));
   Gemm(true, false, f2, d, c, 1.0f, kw.data(), f2, v, v_stride, total_decay, s, d);
   for (int64_t i = 0; i < f2; ++i) {
     double zi = static_cast<double>(total_decay) * z[i];
@@ -446,10 +566,10 @@ void SinkAttention(const float* q, int64_t q_stride, int64_t num_q, int64_t q_po
     for (int64_t m = 0; m < num_sinks; ++m) hi = std::max(hi, sinks[m]);
     double sum = 0.0;
     for (int64_t j = 0; j < num_keys; ++j) {
-      pi[j] = visible(j) ? std::exp(pi[j] - hi) : 0.0f;
+      pi[j] = visible(j) ? static_cast<float>(Exp(pi[j] - hi)) : 0.0f;
       sum += pi[j];
     }
-    for (int64_t m = 0; m < num_sinks; ++m) sum += std::exp(sinks[m] - hi);
+    for (int64_t m = 0; m < num_sinks; ++m) sum += Exp(sinks[m] - hi);
     const float inv = static_cast<float>(1.0 / sum);
     for (int64_t j = 0; j < num_keys; ++j) pi[j] *= inv;
   }

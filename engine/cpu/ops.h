@@ -23,6 +23,14 @@ void Gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alp
           const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
           int64_t ldc);
 
+// The backend's transcendental functions, from IEEE additions, multiplications and divisions
+// only: glibc picks an FMA or a non-FMA variant of exp, expf, log1p, pow, sin and cos per CPU, and
+// those differ in the last bit for some arguments, which would make results depend on the CPU.
+// Relative error a few double ulps; SinCos for |x| < 1.6e6 (beyond, still deterministic).
+double Exp(double x);
+double Log(double x);
+void SinCos(double x, double* sin, double* cos);
+
 // out = x / sqrt(mean(x^2) + eps) * weight, for `rows` rows of n values (out may alias x).
 void RmsNorm(const float* x, const float* weight, int64_t rows, int64_t n, double eps, float* out);
 
