@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <array>
+#include <bit>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -241,15 +242,20 @@ void Gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alp
 
 namespace {
 
-// 1/n! for n <= 13: Taylor coefficients of exp.
-constexpr std::array<double, 14> kInverseFactorials = [] {
-  std::array<double, 14> c{};
-  double factorial = 1.0;
-  for (int n = 0; n < 14; ++n) {
-    if (n > 0) factorial *= n;
-    c[n] = 1.0 / factorial;
+// 2^(j/64) for j < 64, rounded from a long double Taylor series at compile time.
+constexpr int kExpTableBits = 6;
+constexpr auto kExp2Table = [] {
+  std::array<double, 1 << kExpTableBits> t{};
+  for (int j = 0; j < (1 << kExpTableBits); ++j) {
+    const long double y = j * 0.693147180559945309417232121458176568L / (1 << kExpTableBits);
+    long double term = 1.0L, sum = 1.0L;
+    for (int n = 1; n < 30; ++n) {
+      term *= y / n;
+      sum += term;
+    }
+    t[j] = static_cast<double>(sum);
   }
-  return c;
+  return t;
 }();
 
 // (-1)^n / (2n + 1)! and (-1)^n / (2n)! for n <= 9: Taylor coefficients of sin and cos.
@@ -282,6 +288,9 @@ double RoundToInteger(double x) {
   return (x + kShifter) - kShifter;
 }
 
+// 2^e for -1022 <= e <= 1023.
+double PowerOfTwo(int64_t e) { return std::bit_cast<double>(static_cast<uint64_t>(e + 1023) << 52); }
+
 // 2 atanh(s) = 2 (s + s^3/3 + s^5/5 + ...) to terms below 2^-56 for |s| <= 1/3: log((1+s)/(1-s)).
 double TwoAtanh(double s) {
   const double s2 = s * s;
@@ -299,13 +308,19 @@ double Exp(double x) {
   if (x != x) return x;
   if (x > 710.0) return std::numeric_limits<double>::infinity();
   if (x < -746.0) return 0.0;
-  // x = k ln2 + r with |r| <= ln2 / 2; exp(r) by its Taylor series to degree 13 (remainder
-  // below 2^-57).
-  const double k = RoundToInteger(x * std::numbers::log2e);
-  const double r = (x - k * kLn2Hi) - k * kLn2Lo;
-  double p = kInverseFactorials[13];
-  for (int n = 12; n >= 0; --n) p = p * r + kInverseFactorials[n];
-  return std::ldexp(p, static_cast<int>(k));  // exact scaling (one rounding when subnormal)
+  // x = (64 q + j) ln2/64 + r with |r| <= ln2/128: exp(x) = 2^q 2^(j/64) exp(r), exp(r) by its
+  // Taylor series to degree 5 (remainder below 2^-54).
+  constexpr double kScale = (1 << kExpTableBits) * std::numbers::log2e;
+  constexpr double kStepHi = kLn2Hi / (1 << kExpTableBits), kStepLo = kLn2Lo / (1 << kExpTableBits);
+  const double k = RoundToInteger(x * kScale);
+  const double r = (x - k * kStepHi) - k * kStepLo;
+  const double p = 1.0 + r * (1.0 + r * (1.0 / 2 + r * (1.0 / 6 + r * (1.0 / 24 + r * (1.0 / 120)))));
+  const int64_t ki = static_cast<int64_t>(k);
+  const int64_t q = ki >> kExpTableBits;  // floor(k / 64)
+  // 2^q as 2^q1 2^q2 with |q1|, |q2| < 1023 (normal powers): the first product is exact, the
+  // second rounds only below the normal range, as ldexp would (an out-of-line call).
+  const int64_t q1 = q / 2, q2 = q - q1;
+  return kExp2Table[ki & ((1 << kExpTableBits) - 1)] * p * PowerOfTwo(q1) * PowerOfTwo(q2);
 }
 
 double Log(double x) {
