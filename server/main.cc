@@ -170,9 +170,9 @@ int main(int argc, char** argv) {
   }
 
   // SIGTERM/SIGINT are caught by a handler that writes the signal number to a pipe, which this
-  // thread reads. (Blocking them and calling sigwait is not enough: libraries start threads
-  // before main, e.g. OpenBLAS's pool, and a signal delivered to one of those would kill the
-  // process without a drain.)
+  // thread reads. (Blocking them and calling sigwait is not enough: a linked library may start
+  // threads before main, and a signal delivered to one of those would end the process without
+  // a drain.)
   if (pipe2(g_stop_pipe, O_CLOEXEC) != 0) {
     LogError("cannot create the signal pipe");
     return 1;

@@ -9,7 +9,7 @@ set_name=${1:-test}
 build_packages=(
   build-essential cmake ninja-build pkg-config git
   libabsl-dev libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
-  prometheus-cpp-dev libcpp-httplib-dev libopenblas-dev nlohmann-json3-dev libpcre2-dev
+  prometheus-cpp-dev libcpp-httplib-dev nlohmann-json3-dev libpcre2-dev
   libssl-dev libgtest-dev libgmock-dev
 )
 # Tests only: the float64 PyTorch reference, Python gRPC clients, certificates for the TLS tests,
