@@ -8,7 +8,7 @@ packages=(
   libabsl-dev libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
   prometheus-cpp-dev libcpp-httplib-dev libopenblas-dev nlohmann-json3-dev libpcre2-dev
   libgtest-dev libgmock-dev libssl-dev openssl
-  python3 python3-numpy python3-torch python3-grpcio python3-grpc-tools
+  python3 python3-numpy python3-torch python3-grpcio python3-grpc-tools python3-jinja2
   yamllint prometheus haproxy
 )
 
