@@ -322,7 +322,8 @@ class Interpreter {
       }
       scope.vars[name] = std::move(v);
     }
-    for (const auto& [name, v] : args.named) {
+    for (const auto& named : args.named) {
+      const std::string& name = named.first;
       if (std::none_of(macro.params.begin(), macro.params.end(),
                        [&](const auto& p) { return p.first == name; })) {
         return TypeError(absl::StrCat("macro '", macro.targets[0], "' has no argument '", name, "'"));
