@@ -14,9 +14,10 @@
 
 namespace lizard::server::jinja {
 
-// Statements and expressions nest at most this deep in a template (bounds the parser's and the
-// evaluator's recursion).
-inline constexpr int kMaxNesting = 64;
+// Statements and expressions nest at most this deep in a template, counting each operand of a
+// chain such as a + b + c or x|f|g as one level (bounds the parser's recursion and the depth of
+// the tree, hence of its evaluation and destruction).
+inline constexpr int kMaxNesting = 256;
 
 struct Expr;
 using ExprPtr = std::unique_ptr<Expr>;

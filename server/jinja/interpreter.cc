@@ -243,6 +243,16 @@ class Interpreter {
 
   absl::Status Exec(const Node& node, Scope& scope, std::string& out) {
     if (absl::Status s = Tick(); !s.ok()) return s;
+    if (depth_ >= kMaxEvalDepth) {
+      return absl::ResourceExhaustedError("chat template nests or recurses too deeply");
+    }
+    ++depth_;
+    absl::Status s = ExecNode(node, scope, out);
+    --depth_;
+    return s;
+  }
+
+  absl::Status ExecNode(const Node& node, Scope& scope, std::string& out) {
     switch (node.kind) {
       case Node::Kind::kText: return Append(out, node.text);
       case Node::Kind::kOutput: {
@@ -303,9 +313,6 @@ class Interpreter {
   }
 
   absl::StatusOr<Value> CallMacro(const Node& macro, CallArgs& args) {
-    if (call_depth_ >= kMaxNesting) {
-      return absl::ResourceExhaustedError("chat template macros recurse too deeply");
-    }
     if (args.positional.size() > macro.params.size()) {
       return TypeError(absl::StrCat("macro '", macro.targets[0], "' takes at most ",
                                     macro.params.size(), " arguments"));
@@ -329,10 +336,8 @@ class Interpreter {
         return TypeError(absl::StrCat("macro '", macro.targets[0], "' has no argument '", name, "'"));
       }
     }
-    ++call_depth_;
     std::string out;
     absl::Status s = ExecBody(macro.body, scope, out);
-    --call_depth_;
     flow_ = Flow::kNormal;
     if (!s.ok()) return s;
     return Value::String(std::move(out));
@@ -444,7 +449,12 @@ class Interpreter {
 
   absl::StatusOr<Value> Eval(const Expr& e, Scope& scope) {
     if (absl::Status s = Tick(); !s.ok()) return s;
+    if (depth_ >= kMaxEvalDepth) {
+      return absl::ResourceExhaustedError("chat template nests or recurses too deeply");
+    }
+    ++depth_;
     absl::StatusOr<Value> v = EvalInner(e, scope);
+    --depth_;
     if (!v.ok()) return At(e, v.status());
     return v;
   }
@@ -1102,7 +1112,7 @@ class Interpreter {
 
   Scope root_;
   int64_t steps_ = 0;
-  int call_depth_ = 0;
+  int depth_ = 0;  // nested Eval and Exec calls, macro calls included
   Flow flow_ = Flow::kNormal;
   bool raised_ = false;
 };

@@ -17,6 +17,8 @@ inline constexpr size_t kMaxOutputBytes = 16 << 20;
 // Work units: one per expression or statement evaluated, one per 64 bytes of strings and lists
 // built, one per loop iteration.
 inline constexpr int64_t kMaxSteps = 1'000'000;
+// Evaluation depth (expressions and statements inside each other, through macro calls too).
+inline constexpr int kMaxEvalDepth = 600;
 // range() in Jinja's sandbox refuses more items than this.
 inline constexpr int64_t kMaxRange = 100'000;
 

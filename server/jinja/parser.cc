@@ -4,6 +4,7 @@
 #include <cerrno>
 #include <cstdlib>
 #include <initializer_list>
+#include <tuple>
 
 #include "absl/status/status.h"
 #include "absl/strings/ascii.h"
@@ -24,7 +25,12 @@ struct Token {
 
 class Lexer {
  public:
-  explicit Lexer(std::string source) : src_(std::move(source)) {}
+  explicit Lexer(std::string source) : src_(std::move(source)) {
+    line_starts_.push_back(0);
+    for (size_t i = 0; i < src_.size(); ++i) {
+      if (src_[i] == '\n') line_starts_.push_back(i + 1);
+    }
+  }
 
   absl::Status Run(std::vector<Token>& tokens) {
     bool line_starting = true;
@@ -76,20 +82,19 @@ class Lexer {
   }
 
   absl::Status Error(size_t offset, const std::string& message) const {
-    return PositionError(src_, offset, message);
+    const auto [line, column] = LineColumn(offset);
+    return absl::InvalidArgumentError(absl::StrCat("line ", line, ", column ", column, ": ", message));
   }
 
-  static absl::Status PositionError(std::string_view src, size_t offset, const std::string& message) {
-    offset = std::min(offset, src.size());
-    const int line = 1 + static_cast<int>(std::count(src.begin(), src.begin() + offset, '\n'));
-    const size_t line_start = src.rfind('\n', offset == 0 ? 0 : offset - 1);
-    const size_t column =
-        offset - (line_start == std::string_view::npos || offset == 0 ? 0 : line_start + 1) + 1;
-    return absl::InvalidArgumentError(
-        absl::StrCat("line ", line, ", column ", column, ": ", message));
+  // 1-based line and column (in bytes) of an offset in the source.
+  std::pair<int, int> LineColumn(size_t offset) const {
+    offset = std::min(offset, src_.size());
+    const auto next_line = std::upper_bound(line_starts_.begin(), line_starts_.end(), offset);
+    const size_t line_start = *(next_line - 1);
+    return {static_cast<int>(next_line - line_starts_.begin()),
+            static_cast<int>(offset - line_start) + 1};
   }
 
-  const std::string& source() const { return src_; }
 
  private:
   // After a tag's closing delimiter: "-" strips all following whitespace, otherwise trim_blocks
@@ -284,6 +289,7 @@ class Lexer {
   }
 
   std::string src_;
+  std::vector<size_t> line_starts_;
   size_t pos_ = 0;
 };
 
@@ -307,7 +313,7 @@ class Parser {
   bool IsName(std::string_view name) const { return Cur().type == T::kName && Cur().text == name; }
 
   absl::Status Error(const Token& t, const std::string& message) const {
-    return Lexer::PositionError(lexer_.source(), t.offset, message);
+    return lexer_.Error(t.offset, message);
   }
   absl::Status Unexpected() const {
     const Token& t = Cur();
@@ -339,6 +345,19 @@ class Parser {
     ~DepthGuard() { --depth; }
     int& depth;
   };
+  // Counts the links of an operator chain (each one nests the tree a level deeper) for as long as
+  // the chain's parse function runs.
+  struct ChainGuard {
+    explicit ChainGuard(Parser& p) : parser(p) {}
+    ~ChainGuard() { parser.depth_ -= added; }
+    absl::Status Add() {
+      ++parser.depth_;
+      ++added;
+      return parser.CheckDepth();
+    }
+    Parser& parser;
+    int added = 0;
+  };
   absl::Status CheckDepth() const {
     if (depth_ > kMaxNesting) return Error(Cur(), "template nests too deeply");
     return absl::OkStatus();
@@ -352,11 +371,7 @@ class Parser {
   }
   template <typename N>
   void SetPosition(N& n, const Token& at) const {
-    const std::string& src = lexer_.source();
-    const size_t offset = std::min(at.offset, src.size());
-    n.line = 1 + static_cast<int>(std::count(src.begin(), src.begin() + offset, '\n'));
-    const size_t nl = offset == 0 ? std::string::npos : src.rfind('\n', offset - 1);
-    n.column = static_cast<int>(offset - (nl == std::string::npos ? 0 : nl + 1)) + 1;
+    std::tie(n.line, n.column) = lexer_.LineColumn(at.offset);
   }
 
   // Parses nodes until a block tag whose keyword is in `ends` (left current, keyword in end_tag).
@@ -549,7 +564,9 @@ class Parser {
     const Token& start = Cur();
     absl::StatusOr<ExprPtr> expr = ParseOr();
     if (!expr.ok()) return expr;
+    ChainGuard chain(*this);
     while (IsName("if")) {
+      if (auto s = chain.Add(); !s.ok()) return s;
       ++pos_;
       ExprPtr cond = MakeExpr(Expr::Kind::kCondition, start);
       absl::StatusOr<ExprPtr> test = ParseOr();
@@ -572,7 +589,9 @@ class Parser {
   absl::StatusOr<ExprPtr> ParseOr() {
     const Token& start = Cur();
     absl::StatusOr<ExprPtr> left = ParseAnd();
+    ChainGuard chain(*this);
     while (left.ok() && IsName("or")) {
+      if (auto s = chain.Add(); !s.ok()) return s;
       ++pos_;
       absl::StatusOr<ExprPtr> right = ParseAnd();
       if (!right.ok()) return right;
@@ -587,7 +606,9 @@ class Parser {
   absl::StatusOr<ExprPtr> ParseAnd() {
     const Token& start = Cur();
     absl::StatusOr<ExprPtr> left = ParseNot();
+    ChainGuard chain(*this);
     while (left.ok() && IsName("and")) {
+      if (auto s = chain.Add(); !s.ok()) return s;
       ++pos_;
       absl::StatusOr<ExprPtr> right = ParseNot();
       if (!right.ok()) return right;
@@ -650,8 +671,10 @@ class Parser {
                                  std::initializer_list<std::string_view> ops) {
     const Token& start = Cur();
     absl::StatusOr<ExprPtr> left = (this->*next)();
+    ChainGuard chain(*this);
     while (left.ok() && Cur().type == T::kOp &&
            std::find(ops.begin(), ops.end(), Cur().text) != ops.end()) {
+      if (auto s = chain.Add(); !s.ok()) return s;
       ExprPtr e = MakeExpr(Expr::Kind::kBinary, start);
       e->name = Cur().text;
       ++pos_;
@@ -775,7 +798,9 @@ class Parser {
   // Attribute, item and call nodes take the position of the expression they apply to.
   absl::StatusOr<ExprPtr> ParsePostfix(ExprPtr node) {
     const int line = node->line, column = node->column;
+    ChainGuard chain(*this);
     while (true) {
+      if (auto s = chain.Add(); !s.ok()) return s;
       if (node->line != line || node->column != column) {
         node->line = line;
         node->column = column;
@@ -883,7 +908,9 @@ class Parser {
   }
 
   absl::StatusOr<ExprPtr> ParseFilterExpr(ExprPtr node) {
+    ChainGuard chain(*this);
     while (true) {
+      if (auto s = chain.Add(); !s.ok()) return s;
       const Token& t = Cur();
       if (IsOp("|")) {
         ++pos_;

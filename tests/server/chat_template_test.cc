@@ -211,9 +211,28 @@ TEST(ChatTemplateLimitTest, RenderingIsBounded) {
                 .status()
                 .code(),
             absl::StatusCode::kInvalidArgument);
-  std::string deep(1000, '(');
-  EXPECT_EQ(ChatTemplate::Parse("{{ " + deep + "1" + std::string(1000, ')') + " }}").status().code(),
+}
+
+TEST(ChatTemplateLimitTest, NestingIsBoundedWhenParsing) {
+  // Each of these would otherwise build a tree deep enough to overflow the stack when evaluated
+  // or destroyed.
+  const auto parse_code = [](const std::string& source) { return ChatTemplate::Parse(source).status().code(); };
+  const auto repeat = [](std::string_view s, int n) {
+    std::string out;
+    for (int i = 0; i < n; ++i) out += s;
+    return out;
+  };
+  EXPECT_EQ(parse_code("{{ " + repeat("(", 5000) + "1" + repeat(")", 5000) + " }}"),
             absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(parse_code("{{ 1" + repeat(" + 1", 50000) + " }}"), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(parse_code("{{ x" + repeat(" or x", 50000) + " }}"), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(parse_code("{{ x" + repeat("|trim", 50000) + " }}"), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(parse_code("{{ x" + repeat(".a[0]", 50000) + " }}"), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(parse_code("{{ 1" + repeat(" if x else 1", 50000) + " }}"), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(parse_code(repeat("{% if x %}", 5000) + repeat("{% endif %}", 5000)),
+            absl::StatusCode::kInvalidArgument);
+  // Long chains within the limit parse and evaluate.
+  EXPECT_EQ(Eval("{{ 1" + repeat(" + 1", 100) + " }}"), "101");
 }
 
 TEST(ChatTemplateConfigTest, ReadsTokenizerConfig) {
