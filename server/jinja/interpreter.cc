@@ -147,7 +147,10 @@ class Interpreter {
     for (const auto& [name, value] : variables) root_.vars[name] = value;
     AddGlobals();
     std::string out;
-    if (absl::Status s = ExecBody(body, root_, out); !s.ok()) return s;
+    absl::Status s = ExecBody(body, root_, out);
+    // A namespace may hold itself (ns.me = ns); emptying them all frees such cycles.
+    for (const Value& ns : namespaces_) ns.mutable_namespace().clear();
+    if (!s.ok()) return s;
     return out;
   }
 
@@ -179,7 +182,7 @@ class Interpreter {
       raised_ = true;
       return absl::InvalidArgumentError(Arg(args, 0, "message").ToString());
     });
-    root_.vars["namespace"] = Value::MakeFunction([](CallArgs& args) -> absl::StatusOr<Value> {
+    root_.vars["namespace"] = Value::MakeFunction([this](CallArgs& args) -> absl::StatusOr<Value> {
       Object attrs;
       if (!args.positional.empty()) {
         if (args.positional.size() > 1 || args.positional[0].kind() != K::kObject) {
@@ -188,7 +191,8 @@ class Interpreter {
         attrs = args.positional[0].object();
       }
       for (auto& [name, value] : args.named) attrs.emplace_back(name, value);
-      return Value::MakeNamespace(std::move(attrs));
+      namespaces_.push_back(Value::MakeNamespace(std::move(attrs)));
+      return namespaces_.back();
     });
     root_.vars["range"] = Value::MakeFunction([this](CallArgs& args) -> absl::StatusOr<Value> {
       if (args.positional.empty() || args.positional.size() > 3 || !args.named.empty()) {
@@ -440,8 +444,8 @@ class Interpreter {
     return args;
   }
 
-  absl::StatusOr<Value> Container(Array items) {
-    Value v = Value::MakeArray(std::move(items));
+  absl::StatusOr<Value> Container(Array items, bool tuple = false) {
+    Value v = Value::MakeArray(std::move(items), tuple);
     if (v.depth() > kMaxValueDepth) return TypeError("list nests too deeply");
     if (auto s = Tick(v.array().size() * 16); !s.ok()) return s;
     return v;
@@ -476,7 +480,7 @@ class Interpreter {
           if (!v.ok()) return v;
           items.push_back(*std::move(v));
         }
-        return Container(std::move(items));
+        return Container(std::move(items), e.kind == Expr::Kind::kTuple);
       }
       case Expr::Kind::kDict: {
         Object items;
@@ -669,7 +673,7 @@ class Interpreter {
       if (name == "items" || name == "keys" || name == "values") {
         Array out;
         for (const auto& [k, v] : target.object()) {
-          if (name == "items") out.push_back(Value::MakeArray({Value::String(k), v}));
+          if (name == "items") out.push_back(Value::MakeArray({Value::String(k), v}, /*tuple=*/true));
           else out.push_back(name == "keys" ? Value::String(k) : v);
         }
         return Container(std::move(out));
@@ -731,8 +735,7 @@ class Interpreter {
         if (i == cps.size()) break;
         const char* begin = cps[i].data();
         if (maxsplit >= 0 && static_cast<int64_t>(out.size()) == maxsplit) {
-          std::string_view rest(begin, s.data() + s.size() - begin);
-          out.push_back(Value::String(std::string(Strip(rest, false, true, Value()))));
+          out.push_back(Value::String(std::string(begin, s.data() + s.size())));
           break;
         }
         while (i < cps.size() && !IsPythonSpace(cps[i])) ++i;
@@ -944,6 +947,7 @@ class Interpreter {
     }
     if (name == "replace") {
       const Value from = Arg(args, 0, "old"), to = Arg(args, 1, "new"), count = Arg(args, 2, "count");
+      if (from.is_undefined() || to.is_undefined()) return TypeError("replace needs old and new");
       std::string r = PythonReplace(v.ToString(), from.ToString(), to.ToString(),
                                     count.kind() == K::kInt ? count.as_int() : -1);
       if (auto st = Tick(r.size()); !st.ok()) return st;
@@ -1086,7 +1090,7 @@ class Interpreter {
       if (v.kind() != other.kind()) return false;
       if (v.is_none() || v.is_undefined()) return true;
       if (v.kind() == K::kBool) return v.as_bool() == other.as_bool();
-      return false;
+      return v.kind() == K::kInt && v.as_int() == other.as_int();  // as CPython's small ints
     }
     if (name == "in") return Contains(other, v);
     if (name == "lt" || name == "lessthan" || name == "<") return CompareOp("<", v, other);
@@ -1111,6 +1115,7 @@ class Interpreter {
   }
 
   Scope root_;
+  std::vector<Value> namespaces_;
   int64_t steps_ = 0;
   int depth_ = 0;  // nested Eval and Exec calls, macro calls included
   Flow flow_ = Flow::kNormal;

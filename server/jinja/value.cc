@@ -263,9 +263,10 @@ Value Value::String(std::string s) {
   v.payload_ = std::make_shared<std::string>(std::move(s));
   return v;
 }
-Value Value::MakeArray(Array items) {
+Value Value::MakeArray(Array items, bool tuple) {
   Value v;
   v.kind_ = Kind::kArray;
+  v.b_ = tuple;
   v.depth_ = MaxDepth(items) + 1;
   v.payload_ = std::make_shared<Array>(std::move(items));
   return v;
@@ -324,19 +325,20 @@ std::string Value::ToString() const {
 
 std::string Value::Repr() const {
   switch (kind_) {
-    case Kind::kUndefined: return "";
+    case Kind::kUndefined: return "Undefined";
     case Kind::kNone: return "None";
     case Kind::kBool: return b_ ? "True" : "False";
     case Kind::kInt: return std::to_string(i_);
     case Kind::kFloat: return FormatFloat(d_);
     case Kind::kString: return StringRepr(str());
     case Kind::kArray: {
-      std::string out = "[";
+      std::string out = b_ ? "(" : "[";
       for (size_t i = 0; i < array().size(); ++i) {
         if (i > 0) out += ", ";
         out += array()[i].Repr();
       }
-      return out + "]";
+      if (b_ && array().size() == 1) out += ",";
+      return out + (b_ ? ")" : "]");
     }
     case Kind::kObject: {
       std::string out = "{";

@@ -39,7 +39,8 @@ class Value {
   static Value Int(int64_t i);
   static Value Float(double d);
   static Value String(std::string s);
-  static Value MakeArray(Array items);
+  // A tuple is an array that prints as one: ('a', 1).
+  static Value MakeArray(Array items, bool tuple = false);
   static Value MakeObject(Object items);
   static Value MakeNamespace(Object items);
   static Value MakeFunction(Function fn);
