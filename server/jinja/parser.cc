@@ -586,39 +586,26 @@ class Parser {
     return expr;
   }
 
-  absl::StatusOr<ExprPtr> ParseOr() {
+  // a or b or c (and likewise `and`), left-nested.
+  absl::StatusOr<ExprPtr> Logical(absl::StatusOr<ExprPtr> (Parser::*next)(), std::string_view keyword,
+                                  Expr::Kind kind) {
     const Token& start = Cur();
-    absl::StatusOr<ExprPtr> left = ParseAnd();
+    absl::StatusOr<ExprPtr> left = (this->*next)();
     ChainGuard chain(*this);
-    while (left.ok() && IsName("or")) {
+    while (left.ok() && IsName(keyword)) {
       if (auto s = chain.Add(); !s.ok()) return s;
       ++pos_;
-      absl::StatusOr<ExprPtr> right = ParseAnd();
+      absl::StatusOr<ExprPtr> right = (this->*next)();
       if (!right.ok()) return right;
-      ExprPtr e = MakeExpr(Expr::Kind::kOr, start);
+      ExprPtr e = MakeExpr(kind, start);
       e->items.push_back(*std::move(left));
       e->items.push_back(*std::move(right));
       left = std::move(e);
     }
     return left;
   }
-
-  absl::StatusOr<ExprPtr> ParseAnd() {
-    const Token& start = Cur();
-    absl::StatusOr<ExprPtr> left = ParseNot();
-    ChainGuard chain(*this);
-    while (left.ok() && IsName("and")) {
-      if (auto s = chain.Add(); !s.ok()) return s;
-      ++pos_;
-      absl::StatusOr<ExprPtr> right = ParseNot();
-      if (!right.ok()) return right;
-      ExprPtr e = MakeExpr(Expr::Kind::kAnd, start);
-      e->items.push_back(*std::move(left));
-      e->items.push_back(*std::move(right));
-      left = std::move(e);
-    }
-    return left;
-  }
+  absl::StatusOr<ExprPtr> ParseOr() { return Logical(&Parser::ParseAnd, "or", Expr::Kind::kOr); }
+  absl::StatusOr<ExprPtr> ParseAnd() { return Logical(&Parser::ParseNot, "and", Expr::Kind::kAnd); }
 
   absl::StatusOr<ExprPtr> ParseNot() {
     if (IsName("not")) {
