@@ -1,5 +1,12 @@
 // Chat templates: the Jinja "chat_template" of a model's tokenizer_config.json, rendered in C++
-// with the semantics of Hugging Face's apply_chat_template (a Jinja subset, see server/jinja/).
+// with the semantics of Hugging Face's apply_chat_template: trim_blocks, lstrip_blocks, loop
+// controls, its tojson (ensure_ascii=False), raise_exception and strftime_now.
+// The subset (server/jinja/): {{ }}, {% %}, {# #}, whitespace control (- and +); if/elif/else,
+// for (tuple targets, `if` filter, else, loop.*), set (name, ns.attr, block), macro, break,
+// continue, generation; Python-like expressions with slices, `is` tests, `in`, ~ and conditional
+// expressions; the filters and str/dict methods chat templates use. Unsupported constructs
+// (include, extends, call, filter blocks, recursive loops, ...) fail Parse with their position.
+// A parsed template is immutable: Render may run on several threads at once.
 #pragma once
 
 #include <memory>
