@@ -17,6 +17,7 @@ build_packages=(
 # manifest validation and OpenAI client tests.
 test_packages=(
   python3 python3-numpy python3-torch python3-grpcio python3-grpc-tools python3-regex
+  python3-jinja2
   openssl curl yamllint prometheus haproxy
 )
 
