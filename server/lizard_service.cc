@@ -1,5 +1,6 @@
 #include "server/lizard_service.h"
 
+#include <deque>
 #include <memory>
 #include <optional>
 #include <string>
@@ -8,7 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
-#include "server/stop_strings.h"
+#include "server/log.h"
 
 namespace lizard::server {
 
@@ -59,13 +60,128 @@ double SecondsSince(absl::Time start) { return absl::ToDoubleSeconds(absl::Now()
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------
-// Generate: one streaming call. The engine thread pushes tokens into `pending_` (never blocking);
-// at most one write is in flight, and whatever arrives meanwhile is merged into the next
-// message, so a slow reader gets fewer, larger messages and never holds up the engine.
+LizardService::Generation::Generation(LizardService* service)
+    : service_(service), start_(absl::Now()) {}
+
+absl::Status LizardService::Generation::Submit(const v1::GenerateRequest& request,
+                                               const InputBuilder& input,
+                                               std::shared_ptr<Generation> self) {
+  // A conversation starts with BOS: a one-shot request, or the first input of a session.
+  bool starts_conversation = true;
+  StateId state = 0;
+  if (!request.session_id().empty()) {
+    if (absl::Status s = CheckSessionId(request.session_id()); !s.ok()) return s;
+    absl::StatusOr<StateId> acquired = service_->sessions_->Acquire(request.session_id());
+    if (!acquired.ok()) return acquired.status();
+    session_id_ = request.session_id();
+    state = *acquired;
+    absl::StatusOr<StateInfo> info = service_->engine_->GetStateInfo(state);
+    starts_conversation = info.ok() && info->num_tokens == 0;
+  }
+  absl::Status status = [&]() -> absl::Status {
+    const RequestLimits& limits = service_->config_.limits;
+    const Tokenizer* tokenizer = service_->tokenizer_;
+    absl::StatusOr<std::vector<int32_t>> tokens =
+        input ? input(starts_conversation)
+              : InputTokens(request.has_text() ? &request.text() : nullptr,
+                            request.has_token_ids() ? &request.token_ids() : nullptr,
+                            tokenizer, starts_conversation, limits);
+    if (!tokens.ok()) return tokens.status();
+    absl::StatusOr<EngineRequest> engine_request =
+        ToEngineRequest(request, *std::move(tokens), tokenizer, limits);
+    if (!engine_request.ok()) return engine_request.status();
+    engine_request->state = state;
+
+    // Text deltas (and stop strings on them) need the tokenizer; special tokens such as EOS
+    // are not part of the text.
+    if (tokenizer != nullptr) decoder_.emplace(*tokenizer, /*skip_special_tokens=*/true);
+    const auto& stops = request.stopping().stop_strings();
+    if (!stops.empty()) {
+      stop_matcher_.emplace(std::vector<std::string>(stops.begin(), stops.end()));
+    }
+    absl::StatusOr<RequestId> id =
+        service_->engine_->Submit(*std::move(engine_request), std::move(self));
+    if (!id.ok()) return id.status();
+    if (!session_id_.empty()) service_->sessions_->SetRunning(session_id_, *id);
+    absl::MutexLock lock(&mu_);
+    engine_request_ = *id;
+    if (cancel_requested_) CancelEngineLocked();
+    return absl::OkStatus();
+  }();
+  if (!status.ok() && !session_id_.empty()) {
+    service_->sessions_->Release(session_id_);
+    session_id_.clear();
+  }
+  return status;
+}
+
+void LizardService::Generation::Cancel() {
+  absl::MutexLock lock(&mu_);
+  cancel_requested_ = true;
+  CancelEngineLocked();
+}
+
+void LizardService::Generation::CancelEngineLocked() {
+  if (engine_request_ == 0 || finished_) return;
+  if (!session_id_.empty()) service_->sessions_->MarkCancelling(session_id_, engine_request_);
+  service_->engine_->Cancel(engine_request_);
+}
+
+bool LizardService::Generation::OnToken(int32_t token, const TokenLogprobs* logprobs) {
+  const absl::Time now = absl::Now();
+  if (generated_ == 0) {
+    service_->metrics_->ObserveTimeToFirstToken(absl::ToDoubleSeconds(now - start_));
+  } else {
+    service_->metrics_->ObserveInterTokenLatency(absl::ToDoubleSeconds(now - last_token_));
+  }
+  last_token_ = now;
+  ++generated_;
+  service_->metrics_->AddGeneratedTokens(1);
+
+  std::string text;
+  if (decoder_.has_value()) {
+    absl::StatusOr<std::string> piece = decoder_->Push(token);
+    if (piece.ok()) text = *std::move(piece);
+    if (stop_matcher_.has_value()) text = stop_matcher_->Push(text);
+  }
+  if (!Deliver(token, std::move(text), logprobs)) return false;
+  return !(stop_matcher_.has_value() && stop_matcher_->stopped());
+}
+
+void LizardService::Generation::OnFinish(FinishReason reason, const Usage& usage,
+                                         const absl::Status& status) {
+  std::string tail;
+  if (decoder_.has_value() && !(stop_matcher_.has_value() && stop_matcher_->stopped())) {
+    tail = decoder_->Flush();
+    if (stop_matcher_.has_value()) {
+      tail = stop_matcher_->Push(tail);
+      if (!stop_matcher_->stopped()) tail += stop_matcher_->Flush();
+    }
+  }
+  // The session is free again before the client can see the last message.
+  if (!session_id_.empty()) service_->sessions_->Release(session_id_);
+  service_->metrics_->AddPromptTokens(usage.prompt_tokens);
+  service_->metrics_->ObserveRequestDuration(SecondsSince(start_));
+  {
+    absl::MutexLock lock(&mu_);
+    finished_ = true;
+  }
+  End(reason, usage, std::move(tail), status);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Generate: one streaming call. The engine thread appends tokens to the queued messages (never
+// blocking); at most one write is in flight, and whatever arrives meanwhile is merged into the
+// last queued message, so a slow reader gets fewer, larger messages and never holds up the
+// engine. Both are bounded: a message stops growing at kMaxMessageBytes (far below gRPC's
+// default 4 MiB receive limit) and a new one is queued; once more than
+// ServiceConfig::stream_buffer_bytes wait for a client that does not read, the queue is dropped,
+// the generation is cancelled and the call ends with RESOURCE_EXHAUSTED.
+constexpr int64_t kMaxMessageBytes = 256 << 10;
 class LizardService::GenerateCall : public grpc::ServerWriteReactor<grpc::ByteBuffer>,
-                                    public TokenSink {
+                                    public Generation {
  public:
-  explicit GenerateCall(LizardService* service) : service_(service), start_(absl::Now()) {}
+  explicit GenerateCall(LizardService* service) : Generation(service) {}
 
   // Validates and submits; any error finishes the call at once. Keeps the call alive until
   // gRPC is done with it (OnDone).
@@ -79,66 +195,58 @@ class LizardService::GenerateCall : public grpc::ServerWriteReactor<grpc::ByteBu
     }
   }
 
-  // --- TokenSink (engine thread) ---
-  bool OnToken(int32_t token, const TokenLogprobs* logprobs) override {
-    const absl::Time now = absl::Now();
-    if (generated_ == 0) {
-      service_->metrics_->ObserveTimeToFirstToken(absl::ToDoubleSeconds(now - start_));
-    } else {
-      service_->metrics_->ObserveInterTokenLatency(absl::ToDoubleSeconds(now - last_token_));
-    }
-    last_token_ = now;
-    ++generated_;
-    service_->metrics_->AddGeneratedTokens(1);
-
-    std::string text;
-    if (decoder_.has_value()) {
-      absl::StatusOr<std::string> piece = decoder_->Push(token);
-      if (piece.ok()) text = *std::move(piece);
-      if (stop_matcher_.has_value()) text = stop_matcher_->Push(text);
-    }
+  // --- Generation (engine thread) ---
+  bool Deliver(int32_t token, std::string text, const TokenLogprobs* logprobs) override {
     absl::MutexLock lock(&mu_);
-    pending_.add_token_ids(token);
-    pending_.mutable_text()->append(text);
+    if (overflowed_) return false;  // cancelled already; the engine ends the request
+    // Upper bounds of the encoded sizes: a token id <= 11 bytes, a TokenLogprob <= 20.
+    const int64_t top = logprobs != nullptr ? static_cast<int64_t>(logprobs->top.size()) : 0;
+    const int64_t bytes = 11 + static_cast<int64_t>(text.size()) + 12 +
+                          (logprobs != nullptr ? 30 + 22 * top : 0);
+    v1::GenerateResponse& message = MessageWithRoomLocked(bytes);
+    message.add_token_ids(token);
+    message.mutable_text()->append(text);
     if (logprobs != nullptr) {
-      v1::TokenLogprobs* out = pending_.add_logprobs();
+      v1::TokenLogprobs* out = message.add_logprobs();
       out->mutable_chosen()->set_token_id(logprobs->chosen.token);
       out->mutable_chosen()->set_logprob(logprobs->chosen.logprob);
       for (const TokenLogprob& alt : logprobs->top) {
-        v1::TokenLogprob* top = out->add_top();
-        top->set_token_id(alt.token);
-        top->set_logprob(alt.logprob);
+        v1::TokenLogprob* top_out = out->add_top();
+        top_out->set_token_id(alt.token);
+        top_out->set_logprob(alt.logprob);
       }
+    }
+    if (queued_bytes_ > service_->config_.stream_buffer_bytes) {
+      // The client does not read: free what waits for it and stop generating for it.
+      overflowed_ = true;
+      queue_.clear();
+      queued_bytes_ = 0;
+      final_status_ = grpc::Status(
+          grpc::StatusCode::RESOURCE_EXHAUSTED,
+          absl::StrCat("the client did not read the stream: more than ",
+                       service_->config_.stream_buffer_bytes,
+                       " bytes of responses waited for it (--stream-buffer-bytes)"));
+      return false;
     }
     MaybeWriteLocked();
-    return !(stop_matcher_.has_value() && stop_matcher_->stopped());
+    return true;
   }
 
-  void OnFinish(FinishReason reason, const Usage& usage, const absl::Status& status) override {
-    std::string tail;
-    if (decoder_.has_value() && !(stop_matcher_.has_value() && stop_matcher_->stopped())) {
-      tail = decoder_->Flush();
-      if (stop_matcher_.has_value()) {
-        tail = stop_matcher_->Push(tail);
-        if (!stop_matcher_->stopped()) tail += stop_matcher_->Flush();
-      }
-    }
-    // The session is free again before the client can see the last message.
-    if (!session_id_.empty()) service_->sessions_->Release(session_id_);
-    service_->metrics_->AddPromptTokens(usage.prompt_tokens);
-    service_->metrics_->ObserveRequestDuration(SecondsSince(start_));
-
+  void End(FinishReason reason, const Usage& usage, std::string tail,
+           const absl::Status& status) override {
     absl::MutexLock lock(&mu_);
-    pending_.mutable_text()->append(tail);
-    if (reason == FinishReason::kError) {
+    if (overflowed_) {
+      // final_status_ says why; nothing more is sent.
+    } else if (reason == FinishReason::kError) {
       final_status_ = ToGrpcStatus(status);
     } else {
-      pending_.set_finish_reason(ToProto(reason));
-      v1::Usage* out = pending_.mutable_usage();
+      v1::GenerateResponse& last = MessageWithRoomLocked(static_cast<int64_t>(tail.size()) + 64);
+      last.mutable_text()->append(tail);
+      last.set_finish_reason(ToProto(reason));
+      v1::Usage* out = last.mutable_usage();
       out->set_prompt_tokens(usage.prompt_tokens);
       out->set_generated_tokens(usage.generated_tokens);
       out->set_session_tokens(usage.state_tokens);
-      final_pending_ = true;
       if (reason == FinishReason::kCancelled && cancelled_) {
         final_status_ = grpc::Status(grpc::StatusCode::CANCELLED, "cancelled by the client");
       }
@@ -154,7 +262,7 @@ class LizardService::GenerateCall : public grpc::ServerWriteReactor<grpc::ByteBu
     if (!ok) {
       // The client is gone: stop generating; Finish once the engine reports the end.
       broken_ = true;
-      CancelEngineLocked();
+      Cancel();
     }
     MaybeWriteLocked();
   }
@@ -162,7 +270,7 @@ class LizardService::GenerateCall : public grpc::ServerWriteReactor<grpc::ByteBu
   void OnCancel() override {
     absl::MutexLock lock(&mu_);
     cancelled_ = true;
-    CancelEngineLocked();
+    Cancel();
   }
 
   void OnDone() override {
@@ -176,69 +284,32 @@ class LizardService::GenerateCall : public grpc::ServerWriteReactor<grpc::ByteBu
     if (absl::Status s = service_->CheckAccepting(); !s.ok()) return s;
     v1::GenerateRequest request;
     if (absl::Status s = ParseRequest(raw, &request); !s.ok()) return s;
+    if (absl::Status s = CheckRequestId(request.request_id()); !s.ok()) return s;
     request_id_ = request.request_id();
-
-    // A conversation starts with BOS: a one-shot request, or the first input of a session.
-    bool add_bos = true;
-    StateId state = 0;
-    if (!request.session_id().empty()) {
-      absl::StatusOr<StateId> acquired = service_->sessions_->Acquire(request.session_id());
-      if (!acquired.ok()) return acquired.status();
-      session_id_ = request.session_id();
-      state = *acquired;
-      absl::StatusOr<StateInfo> info = service_->engine_->GetStateInfo(state);
-      add_bos = info.ok() && info->num_tokens == 0;
-    }
-    absl::Status status = SubmitToEngine(request, state, add_bos);
-    if (!status.ok() && !session_id_.empty()) {
-      service_->sessions_->Release(session_id_);
-      session_id_.clear();
-    }
-    return status;
+    return Generation::Submit(request, nullptr, self_);
   }
 
-  absl::Status SubmitToEngine(const v1::GenerateRequest& request, StateId state, bool add_bos) {
-    const RequestLimits& limits = service_->config_.limits;
-    const Tokenizer* tokenizer = service_->tokenizer_;
-    absl::StatusOr<std::vector<int32_t>> input = InputTokens(
-        request.has_text() ? &request.text() : nullptr,
-        request.has_token_ids() ? &request.token_ids() : nullptr, tokenizer, add_bos, limits);
-    if (!input.ok()) return input.status();
-    absl::StatusOr<EngineRequest> engine_request =
-        ToEngineRequest(request, *std::move(input), tokenizer, limits);
-    if (!engine_request.ok()) return engine_request.status();
-    engine_request->state = state;
-
-    // Text deltas (and stop strings on them) need the tokenizer; special tokens such as EOS
-    // are not part of the text.
-    if (tokenizer != nullptr) decoder_.emplace(*tokenizer, /*skip_special_tokens=*/true);
-    const auto& stops = request.stopping().stop_strings();
-    if (!stops.empty()) stop_matcher_.emplace(std::vector<std::string>(stops.begin(), stops.end()));
-
-    absl::StatusOr<RequestId> id = service_->engine_->Submit(*std::move(engine_request), self_);
-    if (!id.ok()) return id.status();
-    if (!session_id_.empty()) service_->sessions_->SetRunning(session_id_, *id);
-    absl::MutexLock lock(&mu_);
-    engine_request_ = *id;
-    if (cancelled_ || broken_) CancelEngineLocked();
-    return absl::OkStatus();
-  }
-
-  void CancelEngineLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    if (engine_request_ != 0 && !engine_done_) service_->engine_->Cancel(engine_request_);
+  // The queued message that `bytes` more go into: the last one, or a new one when it is full.
+  v1::GenerateResponse& MessageWithRoomLocked(int64_t bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (queue_.empty() || queue_.back().bytes + bytes > kMaxMessageBytes) {
+      queue_.push_back({v1::GenerateResponse(), static_cast<int64_t>(request_id_.size()) + 8});
+      queued_bytes_ += queue_.back().bytes;
+    }
+    queue_.back().bytes += bytes;
+    queued_bytes_ += bytes;
+    return queue_.back().message;
   }
 
   // Starts the next write, or finishes the call once everything is written.
   void MaybeWriteLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (write_in_flight_ || finish_called_) return;
-    const bool has_content = pending_.token_ids_size() > 0 || !pending_.text().empty() ||
-                             final_pending_;
-    if (!broken_ && has_content) {
-      pending_.set_request_id(request_id_);
+    if (!broken_ && !queue_.empty()) {
+      v1::GenerateResponse& message = queue_.front().message;
+      message.set_request_id(request_id_);
       out_.Clear();
-      SerializeTo(pending_, &out_);
-      pending_.Clear();
-      final_pending_ = false;
+      SerializeTo(message, &out_);
+      queued_bytes_ -= queue_.front().bytes;
+      queue_.pop_front();
       write_in_flight_ = true;
       StartWrite(&out_);
       return;
@@ -248,32 +319,27 @@ class LizardService::GenerateCall : public grpc::ServerWriteReactor<grpc::ByteBu
       final_status_ = grpc::Status(grpc::StatusCode::CANCELLED, "the client went away");
     }
     finish_called_ = true;
-    service_->metrics_->CountRequest("Generate", final_status_.error_code());
+    service_->RecordOutcome("Generate", final_status_);
     Finish(final_status_);
   }
 
-  LizardService* const service_;
-  const absl::Time start_;
   std::shared_ptr<GenerateCall> self_;  // released in OnDone
   std::string request_id_;
-  std::string session_id_;  // empty for a one-shot request
 
-  // Engine thread only (after Submit).
-  std::optional<IncrementalDecoder> decoder_;
-  std::optional<StopStringMatcher> stop_matcher_;
-  int64_t generated_ = 0;
-  absl::Time last_token_;
-
+  struct Queued {
+    v1::GenerateResponse message;
+    int64_t bytes = 0;  // an upper bound of its encoded size
+  };
   absl::Mutex mu_;
-  v1::GenerateResponse pending_ ABSL_GUARDED_BY(mu_);  // the next message, growing
-  bool final_pending_ ABSL_GUARDED_BY(mu_) = false;    // pending_ holds the finish reason
-  grpc::ByteBuffer out_ ABSL_GUARDED_BY(mu_);          // the message being written
+  std::deque<Queued> queue_ ABSL_GUARDED_BY(mu_);   // messages not written yet, the last growing
+  int64_t queued_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  bool overflowed_ ABSL_GUARDED_BY(mu_) = false;    // queue over stream_buffer_bytes: cancelled
+  grpc::ByteBuffer out_ ABSL_GUARDED_BY(mu_);       // the message being written
   bool write_in_flight_ ABSL_GUARDED_BY(mu_) = false;
   bool engine_done_ ABSL_GUARDED_BY(mu_) = false;
   bool finish_called_ ABSL_GUARDED_BY(mu_) = false;
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;  // client cancel or deadline
   bool broken_ ABSL_GUARDED_BY(mu_) = false;     // a write failed
-  RequestId engine_request_ ABSL_GUARDED_BY(mu_) = 0;
   grpc::Status final_status_ ABSL_GUARDED_BY(mu_);
 };
 
@@ -312,7 +378,7 @@ class LizardService::PrefillSink : public TokenSink {
     } else {
       service_->sessions_->Delete(session_id_).IgnoreError();
     }
-    service_->metrics_->CountRequest("CreateSession", ToGrpcStatus(result).error_code());
+    service_->RecordOutcome("CreateSession", ToGrpcStatus(result));
     service_->EndEngineCall();
     reactor_->Finish(ToGrpcStatus(result));
   }
@@ -375,7 +441,7 @@ grpc::ServerUnaryReactor* LizardService::CreateSession(grpc::CallbackServerConte
     EndEngineCall();
     sessions_->Release(created->id);
     sessions_->Delete(created->id).IgnoreError();
-    metrics_->CountRequest(kRpc, ToGrpcStatus(id.status()).error_code());
+    RecordOutcome(kRpc, ToGrpcStatus(id.status()));
     reactor->Finish(ToGrpcStatus(id.status()));
     return reactor;
   }
@@ -384,86 +450,109 @@ grpc::ServerUnaryReactor* LizardService::CreateSession(grpc::CallbackServerConte
 }
 
 // ---------------------------------------------------------------------------------------------
+template <typename Request, typename Response, typename Handler>
+grpc::ServerUnaryReactor* LizardService::Unary(grpc::CallbackServerContext* context,
+                                               std::string_view rpc, const grpc::ByteBuffer& raw,
+                                               grpc::ByteBuffer* out, Handler handler) {
+  if (absl::Status s = CheckAccepting(); !s.ok()) return FinishUnary(context, rpc, s);
+  Request request;
+  if (absl::Status s = ParseRequest(raw, &request); !s.ok()) return FinishUnary(context, rpc, s);
+  Response response;
+  absl::Status status = handler(request, &response);
+  if (status.ok()) SerializeTo(response, out);
+  return FinishUnary(context, rpc, status);
+}
+
 grpc::ServerUnaryReactor* LizardService::GetSession(grpc::CallbackServerContext* context,
-                                                    const v1::GetSessionRequest* request,
-                                                    v1::Session* response) {
-  absl::Status status = CheckAccepting();
-  if (status.ok()) {
-    absl::StatusOr<SessionSnapshot> snapshot = sessions_->Get(request->session_id());
-    status = snapshot.status();
-    if (snapshot.ok()) FillSession(*snapshot, response);
-  }
-  return FinishUnary(context, "GetSession", status);
+                                                    const grpc::ByteBuffer* raw,
+                                                    grpc::ByteBuffer* out) {
+  return Unary<v1::GetSessionRequest, v1::Session>(
+      context, "GetSession", *raw, out,
+      [&](const v1::GetSessionRequest& request, v1::Session* response) -> absl::Status {
+        if (absl::Status s = CheckSessionId(request.session_id()); !s.ok()) return s;
+        absl::StatusOr<SessionSnapshot> snapshot = sessions_->Get(request.session_id());
+        if (!snapshot.ok()) return snapshot.status();
+        FillSession(*snapshot, response);
+        return absl::OkStatus();
+      });
 }
 
 grpc::ServerUnaryReactor* LizardService::ForkSession(grpc::CallbackServerContext* context,
-                                                     const v1::ForkSessionRequest* request,
-                                                     v1::Session* response) {
-  absl::Status status = CheckAccepting();
-  if (status.ok()) {
-    absl::StatusOr<SessionSnapshot> snapshot = sessions_->Fork(request->session_id());
-    status = snapshot.status();
-    if (snapshot.ok()) FillSession(*snapshot, response);
-  }
-  return FinishUnary(context, "ForkSession", status);
+                                                     const grpc::ByteBuffer* raw,
+                                                     grpc::ByteBuffer* out) {
+  return Unary<v1::ForkSessionRequest, v1::Session>(
+      context, "ForkSession", *raw, out,
+      [&](const v1::ForkSessionRequest& request, v1::Session* response) -> absl::Status {
+        if (absl::Status s = CheckSessionId(request.session_id()); !s.ok()) return s;
+        absl::StatusOr<SessionSnapshot> snapshot = sessions_->Fork(request.session_id());
+        if (!snapshot.ok()) return snapshot.status();
+        FillSession(*snapshot, response);
+        return absl::OkStatus();
+      });
 }
 
 grpc::ServerUnaryReactor* LizardService::DeleteSession(grpc::CallbackServerContext* context,
-                                                       const v1::DeleteSessionRequest* request,
-                                                       v1::DeleteSessionResponse*) {
-  absl::Status status = CheckAccepting();
-  if (status.ok()) status = sessions_->Delete(request->session_id());
-  return FinishUnary(context, "DeleteSession", status);
+                                                       const grpc::ByteBuffer* raw,
+                                                       grpc::ByteBuffer* out) {
+  return Unary<v1::DeleteSessionRequest, v1::DeleteSessionResponse>(
+      context, "DeleteSession", *raw, out,
+      [&](const v1::DeleteSessionRequest& request, v1::DeleteSessionResponse*) -> absl::Status {
+        if (absl::Status s = CheckSessionId(request.session_id()); !s.ok()) return s;
+        return sessions_->Delete(request.session_id());
+      });
 }
 
 grpc::ServerUnaryReactor* LizardService::Tokenize(grpc::CallbackServerContext* context,
                                                   const grpc::ByteBuffer* raw,
-                                                  grpc::ByteBuffer* response) {
-  constexpr std::string_view kRpc = "Tokenize";
-  if (absl::Status s = CheckAccepting(); !s.ok()) return FinishUnary(context, kRpc, s);
-  v1::TokenizeRequest request;
-  if (absl::Status s = ParseRequest(*raw, &request); !s.ok()) {
-    return FinishUnary(context, kRpc, s);
-  }
-  if (tokenizer_ == nullptr) {
-    return FinishUnary(context, kRpc,
-                       absl::FailedPreconditionError("the model has no tokenizer.json"));
-  }
-  absl::StatusOr<std::vector<int32_t>> ids =
-      tokenizer_->Encode(request.text(), request.add_special_tokens());
-  if (!ids.ok()) {
-    return FinishUnary(context, kRpc,
-                       absl::InvalidArgumentError(absl::StrCat("text: ", ids.status().message())));
-  }
-  v1::TokenizeResponse out;
-  out.mutable_token_ids()->Assign(ids->begin(), ids->end());
-  SerializeTo(out, response);
-  return FinishUnary(context, kRpc, absl::OkStatus());
+                                                  grpc::ByteBuffer* out) {
+  return Unary<v1::TokenizeRequest, v1::TokenizeResponse>(
+      context, "Tokenize", *raw, out,
+      [&](const v1::TokenizeRequest& request, v1::TokenizeResponse* response) -> absl::Status {
+        if (tokenizer_ == nullptr) {
+          return absl::FailedPreconditionError("the model has no tokenizer.json");
+        }
+        absl::StatusOr<std::vector<int32_t>> ids =
+            tokenizer_->Encode(request.text(), request.add_special_tokens());
+        if (!ids.ok()) {
+          return absl::InvalidArgumentError(absl::StrCat("text: ", ids.status().message()));
+        }
+        response->mutable_token_ids()->Assign(ids->begin(), ids->end());
+        return absl::OkStatus();
+      });
 }
 
 grpc::ServerUnaryReactor* LizardService::Detokenize(grpc::CallbackServerContext* context,
-                                                    const v1::DetokenizeRequest* request,
-                                                    v1::DetokenizeResponse* response) {
-  constexpr std::string_view kRpc = "Detokenize";
-  if (absl::Status s = CheckAccepting(); !s.ok()) return FinishUnary(context, kRpc, s);
-  if (tokenizer_ == nullptr) {
-    return FinishUnary(context, kRpc,
-                       absl::FailedPreconditionError("the model has no tokenizer.json"));
-  }
-  std::vector<int32_t> ids(request->token_ids().begin(), request->token_ids().end());
-  if (absl::Status s = CheckTokenIds(ids, config_.limits.vocab_size, "token_ids"); !s.ok()) {
-    return FinishUnary(context, kRpc, s);
-  }
-  absl::StatusOr<std::string> text = tokenizer_->Decode(ids);
-  if (!text.ok()) return FinishUnary(context, kRpc, text.status());
-  response->set_text(*std::move(text));
-  return FinishUnary(context, kRpc, absl::OkStatus());
+                                                    const grpc::ByteBuffer* raw,
+                                                    grpc::ByteBuffer* out) {
+  return Unary<v1::DetokenizeRequest, v1::DetokenizeResponse>(
+      context, "Detokenize", *raw, out,
+      [&](const v1::DetokenizeRequest& request, v1::DetokenizeResponse* response) -> absl::Status {
+        if (tokenizer_ == nullptr) {
+          return absl::FailedPreconditionError("the model has no tokenizer.json");
+        }
+        std::vector<int32_t> ids(request.token_ids().begin(), request.token_ids().end());
+        if (absl::Status s = CheckTokenIds(ids, config_.limits.vocab_size, "token_ids"); !s.ok()) {
+          return s;
+        }
+        absl::StatusOr<std::string> text = tokenizer_->Decode(ids);
+        if (!text.ok()) return text.status();
+        response->set_text(*std::move(text));
+        return absl::OkStatus();
+      });
 }
 
 grpc::ServerUnaryReactor* LizardService::GetModelInfo(grpc::CallbackServerContext* context,
-                                                      const v1::GetModelInfoRequest*,
-                                                      v1::ModelInfo* response) {
-  if (absl::Status s = CheckAccepting(); !s.ok()) return FinishUnary(context, "GetModelInfo", s);
+                                                      const grpc::ByteBuffer* raw,
+                                                      grpc::ByteBuffer* out) {
+  return Unary<v1::GetModelInfoRequest, v1::ModelInfo>(
+      context, "GetModelInfo", *raw, out,
+      [&](const v1::GetModelInfoRequest&, v1::ModelInfo* response) -> absl::Status {
+        FillModelInfo(response);
+        return absl::OkStatus();
+      });
+}
+
+void LizardService::FillModelInfo(v1::ModelInfo* response) const {
   const ModelConfig& config = engine_->config();
   const BackendInfo backend = engine_->backend_info();
   response->set_model_name(config.name);
@@ -484,7 +573,6 @@ grpc::ServerUnaryReactor* LizardService::GetModelInfo(grpc::CallbackServerContex
   response->set_bos_token_id(config.bos_token_id);
   response->mutable_eos_token_ids()->Assign(config.eos_token_ids.begin(),
                                             config.eos_token_ids.end());
-  return FinishUnary(context, "GetModelInfo", absl::OkStatus());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -525,10 +613,27 @@ grpc::ServerUnaryReactor* LizardService::FinishUnary(grpc::CallbackServerContext
                                                      std::string_view rpc,
                                                      const absl::Status& status) {
   const grpc::Status grpc_status = ToGrpcStatus(status);
-  metrics_->CountRequest(rpc, grpc_status.error_code());
+  RecordOutcome(rpc, grpc_status);
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   reactor->Finish(grpc_status);
   return reactor;
+}
+
+void LizardService::RecordOutcome(std::string_view rpc, const grpc::Status& status) {
+  metrics_->CountRequest(rpc, status.error_code());
+  if (status.ok()) return;
+  // A client's mistake is worth a line; a server fault (INTERNAL, UNKNOWN, DATA_LOSS) an error.
+  const std::string line = absl::StrCat(
+      std::string(rpc), " failed: ",
+      absl::StatusCodeToString(static_cast<absl::StatusCode>(status.error_code())), ": ",
+      status.error_message().substr(0, 512));
+  const grpc::StatusCode code = status.error_code();
+  if (code == grpc::StatusCode::INTERNAL || code == grpc::StatusCode::UNKNOWN ||
+      code == grpc::StatusCode::DATA_LOSS) {
+    LogError(line);
+  } else {
+    LogInfo(line);
+  }
 }
 
 void LizardService::FillSession(const SessionSnapshot& snapshot, v1::Session* out) const {
@@ -539,6 +644,7 @@ void LizardService::FillSession(const SessionSnapshot& snapshot, v1::Session* ou
   out->mutable_last_turn_token_ids()->Assign(snapshot.info.last_turn_tokens.begin(),
                                              snapshot.info.last_turn_tokens.end());
   out->set_last_turn_input_tokens(snapshot.info.last_turn_input_tokens);
+  out->set_busy(snapshot.info.busy);
   ToTimestamp(snapshot.created_at, out->mutable_created_at());
   ToTimestamp(snapshot.last_used_at, out->mutable_last_used_at());
   ToTimestamp(snapshot.expires_at, out->mutable_expires_at());

@@ -6,6 +6,7 @@
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
+#include "prometheus/text_serializer.h"
 
 namespace lizard::server {
 namespace {
@@ -34,67 +35,66 @@ auto& Single(Builder builder, prometheus::Registry& registry, std::string_view n
 
 }  // namespace
 
-// Refreshes the gauges right before the registry is collected, so a scrape sees live values.
-class ServerMetrics::RefreshingCollectable : public prometheus::Collectable {
- public:
-  explicit RefreshingCollectable(ServerMetrics* metrics) : metrics_(metrics) {}
-  std::vector<prometheus::MetricFamily> Collect() const override {
-    metrics_->RefreshGauges();
-    return metrics_->registry_->Collect();
-  }
-
- private:
-  ServerMetrics* metrics_;
-};
-
 ServerMetrics::ServerMetrics()
-    : registry_(std::make_shared<prometheus::Registry>()),
-      requests_(Single(prometheus::BuildCounter(), *registry_, "lizard_requests_total",
+    : requests_(Single(prometheus::BuildCounter(), registry_, "lizard_requests_total",
                        "RPCs handled, by method and status code")),
-      prompt_tokens_(Single(prometheus::BuildCounter(), *registry_, "lizard_prompt_tokens_total",
-                            "Prompt (input) tokens prefilled")
+      prompt_tokens_(Single(prometheus::BuildCounter(), registry_, "lizard_prompt_tokens_total",
+                            "Prompt (input) tokens that joined a conversation (a failed request counts what it consumed)")
                          .Add({})),
-      generated_tokens_(Single(prometheus::BuildCounter(), *registry_,
+      generated_tokens_(Single(prometheus::BuildCounter(), registry_,
                                "lizard_generated_tokens_total", "Tokens generated")
                             .Add({})),
-      ttft_(Single(prometheus::BuildHistogram(), *registry_, "lizard_time_to_first_token_seconds",
+      ttft_(Single(prometheus::BuildHistogram(), registry_, "lizard_time_to_first_token_seconds",
                    "Time from a Generate request's arrival to its first token")
                 .Add({}, Exponential(0.001, 2, 16))),
-      itl_(Single(prometheus::BuildHistogram(), *registry_, "lizard_inter_token_latency_seconds",
+      itl_(Single(prometheus::BuildHistogram(), registry_, "lizard_inter_token_latency_seconds",
                   "Time between consecutive tokens of one stream")
                .Add({}, Exponential(0.0005, 2, 16))),
-      request_duration_(Single(prometheus::BuildHistogram(), *registry_,
+      request_duration_(Single(prometheus::BuildHistogram(), registry_,
                                "lizard_request_duration_seconds",
                                "Time from a Generate request's arrival to its end")
                             .Add({}, Exponential(0.005, 2, 16))),
-      queue_depth_(Single(prometheus::BuildGauge(), *registry_, "lizard_queue_depth",
+      queue_depth_(Single(prometheus::BuildGauge(), registry_, "lizard_queue_depth",
                           "Requests waiting for the engine")
                        .Add({})),
-      running_sequences_(Single(prometheus::BuildGauge(), *registry_,
+      num_requests_waiting_(Single(prometheus::BuildGauge(), registry_,
+                                   "lizard_num_requests_waiting",
+                                   "Requests waiting for the engine (= lizard_queue_depth; the "
+                                   "inference gateway's queue gauge)")
+                                .Add({})),
+      state_pool_utilization_(Single(prometheus::BuildGauge(), registry_,
+                                     "lizard_state_pool_utilization",
+                                     "Used device state slots / device state slots, 0..1 (the "
+                                     "inference gateway's cache utilization gauge)")
+                                  .Add({})),
+      running_sequences_(Single(prometheus::BuildGauge(), registry_,
                                 "lizard_running_sequences", "Sequences the engine is running")
                              .Add({})),
-      sessions_(Single(prometheus::BuildGauge(), *registry_, "lizard_sessions", "Live sessions")
+      sessions_(Single(prometheus::BuildGauge(), registry_, "lizard_sessions", "Live sessions")
                     .Add({})),
-      batch_size_(Single(prometheus::BuildHistogram(), *registry_, "lizard_batch_size",
+      batch_size_(Single(prometheus::BuildHistogram(), registry_, "lizard_batch_size",
                          "Sequences advanced per engine step")
                       .Add({}, Exponential(1, 2, 10))),
-      batch_tokens_(Single(prometheus::BuildHistogram(), *registry_, "lizard_batch_tokens",
+      batch_tokens_(Single(prometheus::BuildHistogram(), registry_, "lizard_batch_tokens",
                            "Tokens fed per engine step")
                         .Add({}, Exponential(1, 2, 14))),
-      step_duration_(Single(prometheus::BuildHistogram(), *registry_,
+      step_duration_(Single(prometheus::BuildHistogram(), registry_,
                             "lizard_step_duration_seconds", "Duration of one engine step")
                          .Add({}, Exponential(0.0001, 2, 18))),
-      state_slots_(Single(prometheus::BuildGauge(), *registry_, "lizard_state_slots",
+      state_slots_(Single(prometheus::BuildGauge(), registry_, "lizard_state_slots",
                           "Sequence states by tier (device slots, host spill) and use")),
-      evictions_(Single(prometheus::BuildCounter(), *registry_, "lizard_state_evictions_total",
+      evictions_(Single(prometheus::BuildCounter(), registry_, "lizard_state_evictions_total",
                         "States spilled from device slots to host memory")
                      .Add({})),
-      restores_(Single(prometheus::BuildCounter(), *registry_, "lizard_state_restores_total",
+      restores_(Single(prometheus::BuildCounter(), registry_, "lizard_state_restores_total",
                        "States brought back from host memory into device slots")
                     .Add({})),
-      device_memory_(Single(prometheus::BuildGauge(), *registry_, "lizard_device_memory_bytes",
-                            "Backend device memory")) {
-  collectable_ = std::make_shared<RefreshingCollectable>(this);
+      device_memory_(Single(prometheus::BuildGauge(), registry_, "lizard_device_memory_bytes",
+                            "Backend device memory")) {}
+
+std::string ServerMetrics::Scrape() {
+  RefreshGauges();
+  return prometheus::TextSerializer().Serialize(registry_.Collect());
 }
 
 void ServerMetrics::SetGaugeSources(const Engine* engine, std::function<int64_t()> session_count) {
@@ -118,6 +118,10 @@ void ServerMetrics::RefreshGauges() {
   if (engine_ == nullptr) return;
   const EngineStats stats = engine_->Stats();
   queue_depth_.Set(static_cast<double>(stats.queue_depth));
+  num_requests_waiting_.Set(static_cast<double>(stats.queue_depth));
+  const int32_t slots = stats.device_slots_used + stats.device_slots_free;
+  state_pool_utilization_.Set(slots > 0 ? static_cast<double>(stats.device_slots_used) / slots
+                                        : 0.0);
   running_sequences_.Set(static_cast<double>(stats.running_sequences));
   sessions_.Set(static_cast<double>(session_count_()));
 

@@ -4,12 +4,12 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <string>
 #include <string_view>
 
 #include "absl/synchronization/mutex.h"
 #include "engine/runtime/engine.h"
 #include "grpcpp/support/status.h"
-#include "prometheus/collectable.h"
 #include "prometheus/counter.h"
 #include "prometheus/family.h"
 #include "prometheus/gauge.h"
@@ -26,8 +26,9 @@ class ServerMetrics : public EngineObserver {
 
   // Where the gauges come from; set once the engine exists. `engine` must outlive scrapes.
   void SetGaugeSources(const Engine* engine, std::function<int64_t()> session_count);
-  // What the HTTP exposer serves: refreshes the gauges, then collects every metric.
-  std::shared_ptr<prometheus::Collectable> collectable() { return collectable_; }
+  // The /metrics page (Prometheus text format 0.0.4): refreshes the gauges, then serializes
+  // every metric.
+  std::string Scrape();
 
   void CountRequest(std::string_view rpc, grpc::StatusCode code);
   void AddPromptTokens(int64_t n) { prompt_tokens_.Increment(static_cast<double>(n)); }
@@ -42,11 +43,9 @@ class ServerMetrics : public EngineObserver {
   void OnStateRestored() override { restores_.Increment(); }
 
  private:
-  class RefreshingCollectable;
   void RefreshGauges();
 
-  std::shared_ptr<prometheus::Registry> registry_;
-  std::shared_ptr<prometheus::Collectable> collectable_;
+  prometheus::Registry registry_;
 
   prometheus::Family<prometheus::Counter>& requests_;
   prometheus::Counter& prompt_tokens_;
@@ -55,6 +54,8 @@ class ServerMetrics : public EngineObserver {
   prometheus::Histogram& itl_;
   prometheus::Histogram& request_duration_;
   prometheus::Gauge& queue_depth_;
+  prometheus::Gauge& num_requests_waiting_;
+  prometheus::Gauge& state_pool_utilization_;
   prometheus::Gauge& running_sequences_;
   prometheus::Gauge& sessions_;
   prometheus::Histogram& batch_size_;

@@ -18,6 +18,20 @@ absl::Status CheckTokenIds(absl::Span<const int32_t> ids, int64_t vocab_size, co
   return absl::OkStatus();
 }
 
+absl::Status CheckRequestId(const std::string& request_id) {
+  if (request_id.size() <= kMaxRequestIdBytes) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat("request_id is ", request_id.size(),
+                                                 " bytes, more than the limit of ",
+                                                 kMaxRequestIdBytes));
+}
+
+absl::Status CheckSessionId(const std::string& session_id) {
+  if (session_id.size() <= kMaxSessionIdBytes) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat("session_id is ", session_id.size(),
+                                                 " bytes, longer than any session id (at most ",
+                                                 kMaxSessionIdBytes, ")"));
+}
+
 absl::StatusOr<std::vector<int32_t>> InputTokens(const std::string* text,
                                                  const v1::TokenIds* token_ids,
                                                  const Tokenizer* tokenizer, bool add_bos,
@@ -134,10 +148,21 @@ absl::StatusOr<EngineRequest> ToEngineRequest(const v1::GenerateRequest& request
       !s.ok()) {
     return s;
   }
+  if (stopping.stop_strings_size() > kMaxStopStrings) {
+    return absl::InvalidArgumentError(absl::StrCat("stopping.stop_strings has ",
+                                                   stopping.stop_strings_size(),
+                                                   " entries, more than the limit of ",
+                                                   kMaxStopStrings));
+  }
   for (int i = 0; i < stopping.stop_strings_size(); ++i) {
     if (stopping.stop_strings(i).empty()) {
       return absl::InvalidArgumentError(
           absl::StrCat("stopping.stop_strings[", i, "] is empty"));
+    }
+    if (stopping.stop_strings(i).size() > kMaxStopStringBytes) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "stopping.stop_strings[", i, "] is ", stopping.stop_strings(i).size(),
+          " bytes, more than the limit of ", kMaxStopStringBytes));
     }
   }
   if (stopping.stop_strings_size() > 0 && tokenizer == nullptr) {

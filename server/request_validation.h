@@ -27,6 +27,17 @@ absl::StatusOr<std::vector<int32_t>> InputTokens(const std::string* text,
                                                  const Tokenizer* tokenizer, bool add_bos,
                                                  const RequestLimits& limits);
 
+// Strings a client may send are bounded, so that no echo (request_id in every streamed message,
+// a session id in NOT_FOUND) or per-token work (stop strings) can grow without limit.
+inline constexpr size_t kMaxRequestIdBytes = 256;
+inline constexpr size_t kMaxSessionIdBytes = 128;  // ours are 32 hex digits
+inline constexpr int kMaxStopStrings = 16;
+inline constexpr size_t kMaxStopStringBytes = 256;
+
+// INVALID_ARGUMENT when over the limits above (the message does not echo the string).
+absl::Status CheckRequestId(const std::string& request_id);
+absl::Status CheckSessionId(const std::string& session_id);
+
 // Checks token ids against the vocabulary; `what` names them in the message.
 absl::Status CheckTokenIds(absl::Span<const int32_t> ids, int64_t vocab_size, const char* what);
 

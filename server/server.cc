@@ -1,6 +1,8 @@
 #include "server/server.h"
 
 #include <filesystem>
+#include <fstream>
+#include <sstream>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -8,10 +10,14 @@
 #include "absl/time/clock.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
+#include "server/http_endpoint.h"
 #include "server/log.h"
+#include "server/openai_api.h"
 
 namespace lizard::server {
 namespace {
+
+constexpr char kServiceName[] = "lizard.v1.Lizard";
 
 std::string LayerSummary(const ModelConfig& config) {
   return absl::StrCat(config.num_layers, " layers (", config.num_lizard_layers(), " lizard, ",
@@ -20,10 +26,81 @@ std::string LayerSummary(const ModelConfig& config) {
                       ", meta tokens ", config.num_meta_tokens);
 }
 
+// The chat template: --chat-template FILE, else the model's tokenizer_config.json. Without one
+// (or with one this server cannot parse, which is logged) chat completions are refused with
+// `reason`; a --chat-template that cannot be read or parsed fails startup.
+absl::Status LoadChatTemplate(const ServerOptions& options, OpenAiConfig& config) {
+  if (!options.chat_template_file.empty()) {
+    std::ifstream in(options.chat_template_file);
+    if (!in) return absl::NotFoundError(absl::StrCat("--chat-template: cannot read ",
+                                                     options.chat_template_file));
+    std::stringstream source;
+    source << in.rdbuf();
+    absl::StatusOr<ChatTemplate> parsed = ChatTemplate::Parse(source.str());
+    if (!parsed.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--chat-template ", options.chat_template_file, ": ", parsed.status().message()));
+    }
+    config.chat_template = *std::move(parsed);
+    return absl::OkStatus();
+  }
+  const std::string path = options.model_dir + "/tokenizer_config.json";
+  absl::StatusOr<ChatTemplate> parsed = ChatTemplate::FromTokenizerConfig(path);
+  if (parsed.ok()) {
+    config.chat_template = *std::move(parsed);
+  } else if (absl::IsNotFound(parsed.status())) {
+    config.no_chat_template_reason = "no chat_template in the model's tokenizer_config.json";
+  } else {
+    config.no_chat_template_reason = absl::StrCat("its chat template: ", parsed.status().message());
+    LogInfo(absl::StrCat("chat completions off: ", path, ": ", parsed.status().message()));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
+absl::Status ValidateServerOptions(const ServerOptions& o) {
+  auto in_range = [](int64_t value, int64_t lo, int64_t hi, const char* flag) -> absl::Status {
+    if (value >= lo && value <= hi) return absl::OkStatus();
+    return absl::InvalidArgumentError(
+        absl::StrCat("--", flag, "=", value, " is outside [", lo, ", ", hi, "]"));
+  };
+  constexpr int64_t kBig = int64_t{1} << 40;
+  for (absl::Status s : {
+           in_range(o.port, 0, 65535, "port"),
+           in_range(o.metrics_port, 0, 65535, "metrics-port"),
+           in_range(o.http_port, 0, 65535, "http-port"),
+           in_range(o.http_max_connections, 1, 4096, "http-max-connections"),
+           in_range(o.http_max_body_bytes, 1 << 10, int64_t{1} << 30, "http-max-body-bytes"),
+           in_range(o.threads, 0, 4096, "threads"),
+           in_range(o.max_batch_tokens, 1, 1 << 24, "max-batch-tokens"),
+           in_range(o.max_running, 1, o.max_batch_tokens, "max-running"),
+           in_range(o.max_queue, 1, 1 << 24, "max-queue"),
+           in_range(o.max_sessions, 0, 1 << 24, "max-sessions"),
+           in_range(o.device_state_slots, 1, 1 << 20, "device-state-slots"),
+           in_range(o.host_state_bytes, 0, kBig, "host-state-bytes"),
+           in_range(o.max_new_tokens_limit, 1, 1 << 24, "max-new-tokens-limit"),
+           in_range(o.default_max_new_tokens, 0, 1 << 24, "default-max-new-tokens"),
+           in_range(o.max_input_tokens, 1, 1 << 30, "max-input-tokens"),
+           in_range(o.stream_buffer_bytes, 1 << 20, kBig, "stream-buffer-bytes"),
+       }) {
+    if (!s.ok()) return s;
+  }
+  if (o.session_ttl <= absl::ZeroDuration() || o.max_session_ttl < absl::Seconds(1)) {
+    return absl::InvalidArgumentError("--session-ttl and --max-session-ttl must be positive");
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::unique_ptr<LizardServer>> LizardServer::Start(const ServerOptions& options) {
+  if (absl::Status s = ValidateServerOptions(options); !s.ok()) return s;
   std::unique_ptr<LizardServer> server(new LizardServer());
+  // Before the model loads: a bad key or certificate file fails startup at once.
+  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials =
+      MakeServerCredentials(options.security, [metrics = &server->metrics_](std::string_view rpc) {
+        metrics->CountRequest(rpc, grpc::StatusCode::UNAUTHENTICATED);
+      });
+  if (!credentials.ok()) return credentials.status();
 
   BackendOptions backend_options;
   backend_options.model_dir = options.model_dir;
@@ -73,6 +150,7 @@ absl::StatusOr<std::unique_ptr<LizardServer>> LizardServer::Start(const ServerOp
   config.limits.max_new_tokens_limit = options.max_new_tokens_limit;
   config.limits.default_max_new_tokens =
       std::min(options.default_max_new_tokens, options.max_new_tokens_limit);
+  config.stream_buffer_bytes = options.stream_buffer_bytes;
   config.limits.max_input_tokens = options.max_input_tokens;
   config.max_session_ttl = options.max_session_ttl;
   config.kv_bytes_per_token = kv_bytes_per_token;
@@ -92,24 +170,66 @@ absl::StatusOr<std::unique_ptr<LizardServer>> LizardServer::Start(const ServerOp
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   const std::string address = absl::StrCat(options.host, ":", options.port);
-  builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &server->grpc_port_);
+  // Without this, gRPC sets SO_REUSEPORT and a second server on a busy port starts silently and
+  // takes half of the connections (sessions then look NOT_FOUND at random).
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  builder.AddListeningPort(address, *credentials, &server->grpc_port_);
   builder.RegisterService(server->service_.get());
   server->grpc_server_ = builder.BuildAndStart();
   if (server->grpc_server_ == nullptr || server->grpc_port_ == 0) {
-    return absl::UnavailableError(absl::StrCat("cannot listen on ", address));
-  }
-  server->grpc_server_->GetHealthCheckService()->SetServingStatus(true);
-
-  // civetweb (under prometheus::Exposer) throws when it cannot bind.
-  const std::string metrics_address = absl::StrCat(options.host, ":", options.metrics_port);
-  try {
-    server->exposer_ = std::make_unique<prometheus::Exposer>(metrics_address);
-  } catch (const std::exception& error) {
     return absl::UnavailableError(
-        absl::StrCat("cannot serve metrics on ", metrics_address, ": ", error.what()));
+        absl::StrCat("cannot listen for gRPC on ", address, " (address in use or not local?)"));
   }
-  server->exposer_->RegisterCollectable(server->metrics_.collectable());
-  server->metrics_port_ = server->exposer_->GetListeningPorts().at(0);
+  // Health answers for the whole server ("") and for the service by name, as probes ask either.
+  server->grpc_server_->GetHealthCheckService()->SetServingStatus(true);
+  server->grpc_server_->GetHealthCheckService()->SetServingStatus(kServiceName, true);
+
+  HttpEndpointOptions metrics_options;
+  metrics_options.host = options.metrics_host;
+  metrics_options.port = options.metrics_port;
+  absl::StatusOr<std::unique_ptr<HttpEndpoint>> metrics_endpoint = HttpEndpoint::Start(
+      metrics_options,
+      {{"/metrics", [metrics = &server->metrics_](const httplib::Request&, httplib::Response& res) {
+          res.set_content(metrics->Scrape(), "text/plain; version=0.0.4");
+        }}});
+  if (!metrics_endpoint.ok()) {
+    return absl::Status(metrics_endpoint.status().code(),
+                        absl::StrCat("metrics: ", metrics_endpoint.status().message()));
+  }
+  server->metrics_endpoint_ = *std::move(metrics_endpoint);
+  server->metrics_port_ = server->metrics_endpoint_->port();
+
+  if (options.http_port != 0) {
+    OpenAiConfig api;
+    api.model_id = e.config().name;
+    api.limits = config.limits;
+    api.stream_buffer_bytes = options.stream_buffer_bytes;
+    api.max_session_ttl = options.max_session_ttl;
+    if (!options.security.api_keys_file.empty()) {
+      absl::StatusOr<ApiKeys> keys = ApiKeys::FromFile(options.security.api_keys_file);
+      if (!keys.ok()) return keys.status();
+      api.api_keys = *std::move(keys);
+    }
+    if (absl::Status s = LoadChatTemplate(options, api); !s.ok()) return s;
+    server->openai_ = std::make_unique<OpenAiApi>(std::move(api), server->service_.get(),
+                                                  server->tokenizer_.get(),
+                                                  server->sessions_.get());
+    HttpEndpointOptions http_options;
+    http_options.host = options.http_host;
+    http_options.port = options.http_port;
+    http_options.threads = options.http_max_connections;
+    http_options.max_pending = options.http_max_connections;
+    http_options.max_body_bytes = options.http_max_body_bytes;
+    http_options.error_body = OpenAiApi::ErrorBody;
+    absl::StatusOr<std::unique_ptr<HttpEndpoint>> http_endpoint =
+        HttpEndpoint::Start(http_options, server->openai_->Routes());
+    if (!http_endpoint.ok()) {
+      return absl::Status(http_endpoint.status().code(),
+                          absl::StrCat("http: ", http_endpoint.status().message()));
+    }
+    server->http_endpoint_ = *std::move(http_endpoint);
+    server->http_port_ = server->http_endpoint_->port();
+  }
 
   const ModelConfig& model = e.config();
   const BackendInfo info = e.backend_info();
@@ -127,9 +247,14 @@ absl::StatusOr<std::unique_ptr<LizardServer>> LizardServer::Start(const ServerOp
                        options.host_state_bytes, " host state bytes, ", options.max_sessions,
                        " sessions, ", options.max_running, " running, ", options.max_queue,
                        " queued, ", options.max_batch_tokens, " tokens per step"));
+  LogInfo(absl::StrCat("grpc security: ", DescribeSecurity(options.security)));
   LogInfo(absl::StrCat("grpc listening on ", options.host, ":", server->grpc_port_));
-  LogInfo(absl::StrCat("metrics listening on ", options.host, ":", server->metrics_port_,
+  LogInfo(absl::StrCat("metrics listening on ", options.metrics_host, ":", server->metrics_port_,
                        "/metrics"));
+  if (server->http_port_ != 0) {
+    LogInfo(absl::StrCat("http listening on ", options.http_host, ":", server->http_port_,
+                         " (OpenAI-compatible API, model id ", model.name, ")"));
+  }
   return server;
 }
 
@@ -137,13 +262,18 @@ void LizardServer::Drain(absl::Duration grace) {
   LogInfo(absl::StrCat("draining: NOT_SERVING, new requests refused, up to ",
                        absl::FormatDuration(grace), " for running ones"));
   grpc_server_->GetHealthCheckService()->SetServingStatus(false);
+  grpc_server_->GetHealthCheckService()->SetServingStatus(kServiceName, false);
   service_->StartDraining();
   if (!service_->AwaitIdle(absl::Now() + grace)) {
     LogInfo("drain grace period over: cancelling the remaining requests");
   }
-  // Cancels whatever still runs; each stream then ends with CANCELLED.
+  // Cancels whatever still runs; each stream then ends with CANCELLED and writes its last
+  // message, for which it gets a short while.
   engine_->Shutdown();
-  grpc_server_->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
+  service_->AwaitIdle(absl::Now() + absl::Seconds(2));
+  // Nothing of ours runs any more: stop at once. (A deadline in the future would be waited out
+  // in full whenever a client keeps an idle connection open.)
+  grpc_server_->Shutdown(absl::ToChronoTime(absl::Now()));
   LogInfo("drained");
 }
 

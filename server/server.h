@@ -11,18 +11,27 @@
 #include "engine/runtime/engine.h"
 #include "engine/tokenizer/tokenizer.h"
 #include "grpcpp/grpcpp.h"
-#include "prometheus/exposer.h"
+#include "server/auth.h"
 #include "server/lizard_service.h"
 #include "server/metrics.h"
 #include "server/session_table.h"
 
 namespace lizard::server {
 
+class HttpEndpoint;
+class OpenAiApi;
+
 struct ServerOptions {
   std::string model_dir;
   std::string host = "0.0.0.0";
   int port = 50051;          // 0: any free port (see grpc_port())
+  std::string metrics_host = "127.0.0.1";  // in Kubernetes 0.0.0.0 or the pod IP
   int metrics_port = 9400;   // 0: any free port
+  std::string http_host = "0.0.0.0";  // the OpenAI-compatible HTTP API
+  int http_port = 8000;      // 0: no HTTP API
+  int http_max_connections = 128;  // served at once (a streaming completion holds one)
+  int64_t http_max_body_bytes = int64_t{4} << 20;  // of a request
+  std::string chat_template_file;  // Jinja chat template; empty: tokenizer_config.json's
   BackendKind backend = BackendKind::kAuto;
   int32_t threads = 0;       // CPU backend threads, 0 = all cores
   bool batch_invariant = true;  // CUDA: batch-invariant projections (BackendOptions)
@@ -37,7 +46,13 @@ struct ServerOptions {
   int32_t max_new_tokens_limit = 4096;
   int32_t default_max_new_tokens = 64;
   int32_t max_input_tokens = 32768;
+  // A Generate stream is cancelled (RESOURCE_EXHAUSTED) once this many bytes wait for its client.
+  int64_t stream_buffer_bytes = int64_t{8} << 20;
+  SecurityOptions security;  // API keys, TLS (default: none, plaintext)
 };
+
+// INVALID_ARGUMENT naming the flag for any option out of its range (checked by Start).
+absl::Status ValidateServerOptions(const ServerOptions& options);
 
 class LizardServer {
  public:
@@ -47,6 +62,7 @@ class LizardServer {
 
   int grpc_port() const { return grpc_port_; }
   int metrics_port() const { return metrics_port_; }
+  int http_port() const { return http_port_; }  // 0 when off
 
   // Graceful stop: health NOT_SERVING and new calls UNAVAILABLE at once; running calls get up
   // to `grace` to finish, then the rest are cancelled and everything stops.
@@ -62,9 +78,12 @@ class LizardServer {
   std::unique_ptr<SessionTable> sessions_;
   std::unique_ptr<LizardService> service_;
   std::unique_ptr<grpc::Server> grpc_server_;
-  std::unique_ptr<prometheus::Exposer> exposer_;
+  std::unique_ptr<HttpEndpoint> metrics_endpoint_;
+  std::unique_ptr<OpenAiApi> openai_;
+  std::unique_ptr<HttpEndpoint> http_endpoint_;  // serves openai_
   int grpc_port_ = 0;
   int metrics_port_ = 0;
+  int http_port_ = 0;
 };
 
 }  // namespace lizard::server

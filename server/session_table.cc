@@ -93,8 +93,25 @@ absl::StatusOr<SessionSnapshot> SessionTable::Fork(const std::string& id) {
   return InsertLocked(*state, ttl, /*busy=*/false);
 }
 
+void SessionTable::AwaitSettledLocked(const std::string& id) {
+  auto settled = [this, &id]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    auto it = sessions_.find(id);
+    return it == sessions_.end() || !(it->second.busy && it->second.cancelling);
+  };
+  mu_.AwaitWithTimeout(absl::Condition(&settled), kSettleTimeout);
+}
+
+void SessionTable::MarkCancelling(const std::string& id, RequestId request) {
+  absl::MutexLock lock(&mu_);
+  auto it = sessions_.find(id);
+  if (it != sessions_.end() && it->second.busy && it->second.running == request) {
+    it->second.cancelling = true;
+  }
+}
+
 absl::StatusOr<SessionSnapshot> SessionTable::Get(const std::string& id) {
   absl::MutexLock lock(&mu_);
+  AwaitSettledLocked(id);
   auto it = sessions_.find(id);
   if (it == sessions_.end()) return absl::NotFoundError(absl::StrCat("no session ", id));
   return SnapshotLocked(id, it->second);
@@ -115,10 +132,12 @@ absl::Status SessionTable::Delete(const std::string& id) {
 
 absl::StatusOr<StateId> SessionTable::Acquire(const std::string& id) {
   absl::MutexLock lock(&mu_);
+  AwaitSettledLocked(id);
   auto it = sessions_.find(id);
   if (it == sessions_.end()) return absl::NotFoundError(absl::StrCat("no session ", id));
   if (it->second.busy) return absl::AbortedError("session busy");
   it->second.busy = true;
+  it->second.cancelling = false;
   it->second.running = 0;
   it->second.last_used_at = absl::Now();
   return it->second.state;
@@ -140,6 +159,7 @@ void SessionTable::Release(const std::string& id) {
   auto it = sessions_.find(id);
   if (it != sessions_.end()) {
     it->second.busy = false;
+    it->second.cancelling = false;
     it->second.running = 0;
     it->second.last_used_at = absl::Now();
     return;

@@ -46,6 +46,13 @@ class SessionTable {
   void SetRunning(const std::string& id, RequestId request);
   // Ends the request: idle again, last use now; frees the state if deleted meanwhile.
   void Release(const std::string& id);
+  // The request on an acquired session was cancelled (client cancel, deadline, broken stream).
+  // The client's call ends at once but the engine ends the request only at its next step; until
+  // then Get and Acquire wait (up to kSettleTimeout), so the client sees the settled session
+  // (its last turn, its token count) rather than a busy one.
+  // `request` guards against marking a later request that re-acquired the session meanwhile.
+  void MarkCancelling(const std::string& id, RequestId request);
+  static constexpr absl::Duration kSettleTimeout = absl::Seconds(5);
 
   int64_t size();
 
@@ -56,7 +63,10 @@ class SessionTable {
     absl::Duration ttl;
     bool busy = false;
     RequestId running = 0;  // 0: not submitted yet
+    bool cancelling = false;  // see MarkCancelling
   };
+  // Waits (up to kSettleTimeout) while `id` is busy with a cancelled request.
+  void AwaitSettledLocked(const std::string& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   SessionSnapshot SnapshotLocked(const std::string& id, const Entry& entry)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<SessionSnapshot> InsertLocked(StateId state, absl::Duration ttl, bool busy)

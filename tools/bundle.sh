@@ -19,7 +19,7 @@ usage() {
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 with_cuda_libs=0
-model_dir=$repo/models/lizard-tiny
+model_dir=$repo/models/lizard-demo
 extras=""  # more executables for libexec/ (test binaries for the GPU run), no wrapper
 while [ $# -gt 0 ]; do
   case $1 in

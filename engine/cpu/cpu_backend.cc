@@ -4,7 +4,7 @@
 // form and prefill chunks in the chunked parallel form.
 #include "engine/cpu/cpu_backend.h"
 
-#include <cblas.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -402,7 +402,7 @@ void CpuBackend::LizardAttention(int64_t layer, const std::vector<Segment>& deco
     for (int64_t i = begin; i < end; ++i) {
       const Segment& seg = decodes[i / h_count];
       const int64_t h = i % h_count, g = h / group, r = seg.row;
-      const float gamma = static_cast<float>(1.0 / (1.0 + std::exp(-gate_logit[r * h_count + h])));
+      const float gamma = static_cast<float>(1.0 / (1.0 + cpu::Exp(-gate_logit[r * h_count + h])));
       cpu::GlaStep(fq.data() + r * fm_width + h * f2, fk.data() + r * fm_width + h * f2,
                    a.v.data() + r * kv_width + g * d, gamma, f2, d, config_.gla_normalize,
                    SlotPart(seg.slot, off.s) + h * head_s_floats,
@@ -666,12 +666,19 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateCpuBackend(const BackendOptions& 
     if (!host.ok()) return host.status();
     weights = *std::move(host);
   }
+  // Refuse a pool that cannot fit before allocating it (a huge --device-state-slots once ended
+  // in std::bad_alloc).
+  const int64_t pool_bytes =
+      int64_t{options.num_slots} * StateLayout(config, DType::kF32, DType::kF32).slot_bytes;
+  const int64_t memory_bytes = int64_t{sysconf(_SC_PHYS_PAGES)} * sysconf(_SC_PAGE_SIZE);
+  if (memory_bytes > 0 && pool_bytes > memory_bytes / 2) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "a state pool of ", options.num_slots, " slots takes ", pool_bytes,
+        " bytes, more than half of this machine's memory (", memory_bytes, " bytes)"));
+  }
   const int threads = options.num_threads > 0
                           ? options.num_threads
                           : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  // OpenBLAS runs single-threaded inside our pool's ranges: its own workers would spin
-  // (sched_yield) between the step's many small GEMMs and compete with the pool for the cores.
-  openblas_set_num_threads(1);
   return std::unique_ptr<Backend>(
       new CpuBackend(std::move(config), std::move(weights), options.num_slots, threads));
 }

@@ -1,4 +1,4 @@
-// The CPU reference backend: float32 compute on HostWeights, GEMMs through OpenBLAS.
+// The CPU reference backend: float32 compute on HostWeights, GEMMs by cpu::Gemm (engine/cpu/ops.h).
 #pragma once
 
 #include <memory>

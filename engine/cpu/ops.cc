@@ -1,28 +1,373 @@
 #include "engine/cpu/ops.h"
 
-#include <cblas.h>
-
 #include <algorithm>
+#include <array>
+#include <bit>
 #include <cmath>
+#include <cstring>
+#include <limits>
 #include <numbers>
 
 namespace lizard::cpu {
 
+namespace {
+
+// kGemmLanes floats. Elementwise + and * on them are plain IEEE float operations at whatever SIMD
+// width the compiler or a target clone uses, and never fused: lizard_cpu builds with
+// -ffp-contract=off (the x86-64-v3/v4 clones below have FMA).
+using Lanes = float __attribute__((vector_size(kGemmLanes * sizeof(float))));
+static_assert(kGemmLanes == 8, "SumLanes adds 8 lanes");
+
+[[gnu::always_inline]] inline Lanes Load(const float* p) {
+  Lanes v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+// The first n (< kGemmLanes) values at p, zeros after: K's zero padding.
+[[gnu::always_inline]] inline Lanes LoadPartial(const float* p, int64_t n) {
+  Lanes v = {};
+  for (int64_t i = 0; i < n; ++i) v[i] = p[i];
+  return v;
+}
+
+// Gemm's lane order, elementwise over vectors of lanes (one lane per output element).
+[[gnu::always_inline]] inline Lanes SumLanes(const Lanes (&s)[kGemmLanes]) {
+  return ((s[0] + s[4]) + (s[2] + s[6])) + ((s[1] + s[5]) + (s[3] + s[7]));
+}
+
+// Gemm's lane order for 8 elements at once: lane e of the result sums the lanes of s[e].
+[[gnu::always_inline]] inline Lanes SumLanesOf8(const Lanes (&s)[8]) {
+  // t[p] = (s0 + s4, s1 + s5, s2 + s6, s3 + s7) of elements 2p and 2p + 1.
+  Lanes t[4];
+#pragma GCC unroll 4
+  for (int p = 0; p < 4; ++p) {
+    t[p] = __builtin_shufflevector(s[2 * p], s[2 * p + 1], 0, 1, 2, 3, 8, 9, 10, 11) +
+           __builtin_shufflevector(s[2 * p], s[2 * p + 1], 4, 5, 6, 7, 12, 13, 14, 15);
+  }
+  // u[q] = ((s0 + s4) + (s2 + s6), (s1 + s5) + (s3 + s7)) of elements 4q .. 4q + 3.
+  Lanes u[2];
+#pragma GCC unroll 2
+  for (int q = 0; q < 2; ++q) {
+    u[q] = __builtin_shufflevector(t[2 * q], t[2 * q + 1], 0, 1, 4, 5, 8, 9, 12, 13) +
+           __builtin_shufflevector(t[2 * q], t[2 * q + 1], 2, 3, 6, 7, 10, 11, 14, 15);
+  }
+  return __builtin_shufflevector(u[0], u[1], 0, 2, 4, 6, 8, 10, 12, 14) +
+         __builtin_shufflevector(u[0], u[1], 1, 3, 5, 7, 9, 11, 13, 15);
+}
+
+[[gnu::always_inline]] inline void Store(float sum, float alpha, float beta, float* c) {
+  *c = beta == 0.0f ? alpha * sum : alpha * sum + beta * *c;
+}
+
+// The MR x NR sums of rows a[i] and b[j], all contiguous in K: the dot form, one vector of lanes
+// per output element.
+template <int MR, int NR>
+[[gnu::always_inline]] inline void DotTile(const float* const (&a)[MR], const float* const (&b)[NR],
+                                           int64_t k, float (&sums)[MR][NR]) {
+  Lanes acc[MR][NR] = {};
+  auto step = [&](auto load) {
+    Lanes av[MR];
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i) av[i] = load(a[i]);
+#pragma GCC unroll 8
+    for (int j = 0; j < NR; ++j) {
+      const Lanes bv = load(b[j]);
+#pragma GCC unroll 8
+      for (int i = 0; i < MR; ++i) acc[i][j] += av[i] * bv;
+    }
+  };
+  int64_t l = 0;
+  for (; l + kGemmLanes <= k; l += kGemmLanes) step([l](const float* p) { return Load(p + l); });
+  if (l < k) step([l, k](const float* p) { return LoadPartial(p + l, k - l); });
+  // Eight elements per SumLanesOf8, the last group padded.
+  constexpr int kGroups = (MR * NR + 7) / 8;
+  Lanes groups[kGroups][8] = {};
+#pragma GCC unroll 16
+  for (int e = 0; e < MR * NR; ++e) groups[e / 8][e % 8] = acc[e / NR][e % NR];
+  float flat[kGroups * 8];
+#pragma GCC unroll 2
+  for (int g = 0; g < kGroups; ++g) {
+    const Lanes sum = SumLanesOf8(groups[g]);
+    std::memcpy(flat + g * 8, &sum, sizeof(sum));
+  }
+  std::memcpy(sums, flat, sizeof(sums));
+}
+
+// Rows [0, MR) of A against B's rows [j0, j1) in tiles of NR; a tile past j1 repeats row j1 - 1
+// and drops those sums.
+template <int MR, int NR>
+[[gnu::always_inline]] inline void DotRows(const float* a, int64_t lda, const float* b, int64_t ldb,
+                                           int64_t j0, int64_t j1, int64_t k, float alpha,
+                                           float beta, float* c, int64_t ldc) {
+  const float* ar[MR];
+  for (int i = 0; i < MR; ++i) ar[i] = a + i * lda;
+  for (int64_t j = j0; j < j1; j += NR) {
+    const float* br[NR];
+    for (int t = 0; t < NR; ++t) br[t] = b + std::min(j + t, j1 - 1) * ldb;
+    float sums[MR][NR];
+    DotTile<MR, NR>(ar, br, k, sums);
+    const int64_t width = std::min<int64_t>(NR, j1 - j);
+    for (int i = 0; i < MR; ++i) {
+      for (int64_t t = 0; t < width; ++t) Store(sums[i][t], alpha, beta, c + i * ldc + j + t);
+    }
+  }
+}
+
+// Floats of B's rows one column block keeps in the L2 cache while every row of A passes.
+constexpr int64_t kBlockFloats = 32 * 1024;
+
+// C = alpha A B^T + beta C with A [m, k] and B [n, k], both row-major.
+[[gnu::target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")]]
+void DotForm(int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
+             const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+  // A multiple of every tile width below.
+  const int64_t block = std::max<int64_t>(24, kBlockFloats / std::max<int64_t>(k, 1) / 24 * 24);
+  for (int64_t j0 = 0; j0 < n; j0 += block) {
+    const int64_t j1 = std::min(n, j0 + block);
+    for (int64_t i = 0; i < m;) {
+      const float* ai = a + i * lda;
+      float* ci = c + i * ldc;
+      switch (std::min<int64_t>(m - i, 4)) {
+        case 4:
+          DotRows<4, 3>(ai, lda, b, ldb, j0, j1, k, alpha, beta, ci, ldc);
+          i += 4;
+          break;
+        case 3:
+          DotRows<3, 4>(ai, lda, b, ldb, j0, j1, k, alpha, beta, ci, ldc);
+          i += 3;
+          break;
+        case 2:
+          DotRows<2, 6>(ai, lda, b, ldb, j0, j1, k, alpha, beta, ci, ldc);
+          i += 2;
+          break;
+        default:
+          DotRows<1, 8>(ai, lda, b, ldb, j0, j1, k, alpha, beta, ci, ldc);
+          i += 1;
+      }
+    }
+  }
+}
+
+// Output vectors per row in AxpyForm.
+constexpr int kAxpyVectors = 2;
+constexpr int64_t kAxpyColumns = kAxpyVectors * kGemmLanes;
+
+// C = alpha A B + beta C with A [m, k] and B [k, n] (n a multiple of kAxpyColumns), both row-major:
+// the same sums as DotForm without transposing B, lanes of products of consecutive K in
+// separate vectors (one lane per output column), added in Gemm's order.
+[[gnu::target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")]]
+void AxpyForm(int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
+              const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+  for (int64_t i = 0; i < m; ++i) {
+    const float* ai = a + i * lda;
+    for (int64_t j = 0; j < n; j += kAxpyColumns) {
+      Lanes acc[kGemmLanes][kAxpyVectors] = {};
+      // Products of K indices l .. l + count - 1; past K, the zero products of K's padding.
+      auto step = [&](int64_t l, int64_t count) {
+#pragma GCC unroll 8
+        for (int t = 0; t < kGemmLanes; ++t) {
+#pragma GCC unroll 4
+          for (int v = 0; v < kAxpyVectors; ++v) {
+            acc[t][v] += t < count ? Load(b + (l + t) * ldb + j + v * kGemmLanes) * ai[l + t]
+                                   : Lanes{};
+          }
+        }
+      };
+      int64_t l = 0;
+      for (; l + kGemmLanes <= k; l += kGemmLanes) step(l, kGemmLanes);
+      if (l < k) step(l, k - l);
+      for (int v = 0; v < kAxpyVectors; ++v) {
+        Lanes lanes[kGemmLanes];
+        for (int t = 0; t < kGemmLanes; ++t) lanes[t] = acc[t][v];
+        const Lanes sum = SumLanes(lanes);
+        for (int e = 0; e < kGemmLanes; ++e) {
+          Store(sum[e], alpha, beta, c + i * ldc + j + v * kGemmLanes + e);
+        }
+      }
+    }
+  }
+}
+
+// Rows of A from which packing B costs less than the dot form gains over AxpyForm.
+constexpr int64_t kPackRows = 4;
+
+}  // namespace
+
 void Gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
           const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
           int64_t ldc) {
-  if (m == 0 || n == 0) return;
-  if (m == 1) {
-    // c = alpha * op(B)^T a + beta * c; a's k values lie at stride lda when trans_a.
-    cblas_sgemv(CblasRowMajor, trans_b ? CblasNoTrans : CblasTrans,
-                static_cast<int>(trans_b ? n : k), static_cast<int>(trans_b ? k : n), alpha, b,
-                static_cast<int>(ldb), a, trans_a ? static_cast<int>(lda) : 1, beta, c, 1);
+  if (m <= 0 || n <= 0) return;
+  std::vector<float> a_rows;
+  if (trans_a) {
+    a_rows.resize(m * k);
+    for (int64_t l = 0; l < k; ++l) {
+      for (int64_t i = 0; i < m; ++i) a_rows[i * k + l] = a[l * lda + i];
+    }
+    a = a_rows.data();
+    lda = k;
+  }
+  if (trans_b) {
+    DotForm(m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
     return;
   }
-  cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
-              trans_b ? CblasTrans : CblasNoTrans, static_cast<int>(m), static_cast<int>(n),
-              static_cast<int>(k), alpha, a, static_cast<int>(lda), b, static_cast<int>(ldb), beta,
-              c, static_cast<int>(ldc));
+  if (m >= kPackRows) {
+    std::vector<float> b_rows(n * k);
+    for (int64_t l = 0; l < k; ++l) {
+      for (int64_t j = 0; j < n; ++j) b_rows[j * k + l] = b[l * ldb + j];
+    }
+    DotForm(m, n, k, alpha, a, lda, b_rows.data(), k, beta, c, ldc);
+    return;
+  }
+  // Whole blocks of columns in place; the last partial block from a zero-padded copy of its
+  // columns, into a scratch C.
+  const int64_t whole = n / kAxpyColumns * kAxpyColumns;
+  AxpyForm(m, whole, k, alpha, a, lda, b, ldb, beta, c, ldc);
+  if (whole == n) return;
+  const int64_t rest = n - whole;
+  std::vector<float> b_cols(k * kAxpyColumns, 0.0f), c_cols(m * kAxpyColumns);
+  for (int64_t l = 0; l < k; ++l) {
+    std::copy(b + l * ldb + whole, b + l * ldb + n, b_cols.data() + l * kAxpyColumns);
+  }
+  for (int64_t i = 0; i < m && beta != 0.0f; ++i) {
+    std::copy(c + i * ldc + whole, c + i * ldc + n, c_cols.data() + i * kAxpyColumns);
+  }
+  AxpyForm(m, kAxpyColumns, k, alpha, a, lda, b_cols.data(), kAxpyColumns, beta, c_cols.data(),
+           kAxpyColumns);
+  for (int64_t i = 0; i < m; ++i) {
+    std::copy(c_cols.data() + i * kAxpyColumns, c_cols.data() + i * kAxpyColumns + rest,
+              c + i * ldc + whole);
+  }
+}
+
+namespace {
+
+// 2^(j/64) for j < 64, rounded from a long double Taylor series at compile time.
+constexpr int kExpTableBits = 6;
+constexpr auto kExp2Table = [] {
+  std::array<double, 1 << kExpTableBits> t{};
+  for (int j = 0; j < (1 << kExpTableBits); ++j) {
+    const long double y = j * 0.693147180559945309417232121458176568L / (1 << kExpTableBits);
+    long double term = 1.0L, sum = 1.0L;
+    for (int n = 1; n < 30; ++n) {
+      term *= y / n;
+      sum += term;
+    }
+    t[j] = static_cast<double>(sum);
+  }
+  return t;
+}();
+
+// (-1)^n / (2n + 1)! and (-1)^n / (2n)! for n <= 9: Taylor coefficients of sin and cos.
+constexpr auto kSinCoefficients = [] {
+  std::array<double, 10> c{};
+  double factorial = 1.0;
+  for (int n = 0; n < 10; ++n) {
+    if (n > 0) factorial *= (2.0 * n) * (2.0 * n + 1);
+    c[n] = (n % 2 == 0 ? 1.0 : -1.0) / factorial;
+  }
+  return c;
+}();
+constexpr auto kCosCoefficients = [] {
+  std::array<double, 10> c{};
+  double factorial = 1.0;
+  for (int n = 0; n < 10; ++n) {
+    if (n > 0) factorial *= (2.0 * n - 1) * (2.0 * n);
+    c[n] = (n % 2 == 0 ? 1.0 : -1.0) / factorial;
+  }
+  return c;
+}();
+
+// ln 2 in two parts, the first with its low 21 bits zero: k * kLn2Hi is exact for |k| < 2^21.
+constexpr double kLn2Hi = 6.93147180369123816490e-01;
+constexpr double kLn2Lo = 1.90821492927058770002e-10;
+
+// Rounds to the nearest integer (ties to even) with two additions, for |x| < 2^51.
+double RoundToInteger(double x) {
+  constexpr double kShifter = 0x1.8p52;
+  return (x + kShifter) - kShifter;
+}
+
+// 2^e for -1022 <= e <= 1023.
+double PowerOfTwo(int64_t e) { return std::bit_cast<double>(static_cast<uint64_t>(e + 1023) << 52); }
+
+// 2 atanh(s) = 2 (s + s^3/3 + s^5/5 + ...) to terms below 2^-56 for |s| <= 1/3: log((1+s)/(1-s)).
+double TwoAtanh(double s) {
+  const double s2 = s * s;
+  double sum = 0.0;
+  for (int n = 37; n >= 3; n -= 2) sum = (sum + 1.0 / n) * s2;
+  return 2.0 * (s + s * sum);
+}
+
+// log(1 + t) for 0 <= t <= 1, where t / (2 + t) <= 1/3.
+double Log1pUnit(double t) { return TwoAtanh(t / (2.0 + t)); }
+
+}  // namespace
+
+double Exp(double x) {
+  if (x != x) return x;
+  if (x > 710.0) return std::numeric_limits<double>::infinity();
+  if (x < -746.0) return 0.0;
+  // x = (64 q + j) ln2/64 + r with |r| <= ln2/128: exp(x) = 2^q 2^(j/64) exp(r), exp(r) by its
+  // Taylor series to degree 5 (remainder below 2^-54).
+  constexpr double kScale = (1 << kExpTableBits) * std::numbers::log2e;
+  constexpr double kStepHi = kLn2Hi / (1 << kExpTableBits), kStepLo = kLn2Lo / (1 << kExpTableBits);
+  const double k = RoundToInteger(x * kScale);
+  const double r = (x - k * kStepHi) - k * kStepLo;
+  const double p = 1.0 + r * (1.0 + r * (1.0 / 2 + r * (1.0 / 6 + r * (1.0 / 24 + r * (1.0 / 120)))));
+  const int64_t ki = static_cast<int64_t>(k);
+  const int64_t q = ki >> kExpTableBits;  // floor(k / 64)
+  // 2^q as 2^q1 2^q2 with |q1|, |q2| < 1023 (normal powers): the first product is exact, the
+  // second rounds only below the normal range, as ldexp would (an out-of-line call).
+  const int64_t q1 = q / 2, q2 = q - q1;
+  return kExp2Table[ki & ((1 << kExpTableBits) - 1)] * p * PowerOfTwo(q1) * PowerOfTwo(q2);
+}
+
+double Log(double x) {
+  if (!(x > 0.0) || x == std::numeric_limits<double>::infinity()) return std::log(x);
+  // x = m 2^e with m in [sqrt(1/2), sqrt(2)); log m = 2 atanh((m - 1) / (m + 1)).
+  int e = 0;
+  double m = std::frexp(x, &e);  // exact, m in [1/2, 1)
+  if (m < std::numbers::sqrt2 / 2) {
+    m *= 2.0;
+    --e;
+  }
+  return e * kLn2Hi + (e * kLn2Lo + TwoAtanh((m - 1.0) / (m + 1.0)));
+}
+
+void SinCos(double x, double* sin, double* cos) {
+  // x = k pi/2 + r with |r| <= pi/4: pi/2 in three parts of 33, 33 and 53 bits, so k times the
+  // first two is exact for |k| < 2^20.
+  constexpr double kPio2_1 = 1.57079632673412561417e+00;
+  constexpr double kPio2_2 = 6.07710050630396597660e-11;
+  constexpr double kPio2_3 = 2.02226624879595063154e-21;
+  const double k = RoundToInteger(x * (2.0 / std::numbers::pi));
+  const double r = ((x - k * kPio2_1) - k * kPio2_2) - k * kPio2_3;
+  // Taylor series of sin and cos on |r| <= pi/4 to degrees 19 and 18 (remainders below 2^-60).
+  const double r2 = r * r;
+  double sin_poly = 0.0, cos_poly = 0.0;
+  for (int n = 9; n >= 0; --n) {
+    sin_poly = sin_poly * r2 + kSinCoefficients[n];
+    cos_poly = cos_poly * r2 + kCosCoefficients[n];
+  }
+  const double sr = r * sin_poly, cr = cos_poly;
+  switch (static_cast<int64_t>(k) & 3) {
+    case 0:
+      *sin = sr;
+      *cos = cr;
+      break;
+    case 1:
+      *sin = cr;
+      *cos = -sr;
+      break;
+    case 2:
+      *sin = -sr;
+      *cos = -cr;
+      break;
+    default:
+      *sin = -cr;
+      *cos = sr;
+  }
 }
 
 void RmsNorm(const float* x, const float* weight, int64_t rows, int64_t n, double eps, float* out) {
@@ -39,7 +384,7 @@ void RmsNorm(const float* x, const float* weight, int64_t rows, int64_t n, doubl
 void SiluMul(const float* gate, const float* up, int64_t n, float* y) {
   for (int64_t i = 0; i < n; ++i) {
     const float g = gate[i];
-    y[i] = g / (1.0f + std::exp(-g)) * up[i];
+    y[i] = g / (1.0f + static_cast<float>(Exp(-g))) * up[i];
   }
 }
 
@@ -47,7 +392,7 @@ std::vector<double> RopeInverseFrequencies(const ModelConfig& config) {
   const int64_t d = config.head_dim;
   std::vector<double> inv_freq(d / 2);
   for (int64_t i = 0; i < d / 2; ++i) {
-    inv_freq[i] = std::pow(config.rope_theta, -2.0 * static_cast<double>(i) / d);
+    inv_freq[i] = Exp(-2.0 * static_cast<double>(i) / d * Log(config.rope_theta));
   }
   const RopeScaling& rs = config.rope_scaling;
   if (!rs.llama3) return inv_freq;
@@ -72,8 +417,10 @@ std::vector<double> RopeInverseFrequencies(const ModelConfig& config) {
 void RopeRotation(int64_t position, const std::vector<double>& inv_freq, float* cos, float* sin) {
   for (size_t i = 0; i < inv_freq.size(); ++i) {
     const double angle = static_cast<double>(position) * inv_freq[i];
-    cos[i] = static_cast<float>(std::cos(angle));
-    sin[i] = static_cast<float>(std::sin(angle));
+    double s = 0.0, c = 0.0;
+    SinCos(angle, &s, &c);
+    cos[i] = static_cast<float>(c);
+    sin[i] = static_cast<float>(s);
   }
 }
 
@@ -112,8 +459,8 @@ void FeatureMap(const float* x, int64_t x_stride, int64_t rows, const float* w, 
     }
     double sum_pos = 0.0, sum_neg = 0.0;
     for (int64_t j = 0; j < f; ++j) {
-      neg[j] = std::exp(lo - pos[j]);  // max of -a is -lo
-      pos[j] = std::exp(pos[j] - hi);
+      neg[j] = static_cast<float>(Exp(lo - pos[j]));  // max of -a is -lo
+      pos[j] = static_cast<float>(Exp(pos[j] - hi));
       sum_pos += pos[j];
       sum_neg += neg[j];
     }
@@ -127,7 +474,7 @@ void FeatureMap(const float* x, int64_t x_stride, int64_t rows, const float* w, 
 }
 
 double LogSigmoid(double x) {
-  return x >= 0 ? -std::log1p(std::exp(-x)) : x - std::log1p(std::exp(x));
+  return x >= 0 ? -Log1pUnit(Exp(-x)) : x - Log1pUnit(Exp(x));
 }
 
 void GlaStep(const float* fq, const float* fk, const float* v, float gamma, int64_t f2, int64_t d,
@@ -170,7 +517,7 @@ void GlaChunk(const float* fq, int64_t fq_stride, const float* fk, int64_t fk_st
   for (int64_t t = 0; t < c; ++t) {
     float* pt = p.data() + t * c;
     for (int64_t j = 0; j < c; ++j) {
-      pt[j] = j <= t ? pt[j] * static_cast<float>(std::exp(b[t] - b[j])) : 0.0f;
+      pt[j] = j <= t ? pt[j] * static_cast<float>(Exp(b[t] - b[j])) : 0.0f;
       den[t] += pt[j];
     }
   }
@@ -178,13 +525,13 @@ void GlaChunk(const float* fq, int64_t fq_stride, const float* fk, int64_t fk_st
   // Inter-chunk part from the carried state: y_t = e^{b_t} fq_t S0, den_t += e^{b_t} fq_t . z0.
   Gemm(false, false, c, d, f2, 1.0f, fq, fq_stride, s, d, 0.0f, y, y_stride);
   for (int64_t t = 0; t < c; ++t) {
-    const float decay = static_cast<float>(std::exp(b[t]));
+    const float decay = static_cast<float>(Exp(b[t]));
     float* yt = y + t * y_stride;
     for (int64_t j = 0; j < d; ++j) yt[j] *= decay;
     double qz = 0.0;
     const float* fqt = fq + t * fq_stride;
     for (int64_t i = 0; i < f2; ++i) qz += static_cast<double>(fqt[i]) * z[i];
-    den[t] += std::exp(b[t]) * qz;
+    den[t] += Exp(b[t]) * qz;
   }
   // Plus the intra-chunk part P V.
   Gemm(false, false, c, d, c, 1.0f, p.data(), c, v, v_stride, 1.0f, y, y_stride);
@@ -200,11 +547,11 @@ void GlaChunk(const float* fq, int64_t fq_stride, const float* fk, int64_t fk_st
   const double last = b[c - 1];
   std::vector<float> kw(c * f2);
   for (int64_t t = 0; t < c; ++t) {
-    const float w = static_cast<float>(std::exp(last - b[t]));
+    const float w = static_cast<float>(Exp(last - b[t]));
     const float* fkt = fk + t * fk_stride;
     for (int64_t i = 0; i < f2; ++i) kw[t * f2 + i] = fkt[i] * w;
   }
-  const float total_decay = static_cast<float>(std::exp(last));
+  const float total_decay = static_cast<float>(Exp(last));
   Gemm(true, false, f2, d, c, 1.0f, kw.data(), f2, v, v_stride, total_decay, s, d);
   for (int64_t i = 0; i < f2; ++i) {
     double zi = static_cast<double>(total_decay) * z[i];
@@ -234,10 +581,10 @@ void SinkAttention(const float* q, int64_t q_stride, int64_t num_q, int64_t q_po
     for (int64_t m = 0; m < num_sinks; ++m) hi = std::max(hi, sinks[m]);
     double sum = 0.0;
     for (int64_t j = 0; j < num_keys; ++j) {
-      pi[j] = visible(j) ? std::exp(pi[j] - hi) : 0.0f;
+      pi[j] = visible(j) ? static_cast<float>(Exp(pi[j] - hi)) : 0.0f;
       sum += pi[j];
     }
-    for (int64_t m = 0; m < num_sinks; ++m) sum += std::exp(sinks[m] - hi);
+    for (int64_t m = 0; m < num_sinks; ++m) sum += Exp(sinks[m] - hi);
     const float inv = static_cast<float>(1.0 / sum);
     for (int64_t j = 0; j < num_keys; ++j) pi[j] *= inv;
   }

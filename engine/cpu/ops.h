@@ -9,13 +9,27 @@
 
 namespace lizard::cpu {
 
-// C[m, n] = alpha * op(A) op(B) + beta * C, row-major, through OpenBLAS cblas_sgemm (cblas_sgemv
-// when m == 1: OpenBLAS's sgemm packs all of B first, which doubles the memory traffic of a
-// batch-1 projection). op(A) is [m, k] (A stored [k, m] when trans_a); op(B) is [k, n] (B stored
-// [n, k] when trans_b, which is the [out, in] layout of a projection weight).
+// C[m, n] = alpha * op(A) op(B) + beta * C, row-major. op(A) is [m, k] (A stored [k, m] when
+// trans_a); op(B) is [k, n] (B stored [n, k] when trans_b, which is the [out, in] layout of a
+// projection weight). Every element is summed in one fixed order, whatever m, n, the strides, the
+// caller's split of the output over threads, the SIMD width or the CPU: with K padded by zeros to
+// a multiple of kGemmLanes, lane t (t < kGemmLanes) holds the float sum of the products
+// a_l * b_l with l = t mod kGemmLanes in increasing l (each product rounded, never fused), and the
+// lanes are added as ((s0 + s4) + (s2 + s6)) + ((s1 + s5) + (s3 + s7)); then
+// C = alpha * sum + beta * C (C is not read when beta == 0). So a row's result never depends on
+// the other rows of a batch or on the machine (tests/engine/ops_test.cc checks it bitwise).
+inline constexpr int kGemmLanes = 8;
 void Gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
           const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
           int64_t ldc);
+
+// The backend's transcendental functions, from IEEE additions, multiplications and divisions
+// only: glibc picks an FMA or a non-FMA variant of exp, expf, log1p, pow, sin and cos per CPU, and
+// those differ in the last bit for some arguments, which would make results depend on the CPU.
+// Relative error a few double ulps; SinCos for |x| < 1.6e6 (beyond, still deterministic).
+double Exp(double x);
+double Log(double x);
+void SinCos(double x, double* sin, double* cos);
 
 // out = x / sqrt(mean(x^2) + eps) * weight, for `rows` rows of n values (out may alias x).
 void RmsNorm(const float* x, const float* weight, int64_t rows, int64_t n, double eps, float* out);

@@ -170,6 +170,7 @@ class EngineImpl : public Engine {
     seq->tokens.insert(seq->tokens.end(), request.input.begin(), request.input.end());
     seq->history.AddPrompt(seq->tokens);
     state->pending.clear();
+    state->tokens_at_turn_start = state->consumed + carried;
     state->busy = true;
     states_.Touch(*state);
     sequences_[id] = std::move(seq);
@@ -399,7 +400,7 @@ class EngineImpl : public Engine {
     Finished f;
     f.reason = reason;
     f.status = std::move(status);
-    f.usage.prompt_tokens = seq->prompt_tokens;
+    f.usage.prompt_tokens = state.last_turn_input;  // a failed request: only what it consumed
     f.usage.generated_tokens = seq->generated;
     f.usage.state_tokens = state.consumed + static_cast<int64_t>(state.pending.size());
     if (state.temporary) states_.Free(seq->state).IgnoreError();  // not busy: cannot fail

@@ -33,7 +33,7 @@ struct StoppingCriteria {
 enum class FinishReason { kLength, kStop, kEos, kCancelled, kError };
 
 struct Usage {
-  int64_t prompt_tokens = 0;
+  int64_t prompt_tokens = 0;     // the input that joined the state (all of it, unless kError)
   int64_t generated_tokens = 0;
   int64_t state_tokens = 0;  // tokens the state holds after this request (session_tokens)
 };
@@ -65,7 +65,8 @@ enum class StateLocation { kDevice, kHost };
 
 struct StateInfo {
   int64_t num_tokens = 0;        // tokens the conversation holds (consumed + pending); while
-                                 // busy, the tokens consumed so far
+                                 // busy, what it held when the running request started (so
+                                 // that it always agrees with last_turn_tokens)
   StateLocation location = StateLocation::kDevice;
   int64_t state_bytes = 0;       // slot bytes + softmax KV bytes
   bool busy = false;             // a request is running on it

@@ -90,7 +90,8 @@ const SequenceState* StateManager::Find(StateId id) const {
 
 StateInfo StateManager::Info(const SequenceState& state) const {
   StateInfo info;
-  info.num_tokens = state.consumed + static_cast<int64_t>(state.pending.size());
+  info.num_tokens = state.busy ? state.tokens_at_turn_start
+                               : state.consumed + static_cast<int64_t>(state.pending.size());
   info.location = state.host.has_value() ? StateLocation::kHost : StateLocation::kDevice;
   info.state_bytes = backend_->slot_bytes() + backend_->kv_bytes_per_token() * state.consumed;
   info.busy = state.busy;

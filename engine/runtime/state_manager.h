@@ -38,6 +38,7 @@ struct SequenceState {
   // request's input + max_new_tokens.
   std::vector<int32_t> last_turn;
   int64_t last_turn_input = 0;      // how many of last_turn were input
+  int64_t tokens_at_turn_start = 0; // consumed + pending when the running request started
   uint64_t last_used = 0;           // LRU clock
   bool busy = false;                // a request is attached (queued or running)
   bool running = false;             // that request is admitted: its slot is in use by steps

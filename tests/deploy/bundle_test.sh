@@ -23,7 +23,7 @@ trap cleanup EXIT
 mv "$tmp/built" "$tmp/moved"
 bundle=$tmp/moved
 
-for f in bin/lizard-server libexec/lizard-server models/lizard-tiny/config.json; do
+for f in bin/lizard-server libexec/lizard-server models/lizard-demo/config.json; do
   [ -e "$bundle/$f" ] || { echo "FAIL: bundle lacks $f" >&2; exit 1; }
 done
 
@@ -47,8 +47,8 @@ if [ "$(printf '%s\n2.39\n' "$glibc" | sort -V | tail -n 1)" != 2.39 ]; then
 fi
 
 # Run it the way the container does: only the wrapper, no inherited library path.
-env -i PATH=/usr/bin:/bin "$bundle/bin/lizard-server" --model="$bundle/models/lizard-tiny" \
-  --backend=cpu --host=127.0.0.1 --port=0 --metrics-port=0 > "$tmp/server.log" 2>&1 &
+env -i PATH=/usr/bin:/bin "$bundle/bin/lizard-server" --model="$bundle/models/lizard-demo" \
+  --backend=cpu --host=127.0.0.1 --port=0 --metrics-port=0 --http-port=0 > "$tmp/server.log" 2>&1 &
 server_pid=$!
 tries=0
 until grep -q "metrics listening on" "$tmp/server.log"; do

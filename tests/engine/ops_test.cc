@@ -3,6 +3,7 @@
 
 #include <gtest/gtest.h>
 
+#include <bit>
 #include <cmath>
 #include <numbers>
 #include <random>
@@ -33,7 +34,8 @@ std::vector<float> Random(size_t n, uint64_t seed, float scale = 1.0f) {
   return v;
 }
 
-// Every transpose combination with padded leading dimensions; m = 1 takes the sgemv path.
+// Every transpose combination with padded leading dimensions, m below and above the row count
+// from which a non-transposed B is packed.
 TEST(OpsTest, GemmAllTransposes) {
   const int64_t n = 7, k = 9;
   for (int64_t m : {1, 5}) {
@@ -61,6 +63,160 @@ TEST(OpsTest, GemmAllTransposes) {
       }
     }
   }
+}
+
+// One element of Gemm in the order ops.h documents, one scalar operation at a time.
+float DocumentedGemmElement(const float* a_row, int64_t a_step, const float* b_col, int64_t b_step,
+                            int64_t k, float alpha, float beta, float c) {
+  float s[kGemmLanes] = {};
+  const int64_t padded = (k + kGemmLanes - 1) / kGemmLanes * kGemmLanes;
+  for (int64_t l = 0; l < padded; ++l) {
+    const float product = l < k ? a_row[l * a_step] * b_col[l * b_step] : 0.0f * 0.0f;
+    s[l % kGemmLanes] = s[l % kGemmLanes] + product;
+  }
+  const float sum = ((s[0] + s[4]) + (s[2] + s[6])) + ((s[1] + s[5]) + (s[3] + s[7]));
+  return beta == 0.0f ? alpha * sum : alpha * sum + beta * c;
+}
+
+// Every row of every shape equals the documented order bit for bit, whatever the row count,
+// column count, strides, transposes or the SIMD clone this CPU runs; and the float64 product
+// within kTol. OpenBLAS (sgemv for one row, sgemm kernels per row count and CPU type) failed this.
+TEST(OpsTest, GemmFollowsTheDocumentedSummationOrder) {
+  uint64_t seed = 100;
+  for (int64_t k : {0, 1, 7, 8, 9, 64, 203}) {
+    for (int64_t m : {1, 2, 3, 4, 5, 9, 13}) {
+      for (int64_t n : {1, 5, 16, 17, 40}) {
+        for (bool ta : {false, true}) {
+          for (bool tb : {false, true}) {
+            const int64_t lda = (ta ? m : k) + 1, ldb = (tb ? k : n) + 3, ldc = n + 2;
+            const auto a = Random((ta ? k : m) * lda + 1, ++seed);
+            const auto b = Random((tb ? n : k) * ldb + 1, ++seed);
+            const float beta = k % 2 == 0 ? 0.0f : 0.75f;
+            std::vector<float> c = Random(m * ldc, ++seed);
+            const std::vector<float> c0 = c;
+            Gemm(ta, tb, m, n, k, 1.5f, a.data(), lda, b.data(), ldb, beta, c.data(), ldc);
+            std::vector<float> got;
+            std::vector<double> want;
+            for (int64_t i = 0; i < m; ++i) {
+              for (int64_t j = 0; j < n; ++j) {
+                const float* a_row = ta ? a.data() + i : a.data() + i * lda;
+                const float* b_col = tb ? b.data() + j * ldb : b.data() + j;
+                const float expected = DocumentedGemmElement(a_row, ta ? lda : 1, b_col,
+                                                             tb ? 1 : ldb, k, 1.5f, beta,
+                                                             c0[i * ldc + j]);
+                ASSERT_EQ(std::bit_cast<uint32_t>(c[i * ldc + j]), std::bit_cast<uint32_t>(expected))
+                    << "m " << m << " n " << n << " k " << k << " ta " << ta << " tb " << tb
+                    << " at " << i << "," << j;
+                double s = 0.0;
+                for (int64_t l = 0; l < k; ++l) s += double(a_row[l * (ta ? lda : 1)]) * b_col[l * (tb ? 1 : ldb)];
+                got.push_back(c[i * ldc + j]);
+                want.push_back(1.5 * s + beta * c0[i * ldc + j]);
+              }
+              for (int64_t j = n; j < ldc; ++j) ASSERT_EQ(c[i * ldc + j], c0[i * ldc + j]);
+            }
+            EXPECT_LT(RelError(got, want), kTol) << "m " << m << " n " << n << " k " << k;
+          }
+        }
+      }
+    }
+  }
+}
+
+// A projection's row (x [rows, in] times W^T, W [out, in]) is the same bits whatever the number
+// of rows with it and however the output columns or rows are split over threads, as the CPU
+// backend splits them (CpuBackend::Project).
+TEST(OpsTest, GemmRowsDoNotDependOnTheBatchOrTheThreadSplit) {
+  const int64_t max_rows = 11, in = 300, out = 77;
+  const auto x = Random(max_rows * in, 40), w = Random(out * in, 41);
+  std::vector<float> alone(max_rows * out);
+  for (int64_t r = 0; r < max_rows; ++r) {
+    Gemm(false, true, 1, out, in, 1.0f, x.data() + r * in, in, w.data(), in, 0.0f,
+         alone.data() + r * out, out);
+  }
+  for (int threads : {1, 2, 3, 5}) {
+    ThreadPool pool(threads);
+    for (int64_t rows = 1; rows <= max_rows; ++rows) {
+      std::vector<float> by_columns(rows * out), by_rows(rows * out);
+      pool.ParallelFor(out, 1, [&](int64_t begin, int64_t end) {
+        Gemm(false, true, rows, end - begin, in, 1.0f, x.data(), in, w.data() + begin * in, in,
+             0.0f, by_columns.data() + begin, out);
+      });
+      pool.ParallelFor(rows, 1, [&](int64_t begin, int64_t end) {
+        Gemm(false, true, end - begin, out, in, 1.0f, x.data() + begin * in, in, w.data(), in,
+             0.0f, by_rows.data() + begin * out, out);
+      });
+      const std::vector<float> want(alone.begin(), alone.begin() + rows * out);
+      EXPECT_EQ(by_columns, want) << rows << " rows, " << threads << " threads, columns split";
+      EXPECT_EQ(by_rows, want) << rows << " rows, " << threads << " threads, rows split";
+    }
+  }
+  std::vector<double> reference(max_rows * out);
+  for (int64_t r = 0; r < max_rows; ++r) {
+    for (int64_t j = 0; j < out; ++j) {
+      for (int64_t l = 0; l < in; ++l) reference[r * out + j] += double(x[r * in + l]) * w[j * in + l];
+    }
+  }
+  EXPECT_LT(RelError(alone, reference), kTol);
+}
+
+// Exp, Log and SinCos (IEEE arithmetic only, so no CPU-dependent libm variant is involved)
+// against glibc within a few double ulps on random arguments over their ranges, plus the edges.
+TEST(OpsTest, OwnTranscendentalsMatchLibm) {
+  std::mt19937_64 rng(7);
+  std::uniform_real_distribution<double> exp_arg(-745.0, 709.0), small(-2.0, 2.0),
+      log_exponent(-1000.0, 1000.0), angle(-1.6e6, 1.6e6);
+  double exp_err = 0.0, log_err = 0.0, trig_err = 0.0;
+  for (int i = 0; i < 200000; ++i) {
+    for (double x : {exp_arg(rng), small(rng)}) {
+      const double want = std::exp(x);
+      if (want > 1e-300) exp_err = std::max(exp_err, std::abs(Exp(x) - want) / want);
+    }
+    const double y = std::pow(2.0, log_exponent(rng)) * (1.0 + small(rng) * small(rng) / 8);
+    log_err = std::max(log_err, std::abs(Log(y) - std::log(y)) / std::max(1.0, std::abs(std::log(y))));
+    for (double x : {angle(rng), small(rng)}) {
+      double s = 0.0, c = 0.0;
+      SinCos(x, &s, &c);
+      trig_err = std::max({trig_err, std::abs(s - std::sin(x)), std::abs(c - std::cos(x))});
+    }
+  }
+  EXPECT_LT(exp_err, 4e-16);
+  EXPECT_LT(log_err, 4e-16);
+  EXPECT_LT(trig_err, 4e-16);
+  EXPECT_EQ(Exp(0.0), 1.0);
+  EXPECT_EQ(Exp(-INFINITY), 0.0);
+  EXPECT_EQ(Exp(INFINITY), INFINITY);
+  EXPECT_EQ(Exp(1000.0), INFINITY);
+  EXPECT_TRUE(std::isnan(Exp(NAN)));
+  EXPECT_NEAR(Exp(-740.0), std::exp(-740.0), 1e-323);  // subnormal
+  EXPECT_EQ(Log(1.0), 0.0);
+  EXPECT_EQ(Log(0.0), -INFINITY);
+  EXPECT_TRUE(std::isnan(Log(-1.0)));
+  for (double x : {-50.0, -1.0, -1e-9, 0.0, 1e-9, 1.0, 50.0}) {
+    EXPECT_NEAR(LogSigmoid(x), -std::log1p(std::exp(-x)), 1e-15 * std::max(1.0, std::abs(x))) << x;
+  }
+}
+
+// The same bits on every machine and build: a hash of Exp, Log and SinCos over 3 x 100000
+// arguments, computed once (on an AMD EPYC, x86-64-v4). glibc's exp, log and sin/cos fail this
+// when run with GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX2,-FMA (its non-FMA variants), which
+// tests/engine/CMakeLists.txt also runs this under. Changing the functions changes the hash.
+TEST(OpsTest, OwnTranscendentalsAreTheSameBitsEverywhere) {
+  uint64_t hash = 14695981039346656037u;  // FNV-1a
+  auto mix = [&](double v) {
+    hash = (hash ^ std::bit_cast<uint64_t>(v)) * 1099511628211u;
+  };
+  std::mt19937_64 rng(11);
+  std::uniform_real_distribution<double> exp_arg(-100.0, 100.0), log_arg(1e-6, 1e6),
+      angle(0.0, 2e5);
+  for (int i = 0; i < 100000; ++i) {
+    mix(Exp(exp_arg(rng)));
+    mix(Log(log_arg(rng)));
+    double s = 0.0, c = 0.0;
+    SinCos(angle(rng), &s, &c);
+    mix(s);
+    mix(c);
+  }
+  EXPECT_EQ(hash, 16852684143129278973u);
 }
 
 TEST(OpsTest, ThreadPoolCoversEveryIndexOnce) {

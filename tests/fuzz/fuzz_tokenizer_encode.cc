@@ -9,22 +9,10 @@
 #include <vector>
 
 #include "engine/tokenizer/tokenizer.h"
-
-namespace {
-
-const lizard::Tokenizer& Tiny() {
-  static const std::unique_ptr<lizard::Tokenizer> tokenizer = [] {
-    auto loaded = lizard::Tokenizer::FromFile(LIZARD_TOKENIZER_JSON);
-    if (!loaded.ok()) abort();
-    return *std::move(loaded);
-  }();
-  return *tokenizer;
-}
-
-}  // namespace
+#include "tests/fuzz/tiny_tokenizer.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  const lizard::Tokenizer& tokenizer = Tiny();
+  const lizard::Tokenizer& tokenizer = TinyTokenizer();
   const std::string_view text(reinterpret_cast<const char*>(data), size);
   for (bool add_special : {false, true}) {
     auto ids = tokenizer.Encode(text, add_special);

@@ -11,7 +11,8 @@ source_dir=$(cd "$(dirname "$0")/../.." && pwd)
 build_dir=${source_dir}/build-fuzz
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(fuzz_model_config fuzz_checkpoint fuzz_serialized_state fuzz_tokenizer_json fuzz_tokenizer_encode)
+  targets=(fuzz_model_config fuzz_checkpoint fuzz_serialized_state fuzz_tokenizer_json fuzz_tokenizer_encode
+           fuzz_http_endpoint fuzz_rpc_request fuzz_chat_template)
 fi
 
 # Every library is instrumented for coverage and the sanitizers; only the fuzz targets get main().

@@ -32,7 +32,8 @@ ServerProcess::ServerProcess(const std::vector<std::string>& extra_flags) {
   const char* model = std::getenv("LIZARD_TEST_MODEL_DIR");
   std::vector<std::string> args = {bin ? bin : LIZARD_SERVER_BIN, "--model",
                                    model ? model : LIZARD_TEST_MODEL_DIR,
-                                   "--host", "127.0.0.1", "--port", "0", "--metrics-port", "0"};
+                                   "--host", "127.0.0.1", "--port", "0", "--metrics-port", "0",
+                                   "--http-port", "0"};
   if (const char* flags = std::getenv("LIZARD_TEST_SERVER_FLAGS")) {
     std::istringstream words(flags);
     for (std::string word; words >> word;) args.push_back(word);

@@ -1,6 +1,7 @@
 """Helpers of the Python tests that run lizard-server (tests/server/test_server.py,
 tests/deploy/session_affinity_test.py): gRPC stubs generated at test time, the server process on
 127.0.0.1 with free ports, and the health check without generated health stubs."""
+import argparse
 import os
 import re
 import shutil
@@ -8,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import unittest
 import urllib.request
 
 
@@ -25,12 +27,46 @@ def generate_stubs(proto_dir, out_dir):
     return lizard_pb2, lizard_pb2_grpc
 
 
+def unittest_main(module_globals):
+    """The main of a unittest script run as `SCRIPT --server BIN --model DIR --proto-dir DIR
+    [unittest args]`: generates the stubs into a temporary folder, sets the script's globals
+    ARGS (the parsed flags), pb and pbg (lizard_pb2, lizard_pb2_grpc), runs its tests and exits
+    0 if all passed."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--server", required=True)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--proto-dir", required=True)
+    args, rest = parser.parse_known_args()
+    with tempfile.TemporaryDirectory() as out:
+        pb, pbg = generate_stubs(args.proto_dir, out)
+        module_globals.update(ARGS=args, pb=pb, pbg=pbg)
+        result = unittest.main(argv=[sys.argv[0]] + rest, exit=False).result
+    sys.exit(0 if result.wasSuccessful() else 1)
+
+
 def _compile_stubs(proto_dir, out_dir):
     plugin = shutil.which("grpc_python_plugin") or "/usr/bin/grpc_python_plugin"
     subprocess.run([shutil.which("protoc") or "/usr/bin/protoc", "-I" + proto_dir,
                     "--python_out=" + out_dir, "--grpc_python_out=" + out_dir,
                     "--plugin=protoc-gen-grpc_python=" + plugin,
                     os.path.join(proto_dir, "lizard", "v1", "lizard.proto")], check=True)
+
+
+def run_tests(module_globals):
+    """The main() of a test file: parses --server, --model and --proto-dir into the module's ARGS,
+    generates the stubs into its pb and pbg, runs its unittest cases (the other arguments select
+    them) and exits 0 if all passed."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--server", required=True)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--proto-dir", required=True)
+    module_globals["ARGS"], rest = parser.parse_known_args()
+    with tempfile.TemporaryDirectory() as out:
+        module_globals["pb"], module_globals["pbg"] = generate_stubs(module_globals["ARGS"].proto_dir,
+                                                                     out)
+        result = unittest.main(module=module_globals["__name__"], argv=[sys.argv[0]] + rest,
+                               exit=False).result
+    sys.exit(0 if result.wasSuccessful() else 1)
 
 
 def health(channel, timeout_s=10):
@@ -50,7 +86,7 @@ class Server:
         self.log = tempfile.NamedTemporaryFile(prefix="lizard-server-", suffix=".log")
         self.proc = subprocess.Popen(
             [binary, "--model", model, "--host", "127.0.0.1", "--port", "0",
-             "--metrics-port", "0",
+             "--metrics-port", "0", "--http-port", "0",  # a test that wants HTTP sets it
              # Flags for every server of a run, e.g. "--backend cuda" on the GPU machine.
              *os.environ.get("LIZARD_TEST_SERVER_FLAGS", "").split(),
              *flags],  # a later --model wins
@@ -90,3 +126,26 @@ class Server:
             self.proc.kill()
             self.proc.wait()
         self.log.close()
+
+
+def settled_session(get_session, history_tokens, timeout_s=10):
+    """GetSession (GET_SESSION() -> Session) once a cancelled turn has settled, and whether the
+    first answer was not settled yet. A client's cancel (or deadline) ends its call at once, but
+    the engine drops the turn only at its next step: until then GetSession shows num_tokens of
+    the running turn with the previous turn's last_turn_token_ids. Settled: the session holds
+    its history (HISTORY_TOKENS tokens before the turn) plus last_turn_token_ids, or just its
+    history (the turn never reached the engine), unchanged over 50 ms."""
+    deadline = time.monotonic() + timeout_s
+    waited = False
+    while True:
+        session = get_session()
+        if session.num_tokens in (history_tokens,
+                                  history_tokens + len(session.last_turn_token_ids)):
+            time.sleep(0.05)
+            again = get_session()
+            if again == session or time.monotonic() > deadline:
+                return again, waited
+        elif time.monotonic() > deadline:
+            return session, True
+        waited = True
+        time.sleep(0.01)

@@ -7,7 +7,6 @@ reflection are called with hand-encoded protobuf bytes, so no extra stubs are ne
   /usr/bin/python3 test_server.py --server BUILD/server/lizard-server --model MODEL_DIR \
       --proto-dir REPO/proto
 """
-import argparse
 import os
 import re
 import signal
@@ -266,18 +265,5 @@ class DrainTest(unittest.TestCase):
             server.close()
 
 
-def main():
-    global ARGS, pb, pbg
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--server", required=True)
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--proto-dir", required=True)
-    ARGS, rest = parser.parse_known_args()
-    with tempfile.TemporaryDirectory() as out:
-        pb, pbg = server_testing.generate_stubs(ARGS.proto_dir, out)
-        result = unittest.main(argv=[sys.argv[0]] + rest, exit=False).result
-    sys.exit(0 if result.wasSuccessful() else 1)
-
-
 if __name__ == "__main__":
-    main()
+    server_testing.unittest_main(globals())

@@ -460,6 +460,29 @@ TEST(IncrementalDecoder, HoldsBackSplitCharacters) {
   EXPECT_EQ(bytes.Push(' ').value(), " ");
 }
 
+// Regression: a model that keeps producing tokens whose text ends in U+FFFD (here lone
+// continuation bytes) made the decoder hold back every token, so the whole text came at the end
+// (14 MB in one message) and each Push decoded the whole growing window.
+TEST(IncrementalDecoder, HoldsBackAtMostAFewTokens) {
+  auto b = MustLoad(ByteLevelConfig({}));
+  ASSERT_NE(b, nullptr);
+  IncrementalDecoder stream(*b);
+  std::string streamed;
+  for (int i = 0; i < 1000; ++i) {
+    const std::string piece = stream.Push(0x80).value();
+    if (i >= 3) EXPECT_EQ(piece, "\xEF\xBF\xBD") << i;  // one replacement per token, 3 behind
+    streamed += piece;
+  }
+  streamed += stream.Flush();
+  EXPECT_EQ(streamed, b->Decode(std::vector<int32_t>(1000, 0x80)).value());
+  // An unfinished character after invalid bytes is still held back whole.
+  IncrementalDecoder mixed(*b);
+  for (int32_t id : std::vector<int32_t>{0x80, 0x80, 0x80, 0x80, 'a', 0xF0, 0x9F, 0x98}) {
+    (void)mixed.Push(id).value();
+  }
+  EXPECT_EQ(mixed.Push(0x80).value(), "\xF0\x9F\x98\x80");
+}
+
 TEST(IncrementalDecoder, ConcatenationEqualsDecodeOnRandomIds) {
   std::mt19937 rng(11);
   auto sp = MustLoad(SentencePieceConfig());
