@@ -2,23 +2,29 @@
 """The engine serves the shipped trained models as PyTorch computes them (CPU backend):
 perplexity from `lizard-cli logits` on validation text equals the PyTorch model's within 1e-3
 relative, and `lizard-cli generate` (greedy) gives PyTorch's greedy tokens for 64 tokens on 8
-prompts, for models/llama-demo and models/lizard-demo. Token ids come from
-data/val_sample_ids.txt (the Hugging Face tokenizer's)."""
+prompts, for models/llama-demo and models/lizard-demo; so does `lizard-server`, with the 8
+prompts sent at once (they share engine steps). Token ids come from data/val_sample_ids.txt (the
+Hugging Face tokenizer's)."""
 import os
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
-sys.path[:0] = [os.path.join(ROOT, "tools", "linearize"), os.path.join(ROOT, "tools")]
+sys.path[:0] = [os.path.join(ROOT, "tools", "linearize"), os.path.join(ROOT, "tools"),
+                os.path.join(ROOT, "clients", "python"), os.path.join(ROOT, "tests", "server")]
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import model as lm  # noqa: E402
+import server_testing  # noqa: E402
+from lizard_client import Client  # noqa: E402
 
 CLI = os.environ["LIZARD_CLI"]
+SERVER = os.environ["LIZARD_SERVER"]
 PPL_TOKENS = 1024
 GREEDY_TOKENS = 64
 
@@ -65,12 +71,14 @@ def main():
               f"PyTorch {ppl_torch:.5f}, relative difference {rel:.2e} {'ok' if ok else 'FAIL'}")
         # 8 prompts: the first 12 tokens of each document, and a later stretch of the longest.
         prompts = [[bos] + d[:12] for d in docs] + [[bos] + max(docs, key=len)[200:220]]
+        cli_tokens = []
         for i, prompt in enumerate(prompts[:8]):
             out = subprocess.run([CLI, "generate", "--model", folder, "--backend", "cpu",
                                   "--tokens", ",".join(map(str, prompt)),
                                   "--max-new-tokens", str(GREEDY_TOKENS)],
                                  check=True, capture_output=True, text=True).stdout
             got = [int(x) for x in out.split("\n")[0].split()]
+            cli_tokens.append(got)
             checks += 1
             first = torch_greedy_agrees(net, prompt, got)
             # Fewer than 64 tokens only when the engine stopped at EOS.
@@ -79,6 +87,22 @@ def main():
                 print(f"{name}: prompt {i}: engine token {first} of {len(got)} is not "
                       f"PyTorch's greedy choice")
         print(f"{name}: greedy {GREEDY_TOKENS} tokens on 8 prompts checked")
+        # The same 8 prompts through lizard-server at once.
+        server = server_testing.Server(SERVER, folder, "--backend", "cpu")
+        try:
+            with Client(server.address) as client, ThreadPoolExecutor(8) as pool:
+                served = list(pool.map(lambda p: [t for r in client.generate(
+                    token_ids=p, max_new_tokens=GREEDY_TOKENS, timeout=120)
+                    for t in r.token_ids], prompts[:8]))
+        finally:
+            server.close()
+        for i, (got, expected) in enumerate(zip(served, cli_tokens)):
+            checks += 1
+            if got != expected:
+                failures += 1
+                print(f"{name}: prompt {i}: lizard-server's greedy tokens differ from "
+                      f"lizard-cli's (and so from PyTorch's)")
+        print(f"{name}: lizard-server: 8 concurrent greedy generations checked")
     print(f"{checks - failures} passed, {failures} failed")
     sys.exit(1 if failures else 0)
 
