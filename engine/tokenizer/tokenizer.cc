@@ -373,11 +373,11 @@ IncrementalDecoder::IncrementalDecoder(const Tokenizer& tokenizer, bool skip_spe
 // ones. The text of the new tokens is Decode(window) minus Decode(already emitted part): decoding
 // with preceding tokens that produced text keeps context-dependent decoders (the stripped leading
 // space of SentencePiece, a character split over byte tokens) identical to one-shot decoding.
-// At most this many trailing tokens are held back for an unfinished character: its missing bytes
-// (three at most) lie in them. Holding back more would let a model that keeps producing invalid
-// UTF-8 grow the window without bound, and with it the text of the last message and the cost of
-// every Push.
-constexpr size_t kMaxHeldTokens = 3;
+// At most this many tokens are held back for an unfinished character (real text needs at most
+// 4, one per byte). A model that keeps producing invalid UTF-8 would otherwise grow the window
+// without bound, and with it the text of the last message and the cost of every Push; past the
+// limit the text is emitted as it decodes, U+FFFD included.
+constexpr size_t kMaxHeldTokens = 64;
 
 absl::StatusOr<std::string> IncrementalDecoder::Push(int32_t token) {
   ids_.push_back(token);
@@ -386,27 +386,20 @@ absl::StatusOr<std::string> IncrementalDecoder::Push(int32_t token) {
     ids_.pop_back();
     return full.status();
   }
-  const size_t pending = ids_.size() - read_count_;
-  size_t emit_until = ids_.size();
+  const bool hold = ids_.size() - read_count_ <= kMaxHeldTokens;
   // A trailing U+FFFD may be a character whose remaining bytes are still to come.
-  if (full->ends_with(kReplacementCharacter)) {
-    if (pending <= kMaxHeldTokens) return std::string();
-    emit_until = ids_.size() - kMaxHeldTokens;
-    full = tokenizer_.Decode(absl::MakeConstSpan(ids_).first(emit_until), skip_special_tokens_);
-    if (!full.ok()) return full.status();
-  }
+  if (hold && full->ends_with(kReplacementCharacter)) return std::string();
   auto done = tokenizer_.Decode(absl::MakeConstSpan(ids_).first(read_count_), skip_special_tokens_);
   if (!done.ok()) return done.status();
   std::string delta;
   if (full->starts_with(*done)) {
     delta = full->substr(done->size());
-  } else if (pending <= kMaxHeldTokens) {
+  } else if (hold) {
     return std::string();
   } else {
     // The context decodes differently now than when it was emitted: the new tokens alone.
-    auto alone = tokenizer_.Decode(
-        absl::MakeConstSpan(ids_).subspan(read_count_, emit_until - read_count_),
-        skip_special_tokens_);
+    auto alone = tokenizer_.Decode(absl::MakeConstSpan(ids_).subspan(read_count_),
+                                   skip_special_tokens_);
     if (!alone.ok()) return alone.status();
     delta = *std::move(alone);
   }
@@ -414,9 +407,8 @@ absl::StatusOr<std::string> IncrementalDecoder::Push(int32_t token) {
   // special tokens) must not become the whole context, or a leading space would be stripped again.
   if (!delta.empty()) {
     ids_.erase(ids_.begin(), ids_.begin() + static_cast<std::ptrdiff_t>(read_count_));
-    emit_until -= read_count_;
   }
-  read_count_ = emit_until;
+  read_count_ = ids_.size();
   return delta;
 }
 
