@@ -287,7 +287,6 @@ class EngineImpl : public Engine {
     }
 
     if (!advances.empty()) {
-      out.Reset(0, 0);  // nothing of the last step may be mistaken for this one's output
       status = backend_->Forward(plan, &out);
       if (status.ok() && (out.rows != plan.num_logits_rows() ||
                           static_cast<int64_t>(out.tokens.size()) != out.rows ||
