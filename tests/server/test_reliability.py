@@ -66,6 +66,22 @@ class ReliabilityTest(unittest.TestCase):
     def tearDownClass(cls):
         cls.server.close()
 
+    def test_prefill_only_and_long_prompts_on_a_warm_server(self):
+        """Blocker 1, as a user met it: once the server had generated a token, CreateSession with
+        a text prefix and every prompt longer than --max-batch-tokens (512 here) failed with
+        INTERNAL "backend returned 1 tokens, expected 0"."""
+        self.assertEqual(len([t for r in self.stub.Generate(pb.GenerateRequest(
+            text="Once upon a time", stopping=greedy(4))) for t in r.token_ids]), 4)
+        session = self.stub.CreateSession(pb.CreateSessionRequest(text="A conversation."))
+        self.assertGreater(session.num_tokens, 0)
+        prompt = pb.TokenIds(ids=[(7 * i) % 500 + 1 for i in range(1500)])
+        last = list(self.stub.Generate(pb.GenerateRequest(token_ids=prompt,
+                                                          stopping=greedy(3))))[-1]
+        self.assertEqual(last.usage.prompt_tokens, 1500)
+        self.assertEqual(last.usage.generated_tokens, 3)
+        created = self.stub.CreateSession(pb.CreateSessionRequest(token_ids=prompt))
+        self.assertEqual(created.num_tokens, 1500)
+
     def test_slow_reader_is_bounded_and_cut_off(self):
         """Defect 3: three streams with logprobs=512 that are not read for a while. The server's
         memory stays bounded, no message reaches gRPC's 4 MiB limit, and the streams end with
