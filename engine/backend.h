@@ -23,9 +23,6 @@ struct BackendInfo {
   int64_t memory_used_bytes = 0;
   int64_t weights_bytes = 0;
   int64_t state_pool_bytes = 0;
-  // Device-to-device copy bandwidth (bytes read + written per second) measured when the backend
-  // was created; the denominator of the roofline fraction in benchmarks. 0 when not measured.
-  double copy_bandwidth_bytes_per_s = 0.0;
 };
 
 class Backend {
@@ -52,12 +49,8 @@ class Backend {
   virtual absl::StatusOr<std::string> SaveSlot(SlotId slot) = 0;
   virtual absl::Status LoadSlot(SlotId slot, std::string_view bytes) = 0;
 
-  // Benchmarks only: puts `slot` at `position` with random (seeded, non-zero) state contents
-  // and, for softmax layers, `position` tokens of random KV, without running a prefill.
-  virtual absl::Status FillSlotForBenchmark(SlotId slot, int64_t position, uint64_t seed) = 0;
-
   // --- compute ---
-  // Runs one step: every decode item and prefill chunk advances its slot's state; returns the
+  // Runs one step: every chunk advances its slot's state; returns the
   // logits rows of StepPlan::num_logits_rows() in that order, or the tokens sampled from them
   // (see StepOutput). Results never depend on what else shares the plan. Every field of `out`
   // is overwritten (StepOutput::Reset first), also when no row is sampled.

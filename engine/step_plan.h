@@ -5,6 +5,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "absl/functional/function_ref.h"
+#include "absl/status/status.h"
 #include "engine/sampling/sampling.h"
 
 namespace lizard {
@@ -12,50 +14,53 @@ namespace lizard {
 // Index of a fixed-size sequence-state slot in a backend's state pool.
 using SlotId = int32_t;
 
-// Which rows of a prefill chunk produce logits.
+// Which rows of a chunk produce logits.
 enum class LogitsMode { kNone, kLast, kAll };
 
-// Consecutive prompt tokens of one sequence, starting at `first_position`.
-struct PrefillChunk {
+// Consecutive tokens of one sequence, starting at `first_position`. A decode is a chunk of one
+// token with logits kLast; a prompt chunk may be longer. Each backend picks the recurrent form
+// for a one-token chunk and the chunked (parallel) form for a longer one.
+struct SequenceChunk {
   SlotId slot = -1;
   int64_t first_position = 0;
   std::vector<int32_t> tokens;
   LogitsMode logits = LogitsMode::kLast;
 };
 
-// One token for one running sequence at `position`; always produces one logits row.
-struct DecodeItem {
-  SlotId slot = -1;
-  int64_t position = 0;
-  int32_t token = 0;
-};
-
 // One engine step. A slot appears at most once per plan. Positions must equal the slot's
-// current position (the number of tokens its state has consumed); a backend refuses a mismatch.
+// current position (the number of tokens its state has consumed); a backend refuses a mismatch
+// (ValidateStepPlan). The order of the chunks is the order of the logits rows; which chunks come
+// first is the scheduler's business (the engine puts decodes first).
 struct StepPlan {
-  std::vector<DecodeItem> decodes;
-  std::vector<PrefillChunk> prefills;
+  std::vector<SequenceChunk> chunks;
   // Empty: Forward returns the logits rows. Otherwise one entry per logits row (in row order):
   // the backend samples each row on its device (engine/sampling/sampler.h defines how) and
   // returns token ids (and logprobs where asked) instead of logits.
   std::vector<RowSampling> sampling;
 
   int64_t num_tokens() const {
-    int64_t n = static_cast<int64_t>(decodes.size());
-    for (const auto& c : prefills) n += static_cast<int64_t>(c.tokens.size());
+    int64_t n = 0;
+    for (const auto& c : chunks) n += static_cast<int64_t>(c.tokens.size());
     return n;
   }
-  // Logits rows, in output order: one per decode item (in order), then for each prefill chunk
-  // (in order) one row for kLast or tokens.size() rows for kAll.
+  // Logits rows, in output order: for each chunk (in order) one row for kLast or
+  // tokens.size() rows for kAll.
   int64_t num_logits_rows() const {
-    int64_t n = static_cast<int64_t>(decodes.size());
-    for (const auto& c : prefills) {
+    int64_t n = 0;
+    for (const auto& c : chunks) {
       if (c.logits == LogitsMode::kLast) n += 1;
       if (c.logits == LogitsMode::kAll) n += static_cast<int64_t>(c.tokens.size());
     }
     return n;
   }
 };
+
+// What every backend checks before a step touches any state (INVALID_ARGUMENT naming the chunk
+// index, OUT_OF_RANGE for positions past int32): each chunk's slot in [0, num_slots) and used
+// once, its first_position equal to slot_position(slot), at least one token, token ids in
+// [0, vocab), positions that fit int32; then the sampling rows (ValidateSampling).
+absl::Status ValidateStepPlan(const StepPlan& plan, int32_t num_slots, int64_t vocab,
+                              absl::FunctionRef<int64_t(SlotId)> slot_position);
 
 // What Forward returns for the rows a StepPlan asked for, in StepPlan::num_logits_rows() order:
 // without StepPlan::sampling, the logits, row-major [rows, vocab], float32 on the host; with it,

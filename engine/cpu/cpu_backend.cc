@@ -1,23 +1,20 @@
-// The CPU reference backend. One Forward runs every token of the step (decode items first, then
-// the prefill chunks' tokens) through each layer together: projections and MLP are one GEMM per
-// weight for all rows; the sequence mixing then runs per sequence, decodes in the recurrent
-// form and prefill chunks in the chunked parallel form.
+// The CPU reference backend. One Forward runs every token of the step (the plan's chunks in
+// order) through each layer together: projections and MLP are one GEMM per weight for all rows;
+// the sequence mixing then runs per sequence, one-token chunks (decodes) in the recurrent form
+// and longer chunks in the chunked parallel form.
 #include "engine/cpu/cpu_backend.h"
 
 #include <unistd.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <fstream>
 #include <limits>
 #include <numeric>
-#include <random>
 #include <thread>
 #include <utility>
 
-#include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "engine/cpu/ops.h"
@@ -74,24 +71,6 @@ int64_t MemTotalBytes() {
   return 0;
 }
 
-// Bytes read + written per second by a multi-threaded copy of 32 MiB, larger than the caches
-// (the roofline denominator of benchmarks).
-double MeasureCopyBandwidth(cpu::ThreadPool& threads) {
-  const int64_t n = int64_t{8} << 20;  // floats
-  std::vector<float> src(n, 1.0f), dst(n, 0.0f);
-  double best = 0.0;
-  for (int rep = 0; rep < 2; ++rep) {
-    const auto start = std::chrono::steady_clock::now();
-    threads.ParallelFor(n, 1, [&](int64_t begin, int64_t end) {
-      std::memcpy(dst.data() + begin, src.data() + begin, (end - begin) * sizeof(float));
-    });
-    const double seconds =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    best = std::max(best, 2.0 * n * sizeof(float) / seconds);
-  }
-  return best;
-}
-
 int64_t VectorBytes(const std::vector<float>& v) {
   return static_cast<int64_t>(v.size() * sizeof(float));
 }
@@ -117,7 +96,6 @@ class CpuBackend final : public Backend {
     // Resident float32 bytes: a tied lm_head is a copy of embed, so it counts once more.
     weights_bytes_ = weights_.num_parameters() * static_cast<int64_t>(sizeof(float));
     if (weights_.tied_embeddings) weights_bytes_ += VectorBytes(weights_.lm_head);
-    copy_bandwidth_ = MeasureCopyBandwidth(threads_);
     // Read once: info() runs under the engine's backend lock at every metrics scrape.
     device_ = absl::StrCat(CpuModelName(), ", ", threads_.num_threads(), " threads");
     memory_total_bytes_ = MemTotalBytes();
@@ -137,7 +115,6 @@ class CpuBackend final : public Backend {
       for (const LayerKv& layer : slot_kv) kv_bytes += VectorBytes(layer.k) + VectorBytes(layer.v);
     }
     info.memory_used_bytes = info.weights_bytes + info.state_pool_bytes + kv_bytes;
-    info.copy_bandwidth_bytes_per_s = copy_bandwidth_;
     return info;
   }
 
@@ -203,33 +180,6 @@ class CpuBackend final : public Backend {
     return absl::OkStatus();
   }
 
-  absl::Status FillSlotForBenchmark(SlotId slot, int64_t position, uint64_t seed) override {
-    if (position < 0) return absl::InvalidArgumentError("position must be >= 0");
-    if (absl::Status s = ResetSlot(slot); !s.ok()) return s;
-    std::mt19937_64 rng(seed);
-    std::uniform_real_distribution<float> small(0.0f, 0.01f), positive(0.5f, 1.5f),
-        symmetric(-1.0f, 1.0f);
-    auto fill = [&](int64_t offset, int64_t bytes, auto& dist) {
-      float* p = SlotPart(slot, offset);
-      for (int64_t i = 0; i < bytes / static_cast<int64_t>(sizeof(float)); ++i) p[i] = dist(rng);
-    };
-    for (const LizardLayerOffsets& off : layout_.lizard_layers) {
-      fill(off.s, layout_.s_bytes, small);
-      fill(off.z, layout_.z_bytes, positive);  // a positive normaliser, as real states have
-      fill(off.window_k, layout_.window_bytes, symmetric);
-      fill(off.window_v, layout_.window_bytes, symmetric);
-    }
-    WriteSlotPosition(layout_, SlotData(slot), position);
-    const int64_t kv_width = config_.num_kv_heads * config_.head_dim;
-    for (LayerKv& layer : kv_[slot]) {
-      layer.k.resize(position * kv_width);
-      layer.v.resize(position * kv_width);
-      for (float& x : layer.k) x = symmetric(rng);
-      for (float& x : layer.v) x = symmetric(rng);
-    }
-    return absl::OkStatus();
-  }
-
   absl::Status Forward(const StepPlan& plan, StepOutput* out) override;
 
  private:
@@ -260,7 +210,6 @@ class CpuBackend final : public Backend {
     }
     return absl::OkStatus();
   }
-  absl::Status ValidatePlan(const StepPlan& plan) const;
 
   float* SlotData(SlotId slot) { return pool_.data() + SlotFloats() * slot; }
   const float* SlotData(SlotId slot) const { return pool_.data() + SlotFloats() * slot; }
@@ -273,8 +222,9 @@ class CpuBackend final : public Backend {
   // thread pool.
   void Project(const float* x, int64_t rows, int64_t in, const std::vector<float>& w,
                const std::vector<float>& bias, int64_t out_dim, float* y, bool accumulate);
-  void LizardAttention(int64_t layer, const std::vector<Segment>& decodes,
-                       const std::vector<Segment>& prefills, Activations& a);
+  // `single`: one-token chunks (recurrent form); `multi`: longer chunks (chunked form).
+  void LizardAttention(int64_t layer, const std::vector<Segment>& single,
+                       const std::vector<Segment>& multi, Activations& a);
   // key_positions holds 0, 1, 2, ... up to at least every segment's last position.
   void SoftmaxAttention(int64_t layer, const std::vector<Segment>& segments,
                         const std::vector<int64_t>& key_positions, Activations& a);
@@ -290,53 +240,9 @@ class CpuBackend final : public Backend {
   std::vector<std::vector<LayerKv>> kv_;     // [slot][softmax layer]
   std::vector<int32_t> softmax_index_;       // per model layer: index into kv_[slot], -1 = lizard
   int64_t weights_bytes_ = 0;
-  double copy_bandwidth_ = 0.0;
   std::string device_;
   int64_t memory_total_bytes_ = 0;
 };
-
-absl::Status CpuBackend::ValidatePlan(const StepPlan& plan) const {
-  absl::flat_hash_set<SlotId> seen;
-  auto check = [&](const std::string& what, SlotId slot, int64_t position,
-                   const std::vector<int32_t>& tokens) -> absl::Status {
-    if (slot < 0 || slot >= num_slots_) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(what, ": slot ", slot, " out of range [0, ", num_slots_, ")"));
-    }
-    if (!seen.insert(slot).second) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(what, ": slot ", slot, " appears more than once in the step"));
-    }
-    if (position != SlotPosition(slot)) {
-      return absl::InvalidArgumentError(absl::StrCat(what, ": position ", position, " but slot ",
-                                                     slot, " is at ", SlotPosition(slot)));
-    }
-    if (tokens.empty()) return absl::InvalidArgumentError(absl::StrCat(what, ": no tokens"));
-    for (int32_t t : tokens) {
-      if (t < 0 || t >= config_.vocab_size) {
-        return absl::InvalidArgumentError(absl::StrCat(what, ": token ", t, " out of range [0, ",
-                                                       config_.vocab_size, ")"));
-      }
-    }
-    return absl::OkStatus();
-  };
-  for (size_t i = 0; i < plan.decodes.size(); ++i) {
-    const DecodeItem& d = plan.decodes[i];
-    if (absl::Status s = check(absl::StrCat("decode item ", i), d.slot, d.position, {d.token});
-        !s.ok()) {
-      return s;
-    }
-  }
-  for (size_t i = 0; i < plan.prefills.size(); ++i) {
-    const PrefillChunk& c = plan.prefills[i];
-    if (absl::Status s =
-            check(absl::StrCat("prefill chunk ", i), c.slot, c.first_position, c.tokens);
-        !s.ok()) {
-      return s;
-    }
-  }
-  return absl::OkStatus();
-}
 
 void CpuBackend::Project(const float* x, int64_t rows, int64_t in, const std::vector<float>& w,
                          const std::vector<float>& bias, int64_t out_dim, float* y,
@@ -354,8 +260,8 @@ void CpuBackend::Project(const float* x, int64_t rows, int64_t in, const std::ve
   });
 }
 
-void CpuBackend::LizardAttention(int64_t layer, const std::vector<Segment>& decodes,
-                                 const std::vector<Segment>& prefills, Activations& a) {
+void CpuBackend::LizardAttention(int64_t layer, const std::vector<Segment>& single,
+                                 const std::vector<Segment>& multi, Activations& a) {
   const LayerWeights& lw = weights_.layers[layer];
   const LizardLayerOffsets& off = *layout_.lizard_layer(layer);
   const int64_t rows = a.rows, hd = config_.hidden_size;
@@ -395,12 +301,13 @@ void CpuBackend::LizardAttention(int64_t layer, const std::vector<Segment>& deco
     }
   };
 
-  // Decodes, recurrent form: the state update and readout of every (item, head) in parallel.
-  const int64_t num_decodes = static_cast<int64_t>(decodes.size());
-  threads_.ParallelFor(num_decodes * h_count, kMinFloatsPerRange / head_s_floats + 1,
+  // One-token chunks, recurrent form: the state update and readout of every (item, head) in
+  // parallel.
+  const int64_t num_single = static_cast<int64_t>(single.size());
+  threads_.ParallelFor(num_single * h_count, kMinFloatsPerRange / head_s_floats + 1,
                        [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
-      const Segment& seg = decodes[i / h_count];
+      const Segment& seg = single[i / h_count];
       const int64_t h = i % h_count, g = h / group, r = seg.row;
       const float gamma = static_cast<float>(1.0 / (1.0 + cpu::Exp(-gate_logit[r * h_count + h])));
       cpu::GlaStep(fq.data() + r * fm_width + h * f2, fk.data() + r * fm_width + h * f2,
@@ -409,15 +316,15 @@ void CpuBackend::LizardAttention(int64_t layer, const std::vector<Segment>& deco
                    SlotPart(seg.slot, off.z) + h * f2, a.y.data() + r * q_width + h * d);
     }
   });
-  // Decodes, window, items in parallel: store the new key/value at ring row p % w, attend over
+  // One-token chunks, window, items in parallel: store the new key/value at ring row p % w, attend over
   // the filled rows.
   const int64_t ring_floats = 2 * kv_heads * w * d;
-  threads_.ParallelFor(num_decodes, kMinFloatsPerRange / ring_floats + 1,
+  threads_.ParallelFor(num_single, kMinFloatsPerRange / ring_floats + 1,
                        [&](int64_t begin, int64_t end) {
     std::vector<float> anchor(d);
     std::vector<int64_t> key_pos(w);
     for (int64_t i = begin; i < end; ++i) {
-      const Segment& seg = decodes[i];
+      const Segment& seg = single[i];
       const int64_t p = seg.first_position, r = seg.row;
       float* ring_k = SlotPart(seg.slot, off.window_k);
       float* ring_v = SlotPart(seg.slot, off.window_v);
@@ -439,10 +346,10 @@ void CpuBackend::LizardAttention(int64_t layer, const std::vector<Segment>& deco
     }
   });
 
-  // Prefill chunks, in blocks of kChunk tokens: chunked GLA from the carried state (heads in
+  // Longer chunks, in blocks of kChunk tokens: chunked GLA from the carried state (heads in
   // parallel), then the window over the ring (positions before the block) plus the block's own
   // keys (KV heads in parallel).
-  for (const Segment& seg : prefills) {
+  for (const Segment& seg : multi) {
     float* ring_k = SlotPart(seg.slot, off.window_k);
     float* ring_v = SlotPart(seg.slot, off.window_v);
     for (int64_t start = 0; start < seg.length; start += kChunk) {
@@ -548,30 +455,29 @@ void CpuBackend::Mlp(int64_t layer, Activations& a) {
 }
 
 absl::Status CpuBackend::Forward(const StepPlan& plan, StepOutput* out) {
-  if (absl::Status s = ValidatePlan(plan); !s.ok()) return s;
-  if (absl::Status s = ValidateSampling(plan, config_.vocab_size); !s.ok()) return s;
+  if (absl::Status s = ValidateStepPlan(plan, num_slots_, config_.vocab_size,
+                                        [&](SlotId slot) { return SlotPosition(slot); });
+      !s.ok()) {
+    return s;
+  }
   const int64_t hd = config_.hidden_size;
   const int64_t q_width = config_.num_heads * config_.head_dim;
   const int64_t kv_width = config_.num_kv_heads * config_.head_dim;
 
-  // Rows: decode items in order, then each prefill chunk's tokens.
+  // Rows: each chunk's tokens, in plan order. `all` has one segment per chunk; `single` and
+  // `multi` split them by length for the Lizard layers' two forms.
   Activations a;
   a.rows = plan.num_tokens();
   std::vector<int32_t> tokens;
-  std::vector<Segment> decodes, prefills, all;
-  for (const DecodeItem& item : plan.decodes) {
-    decodes.push_back({item.slot, item.position, static_cast<int64_t>(tokens.size()), 1});
-    tokens.push_back(item.token);
-    a.positions.push_back(item.position);
-  }
-  for (const PrefillChunk& chunk : plan.prefills) {
+  std::vector<Segment> all, single, multi;
+  for (const SequenceChunk& chunk : plan.chunks) {
     const int64_t n = static_cast<int64_t>(chunk.tokens.size());
-    prefills.push_back({chunk.slot, chunk.first_position, static_cast<int64_t>(tokens.size()), n});
+    const Segment seg{chunk.slot, chunk.first_position, static_cast<int64_t>(tokens.size()), n};
+    all.push_back(seg);
+    (n == 1 ? single : multi).push_back(seg);
     tokens.insert(tokens.end(), chunk.tokens.begin(), chunk.tokens.end());
     for (int64_t t = 0; t < n; ++t) a.positions.push_back(chunk.first_position + t);
   }
-  all = decodes;
-  all.insert(all.end(), prefills.begin(), prefills.end());
 
   a.x.resize(a.rows * hd);
   for (int64_t r = 0; r < a.rows; ++r) {
@@ -603,7 +509,7 @@ absl::Status CpuBackend::Forward(const StepPlan& plan, StepOutput* out) {
     Project(a.u.data(), a.rows, hd, lw.wk, lw.bk, kv_width, a.k.data(), false);
     Project(a.u.data(), a.rows, hd, lw.wv, lw.bv, kv_width, a.v.data(), false);
     if (config_.layer_types[l] == LayerType::kLizard) {
-      LizardAttention(l, decodes, prefills, a);
+      LizardAttention(l, single, multi, a);
     } else {
       SoftmaxAttention(l, all, key_positions, a);
     }
@@ -613,11 +519,10 @@ absl::Status CpuBackend::Forward(const StepPlan& plan, StepOutput* out) {
 
   // Logits rows in StepPlan::num_logits_rows() order.
   std::vector<int64_t> logit_rows;
-  for (const Segment& seg : decodes) logit_rows.push_back(seg.row);
-  for (size_t i = 0; i < plan.prefills.size(); ++i) {
-    const Segment& seg = prefills[i];
-    if (plan.prefills[i].logits == LogitsMode::kLast) logit_rows.push_back(seg.row + seg.length - 1);
-    if (plan.prefills[i].logits == LogitsMode::kAll) {
+  for (size_t i = 0; i < plan.chunks.size(); ++i) {
+    const Segment& seg = all[i];
+    if (plan.chunks[i].logits == LogitsMode::kLast) logit_rows.push_back(seg.row + seg.length - 1);
+    if (plan.chunks[i].logits == LogitsMode::kAll) {
       for (int64_t t = 0; t < seg.length; ++t) logit_rows.push_back(seg.row + t);
     }
   }

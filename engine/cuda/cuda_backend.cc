@@ -109,7 +109,6 @@ class CudaBackend : public Backend {
   int64_t SlotPosition(SlotId slot) const override;
   absl::StatusOr<std::string> SaveSlot(SlotId slot) override;
   absl::Status LoadSlot(SlotId slot, std::string_view bytes) override;
-  absl::Status FillSlotForBenchmark(SlotId slot, int64_t position, uint64_t seed) override;
   absl::Status Forward(const StepPlan& plan, StepOutput* out) override;
 
  private:
@@ -119,7 +118,6 @@ class CudaBackend : public Backend {
   absl::Status AllocateWeights();
   absl::Status AllocateActivations();
   absl::Status AllocateKvPool();
-  absl::Status MeasureCopyBandwidth();
   absl::Status Gemm(const bf16* x, int rows, int in, const DeviceBuffer& w, int out, float* y);
 
   // Pages for the slot's tokens [0, tokens); RESOURCE_EXHAUSTED when the pool runs out.
@@ -148,7 +146,6 @@ class CudaBackend : public Backend {
   int32_t num_slots_ = 0;
   int device_ = 0;
   std::string device_name_;
-  double copy_bandwidth_ = 0.0;
   int64_t weights_bytes_ = 0;
   cudaStream_t stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;
@@ -270,7 +267,6 @@ absl::Status CudaBackend::Init(const BackendOptions& options) {
   LIZARD_CUDA_RETURN(cudaMemsetAsync(pool_.get(), 0, pool_.bytes(), stream_));
   positions_.assign(num_slots_, 0);
   RETURN_IF_ERROR(AllocateActivations());
-  RETURN_IF_ERROR(MeasureCopyBandwidth());
   RETURN_IF_ERROR(AllocateKvPool());
   LIZARD_CUDA_RETURN(cudaDeviceSynchronize());
   return absl::OkStatus();
@@ -512,33 +508,6 @@ absl::Status CudaBackend::AllocateKvPool() {
   return absl::OkStatus();
 }
 
-absl::Status CudaBackend::MeasureCopyBandwidth() {
-  size_t free_bytes = 0, total_bytes = 0;
-  LIZARD_CUDA_RETURN(cudaMemGetInfo(&free_bytes, &total_bytes));
-  const size_t bytes = std::min<size_t>(size_t{1} << 30, free_bytes / 8) & ~size_t{255};
-  DeviceBuffer a, b;
-  RETURN_IF_ERROR(a.Allocate(bytes));
-  RETURN_IF_ERROR(b.Allocate(bytes));
-  LIZARD_CUDA_RETURN(cudaMemsetAsync(a.get(), 1, bytes, stream_));
-  cudaEvent_t start, stop;
-  LIZARD_CUDA_RETURN(cudaEventCreate(&start));
-  LIZARD_CUDA_RETURN(cudaEventCreate(&stop));
-  constexpr int kReps = 10;
-  LIZARD_CUDA_RETURN(cudaMemcpyAsync(b.get(), a.get(), bytes, cudaMemcpyDeviceToDevice, stream_));  // warm-up
-  LIZARD_CUDA_RETURN(cudaEventRecord(start, stream_));
-  for (int i = 0; i < kReps; ++i) {
-    LIZARD_CUDA_RETURN(cudaMemcpyAsync(b.get(), a.get(), bytes, cudaMemcpyDeviceToDevice, stream_));
-  }
-  LIZARD_CUDA_RETURN(cudaEventRecord(stop, stream_));
-  LIZARD_CUDA_RETURN(cudaEventSynchronize(stop));
-  float ms = 0.f;
-  LIZARD_CUDA_RETURN(cudaEventElapsedTime(&ms, start, stop));
-  cudaEventDestroy(start);
-  cudaEventDestroy(stop);
-  copy_bandwidth_ = 2.0 * static_cast<double>(bytes) * kReps / (ms * 1e-3);  // read + write
-  return absl::OkStatus();
-}
-
 BackendInfo CudaBackend::info() const {
   BackendInfo info;
   info.name = "cuda";
@@ -550,7 +519,6 @@ BackendInfo CudaBackend::info() const {
   }
   info.weights_bytes = weights_bytes_;
   info.state_pool_bytes = static_cast<int64_t>(pool_.bytes() + kv_pool_.bytes());
-  info.copy_bandwidth_bytes_per_s = copy_bandwidth_;
   return info;
 }
 
@@ -698,37 +666,6 @@ absl::Status CudaBackend::LoadSlot(SlotId slot, std::string_view bytes) {
   return absl::OkStatus();
 }
 
-absl::Status CudaBackend::FillSlotForBenchmark(SlotId slot, int64_t position, uint64_t seed) {
-  RETURN_IF_ERROR(ResetSlot(slot));
-  RETURN_IF_ERROR(EnsurePages(slot, position));
-  char* base = pool_.get<char>() + slot * layout_.slot_bytes;
-  uint64_t id = seed * 7919 + static_cast<uint64_t>(slot);
-  // Random bytes of the right type: small S, positive z (a sum of positive features), unit K/V.
-  auto fill = [&](char* p, int64_t bytes, DType type, float scale, float offset) {
-    if (type == DType::kBF16) {
-      return CudaStatus(k::RandomFillBf16(reinterpret_cast<bf16*>(p), bytes / 2, ++id, scale, offset, stream_), "fill");
-    }
-    return CudaStatus(k::RandomFillF32(reinterpret_cast<float*>(p), bytes / 4, ++id, scale, offset, stream_), "fill");
-  };
-  for (const LizardLayerOffsets& part : layout_.lizard_layers) {
-    RETURN_IF_ERROR(fill(base + part.s, layout_.s_bytes, layout_.state_dtype, 0.05f, 0.f));
-    RETURN_IF_ERROR(fill(base + part.z, layout_.z_bytes, layout_.state_dtype, 0.5f, 1.f));
-    RETURN_IF_ERROR(fill(base + part.window_k, layout_.window_bytes, layout_.window_dtype, 1.f, 0.f));
-    RETURN_IF_ERROR(fill(base + part.window_v, layout_.window_bytes, layout_.window_dtype, 1.f, 0.f));
-  }
-  const int64_t token_bytes = kv_page_bytes_ / kPageSize;
-  for (int64_t s = 0; s < layout_.num_softmax_layers; ++s) {
-    for (int value = 0; value < 2; ++value) {
-      for (int64_t t = 0; t < position; t += kPageSize) {
-        const int64_t n = std::min<int64_t>(kPageSize, position - t);
-        RETURN_IF_ERROR(fill(KvAddress(s, value, slot, t), n * token_bytes, layout_.window_dtype, 1.f, 0.f));
-      }
-    }
-  }
-  positions_[slot] = position;
-  return CudaStatus(cudaStreamSynchronize(stream_), "FillSlotForBenchmark");
-}
-
 // ---------------------------------------------------------------- compute
 
 absl::Status CudaBackend::Gemm(const bf16* x, int rows, int in, const DeviceBuffer& w, int out, float* y) {
@@ -824,7 +761,8 @@ absl::Status CudaBackend::RunStep(const std::vector<StepSeq>& seqs,
   // Softmax layers need pages for the new tokens before anything runs.
   for (const StepSeq& s : seqs) RETURN_IF_ERROR(EnsurePages(s.slot, s.first_pos + s.n));
 
-  // Decode-only steps of pure Lizard models replay a graph; padding rows use slot -1.
+  // Decode-only steps (every chunk one token) of pure Lizard models replay a graph; padding rows
+  // use slot -1.
   const bool decode_only = std::all_of(seqs.begin(), seqs.end(), [](const StepSeq& s) { return s.n == 1; });
   int bucket = 0;
   if (decode_only && layout_.num_softmax_layers == 0) {
@@ -865,7 +803,9 @@ absl::Status CudaBackend::RunStep(const std::vector<StepSeq>& seqs,
       field(kTokIds)[T] = 0, field(kTokSlot)[T] = -1, field(kTokPos)[T] = -1;
       field(kTokFirstRow)[T] = T, field(kTokFirstPos)[T] = -1, field(kTokSingle)[T] = 1;
     }
-    for (int r = 0; r < bucket; ++r) field(kLogitRows)[r] = r;
+    // The graph computes logits for `bucket` rows: the R real ones (a one-token chunk with
+    // logits kNone has none), then any valid rows, whose logits are never read.
+    for (int r = R; r < bucket; ++r) field(kLogitRows)[r] = r;
   }
   LIZARD_CUDA_RETURN(cudaMemcpyAsync(meta_.get(), meta, meta_.bytes(), cudaMemcpyHostToDevice, stream_));
 
@@ -1006,29 +946,7 @@ absl::Status CudaBackend::SampleLogits(const RowSampling* rows, int n, int64_t o
 
 absl::Status CudaBackend::Forward(const StepPlan& plan, StepOutput* out) {
   // Validate everything before touching any state.
-  std::vector<bool> seen(num_slots_, false);
-  auto check = [&](SlotId slot, int64_t position, const std::vector<int32_t>& tokens) -> absl::Status {
-    RETURN_IF_ERROR(CheckSlot(slot));
-    if (seen[slot]) return absl::InvalidArgumentError(absl::StrCat("slot ", slot, " appears twice in the plan"));
-    seen[slot] = true;
-    if (position != positions_[slot]) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("slot ", slot, " is at position ", positions_[slot], ", the plan says ", position));
-    }
-    if (position + static_cast<int64_t>(tokens.size()) > std::numeric_limits<int32_t>::max()) {
-      return absl::OutOfRangeError("position overflows int32");
-    }
-    for (int32_t t : tokens) {
-      if (t < 0 || t >= V_) return absl::InvalidArgumentError(absl::StrCat("token id ", t, " out of range [0, ", V_, ")"));
-    }
-    return absl::OkStatus();
-  };
-  for (const DecodeItem& d : plan.decodes) RETURN_IF_ERROR(check(d.slot, d.position, {d.token}));
-  for (const PrefillChunk& c : plan.prefills) {
-    if (c.tokens.empty()) return absl::InvalidArgumentError("empty prefill chunk");
-    RETURN_IF_ERROR(check(c.slot, c.first_position, c.tokens));
-  }
-  RETURN_IF_ERROR(ValidateSampling(plan, V_));
+  RETURN_IF_ERROR(ValidateStepPlan(plan, num_slots_, V_, [&](SlotId slot) { return positions_[slot]; }));
   LIZARD_CUDA_RETURN(cudaSetDevice(device_));
 
   out->Reset(0, V_);  // rows grow as the logits are produced
@@ -1040,7 +958,7 @@ absl::Status CudaBackend::Forward(const StepPlan& plan, StepOutput* out) {
   }
 
   // Pack the plan into internal steps of at most kMaxStepTokens tokens, in output-row order
-  // (decodes, then chunks in order; a long chunk is cut into consecutive pieces).
+  // (chunks in order; a long chunk is cut into consecutive pieces).
   std::vector<StepSeq> step;
   int step_tokens = 0;
   auto flush = [&]() -> absl::Status {
@@ -1050,12 +968,7 @@ absl::Status CudaBackend::Forward(const StepPlan& plan, StepOutput* out) {
     step_tokens = 0;
     return st;
   };
-  for (const DecodeItem& d : plan.decodes) {
-    if (step_tokens == kMaxStepTokens) RETURN_IF_ERROR(flush());
-    step.push_back({d.slot, d.position, &d.token, 1, LogitsMode::kLast});
-    ++step_tokens;
-  }
-  for (const PrefillChunk& c : plan.prefills) {
+  for (const SequenceChunk& c : plan.chunks) {
     const int n = static_cast<int>(c.tokens.size());
     for (int done = 0; done < n;) {
       if (step_tokens == kMaxStepTokens) RETURN_IF_ERROR(flush());

@@ -263,10 +263,12 @@ class EngineImpl : public Engine {
         finished.push_back(
             FinishLocked(sequences_.at(f.id).get(), FinishReason::kError, std::move(f.status)));
       }
+      // The scheduler's decodes first (one-token chunks), then its prompt chunks.
       for (RequestId id : step.decodes) {
         Sequence* seq = sequences_.at(id).get();
         const SequenceState& state = *states_.Find(seq->state);
-        plan.decodes.push_back({*state.slot, state.consumed, seq->tokens[seq->fed]});
+        plan.chunks.push_back(
+            {*state.slot, state.consumed, {seq->tokens[seq->fed]}, LogitsMode::kLast});
         plan.sampling.push_back(RowSamplingOf(*seq));
         advances.push_back({seq, 1, true, false});
       }
@@ -274,13 +276,13 @@ class EngineImpl : public Engine {
         Sequence* seq = sequences_.at(c.id).get();
         const SequenceState& state = *states_.Find(seq->state);
         const bool wants_token = c.last && seq->stopping.max_new_tokens > 0;
-        PrefillChunk chunk;
+        SequenceChunk chunk;
         chunk.slot = *state.slot;
         chunk.first_position = state.consumed;
         chunk.tokens.assign(seq->tokens.begin() + seq->fed,
                             seq->tokens.begin() + seq->fed + c.num_tokens);
         chunk.logits = wants_token ? LogitsMode::kLast : LogitsMode::kNone;
-        plan.prefills.push_back(std::move(chunk));
+        plan.chunks.push_back(std::move(chunk));
         if (wants_token) plan.sampling.push_back(RowSamplingOf(*seq));
         advances.push_back({seq, c.num_tokens, wants_token, c.last && !wants_token});
       }

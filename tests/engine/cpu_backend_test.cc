@@ -5,16 +5,20 @@
 #include <gtest/gtest.h>
 
 #include <fstream>
+#include <limits>
 #include <map>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "engine/model/model_config.h"
 #include "engine/model/state_layout.h"
+#include "engine/step_plan.h"
 #include "nlohmann/json.hpp"
 #include "tests/engine/test_models.h"
 #include "tests/model/test_util.h"
+#include "tools/common/random_state.h"
 
 namespace lizard {
 namespace {
@@ -53,10 +57,10 @@ std::vector<float> Prefill(Backend& backend, SlotId slot, const std::vector<int3
   const int64_t n = static_cast<int64_t>(tokens.size());
   for (int64_t start = 0; start < n; start += chunk) {
     StepPlan plan;
-    plan.prefills.push_back({slot, backend.SlotPosition(slot),
-                             std::vector<int32_t>(tokens.begin() + start,
-                                                  tokens.begin() + std::min(n, start + chunk)),
-                             LogitsMode::kAll});
+    plan.chunks.push_back({slot, backend.SlotPosition(slot),
+                           std::vector<int32_t>(tokens.begin() + start,
+                                                tokens.begin() + std::min(n, start + chunk)),
+                           LogitsMode::kAll});
     StepOutput out;
     const absl::Status s = backend.Forward(plan, &out);
     EXPECT_TRUE(s.ok()) << s;
@@ -70,7 +74,7 @@ std::vector<float> Decode(Backend& backend, SlotId slot, const std::vector<int32
   std::vector<float> logits;
   for (int32_t token : tokens) {
     StepPlan plan;
-    plan.decodes.push_back({slot, backend.SlotPosition(slot), token});
+    plan.chunks.push_back({slot, backend.SlotPosition(slot), {token}, LogitsMode::kLast});
     StepOutput out;
     const absl::Status s = backend.Forward(plan, &out);
     EXPECT_TRUE(s.ok()) << s;
@@ -218,9 +222,9 @@ TEST_P(PathTest, BatchedStepsEqualEachSequenceAlone) {
       for (SlotId s = 0; s < 4; ++s) {
         const int32_t token = tokens_[100 + 4 * step + s];
         if (step == 5 && s == 3) {
-          together.prefills.push_back({s, b->SlotPosition(s), {token, 5, 6, 7}, LogitsMode::kAll});
+          together.chunks.push_back({s, b->SlotPosition(s), {token, 5, 6, 7}, LogitsMode::kAll});
         } else {
-          together.decodes.push_back({s, b->SlotPosition(s), token});
+          together.chunks.push_back({s, b->SlotPosition(s), {token}, LogitsMode::kLast});
         }
         if (!batched) {
           plans.push_back(together);
@@ -233,14 +237,12 @@ TEST_P(PathTest, BatchedStepsEqualEachSequenceAlone) {
         const absl::Status status = b->Forward(plan, &out);
         EXPECT_TRUE(status.ok()) << status;
         if (!status.ok()) return {};
-        // Rows: decodes in order, then the prefill chunk's rows.
+        // Rows: each chunk's rows in plan order (one per decode, four for the prompt chunk).
         int64_t row = 0;
-        for (const DecodeItem& d : plan.decodes) {
-          logits[d.slot].insert(logits[d.slot].end(), out.row(row), out.row(row) + out.vocab);
-          ++row;
-        }
-        for (const PrefillChunk& c : plan.prefills) {
-          logits[c.slot].insert(logits[c.slot].end(), out.row(row), out.row(row + 4));
+        for (const SequenceChunk& c : plan.chunks) {
+          const int64_t rows = static_cast<int64_t>(c.tokens.size());
+          logits[c.slot].insert(logits[c.slot].end(), out.row(row), out.row(row + rows));
+          row += rows;
         }
       }
     }
@@ -383,13 +385,13 @@ TEST_F(CpuBackendTest, InvalidPlansAreRefusedAndChangeNothing) {
   const std::vector<float> before = StateFloats(*backend_, 0);
   const int32_t vocab = static_cast<int32_t>(backend_->config().vocab_size);
   std::vector<StepPlan> bad(6);
-  bad[0].decodes.push_back({4, 0, 1});                    // slot out of range
-  bad[1].decodes.push_back({-1, 0, 1});                   // negative slot
-  bad[2].decodes.push_back({0, 2, 1});                    // wrong position
-  bad[3].decodes.push_back({0, 3, vocab});                // token out of range
-  bad[4].prefills.push_back({1, 0, {}, LogitsMode::kLast});  // empty chunk
-  bad[5].decodes.push_back({0, 3, 1});                    // slot used twice
-  bad[5].prefills.push_back({0, 3, {1}, LogitsMode::kLast});
+  bad[0].chunks.push_back({4, 0, {1}});                  // slot out of range
+  bad[1].chunks.push_back({-1, 0, {1}});                 // negative slot
+  bad[2].chunks.push_back({0, 2, {1}});                  // wrong position
+  bad[3].chunks.push_back({0, 3, {vocab}});              // token out of range
+  bad[4].chunks.push_back({1, 0, {}, LogitsMode::kLast});  // empty chunk
+  bad[5].chunks.push_back({0, 3, {1}});                  // slot used twice
+  bad[5].chunks.push_back({0, 3, {1}, LogitsMode::kLast});
   for (size_t i = 0; i < bad.size(); ++i) {
     StepOutput out;
     const absl::Status s = backend_->Forward(bad[i], &out);
@@ -399,12 +401,34 @@ TEST_F(CpuBackendTest, InvalidPlansAreRefusedAndChangeNothing) {
   EXPECT_EQ(StateFloats(*backend_, 0), before);
 }
 
+// The one plan check every backend runs: messages name the chunk; positions past int32 are
+// OUT_OF_RANGE.
+TEST(StepPlanTest, ValidateStepPlanNamesTheChunk) {
+  const int64_t big = std::numeric_limits<int32_t>::max() - 1;
+  auto position = [&](SlotId slot) { return slot == 1 ? big : int64_t{0}; };
+  StepPlan plan;
+  plan.chunks.push_back({0, 0, {1, 2}, LogitsMode::kAll});
+  plan.chunks.push_back({1, big, {3}});
+  EXPECT_TRUE(ValidateStepPlan(plan, 2, 10, position).ok());
+  plan.chunks[1].tokens = {3, 4};
+  const absl::Status overflow = ValidateStepPlan(plan, 2, 10, position);
+  EXPECT_EQ(overflow.code(), absl::StatusCode::kOutOfRange) << overflow;
+  EXPECT_TRUE(absl::StrContains(overflow.message(), "chunk 1:")) << overflow;
+  plan.chunks[1] = {0, 0, {3}};
+  const absl::Status twice = ValidateStepPlan(plan, 2, 10, position);
+  EXPECT_EQ(twice.code(), absl::StatusCode::kInvalidArgument) << twice;
+  EXPECT_TRUE(absl::StrContains(twice.message(), "chunk 1: slot 0")) << twice;
+  plan.chunks.pop_back();
+  plan.sampling.resize(3);  // the chunk has two logits rows
+  EXPECT_EQ(ValidateStepPlan(plan, 2, 10, position).code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST_F(CpuBackendTest, LogitsRowsFollowThePlan) {
   StepPlan plan;
-  plan.decodes.push_back({0, 0, 5});
-  plan.prefills.push_back({1, 0, {1, 2, 3}, LogitsMode::kNone});
-  plan.prefills.push_back({2, 0, {4, 5}, LogitsMode::kAll});
-  plan.prefills.push_back({3, 0, {6, 7, 8}, LogitsMode::kLast});
+  plan.chunks.push_back({0, 0, {5}, LogitsMode::kLast});
+  plan.chunks.push_back({1, 0, {1, 2, 3}, LogitsMode::kNone});
+  plan.chunks.push_back({2, 0, {4, 5}, LogitsMode::kAll});
+  plan.chunks.push_back({3, 0, {6, 7, 8}, LogitsMode::kLast});
   StepOutput out;
   ASSERT_TRUE(backend_->Forward(plan, &out).ok());
   EXPECT_EQ(out.rows, plan.num_logits_rows());
@@ -419,7 +443,7 @@ TEST_F(CpuBackendTest, LogitsRowsFollowThePlan) {
 
 TEST_F(CpuBackendTest, StepWithoutLogitsRowsAdvancesTheState) {
   StepPlan plan;
-  plan.prefills.push_back({0, 0, {1, 2, 3}, LogitsMode::kNone});
+  plan.chunks.push_back({0, 0, {1, 2, 3}, LogitsMode::kNone});
   StepOutput out;
   ASSERT_TRUE(backend_->Forward(plan, &out).ok());
   EXPECT_EQ(out.rows, 0);
@@ -455,7 +479,7 @@ TEST_F(CpuBackendTest, InfoAndSizes) {
   EXPECT_EQ(backend_->kv_bytes_per_token(), 0);  // tiny-basic is all Lizard
 }
 
-TEST(CpuBackendSyntheticTest, BenchmarkFillIsDeterministicAndRuns) {
+TEST(CpuBackendSyntheticTest, RandomStatesAreDeterministicAndRun) {
   absl::StatusOr<ModelConfig> config = ShapePreset("tiny");
   ASSERT_TRUE(config.ok());
   config->num_layers = 2;
@@ -467,13 +491,17 @@ TEST(CpuBackendSyntheticTest, BenchmarkFillIsDeterministicAndRuns) {
   absl::StatusOr<std::unique_ptr<Backend>> backend = CreateCpuBackend(options);
   ASSERT_TRUE(backend.ok()) << backend.status();
   Backend& b = **backend;
-  ASSERT_TRUE(b.FillSlotForBenchmark(0, 100, 42).ok());
-  ASSERT_TRUE(b.FillSlotForBenchmark(1, 100, 42).ok());
+  absl::StatusOr<std::string> state = tools::RandomSerializedState(b.config(), 100, 42);
+  ASSERT_TRUE(state.ok()) << state.status();
+  EXPECT_EQ(*tools::RandomSerializedState(b.config(), 100, 42), *state);
+  EXPECT_NE(*tools::RandomSerializedState(b.config(), 100, 43), *state);
+  ASSERT_TRUE(b.LoadSlot(0, *state).ok());
+  ASSERT_TRUE(b.LoadSlot(1, *state).ok());
   EXPECT_EQ(b.SlotPosition(0), 100);
   EXPECT_EQ(*b.SaveSlot(0), *b.SaveSlot(1));
   StepPlan plan;
-  plan.decodes.push_back({0, 100, 3});
-  plan.decodes.push_back({1, 100, 3});
+  plan.chunks.push_back({0, 100, {3}, LogitsMode::kLast});
+  plan.chunks.push_back({1, 100, {3}, LogitsMode::kLast});
   StepOutput out;
   ASSERT_TRUE(b.Forward(plan, &out).ok());
   for (float x : out.logits) ASSERT_TRUE(std::isfinite(x));

@@ -22,6 +22,7 @@
 #include "engine/model/model_config.h"
 #include "engine/sampling/sampler.h"
 #include "tests/gpu/gpu_test_util.h"
+#include "tools/common/random_state.h"
 
 namespace lizard::gputest {
 namespace {
@@ -61,13 +62,13 @@ StepOutput RunPlan(Backend& b, const StepPlan& plan) {
 
 StepOutput Prefill(Backend& b, SlotId slot, const std::vector<int32_t>& tokens, LogitsMode mode) {
   StepPlan plan;
-  plan.prefills.push_back({slot, b.SlotPosition(slot), tokens, mode});
+  plan.chunks.push_back({slot, b.SlotPosition(slot), tokens, mode});
   return RunPlan(b, plan);
 }
 
 StepOutput Decode(Backend& b, const std::vector<std::pair<SlotId, int32_t>>& items) {
   StepPlan plan;
-  for (auto [slot, token] : items) plan.decodes.push_back({slot, b.SlotPosition(slot), token});
+  for (auto [slot, token] : items) plan.chunks.push_back({slot, b.SlotPosition(slot), {token}, LogitsMode::kLast});
   return RunPlan(b, plan);
 }
 
@@ -208,9 +209,9 @@ TEST_F(CudaBackendTest, BatchInvariance) {
     const StepOutput small = Decode(*gpu, {{1, 5}, {8, 3}, {2, 9}});
     ExpectSameRow(small, 1, alone, 0, exact);
     StepPlan mixed;
-    for (SlotId s = 1; s < 8; ++s) mixed.decodes.push_back({s, gpu->SlotPosition(s), 4});
-    mixed.decodes.push_back({9, gpu->SlotPosition(9), 3});
-    mixed.prefills.push_back({10, 0, RandomTokens(rng, 40, V), LogitsMode::kLast});
+    for (SlotId s = 1; s < 8; ++s) mixed.chunks.push_back({s, gpu->SlotPosition(s), {4}, LogitsMode::kLast});
+    mixed.chunks.push_back({9, gpu->SlotPosition(9), {3}, LogitsMode::kLast});
+    mixed.chunks.push_back({10, 0, RandomTokens(rng, 40, V), LogitsMode::kLast});
     const StepOutput big = RunPlan(*gpu, mixed);
     ASSERT_EQ(big.rows, 9);
     ExpectSameRow(big, 7, alone, 0, exact);
@@ -251,14 +252,14 @@ TEST_F(CudaBackendTest, RefusesBadPlans) {
   ASSERT_TRUE(gpu);
   StepOutput out;
   StepPlan wrong_pos;
-  wrong_pos.decodes.push_back({0, 5, 1});
+  wrong_pos.chunks.push_back({0, 5, {1}, LogitsMode::kLast});
   EXPECT_FALSE(gpu->Forward(wrong_pos, &out).ok());
   StepPlan twice;
-  twice.decodes.push_back({0, 0, 1});
-  twice.prefills.push_back({0, 0, {1, 2}, LogitsMode::kLast});
+  twice.chunks.push_back({0, 0, {1}, LogitsMode::kLast});
+  twice.chunks.push_back({0, 0, {1, 2}, LogitsMode::kLast});
   EXPECT_FALSE(gpu->Forward(twice, &out).ok());
   StepPlan bad_token;
-  bad_token.decodes.push_back({0, 0, static_cast<int32_t>(gpu->config().vocab_size)});
+  bad_token.chunks.push_back({0, 0, {static_cast<int32_t>(gpu->config().vocab_size)}, LogitsMode::kLast});
   EXPECT_FALSE(gpu->Forward(bad_token, &out).ok());
   EXPECT_EQ(gpu->SlotPosition(0), 0);
 }
@@ -297,8 +298,8 @@ TEST_F(CudaBackendTest, SamplingInForwardMatchesHostSamplerOnItsLogits) {
       StepPlan sampled, plain;
       for (int i = 0; i < n; ++i) {
         rows[i].step = step;
-        sampled.decodes.push_back({2 * i, gpu->SlotPosition(2 * i), last[i]});
-        plain.decodes.push_back({2 * i + 1, gpu->SlotPosition(2 * i + 1), last[i]});
+        sampled.chunks.push_back({2 * i, gpu->SlotPosition(2 * i), {last[i]}, LogitsMode::kLast});
+        plain.chunks.push_back({2 * i + 1, gpu->SlotPosition(2 * i + 1), {last[i]}, LogitsMode::kLast});
       }
       sampled.sampling = rows;
       const StepOutput got = RunPlan(*gpu, sampled);
@@ -323,7 +324,7 @@ TEST_F(CudaBackendTest, SamplingInForwardMatchesHostSamplerOnItsLogits) {
     // Two sampling entries for one row: refused before anything runs.
     const int64_t position = gpu->SlotPosition(0);
     StepPlan bad;
-    bad.decodes.push_back({0, position, 1});
+    bad.chunks.push_back({0, position, {1}, LogitsMode::kLast});
     bad.sampling.resize(2);
     StepOutput out;
     EXPECT_EQ(gpu->Forward(bad, &out).code(), absl::StatusCode::kInvalidArgument);
@@ -356,7 +357,7 @@ TEST_F(CudaBackendTest, StatesMoveBetweenCpuAndCuda) {
   }
 }
 
-TEST(CudaSyntheticTest, RandomWeightsOnDeviceAndBenchmarkSlots) {
+TEST(CudaSyntheticTest, RandomWeightsOnDeviceAndRandomStates) {
   if (!CudaDeviceAvailable()) GTEST_SKIP() << "no CUDA device";
   for (bool teacher : {false, true}) {
     auto config = ShapePreset("tiny");
@@ -368,9 +369,12 @@ TEST(CudaSyntheticTest, RandomWeightsOnDeviceAndBenchmarkSlots) {
     options.synthetic_config = *config;
     auto gpu = CreateCudaBackend(options);
     ASSERT_TRUE(gpu.ok()) << gpu.status();
-    EXPECT_GT((*gpu)->info().copy_bandwidth_bytes_per_s, 0.0);
-    ASSERT_TRUE((*gpu)->FillSlotForBenchmark(0, 1000, 1).ok());
-    ASSERT_TRUE((*gpu)->FillSlotForBenchmark(1, 3, 2).ok());
+    // Float32 states (tools/common/random_state.h) that LoadSlot converts to the device dtypes.
+    auto long_state = tools::RandomSerializedState(*config, 1000, 1);
+    auto short_state = tools::RandomSerializedState(*config, 3, 2);
+    ASSERT_TRUE(long_state.ok() && short_state.ok());
+    ASSERT_TRUE((*gpu)->LoadSlot(0, *long_state).ok());
+    ASSERT_TRUE((*gpu)->LoadSlot(1, *short_state).ok());
     const StepOutput out = Decode(**gpu, {{0, 1}, {1, 2}});
     ASSERT_EQ(out.rows, 2);
     for (float x : out.logits) ASSERT_TRUE(std::isfinite(x));

@@ -3,9 +3,9 @@
 #include <algorithm>
 #include <cstring>
 
-#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "engine/sampling/sampler.h"
+#include "engine/step_plan.h"
 
 namespace lizard::testing {
 namespace {
@@ -87,8 +87,8 @@ void FakeControl::EnterForward(const StepPlan& plan) {
   --blocked_;
   ++forward_calls_;
   max_step_tokens_ = std::max(max_step_tokens_, plan.num_tokens());
-  max_step_sequences_ = std::max<int64_t>(
-      max_step_sequences_, static_cast<int64_t>(plan.decodes.size() + plan.prefills.size()));
+  max_step_sequences_ =
+      std::max<int64_t>(max_step_sequences_, static_cast<int64_t>(plan.chunks.size()));
 }
 
 FakeBackend::FakeBackend(const FakeBackendOptions& options, std::shared_ptr<FakeControl> control)
@@ -136,33 +136,15 @@ absl::Status FakeBackend::LoadSlot(SlotId slot, std::string_view bytes) {
   return absl::OkStatus();
 }
 
-absl::Status FakeBackend::FillSlotForBenchmark(SlotId slot, int64_t position, uint64_t seed) {
-  if (absl::Status s = CheckSlot(slot); !s.ok()) return s;
-  slots_[slot] = {Mix(seed), position};
-  return absl::OkStatus();
-}
-
 absl::Status FakeBackend::Forward(const StepPlan& plan, StepOutput* out) {
   control_->EnterForward(plan);
   // Check the whole plan before touching any slot, like a real backend refusing a bad plan.
-  absl::flat_hash_set<SlotId> seen;
-  auto check = [&](SlotId slot, int64_t position) -> absl::Status {
-    if (absl::Status s = CheckSlot(slot); !s.ok()) return s;
-    if (!seen.insert(slot).second) return absl::InvalidArgumentError("slot twice in a plan");
-    if (slots_[slot].position != position) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("slot ", slot, " is at ", slots_[slot].position, ", plan says ", position));
-    }
-    return absl::OkStatus();
-  };
-  if (absl::Status s = ValidateSampling(plan, options_.vocab); !s.ok()) return s;
-  for (const DecodeItem& d : plan.decodes) {
-    if (absl::Status s = check(d.slot, d.position); !s.ok()) return s;
-    if (d.token == options_.poison_token) return absl::InternalError("poisoned token");
+  if (absl::Status s = ValidateStepPlan(plan, num_slots(), options_.vocab,
+                                        [&](SlotId slot) { return slots_[slot].position; });
+      !s.ok()) {
+    return s;
   }
-  for (const PrefillChunk& c : plan.prefills) {
-    if (absl::Status s = check(c.slot, c.first_position); !s.ok()) return s;
-    if (c.tokens.empty()) return absl::InvalidArgumentError("empty prefill chunk");
+  for (const SequenceChunk& c : plan.chunks) {
     for (int32_t t : c.tokens) {
       if (t == options_.poison_token) return absl::InternalError("poisoned token");
     }
@@ -177,11 +159,7 @@ absl::Status FakeBackend::Forward(const StepPlan& plan, StepOutput* out) {
     const std::vector<float> row = FakeLogits(slots_[slot].hash, options_.vocab);
     out->logits.insert(out->logits.end(), row.begin(), row.end());
   };
-  for (const DecodeItem& d : plan.decodes) {
-    consume(d.slot, d.token);
-    emit(d.slot);
-  }
-  for (const PrefillChunk& c : plan.prefills) {
+  for (const SequenceChunk& c : plan.chunks) {
     for (int32_t t : c.tokens) {
       consume(c.slot, t);
       if (c.logits == LogitsMode::kAll) emit(c.slot);

@@ -76,7 +76,6 @@ class FakeBackend : public Backend {
   int64_t SlotPosition(SlotId slot) const override;
   absl::StatusOr<std::string> SaveSlot(SlotId slot) override;
   absl::Status LoadSlot(SlotId slot, std::string_view bytes) override;
-  absl::Status FillSlotForBenchmark(SlotId slot, int64_t position, uint64_t seed) override;
   absl::Status Forward(const StepPlan& plan, StepOutput* out) override;
 
  private:

@@ -15,7 +15,7 @@ struct Fixture {
   void Advance(StateId id, int32_t token) {
     SequenceState& s = *states.Find(id);
     StepPlan plan;
-    plan.prefills.push_back({*s.slot, s.consumed, {token}, LogitsMode::kNone});
+    plan.chunks.push_back({*s.slot, s.consumed, {token}, LogitsMode::kNone});
     StepOutput out;
     ASSERT_TRUE(backend.Forward(plan, &out).ok());
     ++s.consumed;

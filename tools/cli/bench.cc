@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <optional>
 #include <random>
@@ -11,12 +12,15 @@
 #include "absl/strings/str_cat.h"
 #include "engine/model/model_config.h"
 #include "engine/model/state_layout.h"
+#include "tools/common/random_state.h"
 
 namespace lizard::cli {
 namespace {
 
 constexpr int kWarmupSteps = 3;
 constexpr int kPrefillRuns = 3;  // timed prefills per prompt length, after one warm-up
+constexpr int kCopyRuns = 5;     // timed copy-bandwidth runs, after one warm-up
+constexpr double kCopyRunBytes = 256.0 * 1048576;  // bytes read + written per timed copy run
 
 double Median(std::vector<double> values) {
   std::sort(values.begin(), values.end());
@@ -31,6 +35,35 @@ absl::StatusOr<double> TimeForward(Backend& backend, const StepPlan& plan, StepO
   const auto start = std::chrono::steady_clock::now();
   if (absl::Status s = backend.Forward(plan, out); !s.ok()) return s;
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+// Puts `slot` at `position` with random state contents (RandomSerializedState), without running
+// a prefill.
+absl::Status LoadRandomState(Backend& backend, SlotId slot, int64_t position, uint64_t seed) {
+  absl::StatusOr<std::string> state = tools::RandomSerializedState(backend.config(), position, seed);
+  if (!state.ok()) return state.status();
+  return backend.LoadSlot(slot, *state);
+}
+
+// Bytes read + written per second by the backend's own copy of a state at `context` (CopySlot
+// from slot 0 to slot 1), whatever the device: the roofline denominator. Each timed run repeats
+// the copy until it has moved kCopyRunBytes; the best of kCopyRuns runs after one warm-up.
+absl::StatusOr<double> CopyBandwidth(Backend& backend, int64_t context) {
+  if (absl::Status s = LoadRandomState(backend, 0, context, 1); !s.ok()) return s;
+  const double bytes = 2.0 * static_cast<double>(backend.slot_bytes() +
+                                                 backend.kv_bytes_per_token() * context);
+  const int copies = static_cast<int>(std::max(1.0, std::ceil(kCopyRunBytes / bytes)));
+  double best = 0.0;
+  for (int run = 0; run < 1 + kCopyRuns; ++run) {
+    const auto start = std::chrono::steady_clock::now();
+    for (int i = 0; i < copies; ++i) {
+      if (absl::Status s = backend.CopySlot(0, 1); !s.ok()) return s;
+    }
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    if (run > 0) best = std::max(best, copies * bytes / seconds);
+  }
+  return best;
 }
 
 }  // namespace
@@ -100,8 +133,9 @@ absl::Status RunBench(const Args& args) {
 
   BackendOptions options;
   options.kind = *kind;
+  // At least two slots: the copy bandwidth is measured between slots.
   options.num_slots = static_cast<int32_t>(
-      std::max<int64_t>(1, *std::max_element(batch_sizes->begin(), batch_sizes->end())));
+      std::max<int64_t>(2, *std::max_element(batch_sizes->begin(), batch_sizes->end())));
   options.num_threads = static_cast<int32_t>(*threads);
   options.batch_invariant = gemm == "invariant";
   options.synthetic_config = *config;
@@ -141,10 +175,10 @@ absl::Status RunBench(const Args& args) {
   if (cpu && c.state_dtype != DType::kF32) {
     std::printf("note      the CPU backend keeps states in float32 whatever --state-dtype says\n");
   }
-  if (info.copy_bandwidth_bytes_per_s > 0) {
-    std::printf("copy bw   %.2f GB/s (read + write, measured at backend creation)\n",
-                info.copy_bandwidth_bytes_per_s / 1e9);
-  }
+  absl::StatusOr<double> copy_bandwidth = CopyBandwidth(backend, *context);
+  if (!copy_bandwidth.ok()) return copy_bandwidth.status();
+  std::printf("copy bw   %.2f GB/s (read + write, CopySlot of a state at context %lld)\n",
+              *copy_bandwidth / 1e9, (long long)*context);
 
   std::printf("\ndecode at context %lld, returning %s (median of %lld steps after %d warm-up)\n",
               (long long)*context, sample == "logits" ? "logits" : ("tokens (" + sample + ")").c_str(),
@@ -156,7 +190,7 @@ absl::Status RunBench(const Args& args) {
   StepOutput out;
   for (int64_t batch : *batch_sizes) {
     for (int64_t i = 0; i < batch; ++i) {
-      if (absl::Status s = backend.FillSlotForBenchmark(static_cast<SlotId>(i), *context, 1000 + i);
+      if (absl::Status s = LoadRandomState(backend, static_cast<SlotId>(i), *context, 1000 + i);
           !s.ok()) {
         return s;
       }
@@ -165,7 +199,7 @@ absl::Status RunBench(const Args& args) {
     for (int64_t step = 0; step < kWarmupSteps + *steps; ++step) {
       StepPlan plan;
       for (int64_t i = 0; i < batch; ++i) {
-        plan.decodes.push_back({static_cast<SlotId>(i), *context + step, token(rng)});
+        plan.chunks.push_back({static_cast<SlotId>(i), *context + step, {token(rng)}, LogitsMode::kLast});
         if (sampling.has_value()) {
           plan.sampling.push_back({*sampling, static_cast<uint64_t>(i), static_cast<uint64_t>(step)});
         }
@@ -179,10 +213,7 @@ absl::Status RunBench(const Args& args) {
     const double rate = bytes / median;
     std::printf("%7lld %14.3f %12.1f %14.2f %10.2f", (long long)batch, median * 1e3,
                 batch / median, MiB(bytes), rate / 1e9);
-    if (info.copy_bandwidth_bytes_per_s > 0) {
-      std::printf(" %9.1f%%", 100.0 * rate / info.copy_bandwidth_bytes_per_s);
-    }
-    std::printf("\n");
+    std::printf(" %9.1f%%\n", 100.0 * rate / *copy_bandwidth);
   }
 
   // Spilling a sequence's state to the host tier and restoring it (what the engine does for idle
@@ -211,9 +242,9 @@ absl::Status RunBench(const Args& args) {
   std::printf("%7s %14s %12s\n", "prompt", "ms", "tokens/s");
   for (int64_t length : *prompt_lengths) {
     StepPlan plan;
-    PrefillChunk chunk{0, 0, {}, LogitsMode::kLast};
+    SequenceChunk chunk{0, 0, {}, LogitsMode::kLast};
     for (int64_t t = 0; t < length; ++t) chunk.tokens.push_back(token(rng));
-    plan.prefills.push_back(std::move(chunk));
+    plan.chunks.push_back(std::move(chunk));
     std::vector<double> times;
     for (int run = 0; run < 1 + kPrefillRuns; ++run) {
       if (absl::Status s = backend.ResetSlot(0); !s.ok()) return s;

@@ -221,10 +221,10 @@ absl::Status RunDrift(const Args& args) {
 
   std::mt19937_64 rng(static_cast<uint64_t>(*seed));
   std::uniform_int_distribution<int32_t> random_token(0, static_cast<int32_t>(vocab - 1));
-  PrefillChunk chunk{0, 0, {}, LogitsMode::kLast};
+  SequenceChunk chunk{0, 0, {}, LogitsMode::kLast};
   for (int64_t i = 0; i < *prompt_length; ++i) chunk.tokens.push_back(random_token(rng));
   StepPlan plan;
-  plan.prefills.push_back(std::move(chunk));
+  plan.chunks.push_back(std::move(chunk));
 
   StepOutput ref_out, test_out;
   int64_t first_disagreement = -1;
@@ -260,7 +260,7 @@ absl::Status RunDrift(const Args& args) {
     }
     if (t == *tokens) break;  // the last token's logits are compared, not fed
     plan = StepPlan{};
-    plan.decodes.push_back({0, *prompt_length + t, ArgMax(a)});
+    plan.chunks.push_back({0, *prompt_length + t, {ArgMax(a)}, LogitsMode::kLast});
   }
   PrintStats(absl::StrCat("overall 1-", *tokens), overall, elapsed());
   if (first_disagreement < 0) {

@@ -100,14 +100,11 @@ absl::Status RunLogits(const Args& args) {
   std::vector<float> logits;
   const int64_t step_tokens = mode == "decode" ? 1 : *chunk;
   for (int64_t start = 0; start < n; start += step_tokens) {
+    // A decode is a chunk of one token: the backend runs it in the recurrent form.
+    const int64_t end = std::min(n, start + step_tokens);
     StepPlan plan;
-    if (mode == "decode") {
-      plan.decodes.push_back({0, start, (*tokens)[start]});
-    } else {
-      const int64_t end = std::min(n, start + step_tokens);
-      plan.prefills.push_back({0, start, std::vector<int32_t>(tokens->begin() + start, tokens->begin() + end),
-                               LogitsMode::kAll});
-    }
+    plan.chunks.push_back({0, start, std::vector<int32_t>(tokens->begin() + start, tokens->begin() + end),
+                           LogitsMode::kAll});
     StepOutput out;
     if (absl::Status s = (*backend)->Forward(plan, &out); !s.ok()) return s;
     logits.insert(logits.end(), out.logits.begin(), out.logits.end());
@@ -174,7 +171,7 @@ absl::Status RunGenerate(const Args& args) {
 
   // Prefill the prompt, then one decode step per generated token.
   StepPlan plan;
-  plan.prefills.push_back({0, 0, *prompt, LogitsMode::kLast});
+  plan.chunks.push_back({0, 0, *prompt, LogitsMode::kLast});
   std::vector<int32_t> generated;
   for (int64_t step = 0; step < *max_new; ++step) {
     sampling.step = static_cast<uint64_t>(step);
@@ -189,7 +186,7 @@ absl::Status RunGenerate(const Args& args) {
       break;
     }
     plan = StepPlan{};
-    plan.decodes.push_back({0, (*backend)->SlotPosition(0), token});
+    plan.chunks.push_back({0, (*backend)->SlotPosition(0), {token}, LogitsMode::kLast});
   }
   std::printf("%s\n", absl::StrJoin(generated, " ").c_str());
   if (*tokenizer != nullptr) {
