@@ -12,6 +12,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "engine/model/model_config.h"
+#include "engine/model/weight_source.h"
 #include "engine/step_plan.h"
 
 namespace lizard {
@@ -63,7 +64,8 @@ enum class BackendKind { kAuto, kCpu, kCuda };
 absl::StatusOr<BackendKind> ParseBackendKind(const std::string& name);
 
 struct BackendOptions {
-  std::string model_dir;
+  // A checkpoint directory, or synthetic weights (benchmarks: no checkpoint is read).
+  WeightSource weights;
   BackendKind kind = BackendKind::kAuto;
   int32_t num_slots = 64;      // state slots in the pool
   int32_t num_threads = 0;     // CPU: 0 = all cores
@@ -75,12 +77,9 @@ struct BackendOptions {
   // results do not depend on what shares its steps; false: cuBLAS (faster for long prefills,
   // but its kernel choice changes with the batch, and greedy tokens with it at near ties).
   bool batch_invariant = true;
-  // Benchmarks: when set, no checkpoint is read; weights are random (seeded) for this shape.
-  std::optional<ModelConfig> synthetic_config;
-  uint64_t synthetic_seed = 1;
 };
 
-// Loads the checkpoint and creates the backend (kAuto: CUDA when a GPU is usable, else CPU).
+// Loads the weights and creates the backend (kAuto: CUDA when a GPU is usable, else CPU).
 absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(const BackendOptions& options);
 
 }  // namespace lizard

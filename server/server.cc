@@ -103,7 +103,7 @@ absl::StatusOr<std::unique_ptr<LizardServer>> LizardServer::Start(const ServerOp
   if (!credentials.ok()) return credentials.status();
 
   BackendOptions backend_options;
-  backend_options.model_dir = options.model_dir;
+  backend_options.weights = WeightSource::Directory(options.model_dir);
   backend_options.kind = options.backend;
   backend_options.num_slots = options.device_state_slots;
   backend_options.num_threads = options.threads;

@@ -19,9 +19,9 @@
 #include "absl/strings/str_cat.h"
 #include "engine/cpu/ops.h"
 #include "engine/cpu/thread_pool.h"
-#include "engine/model/checkpoint.h"
+#include "engine/cpu/weights.h"
+#include "engine/model/rope.h"
 #include "engine/model/state_layout.h"
-#include "engine/model/weights.h"
 #include "engine/sampling/sampler.h"
 
 namespace lizard {
@@ -84,7 +84,7 @@ class CpuBackend final : public Backend {
         layout_(config_, DType::kF32, DType::kF32),
         num_slots_(num_slots),
         threads_(num_threads),
-        inv_freq_(cpu::RopeInverseFrequencies(config_)),
+        inv_freq_(RopeInverseFrequencies(config_)),
         pool_(static_cast<size_t>(num_slots) * layout_.slot_bytes / sizeof(float), 0.0f),
         kv_(num_slots) {
     for (auto& slot_kv : kv_) slot_kv.resize(layout_.num_softmax_layers);
@@ -557,20 +557,8 @@ absl::Status CpuBackend::Forward(const StepPlan& plan, StepOutput* out) {
 absl::StatusOr<std::unique_ptr<Backend>> CreateCpuBackend(const BackendOptions& options) {
   if (options.num_slots <= 0) return absl::InvalidArgumentError("num_slots must be positive");
   ModelConfig config;
-  HostWeights weights;
-  if (options.synthetic_config.has_value()) {
-    config = *options.synthetic_config;
-    weights = RandomHostWeights(config, options.synthetic_seed);
-  } else {
-    absl::StatusOr<ModelConfig> loaded = LoadModelConfig(options.model_dir);
-    if (!loaded.ok()) return loaded.status();
-    config = *std::move(loaded);
-    absl::StatusOr<std::unique_ptr<Checkpoint>> checkpoint = Checkpoint::Open(options.model_dir);
-    if (!checkpoint.ok()) return checkpoint.status();
-    absl::StatusOr<HostWeights> host = LoadHostWeights(config, **checkpoint);
-    if (!host.ok()) return host.status();
-    weights = *std::move(host);
-  }
+  absl::StatusOr<HostWeights> weights = LoadHostWeights(options.weights, &config);
+  if (!weights.ok()) return weights.status();
   // Refuse a pool that cannot fit before allocating it (a huge --device-state-slots once ended
   // in std::bad_alloc).
   const int64_t pool_bytes =
@@ -585,7 +573,7 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateCpuBackend(const BackendOptions& 
                           ? options.num_threads
                           : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   return std::unique_ptr<Backend>(
-      new CpuBackend(std::move(config), std::move(weights), options.num_slots, threads));
+      new CpuBackend(std::move(config), *std::move(weights), options.num_slots, threads));
 }
 
 }  // namespace lizard

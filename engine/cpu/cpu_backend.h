@@ -8,8 +8,8 @@
 
 namespace lizard {
 
-// Reads the checkpoint in options.model_dir (or makes random weights for
-// options.synthetic_config) and creates a backend with options.num_slots state slots.
+// Loads options.weights (a checkpoint, or random weights) into HostWeights (engine/cpu/weights.h)
+// and creates a backend with options.num_slots state slots.
 absl::StatusOr<std::unique_ptr<Backend>> CreateCpuBackend(const BackendOptions& options);
 
 }  // namespace lizard

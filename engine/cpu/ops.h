@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "engine/model/exact_math.h"
 #include "engine/model/model_config.h"
 
 namespace lizard::cpu {
@@ -23,23 +24,18 @@ void Gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alp
           const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
           int64_t ldc);
 
-// The backend's transcendental functions, from IEEE additions, multiplications and divisions
-// only: glibc picks an FMA or a non-FMA variant of exp, expf, log1p, pow, sin and cos per CPU, and
-// those differ in the last bit for some arguments, which would make results depend on the CPU.
-// Relative error a few double ulps; SinCos for |x| < 1.6e6 (beyond, still deterministic).
-double Exp(double x);
-double Log(double x);
-void SinCos(double x, double* sin, double* cos);
+// The backend's transcendental functions are the machine-independent ones of
+// engine/model/exact_math.h (RoPE tables need them too).
+using ::lizard::Exp;
+using ::lizard::Log;
+using ::lizard::LogSigmoid;
+using ::lizard::SinCos;
 
 // out = x / sqrt(mean(x^2) + eps) * weight, for `rows` rows of n values (out may alias x).
 void RmsNorm(const float* x, const float* weight, int64_t rows, int64_t n, double eps, float* out);
 
 // y = silu(gate) * up, elementwise over n values (y may alias gate).
 void SiluMul(const float* gate, const float* up, int64_t n, float* y);
-
-// Hugging Face Llama RoPE: inv_freq[i] = theta^(-2i/D) for i < D/2, adjusted by the llama3
-// rope_scaling rule when the config has it.
-std::vector<double> RopeInverseFrequencies(const ModelConfig& config);
 
 // Rotates `num_heads` consecutive head vectors of `head_dim` values in place for `position`:
 // element i pairs with i + D/2 (rotate_half), angle position * inv_freq[i].
@@ -57,9 +53,6 @@ void ApplyRope(float* x, int64_t num_heads, int64_t head_dim, const float* cos, 
 // with W [d, f], b [f]; out rows hold 2f values.
 void FeatureMap(const float* x, int64_t x_stride, int64_t rows, const float* w, const float* b,
                 int64_t d, int64_t f, float* out, int64_t out_stride);
-
-// log(sigmoid(x)) computed without overflow.
-double LogSigmoid(double x);
 
 // One recurrent step of gated linear attention for one head (f2 = 2F features, d = head dim):
 //   S = gamma S + fk v^T;  z = gamma z + fk;  y = (fq S) / (fq . z + 1e-6)   (or fq S when

@@ -18,9 +18,9 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
-#include "engine/cpu/ops.h"
 #include "engine/cuda/device_memory.h"
-#include "engine/model/checkpoint.h"
+#include "engine/cuda/weights.h"
+#include "engine/model/rope.h"
 #include "engine/model/state_layout.h"
 #include "engine/sampling/sampler.h"
 #include "kernels/kernels.h"
@@ -56,22 +56,7 @@ constexpr int64_t kMinMaxContext = 132 * 1024;
 // Device memory left free after the KV page pool (cuBLAS, graphs, fragmentation).
 constexpr int64_t kReserveBytes = int64_t{1} << 30;
 
-int DTypeCode(DType d) { return d == DType::kF32 ? 0 : d == DType::kF16 ? 1 : 2; }
 k::StoreType StoreTypeOf(DType d) { return d == DType::kBF16 ? k::StoreType::kBF16 : k::StoreType::kF32; }
-
-// Per-layer weights on the device. Projections are bf16 [out, in]; the rest float32.
-struct DeviceLayer {
-  LayerType type = LayerType::kLizard;
-  int lizard_index = -1;   // into StateLayout::lizard_layers
-  int softmax_index = -1;  // into the KV pools
-  DeviceBuffer w_qkvg;     // [H*D + 2*Hkv*D (+ H gate rows for lizard layers), Hd]
-  DeviceBuffer b_qkvg;     // float [rows of w_qkvg], empty when the checkpoint has no such bias
-  DeviceBuffer w_o, b_o;   // [Hd, H*D], float [Hd]
-  DeviceBuffer w_gate_up;  // [2I, Hd]: gate rows then up rows
-  DeviceBuffer w_down;     // [Hd, I]
-  DeviceBuffer input_norm, post_norm;  // float [Hd]
-  DeviceBuffer fmap_q, fmap_k, fmap_q_bias, fmap_k_bias, meta_logits, window_factor;
-};
 
 // The int32 arrays describing one internal step, copied to the device in one transfer.
 enum MetaField {
@@ -113,9 +98,6 @@ class CudaBackend : public Backend {
 
  private:
   absl::Status CheckSlot(SlotId slot) const;
-  absl::Status LoadWeights(const std::string& model_dir);
-  absl::Status RandomWeights(uint64_t seed);
-  absl::Status AllocateWeights();
   absl::Status AllocateActivations();
   absl::Status AllocateKvPool();
   absl::Status Gemm(const bf16* x, int rows, int in, const DeviceBuffer& w, int out, float* y);
@@ -146,7 +128,6 @@ class CudaBackend : public Backend {
   int32_t num_slots_ = 0;
   int device_ = 0;
   std::string device_name_;
-  int64_t weights_bytes_ = 0;
   cudaStream_t stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;
   DeviceBuffer cublas_workspace_;
@@ -157,10 +138,8 @@ class CudaBackend : public Backend {
   int Hd_ = 0, H_ = 0, Hkv_ = 0, D_ = 0, F_ = 0, I_ = 0, V_ = 0, n_qkv_ = 0;
   k::LizardDims dims_;
 
-  // Weights.
-  DeviceBuffer embed_, lm_head_, final_norm_, inv_freq_;
-  std::vector<DeviceLayer> layers_;
-  bool tied_ = false;
+  cuda::DeviceWeights weights_;
+  DeviceBuffer inv_freq_;  // RoPE inverse frequencies (double)
 
   // State pool: num_slots_ slots of layout_.slot_bytes; positions mirrored on the host.
   DeviceBuffer pool_;
@@ -200,13 +179,9 @@ class CudaBackend : public Backend {
 // ---------------------------------------------------------------- creation
 
 absl::Status CudaBackend::Init(const BackendOptions& options) {
-  if (options.synthetic_config.has_value()) {
-    config_ = *options.synthetic_config;
-  } else {
-    auto config = LoadModelConfig(options.model_dir);
-    if (!config.ok()) return config.status();
-    config_ = *std::move(config);
-  }
+  absl::StatusOr<ModelConfig> config = options.weights.Config();
+  if (!config.ok()) return config.status();
+  config_ = *std::move(config);
   if (options.state_dtype.has_value()) config_.state_dtype = *options.state_dtype;
   if (config_.state_dtype == DType::kF16) {
     return absl::InvalidArgumentError("CUDA backend: state_dtype float16 is not supported (float32 or bfloat16)");
@@ -252,13 +227,10 @@ absl::Status CudaBackend::Init(const BackendOptions& options) {
   RETURN_IF_ERROR(CublasStatus(
       cublasSetWorkspace(cublas_, cublas_workspace_.get(), cublas_workspace_.bytes()), "cublasSetWorkspace"));
 
-  RETURN_IF_ERROR(AllocateWeights());
-  if (options.synthetic_config.has_value()) {
-    RETURN_IF_ERROR(RandomWeights(options.synthetic_seed));
-  } else {
-    RETURN_IF_ERROR(LoadWeights(options.model_dir));
-  }
-  const std::vector<double> inv_freq = cpu::RopeInverseFrequencies(config_);
+  absl::StatusOr<cuda::DeviceWeights> weights = cuda::LoadDeviceWeights(options.weights, config_, stream_);
+  if (!weights.ok()) return weights.status();
+  weights_ = *std::move(weights);
+  const std::vector<double> inv_freq = RopeInverseFrequencies(config_);
   RETURN_IF_ERROR(inv_freq_.Allocate(inv_freq.size() * sizeof(double)));
   LIZARD_CUDA_RETURN(cudaMemcpyAsync(inv_freq_.get(), inv_freq.data(), inv_freq_.bytes(), cudaMemcpyHostToDevice, stream_));
   LIZARD_CUDA_RETURN(cudaStreamSynchronize(stream_));
@@ -269,169 +241,6 @@ absl::Status CudaBackend::Init(const BackendOptions& options) {
   RETURN_IF_ERROR(AllocateActivations());
   RETURN_IF_ERROR(AllocateKvPool());
   LIZARD_CUDA_RETURN(cudaDeviceSynchronize());
-  return absl::OkStatus();
-}
-
-absl::Status CudaBackend::AllocateWeights() {
-  const size_t b = sizeof(bf16), f = sizeof(float);
-  const int64_t Hd = Hd_, I = I_, V = V_, H = H_, D = D_, F = F_, m = config_.num_meta_tokens;
-  tied_ = config_.tie_word_embeddings;
-  RETURN_IF_ERROR(embed_.Allocate(V * Hd * b));
-  if (!tied_) RETURN_IF_ERROR(lm_head_.Allocate(V * Hd * b));
-  RETURN_IF_ERROR(final_norm_.Allocate(Hd * f));
-  weights_bytes_ = embed_.bytes() + lm_head_.bytes() + final_norm_.bytes();
-  layers_.resize(config_.num_layers);
-  int lizard = 0, softmax = 0;
-  for (int64_t l = 0; l < config_.num_layers; ++l) {
-    DeviceLayer& L = layers_[l];
-    L.type = config_.layer_types[l];
-    const bool liz = L.type == LayerType::kLizard;
-    (liz ? L.lizard_index : L.softmax_index) = liz ? lizard++ : softmax++;
-    const int64_t rows = n_qkv_ + (liz ? H : 0);
-    RETURN_IF_ERROR(L.w_qkvg.Allocate(rows * Hd * b));
-    RETURN_IF_ERROR(L.w_o.Allocate(Hd * H * D * b));
-    RETURN_IF_ERROR(L.w_gate_up.Allocate(2 * I * Hd * b));
-    RETURN_IF_ERROR(L.w_down.Allocate(Hd * I * b));
-    RETURN_IF_ERROR(L.input_norm.Allocate(Hd * f));
-    RETURN_IF_ERROR(L.post_norm.Allocate(Hd * f));
-    if (liz) {
-      RETURN_IF_ERROR(L.fmap_q.Allocate(H * D * F * f));
-      RETURN_IF_ERROR(L.fmap_k.Allocate(H * D * F * f));
-      RETURN_IF_ERROR(L.meta_logits.Allocate(H * m * f));
-      RETURN_IF_ERROR(L.window_factor.Allocate(H * f));
-    }
-    weights_bytes_ += L.w_qkvg.bytes() + L.w_o.bytes() + L.w_gate_up.bytes() + L.w_down.bytes() +
-                      2 * L.input_norm.bytes() + L.fmap_q.bytes() + L.fmap_k.bytes() +
-                      L.meta_logits.bytes() + L.window_factor.bytes();
-  }
-  return absl::OkStatus();
-}
-
-// Random weights generated on the device, with the spreads of RandomHostWeights (uniform with
-// the same standard deviation; benchmarks only).
-absl::Status CudaBackend::RandomWeights(uint64_t seed) {
-  uint64_t stream_id = seed * 1000003;
-  auto fill_bf16 = [&](const DeviceBuffer& buf, double stddev, double mean) {
-    return CudaStatus(k::RandomFillBf16(buf.get<bf16>(), buf.bytes() / sizeof(bf16), ++stream_id,
-                                        static_cast<float>(stddev * std::sqrt(3.0)), static_cast<float>(mean), stream_),
-                      "RandomFillBf16");
-  };
-  auto fill_f32 = [&](const DeviceBuffer& buf, double stddev, double mean) {
-    return CudaStatus(k::RandomFillF32(buf.get<float>(), buf.bytes() / sizeof(float), ++stream_id,
-                                       static_cast<float>(stddev * std::sqrt(3.0)), static_cast<float>(mean), stream_),
-                      "RandomFillF32");
-  };
-  const double hd = 1.0 / std::sqrt(static_cast<double>(Hd_));
-  RETURN_IF_ERROR(fill_bf16(embed_, hd, 0.0));
-  if (!tied_) RETURN_IF_ERROR(fill_bf16(lm_head_, hd, 0.0));
-  RETURN_IF_ERROR(fill_f32(final_norm_, 0.1, 1.0));
-  for (DeviceLayer& L : layers_) {
-    RETURN_IF_ERROR(fill_bf16(L.w_qkvg, hd, 0.0));
-    RETURN_IF_ERROR(fill_bf16(L.w_o, 1.0 / std::sqrt(static_cast<double>(H_ * D_)), 0.0));
-    RETURN_IF_ERROR(fill_bf16(L.w_gate_up, hd, 0.0));
-    RETURN_IF_ERROR(fill_bf16(L.w_down, 1.0 / std::sqrt(static_cast<double>(I_)), 0.0));
-    RETURN_IF_ERROR(fill_f32(L.input_norm, 0.1, 1.0));
-    RETURN_IF_ERROR(fill_f32(L.post_norm, 0.1, 1.0));
-    if (L.type != LayerType::kLizard) continue;
-    RETURN_IF_ERROR(fill_f32(L.fmap_q, 1.0 / std::sqrt(static_cast<double>(D_)), 0.0));
-    RETURN_IF_ERROR(fill_f32(L.fmap_k, 1.0 / std::sqrt(static_cast<double>(D_)), 0.0));
-    RETURN_IF_ERROR(fill_f32(L.meta_logits, 1.0, 0.0));
-    RETURN_IF_ERROR(fill_f32(L.window_factor, 0.1, 0.5));
-    // Gate bias around 3 (sigmoid ~0.95) as in RandomHostWeights; other biases absent.
-    RETURN_IF_ERROR(L.b_qkvg.Allocate((n_qkv_ + H_) * sizeof(float)));
-    LIZARD_CUDA_RETURN(cudaMemsetAsync(L.b_qkvg.get(), 0, n_qkv_ * sizeof(float), stream_));
-    LIZARD_CUDA_RETURN(k::RandomFillF32(L.b_qkvg.get<float>() + n_qkv_, H_, ++stream_id,
-                                        static_cast<float>(0.5 * std::sqrt(3.0)), 3.f, stream_));
-  }
-  return CudaStatus(cudaStreamSynchronize(stream_), "random weights");
-}
-
-absl::Status CudaBackend::LoadWeights(const std::string& model_dir) {
-  auto ckpt_or = Checkpoint::Open(model_dir);
-  if (!ckpt_or.ok()) return ckpt_or.status();
-  const Checkpoint& ckpt = **ckpt_or;
-  RETURN_IF_ERROR(ValidateCheckpoint(config_, ckpt));
-
-  // Staging: tensors are copied raw from the mapped file, then converted on the device.
-  size_t max_bytes = 0;
-  for (const std::string& name : ckpt.Names()) max_bytes = std::max(max_bytes, ckpt.Find(name)->nbytes);
-  DeviceBuffer staging;
-  RETURN_IF_ERROR(staging.Allocate(max_bytes));
-
-  // Every copy goes through stream_: a plain cudaMemcpy from pageable memory may return before
-  // its DMA is done, and stream_ does not wait for the legacy default stream.
-  auto upload = [&](const TensorView& t) -> absl::Status {
-    LIZARD_CUDA_RETURN(cudaMemcpyAsync(staging.get(), t.data, t.nbytes, cudaMemcpyHostToDevice, stream_));
-    return absl::OkStatus();
-  };
-  // Tensor `name` into `dst` at element offset `offset` (bf16 or float32 destination).
-  auto to_bf16 = [&](const std::string& name, const DeviceBuffer& dst, int64_t offset) -> absl::Status {
-    const TensorView* t = ckpt.Find(name);
-    if (t == nullptr) return absl::NotFoundError(absl::StrCat("missing tensor ", name));
-    RETURN_IF_ERROR(upload(*t));
-    LIZARD_CUDA_RETURN(k::ConvertToBf16(staging.get(), DTypeCode(t->dtype), t->numel(), dst.get<bf16>() + offset, stream_));
-    return CudaStatus(cudaStreamSynchronize(stream_), name.c_str());
-  };
-  auto to_f32 = [&](const TensorView* t, float* dst) -> absl::Status {
-    RETURN_IF_ERROR(upload(*t));
-    LIZARD_CUDA_RETURN(k::ConvertToF32(staging.get(), DTypeCode(t->dtype), t->numel(), dst, stream_));
-    return CudaStatus(cudaStreamSynchronize(stream_), t->name.c_str());
-  };
-  auto f32_tensor = [&](const std::string& name, DeviceBuffer& dst) -> absl::Status {
-    const TensorView* t = ckpt.Find(name);
-    if (t == nullptr) return absl::NotFoundError(absl::StrCat("missing tensor ", name));
-    if (dst.bytes() == 0) RETURN_IF_ERROR(dst.Allocate(t->numel() * sizeof(float)));
-    return to_f32(t, dst.get<float>());
-  };
-  // Optional tensor: allocated only when present.
-  auto optional_f32 = [&](const std::string& name, DeviceBuffer& dst) -> absl::Status {
-    if (ckpt.Find(name) == nullptr) return absl::OkStatus();
-    return f32_tensor(name, dst);
-  };
-
-  RETURN_IF_ERROR(to_bf16("model.embed_tokens.weight", embed_, 0));
-  if (!tied_) RETURN_IF_ERROR(to_bf16("lm_head.weight", lm_head_, 0));
-  RETURN_IF_ERROR(f32_tensor("model.norm.weight", final_norm_));
-  const int64_t Hd = Hd_, qd = H_ * D_, kd = Hkv_ * D_;
-  for (int64_t l = 0; l < config_.num_layers; ++l) {
-    DeviceLayer& L = layers_[l];
-    const bool liz = L.type == LayerType::kLizard;
-    auto name = [&](std::string_view suffix) { return LayerTensorName(l, suffix); };
-    RETURN_IF_ERROR(f32_tensor(name("input_layernorm.weight"), L.input_norm));
-    RETURN_IF_ERROR(f32_tensor(name("post_attention_layernorm.weight"), L.post_norm));
-    RETURN_IF_ERROR(to_bf16(name("self_attn.q_proj.weight"), L.w_qkvg, 0));
-    RETURN_IF_ERROR(to_bf16(name("self_attn.k_proj.weight"), L.w_qkvg, qd * Hd));
-    RETURN_IF_ERROR(to_bf16(name("self_attn.v_proj.weight"), L.w_qkvg, (qd + kd) * Hd));
-    if (liz) RETURN_IF_ERROR(to_bf16(name("self_attn.forget_gate.weight"), L.w_qkvg, (qd + 2 * kd) * Hd));
-    RETURN_IF_ERROR(to_bf16(name("self_attn.o_proj.weight"), L.w_o, 0));
-    RETURN_IF_ERROR(to_bf16(name("mlp.gate_proj.weight"), L.w_gate_up, 0));
-    RETURN_IF_ERROR(to_bf16(name("mlp.up_proj.weight"), L.w_gate_up, static_cast<int64_t>(I_) * Hd));
-    RETURN_IF_ERROR(to_bf16(name("mlp.down_proj.weight"), L.w_down, 0));
-    RETURN_IF_ERROR(optional_f32(name("self_attn.o_proj.bias"), L.b_o));
-
-    // The q/k/v (and gate) biases, concatenated like the weights; zeros where absent.
-    const std::pair<std::string, int64_t> biases[] = {
-        {name("self_attn.q_proj.bias"), 0},
-        {name("self_attn.k_proj.bias"), qd},
-        {name("self_attn.v_proj.bias"), qd + kd},
-        {liz ? name("self_attn.forget_gate.bias") : std::string(), qd + 2 * kd}};
-    for (const auto& [bias, offset] : biases) {
-      const TensorView* t = bias.empty() ? nullptr : ckpt.Find(bias);
-      if (t == nullptr) continue;
-      if (L.b_qkvg.bytes() == 0) {
-        RETURN_IF_ERROR(L.b_qkvg.Allocate((n_qkv_ + (liz ? H_ : 0)) * sizeof(float)));
-        LIZARD_CUDA_RETURN(cudaMemsetAsync(L.b_qkvg.get(), 0, L.b_qkvg.bytes(), stream_));
-      }
-      RETURN_IF_ERROR(to_f32(t, L.b_qkvg.get<float>() + offset));
-    }
-    if (!liz) continue;
-    RETURN_IF_ERROR(f32_tensor(name("self_attn.feature_map_q.weight"), L.fmap_q));
-    RETURN_IF_ERROR(f32_tensor(name("self_attn.feature_map_k.weight"), L.fmap_k));
-    RETURN_IF_ERROR(optional_f32(name("self_attn.feature_map_q.bias"), L.fmap_q_bias));
-    RETURN_IF_ERROR(optional_f32(name("self_attn.feature_map_k.bias"), L.fmap_k_bias));
-    RETURN_IF_ERROR(f32_tensor(name("self_attn.meta_logits"), L.meta_logits));
-    RETURN_IF_ERROR(f32_tensor(name("self_attn.window_factor"), L.window_factor));
-  }
   return absl::OkStatus();
 }
 
@@ -517,7 +326,7 @@ BackendInfo CudaBackend::info() const {
     info.memory_total_bytes = static_cast<int64_t>(total_bytes);
     info.memory_used_bytes = static_cast<int64_t>(total_bytes - free_bytes);
   }
-  info.weights_bytes = weights_bytes_;
+  info.weights_bytes = weights_.bytes;
   info.state_pool_bytes = static_cast<int64_t>(pool_.bytes() + kv_pool_.bytes());
   return info;
 }
@@ -696,9 +505,9 @@ absl::Status CudaBackend::EnqueueModel(int T, int S, bool multi, int max_keys) {
   k::SeqMeta seqs{field(kSeqSlot), field(kSeqFirstRow), field(kSeqNumTokens)};
   k::LizardScratch scratch{fq_.get<float>(), fk_.get<float>(), gamma_.get<float>(), den_.get<float>(), yw_.get<float>()};
 
-  LIZARD_CUDA_RETURN(k::EmbeddingGather(embed_.get<bf16>(), field(kTokIds), T, Hd_, x, stream_));
-  for (size_t l = 0; l < layers_.size(); ++l) {
-    const DeviceLayer& L = layers_[l];
+  LIZARD_CUDA_RETURN(k::EmbeddingGather(weights_.embed.get<bf16>(), field(kTokIds), T, Hd_, x, stream_));
+  for (size_t l = 0; l < weights_.layers.size(); ++l) {
+    const cuda::DeviceLayer& L = weights_.layers[l];
     const bool liz = L.type == LayerType::kLizard;
     const int ld = n_qkv_ + (liz ? H_ : 0);
     LIZARD_CUDA_RETURN(k::AddRmsNorm(x, l == 0 ? nullptr : delta, L.input_norm.get<float>(), T, Hd_, eps, u, stream_));
@@ -746,14 +555,14 @@ absl::Status CudaBackend::EnqueueModel(int T, int S, bool multi, int max_keys) {
     LIZARD_CUDA_RETURN(k::SwiGlu(gate_up_.get<float>(), T, I_, act_.get<bf16>(), stream_));
     RETURN_IF_ERROR(Gemm(act_.get<bf16>(), T, I_, L.w_down, Hd_, delta));
   }
-  LIZARD_CUDA_RETURN(k::AddRmsNorm(x, delta, final_norm_.get<float>(), T, Hd_, eps, u, stream_));
+  LIZARD_CUDA_RETURN(k::AddRmsNorm(x, delta, weights_.final_norm.get<float>(), T, Hd_, eps, u, stream_));
   return absl::OkStatus();
 }
 
 absl::Status CudaBackend::EnqueueLogits(int first, int R) {
   const int32_t* rows = meta_.get<int32_t>() + static_cast<int64_t>(kLogitRows) * kMaxStepTokens + first;
   LIZARD_CUDA_RETURN(k::GatherRowsBf16(u_.get<bf16>(), rows, R, Hd_, logit_in_.get<bf16>(), stream_));
-  return Gemm(logit_in_.get<bf16>(), R, Hd_, tied_ ? embed_ : lm_head_, V_, logits_.get<float>());
+  return Gemm(logit_in_.get<bf16>(), R, Hd_, weights_.head(), V_, logits_.get<float>());
 }
 
 absl::Status CudaBackend::RunStep(const std::vector<StepSeq>& seqs,

@@ -9,8 +9,9 @@
 
 namespace lizard {
 
-// Loads the checkpoint in options.model_dir (or generates random weights on the device for
-// options.synthetic_config) onto GPU options.device_index with options.num_slots state slots.
+// Loads options.weights (a checkpoint, or random weights generated on the device) into
+// DeviceWeights (engine/cuda/weights.h) on GPU options.device_index, with options.num_slots
+// state slots.
 absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(const BackendOptions& options);
 
 // True when the CUDA runtime sees at least one device.

@@ -20,6 +20,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/string_view.h"
+#include "engine/model/tensor_table.h"
 #include "nlohmann/json.hpp"
 
 namespace lizard {
@@ -247,53 +248,6 @@ bool FileExists(const std::string& path) {
   return ::stat(path.c_str(), &st) == 0;
 }
 
-// One tensor the config expects.
-struct Expected {
-  std::string name;
-  std::vector<int64_t> shape;
-  bool required = true;
-};
-
-// Every tensor a checkpoint for `c` may hold, in a fixed order.
-std::vector<Expected> ExpectedTensors(const ModelConfig& c) {
-  const int64_t Hd = c.hidden_size, H = c.num_heads, Hkv = c.num_kv_heads, D = c.head_dim;
-  const int64_t I = c.intermediate_size, V = c.vocab_size, F = c.feature_dim, m = c.num_meta_tokens;
-  std::vector<Expected> out;
-  out.push_back({"model.embed_tokens.weight", {V, Hd}});
-  for (int64_t l = 0; l < c.num_layers; ++l) {
-    auto add = [&](std::string_view suffix, std::vector<int64_t> shape, bool required = true) {
-      out.push_back({LayerTensorName(l, suffix), std::move(shape), required});
-    };
-    add("input_layernorm.weight", {Hd});
-    add("self_attn.q_proj.weight", {H * D, Hd});
-    add("self_attn.q_proj.bias", {H * D}, false);
-    add("self_attn.k_proj.weight", {Hkv * D, Hd});
-    add("self_attn.k_proj.bias", {Hkv * D}, false);
-    add("self_attn.v_proj.weight", {Hkv * D, Hd});
-    add("self_attn.v_proj.bias", {Hkv * D}, false);
-    add("self_attn.o_proj.weight", {Hd, H * D});
-    add("self_attn.o_proj.bias", {Hd}, false);
-    if (c.layer_types[l] == LayerType::kLizard) {
-      add("self_attn.feature_map_q.weight", {H, D, F});
-      add("self_attn.feature_map_q.bias", {H, F}, false);
-      add("self_attn.feature_map_k.weight", {H, D, F});
-      add("self_attn.feature_map_k.bias", {H, F}, false);
-      add("self_attn.forget_gate.weight", {H, Hd});
-      add("self_attn.forget_gate.bias", {H}, false);
-      add("self_attn.meta_logits", {H, m});
-      add("self_attn.window_factor", {H});
-    }
-    add("post_attention_layernorm.weight", {Hd});
-    add("mlp.gate_proj.weight", {I, Hd});
-    add("mlp.up_proj.weight", {I, Hd});
-    add("mlp.down_proj.weight", {Hd, I});
-  }
-  out.push_back({"model.norm.weight", {Hd}});
-  // Some tied checkpoints still store lm_head; it is checked but unused then.
-  out.push_back({"lm_head.weight", {V, Hd}, !c.tie_word_embeddings});
-  return out;
-}
-
 // Why a checkpoint tensor that the config does not expect is there, for the error message.
 std::string UnexpectedReason(const ModelConfig& c, const std::string& name) {
   constexpr std::string_view kPrefix = "model.layers.";
@@ -337,11 +291,11 @@ absl::Status ValidateCheckpoint(const ModelConfig& config, const Checkpoint& che
     return absl::InvalidArgumentError("config: layer_types does not have num_hidden_layers entries");
   }
   std::set<std::string> expected_names;
-  for (const Expected& e : ExpectedTensors(config)) {
+  for (const TensorSpec& e : TensorTable(config)) {
     expected_names.insert(e.name);
     const TensorView* t = checkpoint.Find(e.name);
     if (t == nullptr) {
-      if (e.required) return absl::InvalidArgumentError(absl::StrCat(e.name, ": missing from checkpoint"));
+      if (e.when_absent == WhenAbsent::kRefused) return absl::InvalidArgumentError(absl::StrCat(e.name, ": missing from checkpoint"));
       continue;
     }
     if (t->shape != e.shape) {

@@ -34,7 +34,7 @@ constexpr double kPathTol = 1e-4;
 
 std::unique_ptr<Backend> OpenCpu(const std::string& dir, int32_t slots = 4) {
   BackendOptions options;
-  options.model_dir = dir;
+  options.weights = WeightSource::Directory(dir);
   options.num_slots = slots;
   options.num_threads = 2;
   absl::StatusOr<std::unique_ptr<Backend>> backend = CreateCpuBackend(options);
@@ -276,7 +276,7 @@ TEST(CpuBackendLoadTest, RefusesEveryMalformedCheckpointWithItsMessage) {
   for (const auto& [name, expected] : cases.items()) {
     SCOPED_TRACE(name);
     BackendOptions options;
-    options.model_dir = dir + "/" + name;
+    options.weights = WeightSource::Directory(dir + "/" + name);
     options.num_slots = 1;
     absl::StatusOr<std::unique_ptr<Backend>> backend = CreateCpuBackend(options);
     ASSERT_FALSE(backend.ok());
@@ -287,7 +287,7 @@ TEST(CpuBackendLoadTest, RefusesEveryMalformedCheckpointWithItsMessage) {
 
 TEST(CpuBackendLoadTest, MissingDirectoryIsAnError) {
   BackendOptions options;
-  options.model_dir = "/nonexistent/lizard-model";
+  options.weights = WeightSource::Directory("/nonexistent/lizard-model");
   EXPECT_FALSE(CreateCpuBackend(options).ok());
 }
 
@@ -485,7 +485,7 @@ TEST(CpuBackendSyntheticTest, RandomStatesAreDeterministicAndRun) {
   config->num_layers = 2;
   config->layer_types = {LayerType::kLizard, LayerType::kSoftmax};
   BackendOptions options;
-  options.synthetic_config = *config;
+  options.weights = WeightSource::Synthetic(*config, /*seed=*/1);
   options.num_slots = 2;
   options.num_threads = 2;
   absl::StatusOr<std::unique_ptr<Backend>> backend = CreateCpuBackend(options);

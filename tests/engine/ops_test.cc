@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "engine/cpu/thread_pool.h"
+#include "engine/model/rope.h"
 
 namespace lizard::cpu {
 namespace {

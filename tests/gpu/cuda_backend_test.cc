@@ -45,7 +45,7 @@ std::vector<std::string> ModelDirs() {
 
 std::unique_ptr<Backend> Make(BackendKind kind, const std::string& dir, int slots = 12) {
   BackendOptions options;
-  options.model_dir = dir;
+  options.weights = WeightSource::Directory(dir);
   options.kind = kind;
   options.num_slots = slots;
   auto b = kind == BackendKind::kCuda ? CreateCudaBackend(options) : CreateCpuBackend(options);
@@ -366,7 +366,7 @@ TEST(CudaSyntheticTest, RandomWeightsOnDeviceAndRandomStates) {
     BackendOptions options;
     options.kind = BackendKind::kCuda;
     options.num_slots = 4;
-    options.synthetic_config = *config;
+    options.weights = WeightSource::Synthetic(*config, /*seed=*/1);
     auto gpu = CreateCudaBackend(options);
     ASSERT_TRUE(gpu.ok()) << gpu.status();
     // Float32 states (tools/common/random_state.h) that LoadSlot converts to the device dtypes.

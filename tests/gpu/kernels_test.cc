@@ -12,6 +12,7 @@
 #include <gtest/gtest.h>
 
 #include "engine/cpu/ops.h"
+#include "engine/model/rope.h"
 #include "engine/sampling/sampler.h"
 #include "kernels/kernels.h"
 #include "tests/gpu/gpu_test_util.h"
@@ -90,7 +91,7 @@ TEST(KernelsTest, Rope) {
   ModelConfig config;
   config.head_dim = D;
   config.rope_theta = 500000.0;
-  const std::vector<double> inv_freq = cpu::RopeInverseFrequencies(config);
+  const std::vector<double> inv_freq = RopeInverseFrequencies(config);
   std::vector<float> x = Uniform(rng, rows * ld, -1, 1);
   const std::vector<int32_t> pos = {0, 1, 17, 4095, 131071, -1};
   DeviceVec<float> d_x(x), d_out(rows * heads * D);
@@ -246,7 +247,7 @@ TEST_P(LizardAttentionTest, StepMatchesCpuRecurrence) {
   ModelConfig config;
   config.head_dim = D;
   config.rope_theta = 10000.0;
-  const std::vector<double> inv_freq = cpu::RopeInverseFrequencies(config);
+  const std::vector<double> inv_freq = RopeInverseFrequencies(config);
 
   // Keys after RoPE for the window (the Rope kernel is tested above; the CPU does its own).
   std::vector<float> krot(int64_t{T} * Hkv * D);

@@ -2,7 +2,7 @@
 // (the Python writers the rest of the test suite uses), so both sides agree on the format.
 #include <string>
 
-#include "engine/model/weights.h"
+#include "engine/cpu/weights.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "tests/model/test_util.h"

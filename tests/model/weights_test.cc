@@ -1,4 +1,4 @@
-#include "engine/model/weights.h"
+#include "engine/cpu/weights.h"
 
 #include <cmath>
 #include <map>

@@ -15,8 +15,10 @@ namespace {
 const std::string kModelDir = LIZARD_TINY_MODEL_DIR;
 
 std::unique_ptr<Engine> MakeEngine(int32_t slots, const EngineOptions& options) {
-  BackendOptions b{
-      .model_dir = kModelDir, .kind = BackendKind::kCpu, .num_slots = slots, .num_threads = 1};
+  BackendOptions b{.weights = WeightSource::Directory(kModelDir),
+                   .kind = BackendKind::kCpu,
+                   .num_slots = slots,
+                   .num_threads = 1};
   absl::StatusOr<std::unique_ptr<Backend>> backend = CreateBackend(b);
   EXPECT_TRUE(backend.ok()) << backend.status();
   if (!backend.ok()) return nullptr;

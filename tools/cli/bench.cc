@@ -138,7 +138,7 @@ absl::Status RunBench(const Args& args) {
       std::max<int64_t>(2, *std::max_element(batch_sizes->begin(), batch_sizes->end())));
   options.num_threads = static_cast<int32_t>(*threads);
   options.batch_invariant = gemm == "invariant";
-  options.synthetic_config = *config;
+  options.weights = WeightSource::Synthetic(*config, /*seed=*/1);
   absl::StatusOr<std::unique_ptr<Backend>> created = CreateBackend(options);
   if (!created.ok()) return created.status();
   Backend& backend = **created;

@@ -103,12 +103,8 @@ absl::StatusOr<std::unique_ptr<Backend>> OpenBackend(const WeightsSource& source
   options.num_slots = 1;
   options.num_threads = threads;
   options.state_dtype = state_dtype;
-  if (source.model_dir.empty()) {
-    options.synthetic_config = source.config;
-    options.synthetic_seed = source.seed;
-  } else {
-    options.model_dir = source.model_dir;
-  }
+  options.weights = source.model_dir.empty() ? WeightSource::Synthetic(source.config, source.seed)
+                                             : WeightSource::Directory(source.model_dir);
   return CreateBackend(options);
 }
 

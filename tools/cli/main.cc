@@ -74,7 +74,7 @@ absl::StatusOr<std::unique_ptr<Backend>> OpenBackend(const Args& args, int32_t n
   absl::StatusOr<int64_t> threads = args.Int("threads", 0);
   if (!threads.ok()) return threads.status();
   BackendOptions options;
-  options.model_dir = *model;
+  options.weights = WeightSource::Directory(*model);
   options.kind = *kind;
   options.num_slots = num_slots;
   options.num_threads = static_cast<int32_t>(*threads);

@@ -1,6 +1,6 @@
-// HostWeights: the model's tensors in float32 on the host, in the checkpoint's own layouts
-// (row-major, projections as [out, in]). The CPU backend computes on these directly; the CUDA
-// backend converts from the Checkpoint's views instead (no float32 copy of a large model).
+// HostWeights: the CPU backend's weights, the model's tensors in float32 in the checkpoint's own
+// layouts (row-major, projections as [out, in]), built from the tensor table
+// (engine/model/tensor_table.h). The CUDA backend's counterpart is engine/cuda/weights.h.
 #pragma once
 
 #include <cstdint>
@@ -9,6 +9,7 @@
 #include "absl/status/statusor.h"
 #include "engine/model/checkpoint.h"
 #include "engine/model/model_config.h"
+#include "engine/model/weight_source.h"
 
 namespace lizard {
 
@@ -40,12 +41,14 @@ struct HostWeights {
   int64_t num_parameters() const;
 };
 
-// Validates (ValidateCheckpoint) and converts.
+// Validates (ValidateCheckpoint) and converts; absent zeros-when-absent tensors become zeros.
 absl::StatusOr<HostWeights> LoadHostWeights(const ModelConfig& config, const Checkpoint& checkpoint);
-// Deterministic random weights of the right shapes (benchmarks, tests): projections ~ N(0, 1/in),
-// norms ~ 1 + small noise, so activations stay in a sane range through many layers. The values
-// depend only on (config shapes, seed): the generator is splitmix64 + Box-Muller, fixed here, so
-// every machine and compiler produces the same weights.
+// Deterministic random weights of the right shapes (benchmarks, tests), with the tensor table's
+// spreads: projections ~ N(0, 1/in), norms ~ 1 + small noise, so activations stay in a sane range
+// through many layers. The values depend only on (config shapes, seed): the generator is
+// splitmix64 + Box-Muller, fixed here, so every machine and compiler produces the same weights.
 HostWeights RandomHostWeights(const ModelConfig& config, uint64_t seed);
+// The source's config and weights: a checkpoint directory opened and loaded, or random weights.
+absl::StatusOr<HostWeights> LoadHostWeights(const WeightSource& source, ModelConfig* config);
 
 }  // namespace lizard
