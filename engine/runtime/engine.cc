@@ -61,22 +61,7 @@ absl::Status ValidateRequest(const EngineRequest& r, int64_t vocab) {
   for (int32_t t : r.stopping.stop_token_ids) {
     if (t < 0 || t >= vocab) return bad("stop token id ", t, " is outside [0, ", vocab, ")");
   }
-  const SamplingParams& s = r.sampling;
-  if (!std::isfinite(s.temperature) || s.temperature < 0) {
-    return bad("temperature must be >= 0, got ", s.temperature);
-  }
-  if (s.top_k < 0) return bad("top_k must be >= 0, got ", s.top_k);
-  if (!(s.top_p > 0 && s.top_p <= 1)) return bad("top_p must be in (0, 1], got ", s.top_p);
-  if (!(s.min_p >= 0 && s.min_p <= 1)) return bad("min_p must be in [0, 1], got ", s.min_p);
-  if (!std::isfinite(s.repetition_penalty) || s.repetition_penalty <= 0) {
-    return bad("repetition_penalty must be > 0, got ", s.repetition_penalty);
-  }
-  if (!(s.presence_penalty >= -2 && s.presence_penalty <= 2)) {
-    return bad("presence_penalty must be in [-2, 2], got ", s.presence_penalty);
-  }
-  if (!(s.frequency_penalty >= -2 && s.frequency_penalty <= 2)) {
-    return bad("frequency_penalty must be in [-2, 2], got ", s.frequency_penalty);
-  }
+  if (absl::Status s = Validate(r.sampling); !s.ok()) return s;
   if (r.stopping.max_new_tokens < 0) {
     return bad("max_new_tokens must be >= 0, got ", r.stopping.max_new_tokens);
   }
