@@ -65,13 +65,14 @@ class StateManager {
   // NOT_FOUND if unknown.
   absl::StatusOr<StateInfo> Info(StateId id) const;
 
-  // A request's life on a state, in order; `id` must exist (the engine checked it) and the calls
-  // follow this order. Attach: the state becomes busy, and its pending tokens are handed to the
-  // request (it feeds them first). Admit: the request runs; the state gets a device slot (see
-  // MakeResident) and is not spilled until Detach. Consume: the model state consumed `tokens`
-  // more. Detach: the request ended; `unfed` stays pending for the next request, `turn` is what
-  // it added to the conversation (its first `turn_input` tokens were input). A temporary state is
-  // freed there. Returns the tokens the state holds (consumed + pending).
+  // A request's life on a state, in this order (`id` must exist: the engine checked it; a request
+  // cancelled while queued goes from Attach to Detach). Attach: the state becomes busy, and its
+  // pending tokens are handed to the request (it feeds them first). Admit: the request runs; the
+  // state gets a device slot (see MakeResident) and is not spilled until Detach. Consume: the
+  // model state consumed `tokens` more. Detach: the request ended; `unfed` stays pending for the
+  // next request, `turn` is what it added to the conversation (its first `turn_input` tokens were
+  // input). A temporary state is freed there. Returns the tokens the state holds (consumed +
+  // pending).
   std::vector<int32_t> Attach(StateId id);
   absl::Status Admit(StateId id);
   void Consume(StateId id, int64_t tokens);
