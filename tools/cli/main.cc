@@ -16,7 +16,7 @@
 #include "engine/model/model_config.h"
 #include "engine/model/state_layout.h"
 #include "engine/sampling/sampling.h"
-#include "engine/tokenizer/tokenizer.h"
+#include "tokenizer/tokenizer.h"
 #include "tools/cli/bench.h"
 #include "tools/cli/drift.h"
 #include "tools/cli/npy.h"
