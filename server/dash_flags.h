@@ -1,5 +1,6 @@
 // Lets Abseil flags be spelled with dashes: Abseil names use underscores (--metrics_port), the
-// documented spelling uses dashes (--metrics-port). Header-only so tools can share it.
+// documented spelling uses dashes (--metrics-port). Header-only; tools use it through the
+// lizard_dash_flags library.
 #pragma once
 
 #include <algorithm>

@@ -12,13 +12,13 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "engine/runtime/engine.h"
-#include "engine/tokenizer/tokenizer.h"
 #include "grpcpp/grpcpp.h"
 #include "lizard/v1/lizard.grpc.pb.h"
 #include "server/metrics.h"
 #include "server/request_validation.h"
 #include "server/session_table.h"
 #include "server/stop_strings.h"
+#include "tokenizer/tokenizer.h"
 
 namespace lizard::server {
 

@@ -10,12 +10,12 @@
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
-#include "engine/tokenizer/tokenizer.h"
 #include "server/auth.h"
 #include "server/chat_template.h"
 #include "server/http_endpoint.h"
 #include "server/lizard_service.h"
 #include "server/session_table.h"
+#include "tokenizer/tokenizer.h"
 
 namespace lizard::server {
 

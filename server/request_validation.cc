@@ -1,6 +1,5 @@
 #include "server/request_validation.h"
 
-#include <cmath>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -67,54 +66,21 @@ absl::StatusOr<std::vector<int32_t>> InputTokens(const std::string* text,
 
 namespace {
 
-absl::Status CheckFinite(float value, const char* name) {
-  if (!std::isfinite(value)) {
-    return absl::InvalidArgumentError(absl::StrCat("sampling.", name, " must be finite"));
-  }
-  return absl::OkStatus();
-}
-
+// The API's fields, unset ones at the engine's defaults, checked by the engine's own rules; the
+// message gets the request's field path ("sampling.top_p = 2 must be in (0, 1]").
 absl::StatusOr<SamplingParams> ToSampling(const v1::SamplingParams& in) {
-  for (auto [value, name] : {std::pair{in.temperature(), "temperature"},
-                             std::pair{in.top_p(), "top_p"}, std::pair{in.min_p(), "min_p"},
-                             std::pair{in.repetition_penalty(), "repetition_penalty"},
-                             std::pair{in.presence_penalty(), "presence_penalty"},
-                             std::pair{in.frequency_penalty(), "frequency_penalty"}}) {
-    if (absl::Status s = CheckFinite(value, name); !s.ok()) return s;
-  }
   SamplingParams out;
-  if (in.temperature() < 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("sampling.temperature = ", in.temperature(), " must be >= 0 (0 = greedy)"));
-  }
   out.temperature = in.temperature();
-  if (in.top_k() < 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("sampling.top_k = ", in.top_k(), " must be >= 0 (0 = off)"));
-  }
   out.top_k = in.top_k();
-  if (in.has_top_p()) {
-    if (!(in.top_p() > 0 && in.top_p() <= 1)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("sampling.top_p = ", in.top_p(), " must be in (0, 1]"));
-    }
-    out.top_p = in.top_p();
-  }
-  if (in.min_p() < 0 || in.min_p() > 1) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("sampling.min_p = ", in.min_p(), " must be in [0, 1]"));
-  }
+  if (in.has_top_p()) out.top_p = in.top_p();
   out.min_p = in.min_p();
-  if (in.has_repetition_penalty()) {
-    if (in.repetition_penalty() <= 0) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "sampling.repetition_penalty = ", in.repetition_penalty(), " must be > 0 (1 = off)"));
-    }
-    out.repetition_penalty = in.repetition_penalty();
-  }
+  if (in.has_repetition_penalty()) out.repetition_penalty = in.repetition_penalty();
   out.presence_penalty = in.presence_penalty();
   out.frequency_penalty = in.frequency_penalty();
   if (in.has_seed()) out.seed = in.seed();
+  if (absl::Status s = Validate(out); !s.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("sampling.", s.message()));
+  }
   return out;
 }
 

@@ -7,8 +7,8 @@
 
 #include "absl/status/statusor.h"
 #include "engine/runtime/engine.h"
-#include "engine/tokenizer/tokenizer.h"
 #include "lizard/v1/lizard.pb.h"
+#include "tokenizer/tokenizer.h"
 
 namespace lizard::server {
 

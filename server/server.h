@@ -9,12 +9,12 @@
 #include "absl/time/time.h"
 #include "engine/backend.h"
 #include "engine/runtime/engine.h"
-#include "engine/tokenizer/tokenizer.h"
 #include "grpcpp/grpcpp.h"
 #include "server/auth.h"
 #include "server/lizard_service.h"
 #include "server/metrics.h"
 #include "server/session_table.h"
+#include "tokenizer/tokenizer.h"
 
 namespace lizard::server {
 

@@ -27,6 +27,13 @@ struct SessionSnapshot {
 // Thread-safe. A session is "busy" from Acquire until Release: that is one Generate (or the
 // prefill of a CreateSession prefix) at a time. A reaper thread frees sessions idle past their
 // TTL. Deleting a busy session cancels its request; its state is freed when that ends.
+//
+// Why a busy flag here besides the engine's (StateInfo::busy, which GetSession reports with the
+// state's numbers): this one is a lease on the session that also covers what the engine cannot
+// see, the time before Engine::Submit (the input is encoded with BOS only if the state is empty,
+// so nothing may change the state meanwhile, and a Delete then must leave the freeing to
+// Release). Whether a request may start on a session is decided here only; the engine's flag
+// says whether its state has a request attached.
 class SessionTable {
  public:
   SessionTable(Engine* engine, int64_t max_sessions, absl::Duration default_ttl);

@@ -9,10 +9,10 @@
 #include "engine/runtime/engine.h"
 
 #include <algorithm>
-#include <cmath>
 #include <condition_variable>
 #include <mutex>
 #include <random>
+#include <span>
 #include <thread>
 #include <utility>
 
@@ -61,22 +61,7 @@ absl::Status ValidateRequest(const EngineRequest& r, int64_t vocab) {
   for (int32_t t : r.stopping.stop_token_ids) {
     if (t < 0 || t >= vocab) return bad("stop token id ", t, " is outside [0, ", vocab, ")");
   }
-  const SamplingParams& s = r.sampling;
-  if (!std::isfinite(s.temperature) || s.temperature < 0) {
-    return bad("temperature must be >= 0, got ", s.temperature);
-  }
-  if (s.top_k < 0) return bad("top_k must be >= 0, got ", s.top_k);
-  if (!(s.top_p > 0 && s.top_p <= 1)) return bad("top_p must be in (0, 1], got ", s.top_p);
-  if (!(s.min_p >= 0 && s.min_p <= 1)) return bad("min_p must be in [0, 1], got ", s.min_p);
-  if (!std::isfinite(s.repetition_penalty) || s.repetition_penalty <= 0) {
-    return bad("repetition_penalty must be > 0, got ", s.repetition_penalty);
-  }
-  if (!(s.presence_penalty >= -2 && s.presence_penalty <= 2)) {
-    return bad("presence_penalty must be in [-2, 2], got ", s.presence_penalty);
-  }
-  if (!(s.frequency_penalty >= -2 && s.frequency_penalty <= 2)) {
-    return bad("frequency_penalty must be in [-2, 2], got ", s.frequency_penalty);
-  }
+  if (absl::Status s = Validate(r.sampling); !s.ok()) return s;
   if (r.stopping.max_new_tokens < 0) {
     return bad("max_new_tokens must be >= 0, got ", r.stopping.max_new_tokens);
   }
@@ -123,9 +108,7 @@ class EngineImpl : public Engine {
 
   absl::StatusOr<StateInfo> GetStateInfo(StateId id) const override {
     std::lock_guard lock(mu_);
-    const SequenceState* state = states_.Find(id);
-    if (state == nullptr) return absl::NotFoundError(absl::StrCat("unknown state ", id));
-    return states_.Info(*state);
+    return states_.Info(id);
   }
 
   absl::StatusOr<RequestId> Submit(EngineRequest request,
@@ -135,7 +118,7 @@ class EngineImpl : public Engine {
 
     std::lock_guard lock(mu_);
     if (!accepting_) return absl::UnavailableError("engine is shutting down");
-    SequenceState* state = nullptr;
+    const SequenceState* state = nullptr;
     if (request.state != 0) {
       state = states_.Find(request.state);
       if (state == nullptr)
@@ -153,7 +136,6 @@ class EngineImpl : public Engine {
         return temp.status();
       }
       request.state = *temp;
-      state = states_.Find(*temp);
     }
 
     auto seq = std::make_unique<Sequence>();
@@ -164,15 +146,11 @@ class EngineImpl : public Engine {
     seq->stopping = std::move(request.stopping);
     seq->logprobs = request.logprobs;
     seq->seed = request.sampling.seed.has_value() ? *request.sampling.seed : rng_();
-    seq->tokens = std::move(state->pending);
+    seq->tokens = states_.Attach(request.state);
     seq->carried = carried;
     seq->prompt_tokens = static_cast<int64_t>(request.input.size());
     seq->tokens.insert(seq->tokens.end(), request.input.begin(), request.input.end());
     seq->history.AddPrompt(seq->tokens);
-    state->pending.clear();
-    state->tokens_at_turn_start = state->consumed + carried;
-    state->busy = true;
-    states_.Touch(*state);
     sequences_[id] = std::move(seq);
     work_cv_.notify_one();
     return id;
@@ -253,12 +231,8 @@ class EngineImpl : public Engine {
         }
       }
 
-      ScheduledStep step = scheduler_.Schedule([&](RequestId id) {
-        const StateId state_id = sequences_.at(id)->state;
-        absl::Status s = states_.MakeResident(state_id);
-        if (s.ok()) states_.Find(state_id)->running = true;
-        return s;
-      });
+      ScheduledStep step = scheduler_.Schedule(
+          [&](RequestId id) { return states_.Admit(sequences_.at(id)->state); });
       for (ScheduledStep::Failed& f : step.failed) {
         finished.push_back(
             FinishLocked(sequences_.at(f.id).get(), FinishReason::kError, std::move(f.status)));
@@ -329,7 +303,7 @@ class EngineImpl : public Engine {
       std::lock_guard lock(mu_);
       for (const Advance& a : advances) {
         a.seq->fed += a.num_tokens;
-        states_.Find(a.seq->state)->consumed += a.num_tokens;
+        states_.Consume(a.seq->state, a.num_tokens);
       }
     }
     // Stream the sampled tokens in row order, without mu_ (sinks may call back into the engine).
@@ -372,10 +346,10 @@ class EngineImpl : public Engine {
                 std::vector<Finished>& finished) {
     std::lock_guard lock(mu_);
     for (const Advance& a : advances) {
-      SequenceState& state = *states_.Find(a.seq->state);
+      const SequenceState& state = *states_.Find(a.seq->state);
       const int64_t advanced = std::clamp<int64_t>(
           backend_->SlotPosition(*state.slot) - state.consumed, 0, a.num_tokens);
-      state.consumed += advanced;
+      states_.Consume(a.seq->state, advanced);
       a.seq->fed += advanced;
       finished.push_back(FinishLocked(a.seq, FinishReason::kError, status));
     }
@@ -386,25 +360,21 @@ class EngineImpl : public Engine {
   Finished FinishLocked(Sequence* seq, FinishReason reason, absl::Status status) {
     scheduler_.Remove(seq->id);
     cancels_.erase(seq->id);
-    SequenceState& state = *states_.Find(seq->state);
     const int64_t keep_until = reason == FinishReason::kError
                                    ? std::max(seq->fed, seq->carried)
                                    : static_cast<int64_t>(seq->tokens.size());
-    state.pending.assign(seq->tokens.begin() + std::min(seq->fed, keep_until),
-                         seq->tokens.begin() + keep_until);
-    state.last_turn.assign(seq->tokens.begin() + seq->carried, seq->tokens.begin() + keep_until);
-    state.last_turn_input = std::min(seq->prompt_tokens, keep_until - seq->carried);
-    state.busy = false;
-    state.running = false;
-    states_.Touch(state);
+    const int64_t unfed_from = std::min(seq->fed, keep_until);
+    const int64_t turn_input = std::min(seq->prompt_tokens, keep_until - seq->carried);
+    const std::span<const int32_t> tokens(seq->tokens);
 
     Finished f;
     f.reason = reason;
     f.status = std::move(status);
-    f.usage.prompt_tokens = state.last_turn_input;  // a failed request: only what it consumed
+    f.usage.prompt_tokens = turn_input;  // a failed request: only what it consumed
     f.usage.generated_tokens = seq->generated;
-    f.usage.state_tokens = state.consumed + static_cast<int64_t>(state.pending.size());
-    if (state.temporary) states_.Free(seq->state).IgnoreError();  // not busy: cannot fail
+    f.usage.state_tokens =
+        states_.Detach(seq->state, tokens.subspan(unfed_from, keep_until - unfed_from),
+                       tokens.subspan(seq->carried, keep_until - seq->carried), turn_input);
     auto it = sequences_.find(seq->id);
     f.seq = std::move(it->second);
     sequences_.erase(it);

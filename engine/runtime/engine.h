@@ -17,12 +17,10 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "engine/backend.h"
+#include "engine/runtime/ids.h"
 #include "engine/sampling/sampling.h"
 
 namespace lizard {
-
-using StateId = uint64_t;      // 0 = none (a one-shot request gets a temporary state)
-using RequestId = uint64_t;
 
 struct StoppingCriteria {
   int32_t max_new_tokens = 16;  // 0 = prefill only (e.g. a session's prefix)

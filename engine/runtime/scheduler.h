@@ -17,7 +17,7 @@
 
 #include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
-#include "engine/runtime/engine.h"
+#include "engine/runtime/ids.h"
 
 namespace lizard {
 

@@ -25,7 +25,7 @@ absl::StatusOr<StateId> StateManager::Create(bool temporary) {
 }
 
 absl::StatusOr<StateId> StateManager::Fork(StateId source) {
-  SequenceState* src = Find(source);
+  SequenceState* src = Record(source);
   if (src == nullptr) return absl::NotFoundError(absl::StrCat("unknown state ", source));
   if (src->busy) return absl::FailedPreconditionError("cannot fork a busy state");
   if (num_states() >= max_states_) {
@@ -78,7 +78,7 @@ absl::Status StateManager::Free(StateId id) {
   return absl::OkStatus();
 }
 
-SequenceState* StateManager::Find(StateId id) {
+SequenceState* StateManager::Record(StateId id) {
   auto it = states_.find(id);
   return it == states_.end() ? nullptr : &it->second;
 }
@@ -88,20 +88,52 @@ const SequenceState* StateManager::Find(StateId id) const {
   return it == states_.end() ? nullptr : &it->second;
 }
 
-StateInfo StateManager::Info(const SequenceState& state) const {
+absl::StatusOr<StateInfo> StateManager::Info(StateId id) const {
+  const SequenceState* state = Find(id);
+  if (state == nullptr) return absl::NotFoundError(absl::StrCat("unknown state ", id));
   StateInfo info;
-  info.num_tokens = state.busy ? state.tokens_at_turn_start
-                               : state.consumed + static_cast<int64_t>(state.pending.size());
-  info.location = state.host.has_value() ? StateLocation::kHost : StateLocation::kDevice;
-  info.state_bytes = backend_->slot_bytes() + backend_->kv_bytes_per_token() * state.consumed;
-  info.busy = state.busy;
-  info.last_turn_tokens = state.last_turn;
-  info.last_turn_input_tokens = state.last_turn_input;
+  info.num_tokens = state->busy ? state->tokens_at_turn_start
+                                : state->consumed + static_cast<int64_t>(state->pending.size());
+  info.location = state->host.has_value() ? StateLocation::kHost : StateLocation::kDevice;
+  info.state_bytes = backend_->slot_bytes() + backend_->kv_bytes_per_token() * state->consumed;
+  info.busy = state->busy;
+  info.last_turn_tokens = state->last_turn;
+  info.last_turn_input_tokens = state->last_turn_input;
   return info;
 }
 
+std::vector<int32_t> StateManager::Attach(StateId id) {
+  SequenceState& state = states_.at(id);
+  state.tokens_at_turn_start = state.consumed + static_cast<int64_t>(state.pending.size());
+  state.busy = true;
+  Touch(state);
+  return std::exchange(state.pending, {});
+}
+
+absl::Status StateManager::Admit(StateId id) {
+  if (absl::Status s = MakeResident(id); !s.ok()) return s;
+  states_.at(id).running = true;
+  return absl::OkStatus();
+}
+
+void StateManager::Consume(StateId id, int64_t tokens) { states_.at(id).consumed += tokens; }
+
+int64_t StateManager::Detach(StateId id, std::span<const int32_t> unfed,
+                             std::span<const int32_t> turn, int64_t turn_input) {
+  SequenceState& state = states_.at(id);
+  state.pending.assign(unfed.begin(), unfed.end());
+  state.last_turn.assign(turn.begin(), turn.end());
+  state.last_turn_input = turn_input;
+  state.busy = false;
+  state.running = false;
+  Touch(state);
+  const int64_t tokens = state.consumed + static_cast<int64_t>(state.pending.size());
+  if (state.temporary) Free(id).IgnoreError();  // not busy: cannot fail
+  return tokens;
+}
+
 absl::Status StateManager::MakeResident(StateId id) {
-  SequenceState* state = Find(id);
+  SequenceState* state = Record(id);
   if (state == nullptr) return absl::NotFoundError(absl::StrCat("unknown state ", id));
   if (state->slot.has_value()) return absl::OkStatus();
 

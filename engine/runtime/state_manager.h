@@ -17,6 +17,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -28,6 +29,8 @@
 
 namespace lizard {
 
+// One state's record. Only StateManager writes it (through the methods below); the engine reads
+// it through Find to plan steps.
 struct SequenceState {
   std::optional<SlotId> slot;       // resident in this device slot
   std::optional<std::string> host;  // or spilled here (never both)
@@ -58,15 +61,29 @@ class StateManager {
   absl::Status Free(StateId id);
 
   // nullptr if unknown.
-  SequenceState* Find(StateId id);
   const SequenceState* Find(StateId id) const;
-  StateInfo Info(const SequenceState& state) const;
+  // NOT_FOUND if unknown.
+  absl::StatusOr<StateInfo> Info(StateId id) const;
+
+  // A request's life on a state, in this order (`id` must exist: the engine checked it; a request
+  // cancelled while queued goes from Attach to Detach). Attach: the state becomes busy, and its
+  // pending tokens are handed to the request (it feeds them first). Admit: the request runs; the
+  // state gets a device slot (see MakeResident) and is not spilled until Detach. Consume: the
+  // model state consumed `tokens` more. Detach: the request ended; `unfed` stays pending for the
+  // next request, `turn` is what it added to the conversation (its first `turn_input` tokens were
+  // input). A temporary state is freed there. Returns the tokens the state holds (consumed +
+  // pending).
+  std::vector<int32_t> Attach(StateId id);
+  absl::Status Admit(StateId id);
+  void Consume(StateId id, int64_t tokens);
+  int64_t Detach(StateId id, std::span<const int32_t> unfed, std::span<const int32_t> turn,
+                 int64_t turn_input);
 
   // Gives the state a device slot: a free one, or one spilled from the LRU non-running state;
   // restores spilled bytes into it, or resets it for a state that has consumed nothing.
   absl::Status MakeResident(StateId id);
   // Marks a state as just used (LRU).
-  void Touch(SequenceState& state) { state.last_used = ++clock_; }
+  void Touch(StateId id) { Touch(states_.at(id)); }
 
   int64_t num_states() const { return static_cast<int64_t>(states_.size()); }
   int32_t free_slots() const { return static_cast<int32_t>(free_slots_.size()); }
@@ -78,6 +95,8 @@ class StateManager {
   int64_t restores() const { return restores_; }
 
  private:
+  SequenceState* Record(StateId id);  // Find, for writing; nullptr if unknown
+  void Touch(SequenceState& state) { state.last_used = ++clock_; }
   // A free slot, spilling the LRU non-running resident state (other than `keep`) if needed.
   // `host_room_bonus`: host bytes about to be freed (a restore swaps its bytes for the victim's).
   absl::StatusOr<SlotId> AcquireSlot(StateId keep, int64_t host_room_bonus = 0);

@@ -166,13 +166,11 @@ absl::Status ValidateSampling(const StepPlan& plan, int64_t vocab) {
                                                    " sampling entries"));
   }
   for (const RowSampling& row : plan.sampling) {
-    const SamplingParams& p = row.params;
-    const bool ok = std::isfinite(p.temperature) && p.temperature >= 0 && p.top_k >= 0 &&
-                    p.top_p > 0 && p.top_p <= 1 && p.min_p >= 0 && p.min_p <= 1 &&
-                    std::isfinite(p.repetition_penalty) && p.repetition_penalty > 0 &&
-                    std::isfinite(p.presence_penalty) && std::isfinite(p.frequency_penalty) &&
-                    row.logprobs >= 0 && row.logprobs <= vocab;
-    if (!ok) return absl::InvalidArgumentError("sampling parameters out of range");
+    if (absl::Status s = Validate(row.params); !s.ok()) return s;
+    if (row.logprobs < 0 || row.logprobs > vocab) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("logprobs = ", row.logprobs, " must be in [0, ", vocab, "]"));
+    }
     if (row.history != nullptr) {
       for (int32_t t : row.history->seen()) {
         if (t < 0 || t >= vocab) {

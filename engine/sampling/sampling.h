@@ -9,6 +9,7 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
+#include "absl/status/status.h"
 
 namespace lizard {
 
@@ -26,6 +27,11 @@ struct SamplingParams {
     return repetition_penalty != 1.0f || presence_penalty != 0.0f || frequency_penalty != 0.0f;
   }
 };
+
+// The one check of the ranges above, for every layer (the server's APIs, the engine, the
+// backends): INVALID_ARGUMENT whose message starts with the field's name, e.g.
+// "presence_penalty = 3 must be in [-2, 2]", so that a caller can prefix its own field path.
+absl::Status Validate(const SamplingParams& params);
 
 struct TokenLogprob {
   int32_t token = 0;

@@ -8,8 +8,8 @@
 #include <string_view>
 #include <vector>
 
-#include "engine/tokenizer/tokenizer.h"
 #include "tests/fuzz/tiny_tokenizer.h"
+#include "tokenizer/tokenizer.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const lizard::Tokenizer& tokenizer = TinyTokenizer();

@@ -5,7 +5,7 @@
 #include <string_view>
 #include <vector>
 
-#include "engine/tokenizer/tokenizer.h"
+#include "tokenizer/tokenizer.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   auto tokenizer = lizard::Tokenizer::FromJson(std::string_view(reinterpret_cast<const char*>(data), size));

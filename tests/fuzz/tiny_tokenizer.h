@@ -4,7 +4,7 @@
 #include <cstdlib>
 #include <memory>
 
-#include "engine/tokenizer/tokenizer.h"
+#include "tokenizer/tokenizer.h"
 
 inline const lizard::Tokenizer& TinyTokenizer() {
   static const std::unique_ptr<lizard::Tokenizer> tokenizer = [] {

@@ -9,7 +9,7 @@
 #include <string>
 #include <string_view>
 
-#include "engine/tokenizer/tokenizer.h"
+#include "tokenizer/tokenizer.h"
 
 int main(int argc, char** argv) {
   if (argc != 3) {

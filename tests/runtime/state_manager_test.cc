@@ -13,12 +13,12 @@ struct Fixture {
         states(&backend, /*max_states=*/16, host_bytes) {}
   // Puts some distinct content into a resident state's slot.
   void Advance(StateId id, int32_t token) {
-    SequenceState& s = *states.Find(id);
+    const SequenceState& s = *states.Find(id);
     StepPlan plan;
     plan.chunks.push_back({*s.slot, s.consumed, {token}, LogitsMode::kNone});
     StepOutput out;
     ASSERT_TRUE(backend.Forward(plan, &out).ok());
-    ++s.consumed;
+    states.Consume(id, 1);
   }
   FakeBackend backend;
   StateManager states;
@@ -33,7 +33,7 @@ TEST(StateManagerTest, SlotsAreLazyAndLruIdleStateIsSpilled) {
   ASSERT_TRUE(f.states.MakeResident(b).ok());
   f.Advance(a, 5);
   f.Advance(b, 6);
-  f.states.Touch(*f.states.Find(a));  // b is now the least recently used
+  f.states.Touch(a);  // b is now the least recently used
   ASSERT_TRUE(f.states.MakeResident(c).ok());
   EXPECT_TRUE(f.states.Find(b)->host.has_value());
   EXPECT_TRUE(f.states.Find(a)->slot.has_value());
@@ -41,10 +41,13 @@ TEST(StateManagerTest, SlotsAreLazyAndLruIdleStateIsSpilled) {
   EXPECT_EQ(f.states.host_bytes_used(), 100);
 
   // Running states are never spilled: with a and c running there is no slot for b.
-  f.states.Find(a)->running = f.states.Find(c)->running = true;
+  for (StateId running : {a, c}) {
+    EXPECT_TRUE(f.states.Attach(running).empty());
+    ASSERT_TRUE(f.states.Admit(running).ok());
+  }
   EXPECT_EQ(f.states.MakeResident(b).code(), absl::StatusCode::kResourceExhausted);
   EXPECT_TRUE(f.states.Find(b)->host.has_value());
-  f.states.Find(c)->running = false;
+  f.states.Detach(c, {}, {}, 0);
   ASSERT_TRUE(f.states.MakeResident(b).ok());
   EXPECT_EQ(f.states.restores(), 1);
   EXPECT_EQ(f.backend.SlotPosition(*f.states.Find(b)->slot), 1);
@@ -56,20 +59,23 @@ TEST(StateManagerTest, ForkCopiesAndFallsBackToHost) {
   const StateId a = *f.states.Create(false);
   ASSERT_TRUE(f.states.MakeResident(a).ok());
   f.Advance(a, 9);
-  f.states.Find(a)->pending = {3};
+  f.states.Attach(a);
+  const std::vector<int32_t> pending = {3};
+  EXPECT_EQ(f.states.Detach(a, pending, pending, 1), 2);
   absl::StatusOr<StateId> copy = f.states.Fork(a);  // the only slot is a's: copy on the host
   ASSERT_TRUE(copy.ok()) << copy.status();
   const SequenceState& c = *f.states.Find(*copy);
   EXPECT_TRUE(c.host.has_value());
   EXPECT_EQ(c.consumed, 1);
   EXPECT_EQ(c.pending, std::vector<int32_t>{3});
-  EXPECT_EQ(f.states.Info(c).num_tokens, 2);
-  EXPECT_EQ(f.states.Info(c).location, StateLocation::kHost);
+  EXPECT_EQ(c.last_turn, pending);
+  EXPECT_EQ(f.states.Info(*copy)->num_tokens, 2);
+  EXPECT_EQ(f.states.Info(*copy)->location, StateLocation::kHost);
 
-  f.states.Find(a)->busy = true;
+  EXPECT_EQ(f.states.Attach(a), pending);  // busy, its pending tokens handed to the request
   EXPECT_EQ(f.states.Fork(a).status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ(f.states.Free(a).code(), absl::StatusCode::kFailedPrecondition);
-  f.states.Find(a)->busy = false;
+  f.states.Detach(a, {}, {}, 0);
   ASSERT_TRUE(f.states.Free(*copy).ok());
   EXPECT_EQ(f.states.host_bytes_used(), 0);
   ASSERT_TRUE(f.states.Free(a).ok());
@@ -93,6 +99,37 @@ TEST(StateManagerTest, ForkOfASpilledStateRestoresToTheSameContents) {
   EXPECT_EQ(f.states.Find(copy)->consumed, 2);
   EXPECT_EQ(f.states.restores(), 1);
   EXPECT_EQ(f.states.evictions(), 2);
+}
+
+TEST(StateManagerTest, ARequestsTurnFromAttachToDetach) {
+  Fixture f(1);
+  const StateId a = *f.states.Create(false);
+  EXPECT_TRUE(f.states.Attach(a).empty());
+  EXPECT_TRUE(f.states.Info(a)->busy);
+  ASSERT_TRUE(f.states.Admit(a).ok());
+  EXPECT_TRUE(f.states.Find(a)->running);
+  f.Advance(a, 1);
+  f.Advance(a, 2);
+  // Input {1, 2}, generated {7}: 7 was streamed but not fed, so it stays pending.
+  const std::vector<int32_t> turn = {1, 2, 7};
+  EXPECT_EQ(f.states.Detach(a, std::span(turn).subspan(2), turn, 2), 3);
+  const StateInfo info = *f.states.Info(a);
+  EXPECT_FALSE(info.busy);
+  EXPECT_FALSE(f.states.Find(a)->running);
+  EXPECT_EQ(info.num_tokens, 3);
+  EXPECT_EQ(info.last_turn_tokens, turn);
+  EXPECT_EQ(info.last_turn_input_tokens, 2);
+  // The next request gets the pending token first; while busy, Info reports the turn's start.
+  EXPECT_EQ(f.states.Attach(a), std::vector<int32_t>{7});
+  EXPECT_EQ(f.states.Info(a)->num_tokens, 3);
+  f.states.Detach(a, {}, {}, 0);
+
+  // A temporary state is freed when its request ends.
+  const StateId t = *f.states.Create(true);
+  f.states.Attach(t);
+  f.states.Detach(t, {}, {}, 0);
+  EXPECT_EQ(f.states.Find(t), nullptr);
+  EXPECT_EQ(f.states.Info(t).status().code(), absl::StatusCode::kNotFound);
 }
 
 TEST(StateManagerTest, MaxStates) {

@@ -218,6 +218,8 @@ class OpenAiApiTest(unittest.TestCase):
         # The gRPC path's validation and message.
         self.assert_error(self.post("/v1/completions", {"prompt": "x", "temperature": -1}), 400,
                           message="sampling.temperature = -1 must be >= 0")
+        self.assert_error(self.post("/v1/completions", {"prompt": "x", "presence_penalty": 3}),
+                          400, message="sampling.presence_penalty = 3 must be in [-2, 2]")
         self.assert_error(self.post("/v1/completions", {"prompt": [1, 99999]}), 400,
                           message="outside the vocabulary")
         self.assert_error(self.post("/v1/completions", {"prompt": "x", "max_tokens": 10**9}),

@@ -128,6 +128,13 @@ class LizardServerTest(unittest.TestCase):
                 generate(self.stub, **fields)
             self.assertEqual(caught.exception.code(), code, fields)
             self.assertTrue(caught.exception.details(), fields)
+        # The engine's sampling ranges, checked once, with the request's field path: OpenAI's
+        # [-2, 2] for presence_penalty (once refused only by the engine, without the path).
+        with self.assertRaises(grpc.RpcError) as caught:
+            generate(self.stub, text="x", sampling=pb.SamplingParams(presence_penalty=3))
+        self.assertEqual(caught.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+        self.assertIn("sampling.presence_penalty = 3 must be in [-2, 2]",
+                      caught.exception.details())
         # Malformed UTF-8 cannot be built with a Python str: send raw bytes (field 2 = text).
         raw = self.server.channel.unary_stream("/lizard.v1.Lizard/Generate",
                                                request_serializer=lambda b: b,

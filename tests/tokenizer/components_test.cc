@@ -2,10 +2,10 @@
 #include <string>
 #include <vector>
 
-#include "engine/tokenizer/components.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "tokenizer/components.h"
 
 namespace lizard::tokenizer_internal {
 namespace {

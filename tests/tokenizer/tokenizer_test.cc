@@ -10,13 +10,13 @@
 #include <vector>
 
 #include "absl/strings/str_format.h"
-#include "engine/tokenizer/bpe.h"
-#include "engine/tokenizer/byte_level.h"
-#include "engine/tokenizer/tokenizer.h"
-#include "engine/tokenizer/utf8.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "tokenizer/bpe.h"
+#include "tokenizer/byte_level.h"
+#include "tokenizer/tokenizer.h"
+#include "tokenizer/utf8.h"
 
 namespace lizard {
 namespace {

@@ -13,6 +13,7 @@
 #include "engine/model/model_config.h"
 #include "engine/model/state_layout.h"
 #include "tools/common/random_state.h"
+#include "tools/common/options.h"
 
 namespace lizard::cli {
 namespace {
@@ -68,24 +69,9 @@ absl::StatusOr<double> CopyBandwidth(Backend& backend, int64_t context) {
 
 }  // namespace
 
-double MiB(double bytes) { return bytes / 1048576.0; }
-
-absl::StatusOr<ModelConfig> ModelShapeOption(const Args& args) {
-  if (args.Has("model") == args.Has("shape")) {
-    return absl::InvalidArgumentError("give exactly one of --model DIR or --shape NAME");
-  }
-  return args.Has("model") ? LoadModelConfig(args.String("model", "")) : ShapePreset(args.String("shape", ""));
-}
-
-absl::StatusOr<BackendKind> BackendKindOption(const Args& args) {
-  absl::StatusOr<BackendKind> kind = ParseBackendKind(args.String("backend", "auto"));
-  if (!kind.ok()) return absl::InvalidArgumentError(absl::StrCat("--backend: ", kind.status().message()));
-  return kind;
-}
-
-absl::Status RunBench(const Args& args) {
+absl::Status RunBench(const tools::Args& args) {
   // Weights are random either way (timings do not depend on their values).
-  absl::StatusOr<ModelConfig> config = ModelShapeOption(args);
+  absl::StatusOr<ModelConfig> config = tools::ModelShapeOption(args);
   if (!config.ok()) return config.status();
   if (args.Has("teacher")) config->layer_types.assign(config->num_layers, LayerType::kSoftmax);
   const std::string state_dtype = args.String("state-dtype", "f32");
@@ -111,7 +97,7 @@ absl::Status RunBench(const Args& args) {
   if (gemm != "invariant" && gemm != "cublas") {
     return absl::InvalidArgumentError("--gemm must be invariant or cublas");
   }
-  absl::StatusOr<BackendKind> kind = BackendKindOption(args);
+  absl::StatusOr<BackendKind> kind = tools::BackendKindOption(args);
   absl::StatusOr<std::vector<int64_t>> batch_sizes = args.IntList("batch-sizes", {1, 8, 32});
   absl::StatusOr<std::vector<int64_t>> prompt_lengths = args.IntList("prompt-lengths", {128, 512});
   absl::StatusOr<int64_t> context = args.Int("context", 1024);
@@ -166,12 +152,12 @@ absl::Status RunBench(const Args& args) {
               (long long)c.num_kv_heads, (long long)c.head_dim, (long long)c.feature_dim,
               (long long)c.window_size, (long long)c.vocab_size);
   std::printf("weights   %.2f MiB; state per sequence %.3f MiB (slot); softmax KV %lld B/token\n",
-              MiB(info.weights_bytes), MiB(backend.slot_bytes()),
+              tools::MiB(info.weights_bytes), tools::MiB(backend.slot_bytes()),
               (long long)backend.kv_bytes_per_token());
   std::printf("per step  weights %.2f MiB + per sequence %.3f MiB (S,z read+write %.3f, window read "
               "%.3f, KV read %.3f at context %lld)\n",
-              MiB(info.weights_bytes), MiB(per_sequence), MiB(state_rw), MiB(window_read),
-              MiB(kv_read), (long long)*context);
+              tools::MiB(info.weights_bytes), tools::MiB(per_sequence), tools::MiB(state_rw), tools::MiB(window_read),
+              tools::MiB(kv_read), (long long)*context);
   if (cpu && c.state_dtype != DType::kF32) {
     std::printf("note      the CPU backend keeps states in float32 whatever --state-dtype says\n");
   }
@@ -212,7 +198,7 @@ absl::Status RunBench(const Args& args) {
     const double bytes = info.weights_bytes + batch * per_sequence;
     const double rate = bytes / median;
     std::printf("%7lld %14.3f %12.1f %14.2f %10.2f", (long long)batch, median * 1e3,
-                batch / median, MiB(bytes), rate / 1e9);
+                batch / median, tools::MiB(bytes), rate / 1e9);
     std::printf(" %9.1f%%\n", 100.0 * rate / *copy_bandwidth);
   }
 
@@ -234,7 +220,7 @@ absl::Status RunBench(const Args& args) {
     }
     std::printf("\nstate spill (SaveSlot) %.2f ms, restore (LoadSlot) %.2f ms per sequence (%.2f MiB "
                 "serialized, median of 5)\n",
-                Median(save_times) * 1e3, Median(load_times) * 1e3, MiB(static_cast<double>(bytes)));
+                Median(save_times) * 1e3, Median(load_times) * 1e3, tools::MiB(static_cast<double>(bytes)));
   }
 
   std::printf("\nprefill from an empty state, one chunk (median of %d after 1 warm-up)\n",

@@ -17,7 +17,7 @@
 #include "engine/model/model_config.h"
 #include "engine/model/state_layout.h"
 #include "engine/sampling/sampler.h"
-#include "tools/cli/bench.h"
+#include "tools/common/options.h"
 
 namespace lizard::cli {
 namespace {
@@ -126,10 +126,10 @@ absl::Status ForwardRow(Backend& backend, const StepPlan& plan, const char* whic
 
 }  // namespace
 
-absl::Status RunDrift(const Args& args) {
-  absl::StatusOr<ModelConfig> config = ModelShapeOption(args);
+absl::Status RunDrift(const tools::Args& args) {
+  absl::StatusOr<ModelConfig> config = tools::ModelShapeOption(args);
   if (!config.ok()) return config.status();
-  absl::StatusOr<BackendKind> kind = BackendKindOption(args);
+  absl::StatusOr<BackendKind> kind = tools::BackendKindOption(args);
   absl::StatusOr<int64_t> tokens = args.Int("tokens", 10240);
   absl::StatusOr<int64_t> prompt_length = args.Int("prompt-length", 64);
   absl::StatusOr<int64_t> report_every = args.Int("report-every", 1024);
@@ -197,8 +197,8 @@ absl::Status RunDrift(const Args& args) {
               (long long)c.window_size, (long long)vocab, weights.c_str());
   std::printf("state     per sequence: S,z float32 %.3f MiB (slot %.3f MiB); S,z bfloat16 %.3f MiB "
               "(slot %.3f MiB)\n",
-              MiB(lizard_layers * (f32_layout.s_bytes + f32_layout.z_bytes)), MiB(ref.slot_bytes()),
-              MiB(lizard_layers * (bf16_layout.s_bytes + bf16_layout.z_bytes)), MiB(bf16.slot_bytes()));
+              tools::MiB(lizard_layers * (f32_layout.s_bytes + f32_layout.z_bytes)), tools::MiB(ref.slot_bytes()),
+              tools::MiB(lizard_layers * (bf16_layout.s_bytes + bf16_layout.z_bytes)), tools::MiB(bf16.slot_bytes()));
   std::printf("run       %lld random prompt tokens (seed %lld), then %lld greedy tokens of the float32 "
               "reference fed to both (teacher forcing)\n",
               (long long)*prompt_length, (long long)*seed, (long long)*tokens);

@@ -3,11 +3,11 @@
 #pragma once
 
 #include "absl/status/status.h"
-#include "tools/cli/args.h"
+#include "tools/common/args.h"
 
 namespace lizard::cli {
 
 // Runs the comparison described by the parsed `drift` options and prints its table.
-absl::Status RunDrift(const Args& args);
+absl::Status RunDrift(const tools::Args& args);
 
 }  // namespace lizard::cli

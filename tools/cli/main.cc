@@ -16,11 +16,12 @@
 #include "engine/model/model_config.h"
 #include "engine/model/state_layout.h"
 #include "engine/sampling/sampling.h"
-#include "engine/tokenizer/tokenizer.h"
-#include "tools/cli/args.h"
+#include "tokenizer/tokenizer.h"
 #include "tools/cli/bench.h"
 #include "tools/cli/drift.h"
 #include "tools/cli/npy.h"
+#include "tools/common/args.h"
+#include "tools/common/options.h"
 
 namespace lizard::cli {
 namespace {
@@ -52,10 +53,10 @@ commands:
            top-1 agreement and KL per K (default 1024) tokens (--shape: random weights)
 )";
 
-absl::StatusOr<std::vector<int32_t>> ParseTokens(const Args& args) {
+absl::StatusOr<std::vector<int32_t>> ParseTokens(const tools::Args& args) {
   absl::StatusOr<std::string> text = args.Required("tokens");
   if (!text.ok()) return text.status();
-  absl::StatusOr<std::vector<int64_t>> ids = ParseIntList(*text);
+  absl::StatusOr<std::vector<int64_t>> ids = tools::ParseIntList(*text);
   if (!ids.ok()) return absl::InvalidArgumentError(absl::StrCat("--tokens: ", ids.status().message()));
   for (int64_t id : *ids) {
     if (id < 0 || id > std::numeric_limits<int32_t>::max()) {
@@ -66,10 +67,10 @@ absl::StatusOr<std::vector<int32_t>> ParseTokens(const Args& args) {
 }
 
 // A backend with `num_slots` slots for --model, honouring --backend and --threads.
-absl::StatusOr<std::unique_ptr<Backend>> OpenBackend(const Args& args, int32_t num_slots) {
+absl::StatusOr<std::unique_ptr<Backend>> OpenBackend(const tools::Args& args, int32_t num_slots) {
   absl::StatusOr<std::string> model = args.Required("model");
   if (!model.ok()) return model.status();
-  absl::StatusOr<BackendKind> kind = BackendKindOption(args);
+  absl::StatusOr<BackendKind> kind = tools::BackendKindOption(args);
   if (!kind.ok()) return kind.status();
   absl::StatusOr<int64_t> threads = args.Int("threads", 0);
   if (!threads.ok()) return threads.status();
@@ -81,7 +82,7 @@ absl::StatusOr<std::unique_ptr<Backend>> OpenBackend(const Args& args, int32_t n
   return CreateBackend(options);
 }
 
-absl::Status RunLogits(const Args& args) {
+absl::Status RunLogits(const tools::Args& args) {
   absl::StatusOr<std::vector<int32_t>> tokens = ParseTokens(args);
   if (!tokens.ok()) return tokens.status();
   absl::StatusOr<std::string> out_path = args.Required("out");
@@ -124,7 +125,7 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> OpenTokenizer(const std::string& mode
   return Tokenizer::FromFile(path);
 }
 
-absl::Status RunGenerate(const Args& args) {
+absl::Status RunGenerate(const tools::Args& args) {
   absl::StatusOr<std::string> model = args.Required("model");
   if (!model.ok()) return model.status();
   absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer = OpenTokenizer(*model);
@@ -197,7 +198,7 @@ absl::Status RunGenerate(const Args& args) {
   return absl::OkStatus();
 }
 
-absl::Status RunInfo(const Args& args) {
+absl::Status RunInfo(const tools::Args& args) {
   absl::StatusOr<std::string> model = args.Required("model");
   if (!model.ok()) return model.status();
   absl::StatusOr<ModelConfig> config = LoadModelConfig(*model);
@@ -244,27 +245,27 @@ int Main(int argc, char** argv) {
   const std::vector<std::string> rest(argv + 2, argv + argc);
   absl::Status status;
   if (command == "logits") {
-    absl::StatusOr<Args> args =
-        Args::Parse(rest, {"model", "tokens", "mode", "chunk", "out", "backend", "threads"}, {});
+    absl::StatusOr<tools::Args> args =
+        tools::Args::Parse(rest, {"model", "tokens", "mode", "chunk", "out", "backend", "threads"}, {});
     status = args.ok() ? RunLogits(*args) : args.status();
   } else if (command == "generate") {
-    absl::StatusOr<Args> args =
-        Args::Parse(rest, {"model", "tokens", "prompt", "max-new-tokens", "temperature", "top-k", "top-p",
+    absl::StatusOr<tools::Args> args =
+        tools::Args::Parse(rest, {"model", "tokens", "prompt", "max-new-tokens", "temperature", "top-k", "top-p",
                            "seed", "backend", "threads"},
                     {});
     status = args.ok() ? RunGenerate(*args) : args.status();
   } else if (command == "info") {
-    absl::StatusOr<Args> args = Args::Parse(rest, {"model"}, {});
+    absl::StatusOr<tools::Args> args = tools::Args::Parse(rest, {"model"}, {});
     status = args.ok() ? RunInfo(*args) : args.status();
   } else if (command == "bench") {
-    absl::StatusOr<Args> args =
-        Args::Parse(rest, {"backend", "model", "shape", "batch-sizes", "context",
+    absl::StatusOr<tools::Args> args =
+        tools::Args::Parse(rest, {"backend", "model", "shape", "batch-sizes", "context",
                            "prompt-lengths", "steps", "state-dtype", "sample", "gemm", "threads"},
                     {"teacher"});
     status = args.ok() ? RunBench(*args) : args.status();
   } else if (command == "drift") {
-    absl::StatusOr<Args> args =
-        Args::Parse(rest, {"backend", "model", "shape", "tokens", "prompt-length", "report-every",
+    absl::StatusOr<tools::Args> args =
+        tools::Args::Parse(rest, {"backend", "model", "shape", "tokens", "prompt-length", "report-every",
                            "seed", "threads"},
                     {});
     status = args.ok() ? RunDrift(*args) : args.status();

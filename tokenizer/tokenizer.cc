@@ -1,4 +1,4 @@
-#include "engine/tokenizer/tokenizer.h"
+#include "tokenizer/tokenizer.h"
 
 #include <algorithm>
 #include <fstream>
@@ -8,9 +8,9 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "engine/tokenizer/bpe.h"
-#include "engine/tokenizer/components.h"
-#include "engine/tokenizer/utf8.h"
+#include "tokenizer/bpe.h"
+#include "tokenizer/components.h"
+#include "tokenizer/utf8.h"
 #include "nlohmann/json.hpp"
 
 namespace lizard {

@@ -1,13 +1,13 @@
-#include "engine/tokenizer/components.h"
+#include "tokenizer/components.h"
 
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
-#include "engine/tokenizer/byte_level.h"
-#include "engine/tokenizer/regex.h"
-#include "engine/tokenizer/utf8.h"
+#include "tokenizer/byte_level.h"
+#include "tokenizer/regex.h"
+#include "tokenizer/utf8.h"
 
 namespace lizard::tokenizer_internal {
 namespace {

@@ -1,5 +1,5 @@
-// Minimal command-line parsing for lizard-cli subcommands: "--name value", "--name=value" and
-// bare "--name" switches, checked against the names a subcommand accepts.
+// Minimal command-line parsing for tools (lizard-cli subcommands): "--name value", "--name=value"
+// and bare "--name" switches, checked against the names a subcommand accepts.
 #pragma once
 
 #include <cstdint>
@@ -10,7 +10,7 @@
 
 #include "absl/status/statusor.h"
 
-namespace lizard::cli {
+namespace lizard::tools {
 
 class Args {
  public:
@@ -35,4 +35,4 @@ class Args {
 // Parses "1,2,3" (what --tokens takes).
 absl::StatusOr<std::vector<int64_t>> ParseIntList(const std::string& text);
 
-}  // namespace lizard::cli
+}  // namespace lizard::tools

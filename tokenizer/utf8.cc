@@ -1,4 +1,4 @@
-#include "engine/tokenizer/utf8.h"
+#include "tokenizer/utf8.h"
 
 namespace lizard::tokenizer_internal {
 namespace {

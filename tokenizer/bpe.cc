@@ -1,11 +1,11 @@
-#include "engine/tokenizer/bpe.h"
+#include "tokenizer/bpe.h"
 
 #include <mutex>
 #include <queue>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "engine/tokenizer/utf8.h"
+#include "tokenizer/utf8.h"
 
 namespace lizard::tokenizer_internal {
 

@@ -1,11 +1,11 @@
-#include "tools/cli/args.h"
+#include "tools/common/args.h"
 
 #include "absl/status/status.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 
-namespace lizard::cli {
+namespace lizard::tools {
 
 absl::StatusOr<Args> Args::Parse(const std::vector<std::string>& argv,
                                  const std::set<std::string>& options,
@@ -90,4 +90,4 @@ absl::StatusOr<std::vector<int64_t>> ParseIntList(const std::string& text) {
   return values;
 }
 
-}  // namespace lizard::cli
+}  // namespace lizard::tools

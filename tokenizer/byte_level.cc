@@ -1,8 +1,8 @@
-#include "engine/tokenizer/byte_level.h"
+#include "tokenizer/byte_level.h"
 
 #include <array>
 
-#include "engine/tokenizer/utf8.h"
+#include "tokenizer/utf8.h"
 
 namespace lizard::tokenizer_internal {
 namespace {

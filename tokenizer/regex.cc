@@ -1,10 +1,10 @@
-#include "engine/tokenizer/regex.h"
+#include "tokenizer/regex.h"
 
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
 
 #include "absl/strings/str_cat.h"
-#include "engine/tokenizer/utf8.h"
+#include "tokenizer/utf8.h"
 
 namespace lizard::tokenizer_internal {
 
