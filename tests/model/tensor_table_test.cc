@@ -14,12 +14,11 @@ using ::lizard::testing::ModelTensors;
 using ::lizard::testing::SmallConfigJson;
 using ::lizard::testing::TestTensor;
 
+// The small hybrid config of test_checkpoint.h (layers: lizard, softmax, lizard).
 ModelConfig SmallConfig(bool tied) {
-  nlohmann::json j = SmallConfigJson();
-  j["tie_word_embeddings"] = tied;
-  absl::StatusOr<ModelConfig> c = ParseModelConfig(j.dump());
-  EXPECT_TRUE(c.ok()) << c.status();
-  return *c;
+  ModelConfig config = *ParseModelConfig(SmallConfigJson().dump());
+  config.tie_word_embeddings = tied;
+  return config;
 }
 
 // The table lists exactly the tensors of a full checkpoint (biases included), with their shapes.
