@@ -5,6 +5,7 @@ import argparse
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -67,6 +68,13 @@ def run_tests(module_globals):
         result = unittest.main(module=module_globals["__name__"], argv=[sys.argv[0]] + rest,
                                exit=False).result
     sys.exit(0 if result.wasSuccessful() else 1)
+
+
+def free_port():
+    """A port of 127.0.0.1 that was free a moment ago (a server binds it right after)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def health(channel, timeout_s=10):
