@@ -2,7 +2,6 @@
 
 #include <utility>
 
-#include "absl/synchronization/mutex.h"
 #include "grpcpp/generic/generic_stub.h"
 
 namespace lizard::server {
@@ -20,16 +19,19 @@ class Refusal final : public grpc::ServerGenericBidiReactor {
 
 }  // namespace
 
-// One v1 call relayed to v1alpha. Lock-step, so that each buffer has one user at a time: a
+// One v1 call relayed to v1alpha, lock-step so that each buffer has one user at a time: a
 // request is read from the client, then written upstream, then the next one read; a response
-// is read from upstream, then written to the client, then the next one read. The upstream
-// call's status finishes the client's call (once no write to the client is in flight).
+// is read from upstream, then written to the client, then the next one read. The upstream call
+// is started on from the client's reactions, so it holds two holds (gRPC's rule), one per
+// direction, released when that direction is over; only then can the upstream call end, and
+// its status finishes the client's call with nothing of the client's call in flight.
 class ReflectionV1Relay::Call final : public grpc::ServerGenericBidiReactor {
  public:
   explicit Call(const std::shared_ptr<grpc::Channel>& channel) : upstream_(this) {
     grpc::GenericStub stub(channel);
     stub.PrepareBidiStreamingCall(&upstream_context_, kV1AlphaMethod, grpc::StubOptions(),
                                   &upstream_);
+    upstream_.AddMultipleHolds(2);
     upstream_.StartRead(&response_);
     upstream_.StartCall();
     StartRead(&request_);
@@ -40,28 +42,20 @@ class ReflectionV1Relay::Call final : public grpc::ServerGenericBidiReactor {
     if (ok) {
       upstream_.StartWrite(&request_);
     } else {
-      upstream_.StartWritesDone();  // the client asks no more
+      upstream_.StartWritesDone();  // the client asks no more (or is gone)
+      upstream_.RemoveHold();       // requests are over
     }
   }
   void OnWriteDone(bool ok) override {
-    grpc::Status status;
-    {
-      absl::MutexLock lock(&mu_);
-      writing_ = false;
-      if (!upstream_done_) {
-        if (ok) {
-          upstream_.StartRead(&response_);
-        } else {
-          upstream_context_.TryCancel();  // the client is gone
-        }
-        return;
-      }
-      status = upstream_status_;
+    if (ok) {
+      upstream_.StartRead(&response_);
+    } else {
+      upstream_context_.TryCancel();  // the client is gone
+      upstream_.RemoveHold();         // responses are over
     }
-    Finish(status);  // last: OnDone may delete this at once
   }
   void OnCancel() override { upstream_context_.TryCancel(); }
-  void OnDone() override { delete this; }  // after Finish, which follows the upstream's end
+  void OnDone() override { delete this; }  // after Finish, which the upstream's end calls
 
  private:
   // The upstream side: the call to v1alpha.
@@ -69,23 +63,20 @@ class ReflectionV1Relay::Call final : public grpc::ServerGenericBidiReactor {
    public:
     explicit Upstream(Call* call) : call_(call) {}
     void OnReadDone(bool ok) override {
-      if (!ok) return;  // no more responses; OnDone follows
-      absl::MutexLock lock(&call_->mu_);
-      call_->writing_ = true;
-      call_->StartWrite(&call_->response_);
+      if (ok) {
+        call_->StartWrite(&call_->response_);
+      } else {
+        RemoveHold();  // responses are over
+      }
     }
     void OnWriteDone(bool ok) override {
-      if (ok) call_->StartRead(&call_->request_);
-    }
-    void OnDone(const grpc::Status& status) override {
-      {
-        absl::MutexLock lock(&call_->mu_);
-        call_->upstream_status_ = status;
-        call_->upstream_done_ = true;
-        if (call_->writing_) return;  // the write's end finishes the call
+      if (ok) {
+        call_->StartRead(&call_->request_);
+      } else {
+        RemoveHold();  // requests are over
       }
-      call_->Finish(status);  // last: OnDone may delete the call at once
     }
+    void OnDone(const grpc::Status& status) override { call_->Finish(status); }
 
    private:
     Call* const call_;
@@ -95,14 +86,12 @@ class ReflectionV1Relay::Call final : public grpc::ServerGenericBidiReactor {
   Upstream upstream_;
   grpc::ByteBuffer request_;   // from the client, to upstream
   grpc::ByteBuffer response_;  // from upstream, to the client
-  absl::Mutex mu_;
-  bool writing_ ABSL_GUARDED_BY(mu_) = false;  // a response is being written to the client
-  bool upstream_done_ ABSL_GUARDED_BY(mu_) = false;
-  grpc::Status upstream_status_ ABSL_GUARDED_BY(mu_);
 };
 
 void ReflectionV1Relay::Attach(grpc::Server* server) {
-  channel_ = server->InProcessChannel(grpc::ChannelArguments());
+  std::shared_ptr<grpc::Channel> channel = server->InProcessChannel(grpc::ChannelArguments());
+  absl::MutexLock lock(&mu_);
+  channel_ = std::move(channel);
 }
 
 grpc::ServerGenericBidiReactor* ReflectionV1Relay::CreateReactor(
@@ -110,10 +99,15 @@ grpc::ServerGenericBidiReactor* ReflectionV1Relay::CreateReactor(
   if (context->method() != kV1Method) {
     return new Refusal(grpc::Status(grpc::StatusCode::UNIMPLEMENTED, ""));
   }
-  if (channel_ == nullptr) {
+  std::shared_ptr<grpc::Channel> channel;
+  {
+    absl::MutexLock lock(&mu_);
+    channel = channel_;
+  }
+  if (channel == nullptr) {
     return new Refusal(grpc::Status(grpc::StatusCode::UNAVAILABLE, "starting"));
   }
-  return new Call(channel_);
+  return new Call(channel);
 }
 
 }  // namespace lizard::server

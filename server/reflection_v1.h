@@ -6,6 +6,7 @@
 
 #include <memory>
 
+#include "absl/synchronization/mutex.h"
 #include "grpcpp/generic/async_generic_service.h"
 #include "grpcpp/grpcpp.h"
 
@@ -24,7 +25,8 @@ class ReflectionV1Relay final : public grpc::CallbackGenericService {
 
  private:
   class Call;
-  std::shared_ptr<grpc::Channel> channel_;
+  absl::Mutex mu_;  // calls may arrive before Attach
+  std::shared_ptr<grpc::Channel> channel_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace lizard::server

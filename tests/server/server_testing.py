@@ -136,6 +136,23 @@ class Server:
         self.log.close()
 
 
+class HttpServer(Server):
+    """A Server with the HTTP API on a free port of 127.0.0.1 (`http_port`), serving once the
+    constructor returns."""
+
+    def __init__(self, binary, model, *flags):
+        self.http_port = free_port()
+        super().__init__(binary, model, "--http-host", "127.0.0.1",
+                         "--http-port", str(self.http_port), *flags)
+        deadline = time.monotonic() + 30
+        while "http listening on" not in self.log_text():
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                text = self.log_text()
+                Server.close(self)
+                raise RuntimeError("no HTTP API:\n" + text)
+            time.sleep(0.02)
+
+
 def settled_session(get_session, history_tokens, timeout_s=10):
     """GetSession (GET_SESSION() -> Session) once a cancelled turn has settled, and whether the
     first answer was not settled yet. A client's cancel (or deadline) ends its call at once, but

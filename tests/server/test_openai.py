@@ -46,18 +46,11 @@ def model_copy(root, chat_template):
     return model
 
 
-class HttpServer(server_testing.Server):
-    """lizard-server with the HTTP API on a free port of 127.0.0.1."""
+class HttpServer(server_testing.HttpServer):
+    """lizard-server with the HTTP API on a free port of 127.0.0.1, and a gRPC stub."""
 
     def __init__(self, model, *flags):
-        self.http_port = server_testing.free_port()
-        super().__init__(ARGS.server, model, "--http-host", "127.0.0.1",
-                         "--http-port", str(self.http_port), *flags)
-        deadline = time.monotonic() + 30
-        while "http listening on" not in self.log_text():
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise RuntimeError("no HTTP API:\n" + self.log_text())
-            time.sleep(0.02)
+        super().__init__(ARGS.server, model, *flags)
         self.channel = grpc.insecure_channel(self.address)
         self.stub = pbg.LizardStub(self.channel)
 

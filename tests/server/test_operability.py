@@ -125,19 +125,12 @@ class ReflectionTest(unittest.TestCase):
         self.assertEqual(caught.exception.code(), grpc.StatusCode.UNIMPLEMENTED)
 
 
-class HttpServer(server_testing.Server):
+class HttpServer(server_testing.HttpServer):
     """lizard-server with the HTTP API (http or https) on a free port."""
 
     def __init__(self, *flags, scheme="http"):
-        self.http_port = server_testing.free_port()
         self.scheme = scheme
-        super().__init__(ARGS.server, ARGS.model, "--http-host", "127.0.0.1",
-                         "--http-port", str(self.http_port), *flags)
-        deadline = time.monotonic() + 30
-        while "http listening on" not in self.log_text():
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise RuntimeError("no HTTP API:\n" + self.log_text())
-            time.sleep(0.02)
+        super().__init__(ARGS.server, ARGS.model, *flags)
 
     def url(self, path):
         return "%s://127.0.0.1:%d%s" % (self.scheme, self.http_port, path)
