@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <string.h>
@@ -22,6 +23,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "openssl/err.h"
+#include "openssl/ssl.h"
 
 namespace lizard::server {
 namespace {
@@ -67,6 +70,31 @@ class Connection final : public httplib::Stream {
  public:
   Connection(int sock, int stop_fd, const HttpEndpointOptions& options)
       : sock_(sock), stop_fd_(stop_fd), options_(options) {}
+  ~Connection() override { SSL_free(ssl_); }
+
+  // HTTPS: the TLS handshake, within request_timeout. From now on every byte goes through TLS
+  // (the socket is non-blocking, as OpenSSL reads and writes it itself).
+  bool StartTls(SSL_CTX* context) {
+    ssl_ = SSL_new(context);
+    if (ssl_ == nullptr || fcntl(sock_, F_SETFL, fcntl(sock_, F_GETFL) | O_NONBLOCK) != 0 ||
+        SSL_set_fd(ssl_, sock_) != 1) {
+      return false;
+    }
+    SSL_set_mode(ssl_, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    const absl::Time deadline = absl::Now() + options_.request_timeout;
+    for (;;) {
+      const int rc = SSL_accept(ssl_);
+      if (rc == 1) return true;
+      const int error = SSL_get_error(ssl_, rc);
+      if (error != SSL_ERROR_WANT_READ && error != SSL_ERROR_WANT_WRITE) {
+        ERR_clear_error();  // a client's failed handshake is its own business
+        return false;
+      }
+      if (!WaitFor(sock_, error == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT, stop_fd_, deadline)) {
+        return false;
+      }
+    }
+  }
 
   // Starts the next request: its deadline and byte budget.
   void BeginRequest() {
@@ -77,7 +105,7 @@ class Connection final : public httplib::Stream {
   // Whether a next request starts within the keep-alive timeout (bytes already buffered count).
   bool AwaitNextRequest() {
     reading_since_ = absl::ToUnixNanos(absl::Now());
-    return pos_ < end_ ||
+    return Buffered() ||
            WaitFor(sock_, POLLIN, stop_fd_, absl::Now() + options_.keep_alive_timeout);
   }
   // The request's headers are in: from now on the connection is not idle.
@@ -96,6 +124,7 @@ class Connection final : public httplib::Stream {
   // closes (for at most 1 s and 1 MiB). Closing a socket with unread bytes resets the connection,
   // and the reset can destroy the response before the client has read it.
   void Linger() {
+    if (ssl_ != nullptr) SSL_shutdown(ssl_);  // close_notify, without waiting for the client's
     shutdown(sock_, SHUT_WR);
     reading_since_ = absl::ToUnixNanos(absl::Now());
     const absl::Time deadline = absl::Now() + absl::Seconds(1);
@@ -131,7 +160,7 @@ class Connection final : public httplib::Stream {
   }
 
   bool is_readable() const override {
-    return pos_ < end_ || WaitFor(sock_, POLLIN, stop_fd_, deadline_);
+    return Buffered() || WaitFor(sock_, POLLIN, stop_fd_, deadline_);
   }
   bool is_writable() const override {
     return WaitFor(sock_, POLLOUT, stop_fd_, absl::Now() + options_.write_timeout);
@@ -142,8 +171,8 @@ class Connection final : public httplib::Stream {
       return -1;
     }
     while (pos_ == end_) {
-      if (!WaitFor(sock_, POLLIN, stop_fd_, deadline_)) return -1;
-      const ssize_t n = recv(sock_, buffer_, sizeof(buffer_), MSG_DONTWAIT);
+      if (!Buffered() && !WaitFor(sock_, POLLIN, stop_fd_, deadline_)) return -1;
+      const ssize_t n = Receive(buffer_, sizeof(buffer_));
       if (n == 0) return 0;  // the client closed its side
       if (n < 0 && errno != EAGAIN && errno != EINTR) return -1;
       if (n > 0) pos_ = 0, end_ = static_cast<size_t>(n);
@@ -158,7 +187,7 @@ class Connection final : public httplib::Stream {
   ssize_t write(const char* ptr, size_t size) override {
     for (;;) {
       if (!is_writable()) return -1;
-      const ssize_t n = send(sock_, ptr, size, MSG_DONTWAIT | MSG_NOSIGNAL);
+      const ssize_t n = Send(ptr, size);
       if (n >= 0 || (errno != EAGAIN && errno != EINTR)) return n;
     }
   }
@@ -171,9 +200,34 @@ class Connection final : public httplib::Stream {
   socket_t socket() const override { return sock_; }
 
  private:
+  // Whether bytes can be read without waiting: in our buffer, or decrypted and held by OpenSSL
+  // (which the socket's readiness does not show).
+  bool Buffered() const { return pos_ < end_ || (ssl_ != nullptr && SSL_pending(ssl_) > 0); }
+
+  // recv() and send() without blocking, through TLS when it is on: n > 0 bytes, 0 at the
+  // client's end of stream (reading), or -1 with errno (EAGAIN: not now).
+  ssize_t Receive(char* data, size_t size) {
+    if (ssl_ == nullptr) return recv(sock_, data, size, MSG_DONTWAIT);
+    const int n = SSL_read(ssl_, data, static_cast<int>(std::min<size_t>(size, INT_MAX)));
+    return n > 0 ? n : TlsFailure(n);
+  }
+  ssize_t Send(const char* data, size_t size) {
+    if (ssl_ == nullptr) return send(sock_, data, size, MSG_DONTWAIT | MSG_NOSIGNAL);
+    const int n = SSL_write(ssl_, data, static_cast<int>(std::min<size_t>(size, INT_MAX)));
+    return n > 0 ? n : TlsFailure(n);
+  }
+  ssize_t TlsFailure(int rc) {
+    const int error = SSL_get_error(ssl_, rc);
+    ERR_clear_error();
+    if (error == SSL_ERROR_ZERO_RETURN) return 0;
+    errno = error == SSL_ERROR_WANT_READ || error == SSL_ERROR_WANT_WRITE ? EAGAIN : ECONNRESET;
+    return -1;
+  }
+
   const int sock_;
   const int stop_fd_;
   const HttpEndpointOptions& options_;
+  SSL* ssl_ = nullptr;  // HTTPS
   absl::Time deadline_ = absl::InfiniteFuture();
   std::atomic<int64_t> reading_since_{absl::ToUnixNanos(absl::Now())};
   int64_t budget_ = 0;
@@ -187,6 +241,7 @@ class Connection final : public httplib::Stream {
 struct Exchange {
   Connection* connection;
   bool last_request;   // httplib already answers it with "Connection: close"
+  absl::Time start;    // the request's first bytes are in (or its connection was accepted)
   bool close = false;  // the handlers ask to close the connection after the response
   int body_status = 0;  // a POST whose body was refused or not received: its error status
 };
@@ -293,6 +348,36 @@ const char* ErrorText(int status) {
   }
 }
 
+// The TLS context of `options`' certificate, key and client CA (SSL_CTX_free it); INVALID_ARGUMENT
+// naming the file that cannot be used.
+absl::StatusOr<SSL_CTX*> MakeTlsContext(const HttpEndpointOptions& options) {
+  SSL_CTX* context = SSL_CTX_new(TLS_server_method());
+  if (context == nullptr) return absl::InternalError("SSL_CTX_new failed");
+  auto fail = [&](const std::string& what) {
+    const unsigned long error = ERR_get_error();
+    ERR_clear_error();
+    SSL_CTX_free(context);
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, error != 0 ? absl::StrCat(": ", ERR_reason_error_string(error)) : ""));
+  };
+  SSL_CTX_set_min_proto_version(context, TLS1_2_VERSION);
+  if (SSL_CTX_use_certificate_chain_file(context, options.tls_cert_file.c_str()) != 1) {
+    return fail(absl::StrCat("TLS certificate ", options.tls_cert_file));
+  }
+  if (SSL_CTX_use_PrivateKey_file(context, options.tls_key_file.c_str(), SSL_FILETYPE_PEM) != 1 ||
+      SSL_CTX_check_private_key(context) != 1) {
+    return fail(absl::StrCat("TLS key ", options.tls_key_file, " (or it does not match ",
+                             options.tls_cert_file, ")"));
+  }
+  if (!options.tls_client_ca_file.empty()) {
+    if (SSL_CTX_load_verify_locations(context, options.tls_client_ca_file.c_str(), nullptr) != 1) {
+      return fail(absl::StrCat("TLS client CA ", options.tls_client_ca_file));
+    }
+    SSL_CTX_set_verify(context, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, nullptr);
+  }
+  return context;
+}
+
 }  // namespace
 
 class HttpEndpoint::Server final : public httplib::Server {
@@ -321,9 +406,14 @@ class HttpEndpoint::Server final : public httplib::Server {
       res.status = 500;
     });
   }
-  ~Server() override { close(stop_fd_); }
+  ~Server() override {
+    close(stop_fd_);
+    SSL_CTX_free(tls_);
+  }
 
   bool ok() const { return stop_fd_ >= 0; }
+  // HTTPS with this context from now on (owned).
+  void SetTls(SSL_CTX* context) { tls_ = context; }
 
   // httplib listens with a backlog of 5: a burst of more connections than that would see its
   // SYNs dropped and retried a second later. listen() again sets a new backlog.
@@ -351,8 +441,10 @@ class HttpEndpoint::Server final : public httplib::Server {
       absl::MutexLock lock(&connections_mu_);
       connections_.insert(&connection);
     }
-    ServeRequests(connection);
-    connection.Linger();
+    if (tls_ == nullptr || connection.StartTls(tls_)) {
+      ServeRequests(connection);
+      connection.Linger();
+    }
     absl::MutexLock lock(&connections_mu_);
     connections_.erase(&connection);
   }
@@ -373,7 +465,8 @@ class HttpEndpoint::Server final : public httplib::Server {
     for (int served = 0; served < options_.keep_alive_max_requests; ++served) {
       if (served > 0 && !connection.AwaitNextRequest()) return;
       connection.BeginRequest();
-      Exchange exchange{&connection, served + 1 == options_.keep_alive_max_requests};
+      Exchange exchange{&connection, served + 1 == options_.keep_alive_max_requests,
+                        absl::Now()};
       current_exchange = &exchange;
       bool client_closes = false;
       const bool ok = process_request(
@@ -463,6 +556,7 @@ class HttpEndpoint::Server final : public httplib::Server {
 
   const HttpEndpointOptions options_;
   const int stop_fd_;
+  SSL_CTX* tls_ = nullptr;  // HTTPS when set
   absl::flat_hash_map<std::string, Route> routes_;
   // The connections being served; a connection leaves before its socket is closed.
   absl::Mutex connections_mu_;
@@ -475,6 +569,11 @@ absl::StatusOr<std::unique_ptr<HttpEndpoint>> HttpEndpoint::Start(
   endpoint->server_ = std::make_unique<Server>(options, std::move(routes));
   Server& server = *endpoint->server_;
   if (!server.ok()) return absl::InternalError(absl::StrCat("eventfd: ", strerror(errno)));
+  if (!options.tls_cert_file.empty() || !options.tls_key_file.empty()) {
+    absl::StatusOr<SSL_CTX*> tls = MakeTlsContext(options);
+    if (!tls.ok()) return tls.status();
+    server.SetTls(*tls);
+  }
   errno = 0;
   if (options.port == 0) {
     endpoint->port_ = server.bind_to_any_port(options.host);
@@ -496,6 +595,10 @@ absl::StatusOr<std::unique_ptr<HttpEndpoint>> HttpEndpoint::Start(
 
 bool HttpEndpoint::ClientClosed() {
   return current_exchange != nullptr && current_exchange->connection->PeerClosed();
+}
+
+absl::Time HttpEndpoint::RequestStart() {
+  return current_exchange != nullptr ? current_exchange->start : absl::Now();
 }
 
 HttpEndpoint::~HttpEndpoint() {

@@ -28,6 +28,13 @@ struct HttpEndpointOptions {
   int keep_alive_max_requests = 100;                     // per connection
   int64_t max_header_bytes = 16 << 10;  // request line and headers; more: 431 and close
   int64_t max_body_bytes = 0;  // of a POST request (Content-Length); more: 413 and close
+  // HTTPS: PEM certificate chain and private key (both, or neither for plain HTTP), and
+  // optionally CA certificates a client's certificate must be signed by (mutual TLS). The TLS
+  // handshake must end within request_timeout. The process must ignore SIGPIPE (OpenSSL writes
+  // to the socket without MSG_NOSIGNAL).
+  std::string tls_cert_file;
+  std::string tls_key_file;
+  std::string tls_client_ca_file;
   // Writes the body of an error response that has none (e.g. "404 Not Found" for an unknown
   // path); unset: that text, as text/plain.
   std::function<void(httplib::Response& res, const std::string& message)> error_body;
@@ -51,7 +58,8 @@ class HttpEndpoint {
     Handler post;  // may be empty
   };
 
-  // Serving when this returns; UNAVAILABLE when the address cannot be bound.
+  // Serving when this returns; UNAVAILABLE when the address cannot be bound, INVALID_ARGUMENT
+  // when the TLS files cannot be used.
   static absl::StatusOr<std::unique_ptr<HttpEndpoint>> Start(const HttpEndpointOptions& options,
                                                              std::vector<Route> routes);
   // Closes the listening socket and every connection at once, then joins the threads.
@@ -62,6 +70,8 @@ class HttpEndpoint {
   // On a handler's thread: whether the client has closed (or half-closed) its connection, so
   // that a long handler can stop working for nobody. Bytes of a next request do not count.
   static bool ClientClosed();
+  // On a handler's thread: when the request being handled started to arrive.
+  static absl::Time RequestStart();
 
  private:
   class Server;

@@ -9,7 +9,6 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
-#include "server/log.h"
 
 namespace lizard::server {
 
@@ -60,8 +59,17 @@ double SecondsSince(absl::Time start) { return absl::ToDoubleSeconds(absl::Now()
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------
-LizardService::Generation::Generation(LizardService* service)
-    : service_(service), start_(absl::Now()) {}
+LizardService::Generation::Generation(LizardService* service, std::string request_id)
+    : service_(service), start_(absl::Now()), server_request_id_(std::move(request_id)) {}
+
+RequestRecord LizardService::Generation::Record(std::string rpc,
+                                                const absl::Status& status) const {
+  RequestRecord record{server_request_id_, std::move(rpc), status, start_, requested_session_id_};
+  record.prompt_tokens = prompt_tokens_;
+  record.generated_tokens = generated_;
+  record.time_to_first_token = time_to_first_token_;
+  return record;
+}
 
 absl::Status LizardService::Generation::Submit(const v1::GenerateRequest& request,
                                                const InputBuilder& input,
@@ -69,6 +77,7 @@ absl::Status LizardService::Generation::Submit(const v1::GenerateRequest& reques
   // A conversation starts with BOS: a one-shot request, or the first input of a session.
   bool starts_conversation = true;
   StateId state = 0;
+  requested_session_id_ = request.session_id();
   if (!request.session_id().empty()) {
     if (absl::Status s = CheckSessionId(request.session_id()); !s.ok()) return s;
     absl::StatusOr<StateId> acquired = service_->sessions_->Acquire(request.session_id());
@@ -130,6 +139,7 @@ void LizardService::Generation::CancelEngineLocked() {
 bool LizardService::Generation::OnToken(int32_t token, const TokenLogprobs* logprobs) {
   const absl::Time now = absl::Now();
   if (generated_ == 0) {
+    time_to_first_token_ = now - start_;
     service_->metrics_->ObserveTimeToFirstToken(absl::ToDoubleSeconds(now - start_));
   } else {
     service_->metrics_->ObserveInterTokenLatency(absl::ToDoubleSeconds(now - last_token_));
@@ -162,6 +172,7 @@ void LizardService::Generation::OnFinish(FinishReason reason, const Usage& usage
   if (!session_id_.empty()) service_->sessions_->Release(session_id_);
   service_->metrics_->AddPromptTokens(usage.prompt_tokens);
   service_->metrics_->ObserveRequestDuration(SecondsSince(start_));
+  prompt_tokens_ = usage.prompt_tokens;
   {
     absl::MutexLock lock(&mu_);
     finished_ = true;
@@ -319,7 +330,11 @@ class LizardService::GenerateCall : public grpc::ServerWriteReactor<grpc::ByteBu
       final_status_ = grpc::Status(grpc::StatusCode::CANCELLED, "the client went away");
     }
     finish_called_ = true;
-    service_->RecordOutcome("Generate", final_status_);
+    RequestRecord record = Record("Generate", absl::Status(static_cast<absl::StatusCode>(
+                                                               final_status_.error_code()),
+                                                           final_status_.error_message()));
+    record.client_request_id = request_id_;
+    service_->RecordOutcome(record);
     Finish(final_status_);
   }
 
@@ -356,9 +371,9 @@ grpc::ServerWriteReactor<grpc::ByteBuffer>* LizardService::Generate(
 class LizardService::PrefillSink : public TokenSink {
  public:
   PrefillSink(LizardService* service, grpc::ServerUnaryReactor* reactor, grpc::ByteBuffer* response,
-              std::string session_id)
+              std::string session_id, absl::Time start)
       : service_(service), reactor_(reactor), response_(response),
-        session_id_(std::move(session_id)) {}
+        session_id_(std::move(session_id)), start_(start) {}
 
   bool OnToken(int32_t, const TokenLogprobs*) override { return false; }  // none are asked for
 
@@ -378,7 +393,9 @@ class LizardService::PrefillSink : public TokenSink {
     } else {
       service_->sessions_->Delete(session_id_).IgnoreError();
     }
-    service_->RecordOutcome("CreateSession", ToGrpcStatus(result));
+    RequestRecord record{NewRequestId(), "CreateSession", result, start_, session_id_};
+    record.prompt_tokens = usage.prompt_tokens;
+    service_->RecordOutcome(record);
     service_->EndEngineCall();
     reactor_->Finish(ToGrpcStatus(result));
   }
@@ -388,23 +405,25 @@ class LizardService::PrefillSink : public TokenSink {
   grpc::ServerUnaryReactor* const reactor_;
   grpc::ByteBuffer* const response_;
   const std::string session_id_;
+  const absl::Time start_;
 };
 
 grpc::ServerUnaryReactor* LizardService::CreateSession(grpc::CallbackServerContext* context,
                                                        const grpc::ByteBuffer* raw,
                                                        grpc::ByteBuffer* response) {
   constexpr std::string_view kRpc = "CreateSession";
-  if (absl::Status s = CheckAccepting(); !s.ok()) return FinishUnary(context, kRpc, s);
+  const absl::Time start = absl::Now();
+  if (absl::Status s = CheckAccepting(); !s.ok()) return FinishUnary(context, kRpc, start, s);
   v1::CreateSessionRequest request;
   if (absl::Status s = ParseRequest(*raw, &request); !s.ok()) {
-    return FinishUnary(context, kRpc, s);
+    return FinishUnary(context, kRpc, start, s);
   }
 
   std::optional<absl::Duration> ttl;
   if (request.has_ttl_seconds()) {
     ttl = absl::Seconds(request.ttl_seconds());
     if (request.ttl_seconds() == 0 || *ttl > config_.max_session_ttl) {
-      return FinishUnary(context, kRpc, absl::InvalidArgumentError(absl::StrCat(
+      return FinishUnary(context, kRpc, start, absl::InvalidArgumentError(absl::StrCat(
           "ttl_seconds = ", request.ttl_seconds(), " must be in [1, ",
           absl::ToInt64Seconds(config_.max_session_ttl), "] (--max-session-ttl)")));
     }
@@ -416,17 +435,17 @@ grpc::ServerUnaryReactor* LizardService::CreateSession(grpc::CallbackServerConte
         request.has_text() ? &request.text() : nullptr,
         request.has_token_ids() ? &request.token_ids() : nullptr, tokenizer_, /*add_bos=*/true,
         config_.limits);
-    if (!tokens.ok()) return FinishUnary(context, kRpc, tokens.status());
+    if (!tokens.ok()) return FinishUnary(context, kRpc, start, tokens.status());
     prefix = *std::move(tokens);
   }
 
   absl::StatusOr<SessionSnapshot> created = sessions_->Create(ttl, /*busy=*/has_prefix);
-  if (!created.ok()) return FinishUnary(context, kRpc, created.status());
+  if (!created.ok()) return FinishUnary(context, kRpc, start, created.status());
   if (!has_prefix) {
     v1::Session session;
     FillSession(*created, &session);
     SerializeTo(session, response);
-    return FinishUnary(context, kRpc, absl::OkStatus());
+    return FinishUnary(context, kRpc, start, absl::OkStatus());
   }
 
   EngineRequest prefill;
@@ -435,13 +454,13 @@ grpc::ServerUnaryReactor* LizardService::CreateSession(grpc::CallbackServerConte
   prefill.stopping.max_new_tokens = 0;
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   BeginEngineCall();
-  auto sink = std::make_shared<PrefillSink>(this, reactor, response, created->id);
+  auto sink = std::make_shared<PrefillSink>(this, reactor, response, created->id, start);
   absl::StatusOr<RequestId> id = engine_->Submit(std::move(prefill), sink);
   if (!id.ok()) {
     EndEngineCall();
     sessions_->Release(created->id);
     sessions_->Delete(created->id).IgnoreError();
-    RecordOutcome(kRpc, ToGrpcStatus(id.status()));
+    RecordOutcome({NewRequestId(), std::string(kRpc), id.status(), start, created->id});
     reactor->Finish(ToGrpcStatus(id.status()));
     return reactor;
   }
@@ -454,13 +473,16 @@ template <typename Request, typename Response, typename Handler>
 grpc::ServerUnaryReactor* LizardService::Unary(grpc::CallbackServerContext* context,
                                                std::string_view rpc, const grpc::ByteBuffer& raw,
                                                grpc::ByteBuffer* out, Handler handler) {
-  if (absl::Status s = CheckAccepting(); !s.ok()) return FinishUnary(context, rpc, s);
+  const absl::Time start = absl::Now();
+  if (absl::Status s = CheckAccepting(); !s.ok()) return FinishUnary(context, rpc, start, s);
   Request request;
-  if (absl::Status s = ParseRequest(raw, &request); !s.ok()) return FinishUnary(context, rpc, s);
+  if (absl::Status s = ParseRequest(raw, &request); !s.ok()) {
+    return FinishUnary(context, rpc, start, s);
+  }
   Response response;
   absl::Status status = handler(request, &response);
   if (status.ok()) SerializeTo(response, out);
-  return FinishUnary(context, rpc, status);
+  return FinishUnary(context, rpc, start, status);
 }
 
 grpc::ServerUnaryReactor* LizardService::GetSession(grpc::CallbackServerContext* context,
@@ -610,30 +632,18 @@ void LizardService::EndEngineCall() {
 }
 
 grpc::ServerUnaryReactor* LizardService::FinishUnary(grpc::CallbackServerContext* context,
-                                                     std::string_view rpc,
+                                                     std::string_view rpc, absl::Time start,
                                                      const absl::Status& status) {
-  const grpc::Status grpc_status = ToGrpcStatus(status);
-  RecordOutcome(rpc, grpc_status);
+  RecordOutcome({NewRequestId(), std::string(rpc), status, start});
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  reactor->Finish(grpc_status);
+  reactor->Finish(ToGrpcStatus(status));
   return reactor;
 }
 
-void LizardService::RecordOutcome(std::string_view rpc, const grpc::Status& status) {
-  metrics_->CountRequest(rpc, status.error_code());
-  if (status.ok()) return;
-  // A client's mistake is worth a line; a server fault (INTERNAL, UNKNOWN, DATA_LOSS) an error.
-  const std::string line = absl::StrCat(
-      std::string(rpc), " failed: ",
-      absl::StatusCodeToString(static_cast<absl::StatusCode>(status.error_code())), ": ",
-      status.error_message().substr(0, 512));
-  const grpc::StatusCode code = status.error_code();
-  if (code == grpc::StatusCode::INTERNAL || code == grpc::StatusCode::UNKNOWN ||
-      code == grpc::StatusCode::DATA_LOSS) {
-    LogError(line);
-  } else {
-    LogInfo(line);
-  }
+void LizardService::RecordOutcome(const RequestRecord& record) {
+  // absl::StatusCode mirrors grpc::StatusCode value for value.
+  metrics_->CountRequest(record.rpc, static_cast<grpc::StatusCode>(record.status.code()));
+  LogRequest(record);
 }
 
 void LizardService::FillSession(const SessionSnapshot& snapshot, v1::Session* out) const {

@@ -15,6 +15,7 @@
 #include "grpcpp/grpcpp.h"
 #include "lizard/v1/lizard.grpc.pb.h"
 #include "server/metrics.h"
+#include "server/request_log.h"
 #include "server/request_validation.h"
 #include "server/session_table.h"
 #include "server/stop_strings.h"
@@ -65,7 +66,7 @@ class LizardService final : public LizardServiceBase {
   absl::Status CheckAccepting();
   void BeginEngineCall();
   void EndEngineCall();
-  void RecordOutcome(std::string_view rpc, const grpc::Status& status);
+  void RecordOutcome(const RequestRecord& record);
 
   grpc::ServerWriteReactor<grpc::ByteBuffer>* Generate(grpc::CallbackServerContext* context,
                                                        const grpc::ByteBuffer* request) override;
@@ -95,9 +96,10 @@ class LizardService final : public LizardServiceBase {
   class GenerateCall;
   class PrefillSink;
 
-  // Counts the call in lizard_requests_total, logs it unless OK and finishes it with `status`.
+  // Counts the call in lizard_requests_total, logs it and finishes it with `status`.
   grpc::ServerUnaryReactor* FinishUnary(grpc::CallbackServerContext* context,
-                                        std::string_view rpc, const absl::Status& status);
+                                        std::string_view rpc, absl::Time start,
+                                        const absl::Status& status);
   // A unary RPC that answers at once: refuses while draining, parses the raw request, runs
   // `handler(request, &response)` and serializes the response when it succeeds.
   template <typename Request, typename Response, typename Handler>
@@ -134,13 +136,15 @@ class LizardService::Generation : public TokenSink {
       std::function<absl::StatusOr<std::vector<int32_t>>(bool starts_conversation)>;
 
  protected:
-  explicit Generation(LizardService* service);
+  explicit Generation(LizardService* service, std::string request_id = NewRequestId());
   // Validates `request` and submits it to the engine for `self` (this object). The input is
   // `input`'s, or when that is empty the request's text or token_ids. On an error nothing runs.
   absl::Status Submit(const v1::GenerateRequest& request, const InputBuilder& input,
                       std::shared_ptr<Generation> self);
   // Stops the generation within one engine step (any thread; nothing once it has finished).
   void Cancel();
+  // Its log line's record: id, session, start, and once the engine is done tokens and TTFT.
+  RequestRecord Record(std::string rpc, const absl::Status& status) const;
 
   // A generated token and the text it completes (may be empty). Return false to stop here.
   virtual bool Deliver(int32_t token, std::string text, const TokenLogprobs* logprobs) = 0;
@@ -150,14 +154,18 @@ class LizardService::Generation : public TokenSink {
 
   LizardService* const service_;
   const absl::Time start_;
+  const std::string server_request_id_;
 
  private:
   std::string session_id_;  // empty for a one-shot request; released in OnFinish
+  std::string requested_session_id_;  // what the request named (for the log)
   // Engine thread only (after Submit).
   std::optional<IncrementalDecoder> decoder_;
   std::optional<StopStringMatcher> stop_matcher_;
   int64_t generated_ = 0;
+  int64_t prompt_tokens_ = 0;  // set in OnFinish
   absl::Time last_token_;
+  std::optional<absl::Duration> time_to_first_token_;
 
   // Asks the engine to stop the request, and tells the session table that it is ending.
   void CancelEngineLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -80,8 +80,12 @@ ABSL_FLAG(std::string, tls_cert, "", "PEM certificate chain: gRPC over TLS (with
 ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls-cert");
 ABSL_FLAG(std::string, tls_client_ca, "",
           "PEM CA certificates: mutual TLS, clients need a certificate signed by one");
+ABSL_FLAG(bool, http_tls, false,
+          "serve the HTTP API over HTTPS with --tls-cert and --tls-key (and --tls-client-ca)");
 ABSL_FLAG(absl::Duration, drain_grace, absl::Seconds(30),
           "on SIGTERM/SIGINT, how long running requests may still take");
+ABSL_FLAG(std::string, log_format, "text",
+          "text | json: log lines (one per request, startup, errors) as text or JSON lines");
 
 namespace {
 
@@ -126,6 +130,13 @@ int main(int argc, char** argv) {
   absl::SetFlagsUsageConfig(usage);
   lizard::ParseCommandLineWithDashes(argc, argv);
   using lizard::server::LogError;
+  absl::StatusOr<lizard::server::LogFormat> log_format =
+      lizard::server::ParseLogFormat(absl::GetFlag(FLAGS_log_format));
+  if (!log_format.ok()) {
+    LogError(log_format.status().message());
+    return 2;
+  }
+  lizard::server::SetLogFormat(*log_format);
 
   lizard::server::ServerOptions options;
   options.model_dir = absl::GetFlag(FLAGS_model);
@@ -163,6 +174,7 @@ int main(int argc, char** argv) {
   options.security.tls_cert_file = absl::GetFlag(FLAGS_tls_cert);
   options.security.tls_key_file = absl::GetFlag(FLAGS_tls_key);
   options.security.tls_client_ca_file = absl::GetFlag(FLAGS_tls_client_ca);
+  options.http_tls = absl::GetFlag(FLAGS_http_tls);
   options.stream_buffer_bytes = absl::GetFlag(FLAGS_stream_buffer_bytes);
   if (absl::Status s = lizard::server::ValidateServerOptions(options); !s.ok()) {
     LogError(s.message());
@@ -182,6 +194,9 @@ int main(int argc, char** argv) {
   sigemptyset(&action.sa_mask);
   sigaction(SIGTERM, &action, nullptr);
   sigaction(SIGINT, &action, nullptr);
+  // A client that disconnects must not end the process: OpenSSL (HTTPS) writes to sockets
+  // without MSG_NOSIGNAL. Every write checks for EPIPE instead.
+  signal(SIGPIPE, SIG_IGN);
 
   absl::StatusOr<std::unique_ptr<lizard::server::LizardServer>> server =
       lizard::server::LizardServer::Start(options);

@@ -233,11 +233,12 @@ struct OpenAiApi::Parsed {
 class OpenAiApi::Call final : public LizardService::Generation {
  public:
   Call(OpenAiApi* api, bool chat, const Parsed& parsed)
-      : Generation(api->service_), api_(api), chat_(chat), stream_(parsed.stream),
+      : Generation(api->service_, absl::StrCat(chat ? "chatcmpl-" : "cmpl-", NewSessionId())),
+        api_(api), chat_(chat), stream_(parsed.stream),
         include_usage_(parsed.include_usage), top_logprobs_(parsed.top_logprobs),
         return_token_ids_(parsed.return_token_ids),
         session_id_(parsed.request.session_id()),
-        id_(absl::StrCat(chat ? "chatcmpl-" : "cmpl-", NewSessionId())),
+        id_(server_request_id_),
         created_(absl::ToUnixSeconds(absl::Now())) {
     service_->BeginEngineCall();
   }
@@ -392,7 +393,7 @@ class OpenAiApi::Call final : public LizardService::Generation {
       absl::MutexLock lock(&mu_);
       outcome = CancelledStatus();
     }
-    service_->RecordOutcome(chat_ ? kChatCompletions : kCompletions, ToGrpcStatus(outcome));
+    service_->RecordOutcome(Record(chat_ ? kChatCompletions : kCompletions, outcome));
   }
 
  private:
@@ -508,7 +509,8 @@ absl::Status OpenAiApi::Authenticate(const httplib::Request& req) const {
 
 void OpenAiApi::Fail(std::string_view endpoint, const absl::Status& status,
                      httplib::Response& res, std::string_view param) {
-  service_->RecordOutcome(endpoint, ToGrpcStatus(status));
+  service_->RecordOutcome(
+      {NewRequestId(), std::string(endpoint), status, HttpEndpoint::RequestStart()});
   res.status = HttpStatus(status.code());
   if (res.status == 401) res.set_header("WWW-Authenticate", "Bearer");
   const absl::Status with_param =
@@ -570,7 +572,8 @@ void OpenAiApi::CreateSession(const httplib::Request& req, httplib::Response& re
   }
   absl::StatusOr<SessionSnapshot> created = sessions_->Create(ttl, /*busy=*/false);
   if (!created.ok()) return Fail(kSessions, created.status(), res);
-  service_->RecordOutcome(kSessions, grpc::Status::OK);
+  service_->RecordOutcome(
+      {NewRequestId(), kSessions, absl::OkStatus(), HttpEndpoint::RequestStart(), created->id});
   res.set_content(Dump({{"id", created->id},
                         {"object", "session"},
                         {"expires_at", absl::ToUnixSeconds(created->expires_at)}}),

@@ -3,16 +3,20 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <thread>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "server/http_endpoint.h"
 #include "server/log.h"
 #include "server/openai_api.h"
+#include "server/reflection_v1.h"
+#include "server/request_log.h"
 
 namespace lizard::server {
 namespace {
@@ -57,6 +61,39 @@ absl::Status LoadChatTemplate(const ServerOptions& options, OpenAiConfig& config
   return absl::OkStatus();
 }
 
+// CreateBackend with progress in the log: the checkpoint's files and bytes before, a line every
+// 10 s while it loads, the time and rate after. (The loader itself reports nothing finer yet.)
+absl::StatusOr<std::unique_ptr<Backend>> LoadBackend(const BackendOptions& options) {
+  int files = 0;
+  int64_t bytes = 0;
+  std::error_code error;
+  for (const auto& entry : std::filesystem::directory_iterator(options.model_dir, error)) {
+    if (entry.path().extension() != ".safetensors") continue;
+    ++files;
+    bytes += static_cast<int64_t>(entry.file_size(error));
+  }
+  const double mib = static_cast<double>(bytes) / (1 << 20);
+  LogInfo(absl::StrFormat("loading model %s: %d safetensors files, %.1f MiB", options.model_dir,
+                          files, mib));
+  const absl::Time start = absl::Now();
+  absl::Notification loaded;
+  std::thread ticker([&] {
+    while (!loaded.WaitForNotificationWithTimeout(absl::Seconds(10))) {
+      LogInfo(absl::StrFormat("still loading model: %.0f s",
+                              absl::ToDoubleSeconds(absl::Now() - start)));
+    }
+  });
+  absl::StatusOr<std::unique_ptr<Backend>> backend = CreateBackend(options);
+  loaded.Notify();
+  ticker.join();
+  const double seconds = absl::ToDoubleSeconds(absl::Now() - start);
+  if (backend.ok()) {
+    LogInfo(absl::StrFormat("model loaded in %.2f s (%.1f MiB, %.0f MiB/s)", seconds, mib,
+                            seconds > 0 ? mib / seconds : 0.0));
+  }
+  return backend;
+}
+
 }  // namespace
 
 absl::Status ValidateServerOptions(const ServerOptions& o) {
@@ -86,6 +123,9 @@ absl::Status ValidateServerOptions(const ServerOptions& o) {
        }) {
     if (!s.ok()) return s;
   }
+  if (o.http_tls && (o.security.tls_cert_file.empty() || o.security.tls_key_file.empty())) {
+    return absl::InvalidArgumentError("--http-tls needs --tls-cert and --tls-key");
+  }
   if (o.session_ttl <= absl::ZeroDuration() || o.max_session_ttl < absl::Seconds(1)) {
     return absl::InvalidArgumentError("--session-ttl and --max-session-ttl must be positive");
   }
@@ -99,6 +139,8 @@ absl::StatusOr<std::unique_ptr<LizardServer>> LizardServer::Start(const ServerOp
   absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials =
       MakeServerCredentials(options.security, [metrics = &server->metrics_](std::string_view rpc) {
         metrics->CountRequest(rpc, grpc::StatusCode::UNAUTHENTICATED);
+        LogRequest({NewRequestId(), std::string(rpc),
+                    absl::UnauthenticatedError("missing or unknown API key"), absl::Now()});
       });
   if (!credentials.ok()) return credentials.status();
 
@@ -108,7 +150,7 @@ absl::StatusOr<std::unique_ptr<LizardServer>> LizardServer::Start(const ServerOp
   backend_options.num_slots = options.device_state_slots;
   backend_options.num_threads = options.threads;
   backend_options.batch_invariant = options.batch_invariant;
-  absl::StatusOr<std::unique_ptr<Backend>> backend = CreateBackend(backend_options);
+  absl::StatusOr<std::unique_ptr<Backend>> backend = LoadBackend(backend_options);
   if (!backend.ok()) {
     return absl::Status(backend.status().code(), absl::StrCat("loading model ", options.model_dir,
                                                               ": ", backend.status().message()));
@@ -175,11 +217,15 @@ absl::StatusOr<std::unique_ptr<LizardServer>> LizardServer::Start(const ServerOp
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   builder.AddListeningPort(address, *credentials, &server->grpc_port_);
   builder.RegisterService(server->service_.get());
+  // Reflection v1 beside the library's v1alpha (grpcurl and most current tools ask for v1).
+  server->reflection_v1_ = std::make_unique<ReflectionV1Relay>();
+  builder.RegisterCallbackGenericService(server->reflection_v1_.get());
   server->grpc_server_ = builder.BuildAndStart();
   if (server->grpc_server_ == nullptr || server->grpc_port_ == 0) {
     return absl::UnavailableError(
         absl::StrCat("cannot listen for gRPC on ", address, " (address in use or not local?)"));
   }
+  server->reflection_v1_->Attach(server->grpc_server_.get());
   // Health answers for the whole server ("") and for the service by name, as probes ask either.
   server->grpc_server_->GetHealthCheckService()->SetServingStatus(true);
   server->grpc_server_->GetHealthCheckService()->SetServingStatus(kServiceName, true);
@@ -221,6 +267,11 @@ absl::StatusOr<std::unique_ptr<LizardServer>> LizardServer::Start(const ServerOp
     http_options.max_pending = options.http_max_connections;
     http_options.max_body_bytes = options.http_max_body_bytes;
     http_options.error_body = OpenAiApi::ErrorBody;
+    if (options.http_tls) {
+      http_options.tls_cert_file = options.security.tls_cert_file;
+      http_options.tls_key_file = options.security.tls_key_file;
+      http_options.tls_client_ca_file = options.security.tls_client_ca_file;
+    }
     absl::StatusOr<std::unique_ptr<HttpEndpoint>> http_endpoint =
         HttpEndpoint::Start(http_options, server->openai_->Routes());
     if (!http_endpoint.ok()) {
@@ -253,7 +304,8 @@ absl::StatusOr<std::unique_ptr<LizardServer>> LizardServer::Start(const ServerOp
                        "/metrics"));
   if (server->http_port_ != 0) {
     LogInfo(absl::StrCat("http listening on ", options.http_host, ":", server->http_port_,
-                         " (OpenAI-compatible API, model id ", model.name, ")"));
+                         " (OpenAI-compatible API, model id ", model.name,
+                         options.http_tls ? ", HTTPS" : "", ")"));
   }
   return server;
 }

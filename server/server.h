@@ -20,6 +20,7 @@ namespace lizard::server {
 
 class HttpEndpoint;
 class OpenAiApi;
+class ReflectionV1Relay;
 
 struct ServerOptions {
   std::string model_dir;
@@ -31,6 +32,7 @@ struct ServerOptions {
   int http_port = 8000;      // 0: no HTTP API
   int http_max_connections = 128;  // served at once (a streaming completion holds one)
   int64_t http_max_body_bytes = int64_t{4} << 20;  // of a request
+  bool http_tls = false;  // HTTPS with security's certificate, key (and client CA)
   std::string chat_template_file;  // Jinja chat template; empty: tokenizer_config.json's
   BackendKind backend = BackendKind::kAuto;
   int32_t threads = 0;       // CPU backend threads, 0 = all cores
@@ -77,6 +79,7 @@ class LizardServer {
   std::unique_ptr<Engine> engine_;
   std::unique_ptr<SessionTable> sessions_;
   std::unique_ptr<LizardService> service_;
+  std::unique_ptr<ReflectionV1Relay> reflection_v1_;
   std::unique_ptr<grpc::Server> grpc_server_;
   std::unique_ptr<HttpEndpoint> metrics_endpoint_;
   std::unique_ptr<OpenAiApi> openai_;

@@ -32,13 +32,6 @@ TURNS_PER_SESSION = 3
 ONE_SHOTS = 10
 
 
-def free_port():
-    """A port that was free a moment ago (the servers bind it right after)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def generate_counts(replica):
     """Sum of lizard_requests_total over codes for the Generate rpc, read from /metrics."""
     total = 0.0
@@ -85,7 +78,7 @@ class SessionAffinityTest(unittest.TestCase):
 
     @classmethod
     def start_proxy(cls):
-        port = free_port()
+        port = server_testing.free_port()
         servers = ["server replica%d %s" % (i, r.address) for i, r in enumerate(cls.replicas)]
         config = subprocess.run([os.path.join(REPO, "deploy", "proxy", "render.sh"),
                                  "127.0.0.1:%d" % port] + servers,

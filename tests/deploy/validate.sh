@@ -1,6 +1,8 @@
 #!/bin/sh
-# Offline checks of everything under deploy/: YAML lint, Kubernetes schemas, Prometheus rules and
-# their unit tests, and the haproxy config (both renderings of deploy/proxy/haproxy.cfg.in).
+# Offline checks of everything under deploy/: YAML lint, Kubernetes schemas (deploy/k8s, the
+# inference gateway objects in deploy/k8s/gateway, the overlays deploy/k8s-cpu and
+# deploy/k8s-model-init), Prometheus rules and their unit tests, and the haproxy config (both
+# renderings of deploy/proxy/haproxy.cfg.in).
 # Needs the Debian packages yamllint, prometheus (promtool), haproxy, nodejs and npm; installs
 # the pinned npm packages of package-lock.json into tests/deploy/node_modules on first use.
 # The Docker image (deploy/Dockerfile) is not built here: there is no Docker engine in CI.
@@ -22,10 +24,28 @@ echo "== yamllint"
 yamllint -s -c "$deploy/.yamllint" "$deploy"
 
 echo "== Kubernetes schemas"
-if [ ! -d "$here/node_modules/kubernetes-models" ]; then
+# (Re)install when package-lock.json changed since the last install.
+if ! cmp -s "$here/package-lock.json" "$here/node_modules/.installed-lock.json"; then
   npm ci --prefix "$here" --no-audit --no-fund
+  cp "$here/package-lock.json" "$here/node_modules/.installed-lock.json"
 fi
-node "$here/validate_k8s.mjs" "$deploy/k8s"
+# The plain deployment, the inference gateway objects beside it, and the two variants of it.
+for kustomization in k8s k8s/gateway k8s-cpu k8s-model-init; do
+  echo "-- deploy/$kustomization"
+  node "$here/validate_k8s.mjs" "$deploy/$kustomization"
+done
+# The hand-written InferencePool schema must catch a mistake: a misspelt field.
+mkdir "$tmp/broken"
+sed 's/number: 9002/numbr: 9002/' "$deploy/k8s/gateway/inferencepool.yaml" \
+  > "$tmp/broken/inferencepool.yaml"
+printf 'resources:\n  - inferencepool.yaml\n' > "$tmp/broken/kustomization.yaml"
+if node "$here/validate_k8s.mjs" "$tmp/broken" > "$tmp/broken.log" 2>&1 ||
+   ! grep -q "FAIL inferencepool.yaml: InferencePool lizard: /spec/endpointPickerRef/port" \
+     "$tmp/broken.log"; then
+  cat "$tmp/broken.log"
+  echo "validate_k8s.mjs accepted a broken InferencePool" >&2
+  exit 1
+fi
 
 echo "== Prometheus rules"
 promtool check rules "$deploy/prometheus/alerts.yaml"

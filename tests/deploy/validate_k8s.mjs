@@ -1,76 +1,208 @@
 // Validates the manifests of a kustomization offline against the Kubernetes OpenAPI schemas
-// shipped by the npm package kubernetes-models (and the Prometheus Operator CRDs by
-// @kubernetes-models/prometheus-operator), and checks what schemas cannot:
+// shipped by the npm package kubernetes-models (the ServiceMonitor against
+// @kubernetes-models/prometheus-operator, the HTTPRoute against @kubernetes-models/gateway-api,
+// the InferencePool against inferencepool.schema.json), and checks what schemas cannot:
 //   * the ConfigMaps and PersistentVolumeClaims the workloads refer to are defined,
 //   * every $(VAR) in a container's args is defined (env or a generated env-file ConfigMap), and
 //     every key of those env files is used,
 //   * lizard-server gets more terminationGracePeriodSeconds than its --drain-grace, and its
 //     startup probe allows at least 10 minutes for the model to load.
+// The kustomization is built here as kustomize builds it, for what deploy/ uses: resources
+// (files, or directories of a base kustomization), configMapGenerator (envs, files, literals,
+// `behavior: merge`) and strategic-merge patches. Where kubectl is installed, its kustomize must
+// build the same objects.
 // Usage: node validate_k8s.mjs KUSTOMIZATION_DIR
-import { readFileSync, existsSync } from "node:fs";
-import { join } from "node:path";
+import { execFileSync } from "node:child_process";
+import { existsSync, readFileSync, statSync } from "node:fs";
+import { dirname, join, relative } from "node:path";
+import { isDeepStrictEqual } from "node:util";
+import { fileURLToPath } from "node:url";
+import Ajv from "ajv";
 import { parse, parseAllDocuments } from "yaml";
 
-// Packages holding models for API groups other than Kubernetes' own.
-const crdPackages = { "monitoring.coreos.com": "@kubernetes-models/prometheus-operator" };
+const here = dirname(fileURLToPath(import.meta.url));
 
-async function modelFor(apiVersion, kind) {
+// Packages holding models for API groups other than Kubernetes' own.
+const crdPackages = {
+  "monitoring.coreos.com": "@kubernetes-models/prometheus-operator",
+  "gateway.networking.k8s.io": "@kubernetes-models/gateway-api",
+};
+// JSON schemas written here, for what no package carries.
+const jsonSchemas = { "inference.networking.k8s.io/v1 InferencePool": "inferencepool.schema.json" };
+
+// A function that throws an Error saying what is wrong with an object, or null (no schema).
+async function validatorFor(apiVersion, kind) {
+  const schemaFile = jsonSchemas[`${apiVersion} ${kind}`];
+  if (schemaFile) {
+    const check = new Ajv({ allErrors: true }).compile(
+      JSON.parse(readFileSync(join(here, schemaFile), "utf8")));
+    return (object) => {
+      if (!check(object)) {
+        throw new Error(check.errors.map((e) => `${e.instancePath || "/"} ${e.message}`).join("; "));
+      }
+    };
+  }
   const group = apiVersion.includes("/") ? apiVersion.split("/")[0] : "";
   const pkg = crdPackages[group] ?? "kubernetes-models";
   try {
-    const module = await import(`${pkg}/${apiVersion}/${kind}`);
-    return module[kind];
+    const Model = (await import(`${pkg}/${apiVersion}/${kind}`))[kind];
+    return (object) => new Model(object).validate();
   } catch {
     return null;
   }
 }
 
-const dir = process.argv[2];
-const kustomization = parse(readFileSync(join(dir, "kustomization.yaml"), "utf8"));
 const errors = [];
-const defined = { ConfigMap: new Set(), PersistentVolumeClaim: new Set() };
-const workloads = [];
 
-// Keys of the env-file ConfigMaps, by ConfigMap name.
-const envKeys = new Map();
-for (const generator of kustomization.configMapGenerator ?? []) {
-  defined.ConfigMap.add(generator.name);
-  for (const file of [...(generator.envs ?? []), ...(generator.files ?? [])]) {
-    const path = join(dir, file.includes("=") ? file.split("=")[1] : file);
-    if (!existsSync(path)) errors.push(`configMapGenerator ${generator.name}: missing ${path}`);
-  }
-  for (const file of generator.envs ?? []) {
-    const lines = readFileSync(join(dir, file), "utf8").split("\n");
-    const keys = lines.filter((l) => l.trim() && !l.startsWith("#")).map((l) => l.split("=")[0]);
-    envKeys.set(generator.name, [...(envKeys.get(generator.name) ?? []), ...keys]);
+// The list fields our patches touch, by their merge key (the Kubernetes schema's
+// patchMergeKey); a patch replaces any other list.
+const mergeKeys = {
+  containers: "name",
+  initContainers: "name",
+  volumes: "name",
+  env: "name",
+  volumeMounts: "mountPath",
+  ports: "containerPort",
+};
+const isObject = (value) => value !== null && typeof value === "object" && !Array.isArray(value);
+
+// Applies a strategic merge patch to `target`: maps merge, null deletes a key, merge-keyed list
+// items merge by key, and an item with `$patch: delete` is removed.
+function mergePatch(target, patch) {
+  for (const [key, value] of Object.entries(patch)) {
+    if (key === "$patch") continue;
+    if (value === null) {
+      delete target[key];
+    } else if (Array.isArray(value) && mergeKeys[key] && Array.isArray(target[key])) {
+      const mergeKey = mergeKeys[key];
+      for (const item of value) {
+        const i = target[key].findIndex((existing) => existing[mergeKey] === item[mergeKey]);
+        if (item.$patch === "delete") {
+          if (i >= 0) target[key].splice(i, 1);
+        } else if (i >= 0) {
+          mergePatch(target[key][i], item);
+        } else {
+          target[key].push(item);
+        }
+      }
+    } else if (isObject(value) && isObject(target[key])) {
+      mergePatch(target[key], value);
+    } else {
+      target[key] = value;
+    }
   }
 }
 
-for (const file of kustomization.resources ?? []) {
-  const docs = parseAllDocuments(readFileSync(join(dir, file), "utf8"));
-  for (const doc of docs) {
-    if (doc.errors.length) {
-      errors.push(`${file}: ${doc.errors[0].message}`);
+// The objects of the kustomization in `dir` ({file, object}), and the keys of each generated
+// ConfigMap by name (`envKeys`: those from env files and literals, which args may use).
+function build(dir, root = dir) {
+  const kustomization = parse(readFileSync(join(dir, "kustomization.yaml"), "utf8"));
+  const objects = [];
+  const configMaps = new Map();  // name -> {envKeys: []}
+  for (const entry of kustomization.resources ?? []) {
+    const path = join(dir, entry);
+    if (statSync(path).isDirectory()) {
+      const base = build(path, root);
+      objects.push(...base.objects);
+      for (const [name, keys] of base.configMaps) configMaps.set(name, keys);
       continue;
     }
-    const object = doc.toJS();
-    if (!object) continue;
-    const where = `${file}: ${object.kind} ${object.metadata?.name}`;
-    const Model = await modelFor(object.apiVersion, object.kind);
-    if (!Model) {
-      errors.push(`${where}: no schema for ${object.apiVersion} ${object.kind}`);
-      continue;
+    for (const doc of parseAllDocuments(readFileSync(path, "utf8"))) {
+      if (doc.errors.length) {
+        errors.push(`${relative(root, path)}: ${doc.errors[0].message}`);
+      } else if (doc.toJS()) {
+        objects.push({ file: relative(root, path), object: doc.toJS() });
+      }
     }
-    try {
-      new Model(object).validate();
-      console.log(`ok   ${where}`);
-    } catch (error) {
-      errors.push(`${where}: ${error.message}`);
-    }
-    if (object.metadata?.namespace) errors.push(`${where}: sets a namespace (keep manifests namespace-agnostic)`);
-    if (defined[object.kind]) defined[object.kind].add(object.metadata.name);
-    if (object.kind === "Deployment") workloads.push([where, object.spec.template.spec]);
   }
+  for (const generator of kustomization.configMapGenerator ?? []) {
+    const merging = generator.behavior === "merge";
+    if (merging !== configMaps.has(generator.name)) {
+      errors.push(`configMapGenerator ${generator.name}: ${merging ? "merges into no base ConfigMap"
+                                                                  : "is defined twice"}`);
+    }
+    const envKeys = merging ? [...(configMaps.get(generator.name)?.envKeys ?? [])] : [];
+    for (const file of [...(generator.envs ?? []), ...(generator.files ?? [])]) {
+      const path = join(dir, file.includes("=") ? file.split("=")[1] : file);
+      if (!existsSync(path)) errors.push(`configMapGenerator ${generator.name}: missing ${path}`);
+    }
+    for (const file of generator.envs ?? []) {
+      const lines = readFileSync(join(dir, file), "utf8").split("\n");
+      envKeys.push(...lines.filter((l) => l.trim() && !l.startsWith("#")).map((l) => l.split("=")[0]));
+    }
+    envKeys.push(...(generator.literals ?? []).map((l) => l.split("=")[0]));
+    configMaps.set(generator.name, { envKeys: [...new Set(envKeys)] });
+  }
+  for (const { path: file } of kustomization.patches ?? []) {
+    const patch = parse(readFileSync(join(dir, file), "utf8"));
+    const i = objects.findIndex(({ object }) => object.kind === patch.kind &&
+                                                object.metadata?.name === patch.metadata?.name);
+    if (i < 0) {
+      errors.push(`${relative(root, join(dir, file))}: patches no ${patch.kind} ${patch.metadata?.name}`);
+    } else if (patch.$patch === "delete") {
+      objects.splice(i, 1);
+    } else {
+      mergePatch(objects[i].object, patch);
+    }
+  }
+  return { objects, configMaps };
+}
+
+// kubectl's kustomize (when installed) must build the same objects as build(): the generated
+// ConfigMaps aside, and with their content-hash suffixes and the `images:` edits undone.
+function crossCheck(dir, objects, configMaps) {
+  let output;
+  try {
+    output = execFileSync("kubectl", ["kustomize", dir], { encoding: "utf8", stdio: "pipe" });
+  } catch (error) {
+    if (error.code !== "ENOENT") errors.push(`kubectl kustomize ${dir}: ${error.stderr}`);
+    return;
+  }
+  const hashed = new RegExp(`^(${[...configMaps.keys()].join("|")})-[a-z0-9]{10}$`);
+  const normalize = (value, key) => {
+    if (key === "image") return "";
+    if (typeof value === "string") return value.replace(hashed, "$1");
+    if (Array.isArray(value)) return value.map((v) => normalize(v));
+    if (isObject(value)) {
+      return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, normalize(v, k)]));
+    }
+    return value;
+  };
+  const name = (o) => `${o.kind} ${o.metadata?.name}`;
+  const theirs = parseAllDocuments(output).map((d) => d.toJS())
+    .filter((o) => o && !(o.kind === "ConfigMap" && hashed.test(o.metadata.name)));
+  const mine = new Map(objects.map(({ object }) => [name(object), normalize(object)]));
+  for (const object of theirs) {
+    if (!isDeepStrictEqual(mine.get(name(object)), normalize(object))) {
+      errors.push(`${name(object)}: kubectl kustomize builds it differently from validate_k8s.mjs`);
+    }
+    mine.delete(name(object));
+  }
+  for (const extra of mine.keys()) errors.push(`${extra}: kubectl kustomize does not build it`);
+}
+
+const dir = process.argv[2];
+const { objects, configMaps } = build(dir);
+crossCheck(dir, objects, configMaps);
+const defined = { ConfigMap: new Set(configMaps.keys()), PersistentVolumeClaim: new Set() };
+const workloads = [];
+
+for (const { file, object } of objects) {
+  const where = `${file}: ${object.kind} ${object.metadata?.name}`;
+  const validate = await validatorFor(object.apiVersion, object.kind);
+  if (!validate) {
+    errors.push(`${where}: no schema for ${object.apiVersion} ${object.kind}`);
+    continue;
+  }
+  try {
+    validate(object);
+    console.log(`ok   ${where}`);
+  } catch (error) {
+    errors.push(`${where}: ${error.message}`);
+  }
+  if (object.metadata?.namespace) errors.push(`${where}: sets a namespace (keep manifests namespace-agnostic)`);
+  if (defined[object.kind]) defined[object.kind].add(object.metadata.name);
+  if (object.kind === "Deployment") workloads.push([where, object.spec.template.spec]);
 }
 
 // Names a pod spec refers to must exist in the kustomization.
@@ -80,13 +212,13 @@ for (const [where, pod] of workloads) {
     if (volume.configMap) refs.push(["ConfigMap", volume.configMap.name]);
     if (volume.persistentVolumeClaim) refs.push(["PersistentVolumeClaim", volume.persistentVolumeClaim.claimName]);
   }
-  for (const container of pod.containers) {
+  for (const container of [...(pod.initContainers ?? []), ...pod.containers]) {
     const vars = new Set((container.env ?? []).map((e) => e.name));
     const fromFiles = [];
     for (const source of container.envFrom ?? []) {
       if (!source.configMapRef) continue;
       refs.push(["ConfigMap", source.configMapRef.name]);
-      for (const key of envKeys.get(source.configMapRef.name) ?? []) {
+      for (const key of configMaps.get(source.configMapRef.name)?.envKeys ?? []) {
         vars.add(key);
         fromFiles.push(key);
       }

@@ -5,6 +5,7 @@ import argparse
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -69,6 +70,13 @@ def run_tests(module_globals):
     sys.exit(0 if result.wasSuccessful() else 1)
 
 
+def free_port():
+    """A port of 127.0.0.1 that was free a moment ago (a server binds it right after)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def health(channel, timeout_s=10):
     """grpc.health.v1.Health/Check: "SERVING", "NOT_SERVING" or None. The request is an empty
     message; the response is HealthCheckResponse{status} (field 1 varint: 1 SERVING, 2 NOT_SERVING)."""
@@ -126,6 +134,23 @@ class Server:
             self.proc.kill()
             self.proc.wait()
         self.log.close()
+
+
+class HttpServer(Server):
+    """A Server with the HTTP API on a free port of 127.0.0.1 (`http_port`), serving once the
+    constructor returns."""
+
+    def __init__(self, binary, model, *flags):
+        self.http_port = free_port()
+        super().__init__(binary, model, "--http-host", "127.0.0.1",
+                         "--http-port", str(self.http_port), *flags)
+        deadline = time.monotonic() + 30
+        while "http listening on" not in self.log_text():
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                text = self.log_text()
+                Server.close(self)
+                raise RuntimeError("no HTTP API:\n" + text)
+            time.sleep(0.02)
 
 
 def settled_session(get_session, history_tokens, timeout_s=10):

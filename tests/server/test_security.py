@@ -119,11 +119,15 @@ def call_every_rpc(stub, metadata):
 
 
 def reflection_lists_lizard(channel):
-    reflect = channel.stream_stream(
-        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
-        request_serializer=lambda b: b, response_deserializer=lambda b: b)
-    # ServerReflectionRequest{list_services: ""} is field 7, length-delimited.
-    return b"lizard.v1.Lizard" in b"".join(reflect(iter([b"\x3a\x00"]), timeout=10))
+    """Whether both reflection versions, v1alpha and v1, list lizard.v1.Lizard."""
+    listed = []
+    for version in ("v1alpha", "v1"):
+        reflect = channel.stream_stream(
+            "/grpc.reflection.%s.ServerReflection/ServerReflectionInfo" % version,
+            request_serializer=lambda b: b, response_deserializer=lambda b: b)
+        # ServerReflectionRequest{list_services: ""} is field 7, length-delimited.
+        listed.append(b"lizard.v1.Lizard" in b"".join(reflect(iter([b"\x3a\x00"]), timeout=10)))
+    return all(listed)
 
 
 def start_failure(*flags):
