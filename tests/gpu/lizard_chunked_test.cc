@@ -3,8 +3,9 @@
 // lengths in one launch, initial states, strong decay, and a prompt split over two calls.
 //
 // Tolerances: the kernel multiplies bf16 operands (the inputs, and the state and the scores
-// rounded to bf16 for the tensor cores) with fp32 accumulation, so ||gpu - ref|| / ||ref|| lands
-// near 1e-3..5e-3; the checks allow 1e-2 per sequence for y and 1e-2 for the final state.
+// rounded to bf16 for the tensor cores) with fp32 accumulation, whose relative error
+// ||gpu - ref|| / ||ref|| is expected between 1e-3 and 1e-2; the checks allow 1e-2 for each
+// sequence's y and for the final state (S and z).
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
