@@ -1,0 +1,369 @@
+// Chunked gated linear attention prefill (see chunked_prefill.h for the op).
+//
+// One block per (query head, sequence) walks the sequence's chunks of kGlaChunk tokens in order.
+// Its 16 warps hold the state transposed (S^T, rows the D = 128 value columns, columns the 2F
+// features) as fp32 tensor-core accumulators for the whole sequence: warp w owns value columns
+// 16 (w % 8).. and half (w / 8) of the features. With b_t = sum_{r<=t} log gamma_r counted from
+// the chunk's start and B = b of its last token, per chunk:
+//   P[t, s] = (fq_t . fk_s) e^{b_t - b_s} for s <= t          (bf16 MMA, decay in fp32 per pair)
+//   y_t^T   = e^{b_t} S^T fq_t + sum_s P[t, s] v_s             (bf16 MMAs, fp32 accumulators)
+//   den_t   = e^{b_t} fq_t . z + sum_s P[t, s] + 1e-6
+//   S^T     = e^{B} S^T + sum_s v_s (e^{B - b_s} fk_s)^T       (the state update, fp32)
+//   z       = e^{B} z + sum_s e^{B - b_s} fk_s
+// This is the paper's hardware-aware form (the log gate folded into the operands) kept
+// chunk-local: every exponent applied is <= 0, so nothing overflows however strong the decay
+// (a gate of sigmoid(-8) over 64 tokens would make e^{-b} overflow fp32 and bf16 alike).
+// The next chunk's q, k, v are copied into shared memory (cp.async) while this one computes.
+#include "kernels/lizard_attention/chunked_prefill.h"
+
+namespace lizard::kernels {
+namespace {
+
+constexpr int kC = kGlaChunk;
+constexpr int kD = 128;
+constexpr int kDGroups = kD / 16;       // warps w and w + kDGroups share value columns 16 w..
+constexpr int kWarps = 2 * kDGroups;    // ... and split the features in two halves
+constexpr int kThreads = kWarps * 32;
+// Padding per shared-memory row (bf16 elements): row strides become odd multiples of 16 bytes,
+// so the 8 rows one ldmatrix reads fall in different banks.
+constexpr int kPad = 8;
+constexpr int kOutPad = 4;  // fp32 output rows: the fragment stores hit 32 different banks
+
+template <int K>
+struct Smem {
+  alignas(16) __nv_bfloat16 q[2][kC][K + kPad];  // two stages: this chunk and the next
+  alignas(16) __nv_bfloat16 k[2][kC][K + kPad];
+  alignas(16) __nv_bfloat16 v[2][kC][kD + kPad];
+  alignas(16) __nv_bfloat16 p[kC][kC + kPad];  // masked, decayed scores
+  // The second feature half's share of y^T, then the normalised output rows (fp32).
+  alignas(16) float out[kC][kD + kOutPad];
+  alignas(16) float z[K];
+  float b[kC];            // cumulative log gate within the chunk
+  float eb[kC];           // e^{b_t}
+  float w[kC];            // e^{B - b_s}
+  float qz[kC];           // fq_t . z (z at the chunk's start)
+  float den_part[4][kC];  // row sums of P, one per 16-column block
+  float inv_den[kC];
+};
+
+__device__ __forceinline__ uint32_t SmemAddr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// 16-byte asynchronous copy; zero-fills the destination when !valid (tokens past the sequence).
+__device__ __forceinline__ void CpAsync16(void* dst, const void* src, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(SmemAddr(dst)), "l"(src),
+               "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void CpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void CpAsyncWait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+// Four 8x8 bf16 matrices from shared memory (each lane gives one row address).
+__device__ __forceinline__ void Ldsm4(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(SmemAddr(p)));
+}
+__device__ __forceinline__ void Ldsm4T(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(SmemAddr(p)));
+}
+
+// c[16x8] += a[16x16] b[16x8], bf16 operands, fp32 accumulators. Fragment layouts (g = lane/4,
+// q = lane%4): a regs (row g | g+8, cols 2q..2q+1 | +8); b regs (rows 2q..2q+1 | +8, col g);
+// c (row g, cols 2q, 2q+1), then the same for row g+8.
+__device__ __forceinline__ void Mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint32_t Pack(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+__device__ __forceinline__ uint32_t Scale(uint32_t x, float lo, float hi) {
+  const __nv_bfloat162 v = *reinterpret_cast<const __nv_bfloat162*>(&x);
+  return Pack(__low2float(v) * lo, __high2float(v) * hi);
+}
+
+template <int K>
+__global__ void __launch_bounds__(kThreads, 1) ChunkedPrefillKernel(ChunkedPrefillArgs a) {
+  constexpr int kTiles = K / 16;  // 8-wide column tiles of this warp's half of S^T
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  Smem<K>& sm = *reinterpret_cast<Smem<K>*>(smem_raw);
+
+  const int h = blockIdx.x, n = blockIdx.y, H = a.heads;
+  const int kv = h / (H / a.kv_heads);
+  const int start = a.cu_seqlens[n], len = a.cu_seqlens[n + 1] - start;
+  if (len <= 0) return;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int g = lane >> 2, q = lane & 3;  // fragment row / column group
+  const int d0 = (warp % kDGroups) * 16;  // this warp's value columns
+  const int half = warp / kDGroups;       // ... and features i0 .. i0 + K/2
+  const int i0 = half * (K / 2);
+  float* s_glob = a.state_s + (static_cast<int64_t>(n) * H + h) * K * kD;
+  float* z_glob = a.state_z + (static_cast<int64_t>(n) * H + h) * K;
+
+  // st[j]: S^T rows d0+g, d0+g+8 by features i0+8j+2q, +1 (fp32 for the whole sequence).
+  float st[kTiles][4];
+#pragma unroll
+  for (int j = 0; j < kTiles; ++j) {
+    const int i = i0 + 8 * j + 2 * q, d = d0 + g;
+    st[j][0] = s_glob[i * kD + d];
+    st[j][1] = s_glob[(i + 1) * kD + d];
+    st[j][2] = s_glob[i * kD + d + 8];
+    st[j][3] = s_glob[(i + 1) * kD + d + 8];
+  }
+  for (int i = threadIdx.x; i < K; i += kThreads) sm.z[i] = z_glob[i];
+
+  const int num_chunks = (len + kC - 1) / kC;
+  auto load_chunk = [&](int c, int stage) {
+    const int t0 = start + c * kC, valid = min(kC, len - c * kC);
+    for (int idx = threadIdx.x; idx < kC * (K / 8); idx += kThreads) {
+      const int t = idx / (K / 8), col = idx % (K / 8) * 8;
+      const int64_t row = t < valid ? static_cast<int64_t>(t0 + t) * H + h : 0;
+      CpAsync16(&sm.q[stage][t][col], a.fq + row * K + col, t < valid);
+      CpAsync16(&sm.k[stage][t][col], a.fk + row * K + col, t < valid);
+    }
+    for (int idx = threadIdx.x; idx < kC * (kD / 8); idx += kThreads) {
+      const int t = idx / (kD / 8), col = idx % (kD / 8) * 8;
+      const int64_t row = t < valid ? static_cast<int64_t>(t0 + t) * a.kv_heads + kv : 0;
+      CpAsync16(&sm.v[stage][t][col], a.v + row * kD + col, t < valid);
+    }
+    CpAsyncCommit();
+  };
+  load_chunk(0, 0);
+
+  for (int c = 0; c < num_chunks; ++c) {
+    const int stage = c & 1;
+    const int t0 = start + c * kC, valid = min(kC, len - c * kC);
+    if (c + 1 < num_chunks) {
+      load_chunk(c + 1, stage ^ 1);  // the stage chunk c-1 used: every warp is done with it
+      CpAsyncWait<1>();
+    } else {
+      CpAsyncWait<0>();
+    }
+    auto& sq = sm.q[stage];
+    auto& sk = sm.k[stage];
+    auto& sv = sm.v[stage];
+
+    // Warp 0: the cumulative log gate, two tokens per lane; tokens past the end get gate 1.
+    if (warp == 0) {
+      float lg[2];
+      for (int e = 0; e < 2; ++e) {
+        const int t = 2 * lane + e;
+        const float x = t < valid ? a.gate_logit[static_cast<int64_t>(t0 + t) * H + h] : INFINITY;
+        lg[e] = fminf(x, 0.f) - log1pf(__expf(-fabsf(x)));  // log sigmoid(x), no overflow
+      }
+      float incl = lg[0] + lg[1];
+      for (int o = 1; o < 32; o <<= 1) {
+        const float u = __shfl_up_sync(0xffffffffu, incl, o);
+        if (lane >= o) incl += u;
+      }
+      const float b0 = incl - lg[1], last = __shfl_sync(0xffffffffu, incl, 31);
+      sm.b[2 * lane] = b0, sm.b[2 * lane + 1] = incl;
+      sm.eb[2 * lane] = __expf(b0), sm.eb[2 * lane + 1] = __expf(incl);
+      sm.w[2 * lane] = __expf(last - b0), sm.w[2 * lane + 1] = __expf(last - incl);
+    }
+    __syncthreads();  // the gates, and every thread's copies of this chunk
+
+    // fq_t . z: eight threads per token, each K/8 features read 16 bytes at a time.
+    if (a.normalize) {
+      const int t = threadIdx.x >> 3, part = threadIdx.x & 7;
+      float acc = 0.f;
+#pragma unroll
+      for (int i = part * (K / 8); i < (part + 1) * (K / 8); i += 8) {
+        const uint4 raw = *reinterpret_cast<const uint4*>(&sq[t][i]);
+        const __nv_bfloat162* q2 = reinterpret_cast<const __nv_bfloat162*>(&raw);
+        const float4 za = *reinterpret_cast<const float4*>(&sm.z[i]);
+        const float4 zb = *reinterpret_cast<const float4*>(&sm.z[i + 4]);
+        acc += __low2float(q2[0]) * za.x + __high2float(q2[0]) * za.y + __low2float(q2[1]) * za.z +
+               __high2float(q2[1]) * za.w + __low2float(q2[2]) * zb.x + __high2float(q2[2]) * zb.y +
+               __low2float(q2[3]) * zb.z + __high2float(q2[3]) * zb.w;
+      }
+      for (int o = 1; o < 8; o <<= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+      if (part == 0) sm.qz[t] = acc;
+    }
+
+    // P: warp w computes the 16x16 block (rows 16 (w % 4).., columns 16 (w / 4)..) of the
+    // 64x64 scores; blocks above the diagonal are zero.
+    {
+      const int tp0 = 16 * (warp & 3), sp0 = 16 * (warp >> 2);
+      float pacc[2][4] = {};
+      if (sp0 <= tp0) {
+#pragma unroll
+        for (int kk = 0; kk < K; kk += 16) {
+          uint32_t af[4], bf[4];
+          Ldsm4(af, &sq[tp0 + (lane & 7) + ((lane >> 3) & 1) * 8][kk + (lane >> 4) * 8]);
+          Ldsm4(bf, &sk[sp0 + (lane & 7) + (lane >> 4) * 8][kk + ((lane >> 3) & 1) * 8]);
+          Mma(pacc[0], af, bf[0], bf[1]);
+          Mma(pacc[1], af, bf[2], bf[3]);
+        }
+      }
+      float rowsum[2] = {0.f, 0.f};
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt) {
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {  // rows g and g+8
+          const int t = tp0 + g + 8 * r, s = sp0 + nt * 8 + 2 * q;
+          const float p0 = s <= t ? pacc[nt][2 * r] * __expf(sm.b[t] - sm.b[s]) : 0.f;
+          const float p1 = s + 1 <= t ? pacc[nt][2 * r + 1] * __expf(sm.b[t] - sm.b[s + 1]) : 0.f;
+          const uint32_t packed = Pack(p0, p1);
+          *reinterpret_cast<uint32_t*>(&sm.p[t][s]) = packed;
+          // The denominator sums the rounded scores the numerator multiplies.
+          const __nv_bfloat162 rounded = *reinterpret_cast<const __nv_bfloat162*>(&packed);
+          rowsum[r] += __low2float(rounded) + __high2float(rounded);
+        }
+      }
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        rowsum[r] += __shfl_xor_sync(0xffffffffu, rowsum[r], 1);
+        rowsum[r] += __shfl_xor_sync(0xffffffffu, rowsum[r], 2);
+        if (q == 0) sm.den_part[warp >> 2][tp0 + g + 8 * r] = rowsum[r];
+      }
+    }
+    __syncthreads();  // P, its row sums and fq . z
+
+    // y^T for this warp's columns and feature half: oacc[nt] = rows d0+g (+8), tokens 8nt+2q (+1).
+    float oacc[8][4] = {};
+#pragma unroll
+    for (int j = 0; j < kTiles / 2; ++j) {  // inter-chunk: S^T fq_t, S^T as the A operand
+      const uint32_t af[4] = {Pack(st[2 * j][0], st[2 * j][1]), Pack(st[2 * j][2], st[2 * j][3]),
+                              Pack(st[2 * j + 1][0], st[2 * j + 1][1]),
+                              Pack(st[2 * j + 1][2], st[2 * j + 1][3])};
+#pragma unroll
+      for (int nt = 0; nt < 8; nt += 2) {
+        uint32_t bf[4];
+        Ldsm4(bf, &sq[nt * 8 + (lane & 7) + (lane >> 4) * 8][i0 + 16 * j + ((lane >> 3) & 1) * 8]);
+        Mma(oacc[nt], af, bf[0], bf[1]);
+        Mma(oacc[nt + 1], af, bf[2], bf[3]);
+      }
+    }
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt) {
+      const int t = nt * 8 + 2 * q;
+      oacc[nt][0] *= sm.eb[t], oacc[nt][1] *= sm.eb[t + 1];
+      oacc[nt][2] *= sm.eb[t], oacc[nt][3] *= sm.eb[t + 1];
+    }
+    if (half == 1) {  // hand this half's share to the partner warp
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) sm.out[nt * 8 + 2 * q + (e & 1)][d0 + g + 8 * (e >> 1)] = oacc[nt][e];
+      }
+      if (warp == kDGroups && a.normalize) {  // one warp: 1 / den for the 64 tokens
+        for (int t = lane; t < kC; t += 32) {
+          const float den = sm.den_part[0][t] + sm.den_part[1][t] + sm.den_part[2][t] + sm.den_part[3][t] +
+                            sm.eb[t] * sm.qz[t] + 1e-6f;
+          sm.inv_den[t] = 1.f / den;
+        }
+      }
+    } else {  // intra-chunk: sum_s P[t, s] v_s with V^T (rows d0.., columns tokens) as A
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        uint32_t vf[4];
+        Ldsm4T(vf, &sv[16 * j + (lane & 7) + (lane >> 4) * 8][d0 + ((lane >> 3) & 1) * 8]);
+#pragma unroll
+        for (int nt = 0; nt < 8; nt += 2) {
+          if (16 * j > nt * 8 + 15) continue;  // tokens s all after t: P is zero there
+          uint32_t bf[4];
+          Ldsm4(bf, &sm.p[nt * 8 + (lane & 7) + (lane >> 4) * 8][16 * j + ((lane >> 3) & 1) * 8]);
+          Mma(oacc[nt], vf, bf[0], bf[1]);
+          Mma(oacc[nt + 1], vf, bf[2], bf[3]);
+        }
+      }
+    }
+    __syncthreads();  // the second half's share and 1 / den
+    if (half == 0) {
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int t = nt * 8 + 2 * q + (e & 1);
+          float& cell = sm.out[t][d0 + g + 8 * (e >> 1)];
+          cell = (oacc[nt][e] + cell) * (a.normalize ? sm.inv_den[t] : 1.f);
+        }
+      }
+    }
+
+    // State update: S^T = e^B S^T + V^T diag(w) K, w_s = e^{B - b_s} folded into V^T.
+    const float decay = sm.eb[kC - 1];
+#pragma unroll
+    for (int j = 0; j < kTiles; ++j) {
+      for (int e = 0; e < 4; ++e) st[j][e] *= decay;
+    }
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      uint32_t vf[4];
+      Ldsm4T(vf, &sv[16 * j + (lane & 7) + (lane >> 4) * 8][d0 + ((lane >> 3) & 1) * 8]);
+      const int s = 16 * j + 2 * q;
+      vf[0] = Scale(vf[0], sm.w[s], sm.w[s + 1]);
+      vf[1] = Scale(vf[1], sm.w[s], sm.w[s + 1]);
+      vf[2] = Scale(vf[2], sm.w[s + 8], sm.w[s + 9]);
+      vf[3] = Scale(vf[3], sm.w[s + 8], sm.w[s + 9]);
+#pragma unroll
+      for (int nt = 0; nt < kTiles; nt += 2) {
+        uint32_t bf[4];
+        Ldsm4T(bf, &sk[16 * j + (lane & 7) + ((lane >> 3) & 1) * 8][i0 + nt * 8 + (lane >> 4) * 8]);
+        Mma(st[nt], vf, bf[0], bf[1]);
+        Mma(st[nt + 1], vf, bf[2], bf[3]);
+      }
+    }
+    // z = e^B z + sum_s w_s fk_s, one feature per thread (only this thread touches z[i] here).
+    for (int i = threadIdx.x; i < K; i += kThreads) {
+      float acc = decay * sm.z[i];
+      for (int s = 0; s < kC; ++s) acc += sm.w[s] * __bfloat162float(sk[s][i]);
+      sm.z[i] = acc;
+    }
+    __syncthreads();  // the output rows are complete
+
+    for (int idx = threadIdx.x; idx < valid * (kD / 8); idx += kThreads) {
+      const int t = idx / (kD / 8), col = idx % (kD / 8) * 8;
+      const float4 lo = *reinterpret_cast<const float4*>(&sm.out[t][col]);
+      const float4 hi = *reinterpret_cast<const float4*>(&sm.out[t][col + 4]);
+      const uint4 packed = {Pack(lo.x, lo.y), Pack(lo.z, lo.w), Pack(hi.x, hi.y), Pack(hi.z, hi.w)};
+      *reinterpret_cast<uint4*>(a.y + (static_cast<int64_t>(t0 + t) * H + h) * kD + col) = packed;
+    }
+  }
+
+#pragma unroll
+  for (int j = 0; j < kTiles; ++j) {
+    const int i = i0 + 8 * j + 2 * q, d = d0 + g;
+    s_glob[i * kD + d] = st[j][0];
+    s_glob[(i + 1) * kD + d] = st[j][1];
+    s_glob[i * kD + d + 8] = st[j][2];
+    s_glob[(i + 1) * kD + d + 8] = st[j][3];
+  }
+  for (int i = threadIdx.x; i < K; i += kThreads) z_glob[i] = sm.z[i];
+}
+
+template <int K>
+cudaError_t Launch(const ChunkedPrefillArgs& args, cudaStream_t stream) {
+  const int bytes = static_cast<int>(sizeof(Smem<K>));
+  const cudaError_t e =
+      cudaFuncSetAttribute(ChunkedPrefillKernel<K>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+  if (e != cudaSuccess) return e;
+  ChunkedPrefillKernel<K><<<dim3(args.heads, args.num_seqs), kThreads, bytes, stream>>>(args);
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+cudaError_t LizardChunkedPrefill(const ChunkedPrefillArgs& args, cudaStream_t stream) {
+  if (args.num_seqs == 0) return cudaSuccess;
+  if (args.head_dim != kD || args.kv_heads <= 0 || args.heads % args.kv_heads != 0) {
+    return cudaErrorInvalidValue;
+  }
+  if (args.f2 == 128) return Launch<128>(args, stream);
+  if (args.f2 == 256) return Launch<256>(args, stream);
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace lizard::kernels

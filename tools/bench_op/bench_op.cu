@@ -1,0 +1,234 @@
+// lizard-bench-op: the Lizard attention prefill op alone, at the shape of issue #12 (B sequences
+// of T tokens, H query heads, Hkv kv heads, D = 128, 2F = 128 and 256): the chunked gated linear
+// attention with its normaliser (kernels/lizard_attention/chunked_prefill.h) and the existing
+// token-parallel window kernel (LizardWindow in kernels/kernels.h: feature maps, gate, window
+// attention with meta-memory sinks), each timed alone, and their sum.
+//
+// Times: cudaEvent pairs around each call, 3 warm-up calls, median (and min) of --iters calls.
+// Rates: the fewest bytes each kernel must move (inputs read once, outputs written once) and the
+// chunked kernel's matrix FLOPs per chunk of C tokens (2C^2 2F + 2C^2 D + 2C 2F D + 2C 2F D),
+// over the median time. Inputs are random (never zeros) and far larger than L2.
+//
+// Usage: lizard-bench-op [--batch 16] [--seq 2048] [--heads 32] [--kv-heads 8] [--iters 20]
+//                        [--f2 128,256]
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "kernels/kernels.h"
+#include "kernels/lizard_attention/chunked_prefill.h"
+
+namespace {
+
+namespace k = lizard::kernels;
+using bf16 = __nv_bfloat16;
+
+void Check(cudaError_t err, const char* what) {
+  if (err == cudaSuccess) return;
+  std::fprintf(stderr, "lizard-bench-op: %s: %s\n", what, cudaGetErrorString(err));
+  std::exit(1);
+}
+
+template <typename T>
+T* Alloc(int64_t n) {
+  T* p = nullptr;
+  Check(cudaMalloc(&p, std::max<int64_t>(n, 1) * sizeof(T)), "cudaMalloc");
+  return p;
+}
+
+template <typename T>
+T* Upload(const std::vector<T>& host) {
+  T* p = Alloc<T>(static_cast<int64_t>(host.size()));
+  Check(cudaMemcpy(p, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice), "upload");
+  return p;
+}
+
+struct Timing {
+  double median_ms, min_ms;
+};
+
+// Each call between its own pair of events; `launch` returns the launch's error.
+Timing Time(const std::function<cudaError_t()>& launch, int iters) {
+  cudaEvent_t a, b;
+  Check(cudaEventCreate(&a), "event");
+  Check(cudaEventCreate(&b), "event");
+  for (int i = 0; i < 3; ++i) Check(launch(), "warm-up launch");
+  Check(cudaDeviceSynchronize(), "warm-up");
+  std::vector<double> ms;
+  for (int i = 0; i < iters; ++i) {
+    Check(cudaEventRecord(a), "record");
+    Check(launch(), "launch");
+    Check(cudaEventRecord(b), "record");
+    Check(cudaEventSynchronize(b), "sync");
+    float t = 0.f;
+    Check(cudaEventElapsedTime(&t, a, b), "elapsed");
+    ms.push_back(t);
+  }
+  Check(cudaEventDestroy(a), "event");
+  Check(cudaEventDestroy(b), "event");
+  std::sort(ms.begin(), ms.end());
+  return {ms[ms.size() / 2], ms.front()};
+}
+
+struct Shape {
+  int batch = 16, seq = 2048, heads = 32, kv_heads = 8, head_dim = 128, iters = 20;
+  int window = 128, meta = 4;
+  std::vector<int> f2s = {128, 256};
+};
+
+std::vector<int> ParseList(const char* s) {
+  std::vector<int> out;
+  for (const char* p = s; *p;) {
+    out.push_back(std::atoi(p));
+    while (*p && *p != ',') ++p;
+    if (*p == ',') ++p;
+  }
+  return out;
+}
+
+Shape ParseArgs(int argc, char** argv) {
+  Shape s;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    const std::string flag = argv[i];
+    const int value = std::atoi(argv[i + 1]);
+    if (flag == "--batch") s.batch = value;
+    else if (flag == "--seq") s.seq = value;
+    else if (flag == "--heads") s.heads = value;
+    else if (flag == "--kv-heads") s.kv_heads = value;
+    else if (flag == "--iters") s.iters = value;
+    else if (flag == "--f2") s.f2s = ParseList(argv[i + 1]);
+    else {
+      std::fprintf(stderr, "lizard-bench-op: unknown flag %s\n", argv[i]);
+      std::exit(2);
+    }
+  }
+  return s;
+}
+
+// The chunked GLA + normaliser at one 2F: returns the median ms and prints its row.
+double BenchChunked(const Shape& s, int f2) {
+  const int64_t T = static_cast<int64_t>(s.batch) * s.seq, H = s.heads, Hkv = s.kv_heads, D = s.head_dim;
+  std::vector<int32_t> cu(s.batch + 1);
+  for (int n = 0; n <= s.batch; ++n) cu[n] = n * s.seq;
+  bf16* fq = Alloc<bf16>(T * H * f2);
+  bf16* fk = Alloc<bf16>(T * H * f2);
+  bf16* v = Alloc<bf16>(T * Hkv * D);
+  bf16* y = Alloc<bf16>(T * H * D);
+  float* gate = Alloc<float>(T * H);
+  float* state_s = Alloc<float>(s.batch * H * f2 * D);
+  float* state_z = Alloc<float>(s.batch * H * f2);
+  int32_t* d_cu = Upload(cu);
+  // Feature maps are positive with rows summing to about 2; gates mostly near 1, some strong.
+  Check(k::RandomFillBf16(fq, T * H * f2, 1, 1.f / f2, 1.f / f2, nullptr), "fill");
+  Check(k::RandomFillBf16(fk, T * H * f2, 2, 1.f / f2, 1.f / f2, nullptr), "fill");
+  Check(k::RandomFillBf16(v, T * Hkv * D, 3, 1.f, 0.f, nullptr), "fill");
+  Check(k::RandomFillF32(gate, T * H, 4, 4.f, 2.f, nullptr), "fill");
+  Check(k::RandomFillF32(state_s, s.batch * H * f2 * D, 5, 0.05f, 0.f, nullptr), "fill");
+  Check(k::RandomFillF32(state_z, s.batch * H * f2, 6, 0.5f, 1.f, nullptr), "fill");
+
+  const k::ChunkedPrefillArgs args{fq, fk, v, gate, d_cu, s.batch, s.heads, s.kv_heads, s.head_dim,
+                                   f2, true, state_s, state_z, y};
+  const Timing t = Time([&] { return k::LizardChunkedPrefill(args, nullptr); }, s.iters);
+
+  const double bytes = 2.0 * T * H * f2 * 2 + T * Hkv * D * 2 + T * H * 4 + T * H * D * 2 +
+                       2.0 * s.batch * H * (f2 * D + f2) * 4;
+  const double C = k::kGlaChunk;
+  const double flops = static_cast<double>(T) * H * (2 * C * f2 + 2 * C * D + 4.0 * f2 * D);
+  std::printf("chunked GLA + normaliser  2F=%-3d  median %.3f ms  min %.3f ms  %.2f TB/s  %.1f TFLOP/s\n",
+              f2, t.median_ms, t.min_ms, bytes / t.median_ms / 1e9, flops / t.median_ms / 1e9);
+  for (void* p : std::initializer_list<void*>{fq, fk, v, y, gate, state_s, state_z, d_cu}) cudaFree(p);
+  return t.median_ms;
+}
+
+// The existing window kernel over the same tokens (a fresh prompt per sequence: every window
+// key comes from this call's rows); returns the median ms and prints its row.
+double BenchWindow(const Shape& s, int f2) {
+  const int F = f2 / 2;
+  const int64_t T = static_cast<int64_t>(s.batch) * s.seq, H = s.heads, Hkv = s.kv_heads, D = s.head_dim;
+  const k::LizardDims dims{s.heads, s.kv_heads, s.head_dim, F, s.window, s.meta, true, true};
+  const int ld = static_cast<int>(H * D + 2 * Hkv * D + H), krot_ld = static_cast<int>(Hkv * D);
+
+  std::vector<int32_t> slot(T), position(T), first_row(T), first_pos(T, 0), single(T, 0);
+  for (int64_t r = 0; r < T; ++r) {
+    slot[r] = static_cast<int32_t>(r / s.seq);
+    position[r] = static_cast<int32_t>(r % s.seq);
+    first_row[r] = static_cast<int32_t>(r / s.seq * s.seq);
+  }
+  std::vector<double> inv_freq(D / 2);
+  for (int64_t i = 0; i < D / 2; ++i) inv_freq[i] = std::pow(500000.0, -2.0 * i / D);
+  k::TokenMeta tokens{Upload(slot), Upload(position), Upload(first_row), Upload(first_pos), Upload(single)};
+
+  float* qkvg = Alloc<float>(T * ld);
+  float* krot = Alloc<float>(T * krot_ld);
+  float* logits = Alloc<float>(T * 2 * H * F);
+  float* meta = Alloc<float>(H * s.meta);
+  float* factor = Alloc<float>(H);
+  Check(k::RandomFillF32(qkvg, T * ld, 7, 1.f, 0.f, nullptr), "fill");
+  Check(k::RandomFillF32(krot, T * krot_ld, 8, 1.f, 0.f, nullptr), "fill");
+  Check(k::RandomFillF32(logits, T * 2 * H * F, 9, 2.f, 0.f, nullptr), "fill");
+  Check(k::RandomFillF32(meta, H * s.meta, 10, 1.f, 0.f, nullptr), "fill");
+  Check(k::RandomFillF32(factor, H, 11, 0.5f, 0.5f, nullptr), "fill");
+  const k::LizardParams params{logits, nullptr, nullptr, meta, factor};
+
+  // Slot pool: z, then the K and V rings (not read: every window key is in this call).
+  k::LizardStateRef state;
+  state.z_offset = 0;
+  state.k_offset = H * f2 * 4;
+  state.v_offset = state.k_offset + Hkv * s.window * D * 2;
+  state.slot_bytes = state.v_offset + Hkv * s.window * D * 2;
+  state.pool = Alloc<char>(s.batch * state.slot_bytes);
+  Check(cudaMemset(state.pool, 0, s.batch * state.slot_bytes), "memset");
+  const k::LizardScratch scratch{Alloc<float>(T * H * f2), Alloc<float>(T * H * f2), Alloc<float>(T * H),
+                                 Alloc<float>(T * H), Alloc<float>(T * H * D)};
+  double* d_inv_freq = Upload(inv_freq);
+
+  const Timing t = Time([&] {
+    return k::LizardWindow(dims, qkvg, ld, krot, krot_ld, d_inv_freq, tokens, static_cast<int>(T), params,
+                           state, scratch, nullptr);
+  }, s.iters);
+  const double bytes = 4.0 * T * (ld + krot_ld + 2 * H * F + 2 * H * f2 + 2 * H + H * D);
+  std::printf("window + sinks (+ maps)   2F=%-3d  median %.3f ms  min %.3f ms  %.2f TB/s\n", f2,
+              t.median_ms, t.min_ms, bytes / t.median_ms / 1e9);
+  for (const void* p : std::initializer_list<const void*>{
+           tokens.slot, tokens.position, tokens.first_row, tokens.first_pos, tokens.single, qkvg, krot,
+           logits, meta, factor, state.pool, scratch.fq, scratch.fk, scratch.gamma, scratch.den,
+           scratch.y, d_inv_freq}) {
+    cudaFree(const_cast<void*>(p));
+  }
+  return t.median_ms;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const Shape s = ParseArgs(argc, argv);
+  int devices = 0;
+  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
+    std::printf("no CUDA device\n");
+    return 0;
+  }
+  cudaDeviceProp prop;
+  Check(cudaGetDeviceProperties(&prop, 0), "device properties");
+  std::printf("%s, %d SMs; B=%d T=%d H=%d Hkv=%d D=%d, chunk %d, window %d, %d sinks, %d calls\n", prop.name,
+              prop.multiProcessorCount, s.batch, s.seq, s.heads, s.kv_heads, s.head_dim, k::kGlaChunk,
+              s.window, s.meta, s.iters);
+  std::vector<std::string> rows;
+  for (int f2 : s.f2s) {
+    const double gla = BenchChunked(s, f2);
+    const double win = BenchWindow(s, f2);
+    char row[160];
+    std::snprintf(row, sizeof(row), "| %d | %.3f | %.3f | %.3f |", f2, gla, win, gla + win);
+    rows.push_back(row);
+  }
+  std::printf("\n| 2F | chunked GLA + normaliser (ms) | window + sinks (ms) | total (ms) |\n|---|---|---|---|\n");
+  for (const std::string& r : rows) std::printf("%s\n", r.c_str());
+  return 0;
+}
