@@ -3,12 +3,10 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
-#include <thread>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
@@ -61,9 +59,9 @@ absl::Status LoadChatTemplate(const ServerOptions& options, OpenAiConfig& config
   return absl::OkStatus();
 }
 
-// CreateBackend with progress in the log: the checkpoint's files and bytes before, a line every
-// 10 s while it loads, the time and rate after. (The loader itself reports nothing finer yet.)
-absl::StatusOr<std::unique_ptr<Backend>> LoadBackend(const BackendOptions& options) {
+// CreateBackend with progress in the log: the checkpoint's files and bytes before, then (from the
+// loader, after each tensor) tensors and bytes done at most every 5 s, and the time and rate after.
+absl::StatusOr<std::unique_ptr<Backend>> LoadBackend(BackendOptions options) {
   int files = 0;
   int64_t bytes = 0;
   std::error_code error;
@@ -72,20 +70,21 @@ absl::StatusOr<std::unique_ptr<Backend>> LoadBackend(const BackendOptions& optio
     ++files;
     bytes += static_cast<int64_t>(entry.file_size(error));
   }
-  const double mib = static_cast<double>(bytes) / (1 << 20);
-  LogInfo(absl::StrFormat("loading model %s: %d safetensors files, %.1f MiB", options.weights.model_dir,
-                          files, mib));
+  constexpr double kMiB = 1 << 20;
+  const double mib = static_cast<double>(bytes) / kMiB;
+  LogInfo(absl::StrFormat("loading model %s: %d safetensors files, %.1f MiB",
+                          options.weights.model_dir, files, mib));
   const absl::Time start = absl::Now();
-  absl::Notification loaded;
-  std::thread ticker([&] {
-    while (!loaded.WaitForNotificationWithTimeout(absl::Seconds(10))) {
-      LogInfo(absl::StrFormat("still loading model: %.0f s",
-                              absl::ToDoubleSeconds(absl::Now() - start)));
-    }
-  });
+  absl::Time last_report = start;
+  options.weights.on_progress = [&](const LoadProgress& p) {
+    const absl::Time now = absl::Now();
+    if (now - last_report < absl::Seconds(5) && p.tensors_done != p.tensors_total) return;
+    last_report = now;
+    LogInfo(absl::StrFormat("loading model: %d/%d tensors, %.1f/%.1f MiB, %.1f s", p.tensors_done,
+                            p.tensors_total, p.bytes_done / kMiB, p.bytes_total / kMiB,
+                            absl::ToDoubleSeconds(now - start)));
+  };
   absl::StatusOr<std::unique_ptr<Backend>> backend = CreateBackend(options);
-  loaded.Notify();
-  ticker.join();
   const double seconds = absl::ToDoubleSeconds(absl::Now() - start);
   if (backend.ok()) {
     LogInfo(absl::StrFormat("model loaded in %.2f s (%.1f MiB, %.0f MiB/s)", seconds, mib,

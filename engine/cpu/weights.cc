@@ -144,15 +144,20 @@ int64_t HostWeights::num_parameters() const {
   return n;
 }
 
-absl::StatusOr<HostWeights> LoadHostWeights(const ModelConfig& config, const Checkpoint& checkpoint) {
+absl::StatusOr<HostWeights> LoadHostWeights(const ModelConfig& config, const Checkpoint& checkpoint,
+                                            LoadProgressCallback on_progress) {
   if (absl::Status s = ValidateCheckpoint(config, checkpoint); !s.ok()) return s;
   HostWeights w = EmptyHostWeights(config);
-  for (const TensorSpec& spec : TensorTable(config)) {
+  const std::vector<TensorSpec> table = TensorTable(config);
+  LoadProgressReporter progress(std::move(on_progress), checkpoint, table);
+  for (const TensorSpec& spec : table) {
     if (spec.when_absent == WhenAbsent::kEmbedCopy) continue;  // copied from embed below
     std::vector<float>& v = HostTensor(w, spec);
-    if (const TensorView* t = checkpoint.Find(spec.name); t != nullptr) {
+    if (LoadProgressReporter::Loads(checkpoint, spec)) {
+      const TensorView* t = checkpoint.Find(spec.name);
       v.resize(t->numel());
       ConvertToF32(*t, v.data());
+      progress.Loaded(*t);
     } else if (spec.when_absent == WhenAbsent::kZeros) {
       // Absent optional biases are zeros, so the backend needs no special case.
       v.assign(spec.numel(), 0.0f);
@@ -180,7 +185,7 @@ absl::StatusOr<HostWeights> LoadHostWeights(const WeightSource& source, ModelCon
   if (source.synthetic()) return RandomHostWeights(*config, source.seed);
   absl::StatusOr<std::unique_ptr<Checkpoint>> checkpoint = Checkpoint::Open(source.model_dir);
   if (!checkpoint.ok()) return checkpoint.status();
-  return LoadHostWeights(*config, **checkpoint);
+  return LoadHostWeights(*config, **checkpoint, source.on_progress);
 }
 
 }  // namespace lizard

@@ -42,7 +42,8 @@ struct HostWeights {
 };
 
 // Validates (ValidateCheckpoint) and converts; absent zeros-when-absent tensors become zeros.
-absl::StatusOr<HostWeights> LoadHostWeights(const ModelConfig& config, const Checkpoint& checkpoint);
+absl::StatusOr<HostWeights> LoadHostWeights(const ModelConfig& config, const Checkpoint& checkpoint,
+                                            LoadProgressCallback on_progress = {});
 // Deterministic random weights of the right shapes (benchmarks, tests), with the tensor table's
 // spreads: projections ~ N(0, 1/in), norms ~ 1 + small noise, so activations stay in a sane range
 // through many layers. The values depend only on (config shapes, seed): the generator is

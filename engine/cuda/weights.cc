@@ -99,21 +99,16 @@ absl::Status Allocate(const ModelConfig& config, const std::vector<TensorSpec>& 
 
 int DTypeCode(DType d) { return d == DType::kF32 ? 0 : d == DType::kF16 ? 1 : 2; }
 
-// Whether the device keeps `spec`'s tensor from `checkpoint` (a tied model's lm_head is unused).
-bool Stored(const Checkpoint& checkpoint, const TensorSpec& spec) {
-  return spec.when_absent != WhenAbsent::kEmbedCopy && checkpoint.Find(spec.name) != nullptr;
-}
-
 // The checkpoint's tensors into `w`: each copied raw from the mapped file into a staging buffer,
 // then converted on the device into its destination.
-absl::Status Upload(const Checkpoint& checkpoint, const std::vector<TensorSpec>& table, cudaStream_t stream,
-                    DeviceWeights& w) {
+absl::Status Upload(const Checkpoint& checkpoint, const std::vector<TensorSpec>& table,
+                    LoadProgressReporter& progress, cudaStream_t stream, DeviceWeights& w) {
   size_t max_bytes = 0;
   for (const std::string& name : checkpoint.Names()) max_bytes = std::max(max_bytes, checkpoint.Find(name)->nbytes);
   DeviceBuffer staging;
   if (absl::Status s = staging.Allocate(max_bytes); !s.ok()) return s;
   for (const TensorSpec& spec : table) {
-    if (!Stored(checkpoint, spec)) continue;
+    if (!LoadProgressReporter::Loads(checkpoint, spec)) continue;
     const TensorView* t = checkpoint.Find(spec.name);
     // Every copy goes through `stream`: a plain cudaMemcpy from pageable memory may return before
     // its DMA is done, and `stream` does not wait for the legacy default stream.
@@ -128,6 +123,7 @@ absl::Status Upload(const Checkpoint& checkpoint, const std::vector<TensorSpec>&
     }
     // The staging buffer is reused by the next tensor.
     if (absl::Status s = CudaStatus(cudaStreamSynchronize(stream), spec.name.c_str()); !s.ok()) return s;
+    progress.Loaded(*t);
   }
   return absl::OkStatus();
 }
@@ -169,9 +165,10 @@ absl::StatusOr<DeviceWeights> LoadDeviceWeights(const WeightSource& source, cons
   absl::StatusOr<std::unique_ptr<Checkpoint>> checkpoint = Checkpoint::Open(source.model_dir);
   if (!checkpoint.ok()) return checkpoint.status();
   if (absl::Status s = ValidateCheckpoint(config, **checkpoint); !s.ok()) return s;
-  auto stored = [&](const TensorSpec& spec) { return Stored(**checkpoint, spec); };
+  auto stored = [&](const TensorSpec& spec) { return LoadProgressReporter::Loads(**checkpoint, spec); };
   if (absl::Status s = Allocate(config, table, stored, stream, w); !s.ok()) return s;
-  if (absl::Status s = Upload(**checkpoint, table, stream, w); !s.ok()) return s;
+  LoadProgressReporter progress(source.on_progress, **checkpoint, table);
+  if (absl::Status s = Upload(**checkpoint, table, progress, stream, w); !s.ok()) return s;
   return w;
 }
 

@@ -214,6 +214,8 @@ class RequestLogTest(unittest.TestCase):
         messages = [line["message"] for line in lines]
         self.assertTrue(any(re.match(r"loading model .*: 1 safetensors files, [\d.]+ MiB$", m)
                             for m in messages), messages)
+        self.assertTrue(any(re.match(r"loading model: (\d+)/\1 tensors, ([\d.]+)/\2 MiB, [\d.]+ s$", m)
+                            for m in messages), messages)
         self.assertTrue(any(re.match(r"model loaded in [\d.]+ s \(", m) for m in messages))
 
     def test_text_lines(self):

@@ -4,6 +4,7 @@
 # benchmarks. Everything is logged under $OUT (at most a few files: the device tool returns 8).
 #
 #   bash tools/gpu/on_device.sh [tests] [memcheck] [server] [ncu] [bench] [bench-full] [drift]
+# (bench runs lizard-bench-op too: the chunked Lizard attention op alone)
 # (default: tests memcheck bench-full; ncu: per-kernel times of llama3-8b decode steps)
 set -u
 OUT=${OUT:-/tmp/gpu-out}
@@ -44,6 +45,7 @@ for phase in $phases; do
       run_test gpu_kernels_test
       run_test gpu_cuda_backend_test
       run_test gpu_gemm_test
+      run_test gpu_lizard_chunked_test
       grep -E "^\[  (FAILED|PASSED|SKIPPED) " "$OUT/tests.log" | sort | uniq -c >> "$summary"
       ;;
     server)
@@ -62,7 +64,7 @@ for phase in $phases; do
       note "compare_backends (CPU vs CUDA greedy): exit $? -- $(tail -n 1 "$OUT/compare.log")"
       ;;
     memcheck)
-      for t in gpu_kernels_test gpu_cuda_backend_test gpu_gemm_test; do
+      for t in gpu_kernels_test gpu_cuda_backend_test gpu_gemm_test gpu_lizard_chunked_test; do
         t0=$SECONDS
         filter=()
         # The whole-model comparison is covered without the sanitizer; memcheck the rest.
@@ -88,6 +90,10 @@ for phase in $phases; do
       bench 8b-lizard-top-p --shape llama3-8b --sample top-p --batch-sizes 1,64,256 --prompt-lengths 512 --steps 10
       bench 8b-lizard-logits --shape llama3-8b --sample logits --batch-sizes 1,64,256 --prompt-lengths 512 --steps 10
       bench 8b-lizard-cublas --shape llama3-8b --gemm cublas --batch-sizes 1,8,64,256 --prompt-lengths 512,8192 --steps 10
+      t0=$SECONDS
+      # The chunked Lizard attention op alone (kernels/lizard_attention/), issue #12's op figures.
+      timeout 120 "$bundle/libexec/lizard-bench-op" --iters 50 > "$OUT/bench-op.txt" 2>&1
+      note "lizard-bench-op: exit $? in $((SECONDS - t0)) s"
       t0=$SECONDS
       timeout 200 "$bundle/libexec/gpu_gemm_bench" > "$OUT/gemm-bench.txt" 2>&1
       note "gpu_gemm_bench: exit $? in $((SECONDS - t0)) s"
