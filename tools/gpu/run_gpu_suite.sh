@@ -15,7 +15,7 @@ if [[ ! -f $build/build.ninja ]]; then
   cmake -S "$repo" -B "$build" -G Ninja -DLIZARD_CUDA_ARCHS=90a -DCMAKE_BUILD_TYPE=Release
 fi
 ninja -C "$build" -j2 gpu_kernels_test gpu_cuda_backend_test gpu_gemm_test gpu_gemm_bench lizard-cli \
-  lizard-server lizard_cuda_plugin server_integration_test
+  lizard-server lizard_cuda_plugin server_integration_test gpu_lizard_chunked_test lizard-bench-op
 
 rm -rf "$bundle"
 # The server's integration tests run against a CUDA server too; the GPU machine has no protoc,
@@ -29,6 +29,7 @@ protoc -I "$repo/proto" --python_out="$bundle/py" --grpc_python_out="$bundle/py"
 sh "$repo/tools/bundle.sh" --model "$repo/models/lizard-tiny" \
   --extra "$build/tests/gpu/gpu_kernels_test" --extra "$build/tests/gpu/gpu_cuda_backend_test" \
   --extra "$build/tests/gpu/gpu_gemm_test" --extra "$build/tests/gpu/gpu_gemm_bench" \
+  --extra "$build/tests/gpu/gpu_lizard_chunked_test" --extra "$build/tools/lizard-bench-op" \
   --extra "$build/tests/server/server_integration_test" "$build" "$bundle"
 # The libraries travel xz-compressed (the CUDA toolkit's are large); on_device.sh unpacks them.
 tar -C "$bundle" -cf - lib | xz -T2 -6 > "$bundle/lib.tar.xz"
