@@ -98,33 +98,37 @@ void ModelForward::LizardAttention(int64_t layer, const std::vector<Segment>& se
     }
   }
 
+  // The op's arguments over every row of the step; each call takes one segment's rows.
+  const LizardAttentionArgs rows_args{
+      .length = rows,
+      .num_heads = h_count,
+      .num_kv_heads = kv_heads,
+      .head_dim = d,
+      .f2 = f2,
+      .window = config_.window_size,
+      .num_meta = config_.num_meta_tokens,
+      .normalize = config_.gla_normalize,
+      .fq = fq.data(),
+      .fk = fk.data(),
+      .feature_stride = fm_width,
+      .gate_logit = gate_logit.data(),
+      .gate_stride = h_count,
+      .q = a.q.data(),
+      .q_stride = q_width,
+      .k = a.k.data(),
+      .v = a.v.data(),
+      .kv_stride = kv_width,
+      .meta_logits = lw.meta_logits.data(),
+      .window_factor = lw.window_factor.data(),
+      .y_stride = q_width,
+  };
   // The op on KV head g (and its query heads) of one segment's rows.
   auto run = [&](const Segment& seg, int64_t g, auto op) {
-    LizardAttentionArgs args;
-    args.length = seg.length;
+    // Rows of the step belong to different sequences: the segment's own first position.
+    LizardAttentionArgs args = SubRows(rows_args, seg.row, seg.length);
     args.first_position = seg.first_position;
-    args.num_heads = h_count;
-    args.num_kv_heads = kv_heads;
-    args.head_dim = d;
-    args.f2 = f2;
-    args.window = config_.window_size;
-    args.num_meta = config_.num_meta_tokens;
-    args.normalize = config_.gla_normalize;
     args.kv_head_begin = g;
     args.kv_head_end = g + 1;
-    args.fq = fq.data() + seg.row * fm_width;
-    args.fk = fk.data() + seg.row * fm_width;
-    args.feature_stride = fm_width;
-    args.gate_logit = gate_logit.data() + seg.row * h_count;
-    args.gate_stride = h_count;
-    args.q = a.q.data() + seg.row * q_width;
-    args.q_stride = q_width;
-    args.k = a.k.data() + seg.row * kv_width;
-    args.v = a.v.data() + seg.row * kv_width;
-    args.kv_stride = kv_width;
-    args.meta_logits = lw.meta_logits.data();
-    args.window_factor = lw.window_factor.data();
-    args.y_stride = q_width;
     LizardSlotState state = states_.Lizard(seg.slot, layer);
     op(args, state, a.y.data() + seg.row * q_width);
   };

@@ -68,32 +68,33 @@ Inputs RandomInputs(int64_t length, double gate_mean, uint64_t seed) {
 // Rows [begin, end) of `in` at position first_position + begin, KV heads [g0, g1).
 LizardAttentionArgs Args(const Inputs& in, int64_t first_position, int64_t begin, int64_t end,
                          bool normalize, int64_t g0 = 0, int64_t g1 = kKvHeads) {
-  LizardAttentionArgs a;
-  a.length = end - begin;
-  a.first_position = first_position + begin;
-  a.num_heads = kHeads;
-  a.num_kv_heads = kKvHeads;
-  a.head_dim = kDim;
-  a.f2 = kF2;
-  a.window = kWindow;
-  a.num_meta = kMeta;
-  a.normalize = normalize;
-  a.kv_head_begin = g0;
-  a.kv_head_end = g1;
-  a.feature_stride = kHeads * kF2;
-  a.fq = in.fq.data() + begin * a.feature_stride;
-  a.fk = in.fk.data() + begin * a.feature_stride;
-  a.gate_stride = kHeads;
-  a.gate_logit = in.gate.data() + begin * kHeads;
-  a.q_stride = kHeads * kDim;
-  a.q = in.q.data() + begin * a.q_stride;
-  a.kv_stride = kKvHeads * kDim;
-  a.k = in.k.data() + begin * a.kv_stride;
-  a.v = in.v.data() + begin * a.kv_stride;
-  a.meta_logits = in.meta.data();
-  a.window_factor = in.factor.data();
-  a.y_stride = kHeads * kDim;
-  return a;
+  const LizardAttentionArgs all{
+      .length = end,
+      .first_position = first_position,
+      .num_heads = kHeads,
+      .num_kv_heads = kKvHeads,
+      .head_dim = kDim,
+      .f2 = kF2,
+      .window = kWindow,
+      .num_meta = kMeta,
+      .normalize = normalize,
+      .kv_head_begin = g0,
+      .kv_head_end = g1,
+      .fq = in.fq.data(),
+      .fk = in.fk.data(),
+      .feature_stride = kHeads * kF2,
+      .gate_logit = in.gate.data(),
+      .gate_stride = kHeads,
+      .q = in.q.data(),
+      .q_stride = kHeads * kDim,
+      .k = in.k.data(),
+      .v = in.v.data(),
+      .kv_stride = kKvHeads * kDim,
+      .meta_logits = in.meta.data(),
+      .window_factor = in.factor.data(),
+      .y_stride = kHeads * kDim,
+  };
+  return SubRows(all, begin, end - begin);
 }
 
 double RelError(const std::vector<float>& got, const std::vector<float>& want) {

@@ -35,6 +35,21 @@ struct LizardAttentionArgs {
   int64_t y_stride = 0;                  // between rows of y ([H, D] per row)
 };
 
+// Rows [begin, begin + length) of `args` as arguments of their own, at position
+// first_position + begin (their y starts at row `begin` of the caller's).
+inline LizardAttentionArgs SubRows(const LizardAttentionArgs& args, int64_t begin, int64_t length) {
+  LizardAttentionArgs sub = args;
+  sub.length = length;
+  sub.first_position = args.first_position + begin;
+  sub.fq = args.fq + begin * args.feature_stride;
+  sub.fk = args.fk + begin * args.feature_stride;
+  sub.gate_logit = args.gate_logit + begin * args.gate_stride;
+  sub.q = args.q + begin * args.q_stride;
+  sub.k = args.k + begin * args.kv_stride;
+  sub.v = args.v + begin * args.kv_stride;
+  return sub;
+}
+
 // One Lizard layer's state of one sequence (StateLayout's parts of a slot), updated in place.
 struct LizardSlotState {
   float* s = nullptr;         // [H, 2F, D] gated linear attention state

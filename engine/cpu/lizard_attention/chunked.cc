@@ -16,13 +16,8 @@ void LizardAttentionChunked(const LizardAttentionArgs& a, LizardSlotState& state
   const float scale = 1.0f / std::sqrt(static_cast<float>(d));
   for (int64_t start = 0; start < a.length; start += kLizardChunk) {
     const int64_t c = std::min(kLizardChunk, a.length - start);
-    const int64_t p0 = a.first_position + start;
-    const float* fq = a.fq + start * a.feature_stride;
-    const float* fk = a.fk + start * a.feature_stride;
-    const float* gate = a.gate_logit + start * a.gate_stride;
-    const float* q = a.q + start * a.q_stride;
-    const float* k = a.k + start * a.kv_stride;
-    const float* v = a.v + start * a.kv_stride;
+    const LizardAttentionArgs b = SubRows(a, start, c);
+    const int64_t p0 = b.first_position;
     float* yb = y + start * a.y_stride;
     // Keys of the window: the ring rows holding positions < p0, then the block's own.
     const int64_t filled = std::min(p0, w);
@@ -32,8 +27,8 @@ void LizardAttentionChunked(const LizardAttentionArgs& a, LizardSlotState& state
     std::vector<float> wk((filled + c) * d), wv((filled + c) * d), anchor(c * d);
     for (int64_t g = a.kv_head_begin; g < a.kv_head_end; ++g) {
       for (int64_t h = g * group; h < (g + 1) * group; ++h) {
-        GlaChunk(fq + h * f2, a.feature_stride, fk + h * f2, a.feature_stride, v + g * d,
-                 a.kv_stride, gate + h, a.gate_stride, c, f2, d, a.normalize,
+        GlaChunk(b.fq + h * f2, a.feature_stride, b.fk + h * f2, a.feature_stride, b.v + g * d,
+                 a.kv_stride, b.gate_logit + h, a.gate_stride, c, f2, d, a.normalize,
                  state.s + h * f2 * d, state.z + h * f2, yb + h * d, a.y_stride);
       }
       float* ring_k = state.window_k + g * w * d;
@@ -41,11 +36,11 @@ void LizardAttentionChunked(const LizardAttentionArgs& a, LizardSlotState& state
       std::memcpy(wk.data(), ring_k, filled * d * sizeof(float));
       std::memcpy(wv.data(), ring_v, filled * d * sizeof(float));
       for (int64_t t = 0; t < c; ++t) {
-        std::memcpy(wk.data() + (filled + t) * d, k + t * a.kv_stride + g * d, d * sizeof(float));
-        std::memcpy(wv.data() + (filled + t) * d, v + t * a.kv_stride + g * d, d * sizeof(float));
+        std::memcpy(wk.data() + (filled + t) * d, b.k + t * a.kv_stride + g * d, d * sizeof(float));
+        std::memcpy(wv.data() + (filled + t) * d, b.v + t * a.kv_stride + g * d, d * sizeof(float));
       }
       for (int64_t h = g * group; h < (g + 1) * group; ++h) {
-        SinkAttention(q + h * d, a.q_stride, c, p0, wk.data(), d, wv.data(), d, key_pos.data(),
+        SinkAttention(b.q + h * d, a.q_stride, c, p0, wk.data(), d, wv.data(), d, key_pos.data(),
                       filled + c, w, a.meta_logits + h * m, m, d, scale, anchor.data(), d);
         AddAnchor(a.window_factor[h], anchor.data(), c, d, yb + h * d, a.y_stride);
       }
