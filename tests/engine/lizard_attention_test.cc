@@ -18,8 +18,8 @@ namespace {
 
 constexpr int64_t kHeads = 4, kKvHeads = 2, kDim = 16, kF2 = 16, kWindow = 32, kMeta = 4;
 
-// Relative Frobenius error of float32 results against the float64 naive form: measured at most
-// about 1e-6 on these shapes (sums over up to 300 tokens); 1e-5 leaves room for other CPUs.
+// Relative Frobenius error of float32 results (y, S, z) against the float64 naive form: measured
+// at most 4e-7 here (sums over up to 340 tokens); 1e-5 leaves room for other CPUs and libms.
 constexpr double kTol = 1e-5;
 
 using Op = void (*)(const LizardAttentionArgs&, LizardSlotState&, float*);
