@@ -7,7 +7,6 @@
 #include "engine/cuda/forward.h"
 
 #include <algorithm>
-#include <string>
 
 #include "absl/strings/str_cat.h"
 #include "engine/model/rope.h"
@@ -273,7 +272,9 @@ absl::Status ForwardPass::RunStep(const std::vector<StepSeq>& seqs,
   // copied straight into the output vector (the driver pipelines its staging copy with the DMA,
   // which beats a pinned buffer plus a second host copy for these large rows).
   auto emit_rows = [&](int first, int n) -> absl::Status {
-    if (!sampling.empty()) return sampler_.Sample(logits_.get<float>(), V_, sampling.data() + base_rows + first, n, base_rows + first, out);
+    if (!sampling.empty()) {
+      return sampler_.Sample(logits_.get<float>(), V_, sampling.data() + base_rows + first, n, base_rows + first, out);
+    }
     LIZARD_CUDA_RETURN(cudaMemcpyAsync(out->logits.data() + (base_rows + first) * V_, logits_.get(),
                                        static_cast<size_t>(n) * V_ * sizeof(float), cudaMemcpyDeviceToHost, stream_));
     return CudaStatus(cudaStreamSynchronize(stream_), "logits");

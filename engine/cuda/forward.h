@@ -7,11 +7,9 @@
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
-#include <memory>
 #include <vector>
 
 #include "absl/status/status.h"
-#include "absl/status/statusor.h"
 #include "engine/cuda/device_memory.h"
 #include "engine/cuda/graph_cache.h"
 #include "engine/cuda/sampler.h"
