@@ -67,13 +67,13 @@ absl::StatusOr<std::unique_ptr<Backend>> LoadBackend(const BackendOptions& optio
   int files = 0;
   int64_t bytes = 0;
   std::error_code error;
-  for (const auto& entry : std::filesystem::directory_iterator(options.model_dir, error)) {
+  for (const auto& entry : std::filesystem::directory_iterator(options.weights.model_dir, error)) {
     if (entry.path().extension() != ".safetensors") continue;
     ++files;
     bytes += static_cast<int64_t>(entry.file_size(error));
   }
   const double mib = static_cast<double>(bytes) / (1 << 20);
-  LogInfo(absl::StrFormat("loading model %s: %d safetensors files, %.1f MiB", options.model_dir,
+  LogInfo(absl::StrFormat("loading model %s: %d safetensors files, %.1f MiB", options.weights.model_dir,
                           files, mib));
   const absl::Time start = absl::Now();
   absl::Notification loaded;
