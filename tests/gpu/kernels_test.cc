@@ -1,8 +1,9 @@
 // Each CUDA kernel against a plain CPU version (engine/cpu/ops.h, itself tested against naive
 // references) on fresh random inputs; the Lizard attention op's kernels are in
-// lizard_attention_test.cc (the same binary). Tolerances, as ||gpu - cpu|| / ||cpu||: float32 outputs
-// 1e-5, bf16 outputs (or bf16-stored inputs) 1e-2. The sampling kernels are held to the host
-// sampler (engine/sampling/sampler.h) exactly: same processed logits, same tokens.
+// lizard_attention_test.cc (the same binary). Tolerances (gpu_test_util.h), as
+// ||gpu - cpu|| / ||cpu||: float32 outputs 1e-5, bf16 outputs (or bf16-stored inputs) 1e-2.
+// The sampling kernels are held to the host sampler (engine/sampling/sampler.h) exactly: same
+// processed logits, same tokens.
 #include <algorithm>
 #include <cmath>
 #include <map>
