@@ -1,4 +1,5 @@
-// Owning handles for device and pinned host memory, and a Status wrapper for CUDA errors.
+// Owning handles for device and pinned host memory, a Status wrapper for CUDA errors, and the
+// early-return macros every engine/cuda file uses.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -19,10 +20,14 @@ inline absl::Status CudaStatus(cudaError_t e, const char* what) {
   return absl::InternalError(absl::StrCat(what, ": ", cudaGetErrorString(e)));
 }
 
-#define LIZARD_CUDA_RETURN(expr)                                          \
-  do {                                                                    \
-    if (absl::Status _s = ::lizard::cuda::CudaStatus((expr), #expr); !_s.ok()) return _s; \
+// Returns the absl::Status of `expr` from the enclosing function when it is not OK.
+#define LIZARD_RETURN_IF_ERROR(expr)                   \
+  do {                                                 \
+    if (absl::Status _s = (expr); !_s.ok()) return _s; \
   } while (0)
+
+// Returns a failed CUDA call (`expr` yields a cudaError_t) as a Status naming the call.
+#define LIZARD_CUDA_RETURN(expr) LIZARD_RETURN_IF_ERROR(::lizard::cuda::CudaStatus((expr), #expr))
 
 // Owned bytes from one CUDA allocator pair, freed on destruction (and before a new Allocate).
 template <cudaError_t (*kAlloc)(void**, size_t), cudaError_t (*kFree)(void*)>

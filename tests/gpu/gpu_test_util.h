@@ -13,6 +13,11 @@
 
 namespace lizard::gputest {
 
+// Relative error bounds (||gpu - cpu|| / ||cpu||) of the kernel tests: float32 outputs, and bf16
+// outputs (or bf16-stored inputs).
+inline constexpr double kF32Tol = 1e-5;
+inline constexpr double kBf16Tol = 1e-2;
+
 #define CUDA_OK(expr) ASSERT_EQ((expr), cudaSuccess) << cudaGetErrorString(cudaGetLastError())
 
 // A device copy of a host vector (or `n` uninitialised elements).

@@ -1,7 +1,7 @@
 // Stores the window keys/values of multi-token sequences into their ring rows (p % w). A separate
 // launch because LizardWindow still reads the ring rows these tokens replace.
 #include "kernels/common.cuh"
-#include "kernels/kernels.h"
+#include "kernels/lizard_attention/lizard_attention.h"
 
 namespace lizard::kernels {
 namespace {

@@ -2,9 +2,9 @@
 // the Hedgehog feature maps of q and k (softmaxes of the logits of a preceding batched GEMM), the
 // sigmoid forget gate, and the anchor window attention with meta-memory sinks (times
 // window_factor). Decode tokens (one per sequence) also advance the normaliser z and write their
-// K/V into the ring here; see kernels.h for the split of work.
+// K/V into the ring here; see lizard_attention.h for the split of work.
 #include "kernels/common.cuh"
-#include "kernels/kernels.h"
+#include "kernels/lizard_attention/lizard_attention.h"
 
 namespace lizard::kernels {
 namespace {

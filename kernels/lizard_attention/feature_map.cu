@@ -4,7 +4,7 @@
 // tokens sharing the launch (batch invariance; a library GEMM may pick another kernel, hence
 // another summation order, for another T).
 #include "kernels/common.cuh"
-#include "kernels/kernels.h"
+#include "kernels/lizard_attention/lizard_attention.h"
 
 namespace lizard::kernels {
 namespace {

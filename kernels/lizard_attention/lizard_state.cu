@@ -3,7 +3,7 @@
 // the whole reduction dimension (all 2F rows of S) and a slice of 32 value columns, so the
 // readout reduces inside the block; the slice lives in registers across the sequence's tokens.
 #include "kernels/common.cuh"
-#include "kernels/kernels.h"
+#include "kernels/lizard_attention/lizard_attention.h"
 
 namespace lizard::kernels {
 namespace {

@@ -3,7 +3,7 @@
 // in registers for the whole chunk (rounded as stored after every token). Decode tokens were
 // handled inside LizardWindow with the same NormalizerStep, so any chunking gives the same bits.
 #include "kernels/common.cuh"
-#include "kernels/kernels.h"
+#include "kernels/lizard_attention/lizard_attention.h"
 
 namespace lizard::kernels {
 namespace {

@@ -1,0 +1,337 @@
+// ForwardPass: see forward.h.
+//
+// One step runs as: embedding -> per layer [add+RMSNorm -> fused QKV+gate GEMM -> attention
+// (Lizard kernels or paged softmax attention) -> O GEMM -> add+RMSNorm -> gate|up GEMM ->
+// SwiGLU -> down GEMM] -> final norm -> LM head on the rows that need logits. Decode-only steps
+// of pure Lizard models replay a CUDA graph captured per batch-size bucket.
+#include "engine/cuda/forward.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "engine/model/rope.h"
+
+namespace lizard::cuda {
+namespace {
+
+using bf16 = __nv_bfloat16;
+namespace k = kernels;
+
+absl::Status CublasStatus(cublasStatus_t s, const char* what) {
+  if (s == CUBLAS_STATUS_SUCCESS) return absl::OkStatus();
+  return absl::InternalError(absl::StrCat(what, ": cuBLAS status ", static_cast<int>(s)));
+}
+
+// Tokens per internal step: larger plans are cut into pieces of at most this many tokens.
+constexpr int kMaxStepTokens = 2048;
+// Rows of logits computed per LM-head GEMM.
+constexpr int kMaxLogitRows = 256;
+// Decode batch sizes with a captured CUDA graph (a batch is padded up to the next one).
+constexpr int kGraphBuckets[] = {1, 2, 4, 8, 16, 32, 64, 128, 256};
+
+// The int32 arrays describing one internal step, copied to the device in one transfer.
+enum MetaField {
+  kTokIds, kTokSlot, kTokPos, kTokFirstRow, kTokFirstPos, kTokSingle,
+  kSeqSlot, kSeqFirstRow, kSeqNumTokens, kSeqFirstPos, kLogitRows, kNumMetaFields
+};
+
+}  // namespace
+
+absl::Status CheckKernelLimits(const ModelConfig& config) {
+  if (config.head_dim % 2 != 0 || config.head_dim > 256) {
+    return absl::InvalidArgumentError("CUDA backend: head_dim must be even and <= 256");
+  }
+  if (config.num_lizard_layers() > 0 && 2 * config.feature_dim > 256) {
+    return absl::InvalidArgumentError("CUDA backend: feature_dim must be <= 128");
+  }
+  return absl::OkStatus();
+}
+
+ForwardPass::~ForwardPass() {
+  if (cublas_ != nullptr) cublasDestroy(cublas_);
+}
+
+absl::Status ForwardPass::Init(const ModelConfig& config, const DeviceWeights& weights, StatePool& state,
+                               bool batch_invariant, cudaStream_t stream) {
+  config_ = config;
+  weights_ = &weights;
+  state_ = &state;
+  batch_invariant_ = batch_invariant;
+  stream_ = stream;
+  Hd_ = static_cast<int>(config_.hidden_size);
+  H_ = static_cast<int>(config_.num_heads);
+  Hkv_ = static_cast<int>(config_.num_kv_heads);
+  D_ = static_cast<int>(config_.head_dim);
+  F_ = static_cast<int>(config_.feature_dim);
+  I_ = static_cast<int>(config_.intermediate_size);
+  V_ = static_cast<int>(config_.vocab_size);
+  n_qkv_ = (H_ + 2 * Hkv_) * D_;
+  dims_.heads = H_;
+  dims_.kv_heads = Hkv_;
+  dims_.head_dim = D_;
+  dims_.features = F_;
+  dims_.window = static_cast<int>(config_.window_size);
+  dims_.meta = static_cast<int>(config_.num_meta_tokens);
+  dims_.window_rope = config_.window_rope;
+  dims_.normalize = config_.gla_normalize;
+
+  LIZARD_RETURN_IF_ERROR(CublasStatus(cublasCreate(&cublas_), "cublasCreate"));
+  LIZARD_RETURN_IF_ERROR(CublasStatus(cublasSetStream(cublas_, stream_), "cublasSetStream"));
+  // A fixed workspace keeps cuBLAS from allocating during graph capture.
+  LIZARD_RETURN_IF_ERROR(cublas_workspace_.Allocate(32 << 20));
+  LIZARD_RETURN_IF_ERROR(CublasStatus(
+      cublasSetWorkspace(cublas_, cublas_workspace_.get(), cublas_workspace_.bytes()), "cublasSetWorkspace"));
+
+  const std::vector<double> inv_freq = RopeInverseFrequencies(config_);
+  LIZARD_RETURN_IF_ERROR(inv_freq_.Allocate(inv_freq.size() * sizeof(double)));
+  LIZARD_CUDA_RETURN(cudaMemcpyAsync(inv_freq_.get(), inv_freq.data(), inv_freq_.bytes(), cudaMemcpyHostToDevice, stream_));
+  LIZARD_CUDA_RETURN(cudaStreamSynchronize(stream_));
+  LIZARD_RETURN_IF_ERROR(AllocateActivations());
+  return sampler_.Init(kMaxLogitRows, stream_);
+}
+
+absl::Status ForwardPass::AllocateActivations() {
+  const int64_t T = kMaxStepTokens, f = sizeof(float), b = sizeof(bf16);
+  const int64_t F2 = 2 * static_cast<int64_t>(F_);
+  LIZARD_RETURN_IF_ERROR(x_.Allocate(T * Hd_ * f));
+  LIZARD_RETURN_IF_ERROR(delta_.Allocate(T * Hd_ * f));
+  LIZARD_RETURN_IF_ERROR(u_.Allocate(T * Hd_ * b));
+  LIZARD_RETURN_IF_ERROR(qkvg_.Allocate(T * (n_qkv_ + H_) * f));
+  LIZARD_RETURN_IF_ERROR(krot_.Allocate(T * Hkv_ * D_ * f));
+  LIZARD_RETURN_IF_ERROR(y_.Allocate(T * H_ * D_ * b));
+  LIZARD_RETURN_IF_ERROR(gate_up_.Allocate(T * 2 * I_ * f));
+  LIZARD_RETURN_IF_ERROR(act_.Allocate(T * I_ * b));
+  if (config_.num_lizard_layers() > 0) {
+    LIZARD_RETURN_IF_ERROR(fq_.Allocate(T * H_ * F2 * f));
+    LIZARD_RETURN_IF_ERROR(fk_.Allocate(T * H_ * F2 * f));
+    LIZARD_RETURN_IF_ERROR(gamma_.Allocate(T * H_ * f));
+    LIZARD_RETURN_IF_ERROR(den_.Allocate(T * H_ * f));
+    LIZARD_RETURN_IF_ERROR(yw_.Allocate(T * H_ * D_ * f));
+    LIZARD_RETURN_IF_ERROR(fmap_logits_.Allocate(T * 2 * H_ * F_ * f));
+  }
+  if (config_.num_softmax_layers() > 0) {
+    LIZARD_RETURN_IF_ERROR(qrot_.Allocate(T * H_ * D_ * f));
+    partial_entries_ = T * H_ + 8192;
+    LIZARD_RETURN_IF_ERROR(partial_.Allocate(partial_entries_ * (D_ + 2) * f));
+  }
+  LIZARD_RETURN_IF_ERROR(logit_in_.Allocate(int64_t{kMaxLogitRows} * Hd_ * b));
+  LIZARD_RETURN_IF_ERROR(logits_.Allocate(int64_t{kMaxLogitRows} * V_ * f));
+  LIZARD_RETURN_IF_ERROR(meta_.Allocate(int64_t{kNumMetaFields} * T * sizeof(int32_t)));
+  LIZARD_RETURN_IF_ERROR(meta_host_.Allocate(meta_.bytes()));
+  // The largest split-K workspace of the projections' shapes (one workspace: calls are ordered
+  // on the stream).
+  size_t workspace = 0;
+  for (auto [in, out] : {std::pair{Hd_, n_qkv_ + H_}, std::pair{Hd_, n_qkv_}, std::pair{H_ * D_, Hd_},
+                         std::pair{Hd_, 2 * I_}, std::pair{I_, Hd_}, std::pair{Hd_, V_}}) {
+    workspace = std::max(workspace, k::GemmBf16WorkspaceBytes(in, out));
+  }
+  LIZARD_RETURN_IF_ERROR(gemm_workspace_.Allocate(workspace));
+  return absl::OkStatus();
+}
+
+absl::Status ForwardPass::Gemm(const bf16* x, int rows, int in, const DeviceBuffer& w, int out, float* y) {
+  if (batch_invariant_) {
+    LIZARD_CUDA_RETURN(k::GemmBf16(x, rows, in, w.get<bf16>(), out, y, gemm_workspace_.get(), stream_));
+    return absl::OkStatus();
+  }
+  // Row-major y[rows, out] = x[rows, in] w[out, in]^T, i.e. column-major y^T = w^T' x^T'.
+  const float one = 1.f, zero = 0.f;
+  return CublasStatus(cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, out, rows, in, &one, w.get(), CUDA_R_16BF, in,
+                                   x, CUDA_R_16BF, in, &zero, y, CUDA_R_32F, out, CUBLAS_COMPUTE_32F,
+                                   CUBLAS_GEMM_DEFAULT),
+                      "cublasGemmEx");
+}
+
+absl::Status ForwardPass::EnqueueModel(int T, int S, bool multi, int max_keys) {
+  const int32_t* meta = meta_.get<int32_t>();
+  auto field = [&](MetaField f) { return meta + static_cast<int64_t>(f) * kMaxStepTokens; };
+  float* x = x_.get<float>();
+  float* delta = delta_.get<float>();
+  bf16* u = u_.get<bf16>();
+  float* qkvg = qkvg_.get<float>();
+  bf16* y = y_.get<bf16>();
+  const float eps = static_cast<float>(config_.rms_norm_eps);
+  const int qd = H_ * D_, kd = Hkv_ * D_;
+
+  k::TokenMeta tokens{field(kTokSlot), field(kTokPos), field(kTokFirstRow), field(kTokFirstPos), field(kTokSingle)};
+  k::SeqMeta seqs{field(kSeqSlot), field(kSeqFirstRow), field(kSeqNumTokens)};
+  k::LizardScratch scratch{fq_.get<float>(), fk_.get<float>(), gamma_.get<float>(), den_.get<float>(), yw_.get<float>()};
+
+  LIZARD_CUDA_RETURN(k::EmbeddingGather(weights_->embed.get<bf16>(), field(kTokIds), T, Hd_, x, stream_));
+  for (size_t l = 0; l < weights_->layers.size(); ++l) {
+    const DeviceLayer& L = weights_->layers[l];
+    const bool liz = L.type == LayerType::kLizard;
+    const int ld = n_qkv_ + (liz ? H_ : 0);
+    LIZARD_CUDA_RETURN(k::AddRmsNorm(x, l == 0 ? nullptr : delta, L.input_norm.get<float>(), T, Hd_, eps, u, stream_));
+    LIZARD_RETURN_IF_ERROR(Gemm(u, T, Hd_, L.w_qkvg, ld, qkvg));
+    if (L.b_qkvg.bytes() > 0) LIZARD_CUDA_RETURN(k::AddBias(qkvg, ld, L.b_qkvg.get<float>(), T, ld, stream_));
+
+    // Keys after RoPE (or the raw keys when the window has no RoPE).
+    const float* krot = qkvg + qd;
+    int krot_ld = ld;
+    if (!liz || config_.window_rope) {
+      LIZARD_CUDA_RETURN(k::Rope(qkvg + qd, ld, krot_.get<float>(), kd, field(kTokPos), T, Hkv_, D_,
+                                 inv_freq_.get<double>(), stream_));
+      krot = krot_.get<float>();
+      krot_ld = kd;
+    }
+    if (liz) {
+      const k::LizardStateRef state = state_->LizardLayer(L.lizard_index);
+      LIZARD_CUDA_RETURN(k::FeatureMapLogits(qkvg, ld, T, H_, Hkv_, D_, F_, L.fmap_q.get<float>(), L.fmap_k.get<float>(),
+                                             fmap_logits_.get<float>(), stream_));
+      k::LizardParams params{fmap_logits_.get<float>(), L.fmap_q_bias.get<float>(), L.fmap_k_bias.get<float>(),
+                             L.meta_logits.get<float>(), L.window_factor.get<float>()};
+      LIZARD_CUDA_RETURN(k::LizardWindow(dims_, qkvg, ld, krot, krot_ld, inv_freq_.get<double>(), tokens, T, params,
+                                         state, scratch, stream_));
+      if (multi) {
+        LIZARD_CUDA_RETURN(k::LizardNormalizer(dims_, seqs, S, state, scratch, stream_));
+        LIZARD_CUDA_RETURN(k::LizardRingWrite(dims_, qkvg, ld, krot, krot_ld, seqs, field(kSeqFirstPos), S, state, stream_));
+      }
+      LIZARD_CUDA_RETURN(k::LizardState(dims_, qkvg, ld, seqs, S, state, scratch, y, stream_));
+    } else {
+      LIZARD_CUDA_RETURN(k::Rope(qkvg, ld, qrot_.get<float>(), qd, field(kTokPos), T, H_, D_, inv_freq_.get<double>(), stream_));
+      const k::PagedKv kv = state_->SoftmaxLayer(L.softmax_index);
+      LIZARD_CUDA_RETURN(k::PagedKvWrite(krot, krot_ld, qkvg + qd + kd, ld, field(kTokSlot), field(kTokPos), T, kv, stream_));
+      LIZARD_CUDA_RETURN(k::PagedAttention(qrot_.get<float>(), qd, field(kTokSlot), field(kTokPos), T, H_, max_keys, kv,
+                                           partial_.get<float>(), partial_entries_, y, stream_));
+    }
+    LIZARD_RETURN_IF_ERROR(Gemm(y, T, qd, L.w_o, Hd_, delta));
+    if (L.b_o.bytes() > 0) LIZARD_CUDA_RETURN(k::AddBias(delta, Hd_, L.b_o.get<float>(), T, Hd_, stream_));
+    LIZARD_CUDA_RETURN(k::AddRmsNorm(x, delta, L.post_norm.get<float>(), T, Hd_, eps, u, stream_));
+    LIZARD_RETURN_IF_ERROR(Gemm(u, T, Hd_, L.w_gate_up, 2 * I_, gate_up_.get<float>()));
+    LIZARD_CUDA_RETURN(k::SwiGlu(gate_up_.get<float>(), T, I_, act_.get<bf16>(), stream_));
+    LIZARD_RETURN_IF_ERROR(Gemm(act_.get<bf16>(), T, I_, L.w_down, Hd_, delta));
+  }
+  LIZARD_CUDA_RETURN(k::AddRmsNorm(x, delta, weights_->final_norm.get<float>(), T, Hd_, eps, u, stream_));
+  return absl::OkStatus();
+}
+
+absl::Status ForwardPass::EnqueueLogits(int first, int R) {
+  const int32_t* rows = meta_.get<int32_t>() + static_cast<int64_t>(kLogitRows) * kMaxStepTokens + first;
+  LIZARD_CUDA_RETURN(k::GatherRowsBf16(u_.get<bf16>(), rows, R, Hd_, logit_in_.get<bf16>(), stream_));
+  return Gemm(logit_in_.get<bf16>(), R, Hd_, weights_->head(), V_, logits_.get<float>());
+}
+
+absl::Status ForwardPass::RunStep(const std::vector<StepSeq>& seqs,
+                                  const std::vector<RowSampling>& sampling, StepOutput* out) {
+  // Softmax layers need pages for the new tokens before anything runs.
+  for (const StepSeq& s : seqs) LIZARD_RETURN_IF_ERROR(state_->EnsurePages(s.slot, s.first_pos + s.n));
+
+  // Decode-only steps (every chunk one token) of pure Lizard models replay a graph; padding rows
+  // use slot -1.
+  const bool decode_only = std::all_of(seqs.begin(), seqs.end(), [](const StepSeq& s) { return s.n == 1; });
+  int bucket = 0;
+  if (decode_only && state_->layout().num_softmax_layers == 0) {
+    for (int b : kGraphBuckets) {
+      if (b >= static_cast<int>(seqs.size()) && b <= kMaxLogitRows) {
+        bucket = b;
+        break;
+      }
+    }
+  }
+
+  int32_t* meta = meta_host_.get<int32_t>();
+  auto field = [&](MetaField f) { return meta + static_cast<int64_t>(f) * kMaxStepTokens; };
+  int T = 0, R = 0, max_keys = 1;
+  bool multi = false;
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    const StepSeq& s = seqs[i];
+    field(kSeqSlot)[i] = s.slot;
+    field(kSeqFirstRow)[i] = T;
+    field(kSeqNumTokens)[i] = s.n;
+    field(kSeqFirstPos)[i] = static_cast<int32_t>(s.first_pos);
+    multi |= s.n > 1;
+    max_keys = std::max<int>(max_keys, static_cast<int>(s.first_pos + s.n));
+    for (int t = 0; t < s.n; ++t, ++T) {
+      field(kTokIds)[T] = s.tokens[t];
+      field(kTokSlot)[T] = s.slot;
+      field(kTokPos)[T] = static_cast<int32_t>(s.first_pos + t);
+      field(kTokFirstRow)[T] = T - t;
+      field(kTokFirstPos)[T] = static_cast<int32_t>(s.first_pos);
+      field(kTokSingle)[T] = s.n == 1;
+      if (s.logits == LogitsMode::kAll || (s.logits == LogitsMode::kLast && t == s.n - 1)) field(kLogitRows)[R++] = T;
+    }
+  }
+  int S = static_cast<int>(seqs.size());
+  if (bucket > 0) {
+    for (; T < bucket; ++T, ++S) {
+      field(kSeqSlot)[S] = -1, field(kSeqFirstRow)[S] = T, field(kSeqNumTokens)[S] = 1, field(kSeqFirstPos)[S] = 0;
+      field(kTokIds)[T] = 0, field(kTokSlot)[T] = -1, field(kTokPos)[T] = -1;
+      field(kTokFirstRow)[T] = T, field(kTokFirstPos)[T] = -1, field(kTokSingle)[T] = 1;
+    }
+    // The graph computes logits for `bucket` rows: the R real ones (a one-token chunk with
+    // logits kNone has none), then any valid rows, whose logits are never read.
+    for (int r = R; r < bucket; ++r) field(kLogitRows)[r] = r;
+  }
+  LIZARD_CUDA_RETURN(cudaMemcpyAsync(meta_.get(), meta, meta_.bytes(), cudaMemcpyHostToDevice, stream_));
+
+  const int64_t base_rows = out->rows;
+  out->rows += R;
+  if (sampling.empty()) out->logits.resize(static_cast<size_t>(out->rows) * V_);
+  // logits_ rows [0, n) are the step's rows first .. first + n - 1: sampled on the device, or
+  // copied straight into the output vector (the driver pipelines its staging copy with the DMA,
+  // which beats a pinned buffer plus a second host copy for these large rows).
+  auto emit_rows = [&](int first, int n) -> absl::Status {
+    if (!sampling.empty()) {
+      return sampler_.Sample(logits_.get<float>(), V_, sampling.data() + base_rows + first, n, base_rows + first, out);
+    }
+    LIZARD_CUDA_RETURN(cudaMemcpyAsync(out->logits.data() + (base_rows + first) * V_, logits_.get(),
+                                       static_cast<size_t>(n) * V_ * sizeof(float), cudaMemcpyDeviceToHost, stream_));
+    return CudaStatus(cudaStreamSynchronize(stream_), "logits");
+  };
+
+  if (bucket > 0) {
+    LIZARD_RETURN_IF_ERROR(graphs_.Launch(bucket, stream_, [&] {
+      LIZARD_RETURN_IF_ERROR(EnqueueModel(bucket, bucket, false, 1));
+      return EnqueueLogits(0, bucket);
+    }));
+    LIZARD_RETURN_IF_ERROR(emit_rows(0, R));
+  } else {
+    LIZARD_RETURN_IF_ERROR(EnqueueModel(T, S, multi, max_keys));
+    for (int first = 0; first < R; first += kMaxLogitRows) {
+      const int n = std::min(kMaxLogitRows, R - first);
+      LIZARD_RETURN_IF_ERROR(EnqueueLogits(first, n));
+      LIZARD_RETURN_IF_ERROR(emit_rows(first, n));
+    }
+    LIZARD_CUDA_RETURN(cudaStreamSynchronize(stream_));
+  }
+  for (const StepSeq& s : seqs) state_->SetPosition(s.slot, s.first_pos + s.n);
+  return absl::OkStatus();
+}
+
+absl::Status ForwardPass::Run(const StepPlan& plan, StepOutput* out) {
+  out->Reset(0, V_);  // rows grow as the logits are produced
+  if (plan.sampling.empty()) {
+    out->logits.reserve(static_cast<size_t>(plan.num_logits_rows()) * V_);
+  } else {
+    out->tokens.resize(plan.sampling.size());
+    out->logprobs.resize(plan.sampling.size());
+  }
+
+  // Pack the plan into internal steps of at most kMaxStepTokens tokens, in output-row order
+  // (chunks in order; a long chunk is cut into consecutive pieces).
+  std::vector<StepSeq> step;
+  int step_tokens = 0;
+  auto flush = [&]() -> absl::Status {
+    if (step.empty()) return absl::OkStatus();
+    absl::Status st = RunStep(step, plan.sampling, out);
+    step.clear();
+    step_tokens = 0;
+    return st;
+  };
+  for (const SequenceChunk& c : plan.chunks) {
+    const int n = static_cast<int>(c.tokens.size());
+    for (int done = 0; done < n;) {
+      if (step_tokens == kMaxStepTokens) LIZARD_RETURN_IF_ERROR(flush());
+      const int take = std::min(n - done, kMaxStepTokens - step_tokens);
+      LogitsMode mode = c.logits;
+      if (mode == LogitsMode::kLast && done + take < n) mode = LogitsMode::kNone;
+      step.push_back({c.slot, c.first_position + done, c.tokens.data() + done, take, mode});
+      step_tokens += take;
+      done += take;
+    }
+  }
+  return flush();
+}
+
+}  // namespace lizard::cuda

@@ -1,0 +1,91 @@
+// ForwardPass: the CUDA backend's model over a StepPlan. It packs the plan's chunks into
+// internal steps, enqueues every layer's kernels and projections on the stream, computes the
+// logits rows, and either copies them out or has DeviceSampler sample them. Decode-only steps of
+// pure Lizard models replay a CUDA graph per batch-size bucket (GraphCache).
+#pragma once
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <vector>
+
+#include "absl/status/status.h"
+#include "engine/cuda/device_memory.h"
+#include "engine/cuda/graph_cache.h"
+#include "engine/cuda/sampler.h"
+#include "engine/cuda/state_pool.h"
+#include "engine/cuda/weights.h"
+#include "engine/model/model_config.h"
+#include "engine/step_plan.h"
+#include "kernels/kernels.h"
+
+namespace lizard::cuda {
+
+// OK when the kernels support `config`'s shapes (head_dim even and <= 256, feature_dim <= 128).
+absl::Status CheckKernelLimits(const ModelConfig& config);
+
+class ForwardPass {
+ public:
+  ForwardPass() = default;
+  ForwardPass(const ForwardPass&) = delete;
+  ForwardPass& operator=(const ForwardPass&) = delete;
+  ~ForwardPass();
+
+  // Allocates the activations for the largest internal step of a model CheckKernelLimits
+  // accepted. `weights` and `state` must outlive this; `stream` is the
+  // caller's. Projections go through kernels::GemmBf16 when `batch_invariant`, else cuBLAS.
+  absl::Status Init(const ModelConfig& config, const DeviceWeights& weights, StatePool& state,
+                    bool batch_invariant, cudaStream_t stream);
+
+  // Runs a plan ValidateStepPlan accepted (Backend::Forward's contract).
+  absl::Status Run(const StepPlan& plan, StepOutput* out);
+
+ private:
+  // One sequence's share of an internal step.
+  struct StepSeq {
+    SlotId slot = -1;
+    int64_t first_pos = 0;
+    const int32_t* tokens = nullptr;
+    int n = 0;
+    LogitsMode logits = LogitsMode::kNone;
+  };
+
+  absl::Status AllocateActivations();
+  absl::Status Gemm(const __nv_bfloat16* x, int rows, int in, const DeviceBuffer& w, int out, float* y);
+  // Runs the sequences of one internal step (at most kMaxStepTokens tokens) and appends their
+  // rows to `out`: logits, or with `sampling` (the whole plan's rows) the sampled tokens.
+  absl::Status RunStep(const std::vector<StepSeq>& seqs, const std::vector<RowSampling>& sampling, StepOutput* out);
+  // Enqueues the whole model for `T` token rows and `S` sequences already described in the
+  // device meta buffer; the final normed rows are left in u_. `multi` tells whether any sequence
+  // has several tokens; `max_keys` is the longest softmax attention span.
+  absl::Status EnqueueModel(int T, int S, bool multi, int max_keys);
+  // LM head for `R` rows listed in the meta buffer, starting at row `first`, into logits_.
+  absl::Status EnqueueLogits(int first, int R);
+
+  ModelConfig config_;
+  const DeviceWeights* weights_ = nullptr;
+  StatePool* state_ = nullptr;
+  cudaStream_t stream_ = nullptr;
+  cublasHandle_t cublas_ = nullptr;
+  DeviceBuffer cublas_workspace_;
+  bool batch_invariant_ = true;  // projections by kernels::GemmBf16, else cuBLAS
+  DeviceBuffer gemm_workspace_;  // kernels::GemmBf16's split-K partial sums
+
+  // Sizes.
+  int Hd_ = 0, H_ = 0, Hkv_ = 0, D_ = 0, F_ = 0, I_ = 0, V_ = 0, n_qkv_ = 0;
+  kernels::LizardDims dims_;
+  DeviceBuffer inv_freq_;  // RoPE inverse frequencies (double)
+
+  // Activations for kMaxStepTokens rows.
+  DeviceBuffer x_, delta_, u_, qkvg_, krot_, qrot_, y_, gate_up_, act_;
+  DeviceBuffer fq_, fk_, gamma_, den_, yw_, partial_, fmap_logits_;
+  int64_t partial_entries_ = 0;
+  DeviceBuffer logit_in_, logits_;
+  DeviceBuffer meta_;
+  PinnedBuffer meta_host_;
+
+  DeviceSampler sampler_;
+  GraphCache graphs_;
+};
+
+}  // namespace lizard::cuda

@@ -1,0 +1,216 @@
+// StatePool: see state_pool.h.
+#include "engine/cuda/state_pool.h"
+
+#include <algorithm>
+#include <limits>
+
+#include "absl/strings/str_cat.h"
+
+namespace lizard::cuda {
+namespace {
+
+// The longest context a slot's page table covers, at least.
+constexpr int64_t kMinMaxContext = 132 * 1024;
+// Device memory left free after the KV page pool (cuBLAS, graphs, fragmentation).
+constexpr int64_t kReserveBytes = int64_t{1} << 30;
+
+}  // namespace
+
+kernels::StoreType StoreTypeOf(DType d) {
+  return d == DType::kBF16 ? kernels::StoreType::kBF16 : kernels::StoreType::kF32;
+}
+
+absl::Status StatePool::Init(const ModelConfig& config, const StateLayout& layout, int32_t num_slots,
+                             cudaStream_t stream) {
+  config_ = config;
+  layout_ = layout;
+  num_slots_ = num_slots;
+  stream_ = stream;
+  LIZARD_RETURN_IF_ERROR(pool_.Allocate(static_cast<size_t>(num_slots_) * layout_.slot_bytes));
+  LIZARD_CUDA_RETURN(cudaMemsetAsync(pool_.get(), 0, pool_.bytes(), stream_));
+  positions_.assign(num_slots_, 0);
+  return absl::OkStatus();
+}
+
+absl::Status StatePool::AllocateKvPages() {
+  if (layout_.num_softmax_layers == 0) return absl::OkStatus();
+  const int64_t max_context = std::max<int64_t>(config_.max_position_embeddings, kMinMaxContext);
+  const int64_t max_pages = (max_context + kPageSize - 1) / kPageSize;
+  // The kernels index the page table [num_slots, max_pages] with int32.
+  if (max_pages > std::numeric_limits<int32_t>::max() / std::max(num_slots_, 1)) {
+    return absl::InvalidArgumentError(absl::StrCat("max_position_embeddings ", config_.max_position_embeddings, " with ",
+                                                   num_slots_, " slots is too large for the KV page table"));
+  }
+  max_pages_ = static_cast<int>(max_pages);
+  LIZARD_RETURN_IF_ERROR(page_table_.Allocate(static_cast<size_t>(num_slots_) * max_pages_ * sizeof(int32_t)));
+  LIZARD_CUDA_RETURN(cudaMemsetAsync(page_table_.get(), 0, page_table_.bytes(), stream_));
+  slot_pages_.assign(num_slots_, {});
+  // Every page holds kPageSize tokens of every softmax layer; the pool takes the free memory.
+  size_t free_bytes = 0, total_bytes = 0;
+  LIZARD_CUDA_RETURN(cudaMemGetInfo(&free_bytes, &total_bytes));
+  kv_page_bytes_ = layout_.kv_bytes_per_token_per_layer / 2 * kPageSize;
+  const int64_t page_all_layers = layout_.kv_bytes_per_token * kPageSize;
+  // No more than every slot at the longest context could use.
+  const int64_t usable = static_cast<int64_t>(free_bytes) - kReserveBytes;
+  num_pages_ = std::min<int64_t>(std::max<int64_t>(usable / page_all_layers, 0), int64_t{num_slots_} * max_pages_);
+  if (num_pages_ == 0) return absl::ResourceExhaustedError("no device memory left for the KV cache");
+  LIZARD_RETURN_IF_ERROR(kv_pool_.Allocate(num_pages_ * page_all_layers));
+  free_pages_.clear();
+  for (int64_t p = num_pages_ - 1; p >= 0; --p) free_pages_.push_back(static_cast<int32_t>(p));
+  return absl::OkStatus();
+}
+
+absl::Status StatePool::CheckSlot(SlotId slot) const {
+  if (slot < 0 || slot >= num_slots_) {
+    return absl::InvalidArgumentError(absl::StrCat("slot ", slot, " out of range [0, ", num_slots_, ")"));
+  }
+  return absl::OkStatus();
+}
+
+// ---------------------------------------------------------------- KV pages
+
+char* StatePool::KvAddress(int64_t layer, int value, SlotId slot, int64_t t) const {
+  const int64_t layer_bytes = 2 * num_pages_ * kv_page_bytes_;
+  const int32_t page = slot_pages_[slot][t / kPageSize];
+  return kv_pool_.get<char>() + layer * layer_bytes + (value ? num_pages_ * kv_page_bytes_ : 0) +
+         page * kv_page_bytes_ + (t % kPageSize) * kv_token_bytes();
+}
+
+absl::Status StatePool::ForEachKvRun(SlotId slot, int64_t position,
+                                     absl::FunctionRef<absl::Status(const KvRun&)> fn) const {
+  const int64_t token_bytes = kv_token_bytes();
+  for (int64_t s = 0; s < layout_.num_softmax_layers; ++s) {
+    for (int value = 0; value < 2; ++value) {
+      for (int64_t t = 0; t < position; t += kPageSize) {
+        const int64_t n = std::min<int64_t>(kPageSize, position - t);
+        LIZARD_RETURN_IF_ERROR(fn({s, value, t, n * token_bytes, KvAddress(s, value, slot, t),
+                                   (value * position + t) * token_bytes}));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status StatePool::EnsurePages(SlotId slot, int64_t tokens) {
+  if (layout_.num_softmax_layers == 0) return absl::OkStatus();
+  const int64_t need = (tokens + kPageSize - 1) / kPageSize;
+  std::vector<int32_t>& pages = slot_pages_[slot];
+  if (need <= static_cast<int64_t>(pages.size())) return absl::OkStatus();
+  if (need > max_pages_) {
+    return absl::OutOfRangeError(absl::StrCat("context of ", tokens, " tokens exceeds the KV page table (",
+                                              int64_t{max_pages_} * kPageSize, " tokens)"));
+  }
+  if (need - static_cast<int64_t>(pages.size()) > static_cast<int64_t>(free_pages_.size())) {
+    return absl::ResourceExhaustedError(absl::StrCat("KV cache full: ", free_pages_.size(), " free pages of ",
+                                                     kPageSize, " tokens, ", need - pages.size(), " needed"));
+  }
+  while (static_cast<int64_t>(pages.size()) < need) {
+    pages.push_back(free_pages_.back());
+    free_pages_.pop_back();
+  }
+  return UploadPageTable(slot);
+}
+
+absl::Status StatePool::UploadPageTable(SlotId slot) {
+  const std::vector<int32_t>& pages = slot_pages_[slot];
+  if (pages.empty()) return absl::OkStatus();
+  LIZARD_CUDA_RETURN(cudaMemcpyAsync(page_table_.get<int32_t>() + static_cast<int64_t>(slot) * max_pages_, pages.data(),
+                                     pages.size() * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
+  return absl::OkStatus();
+}
+
+void StatePool::FreePages(SlotId slot) {
+  if (layout_.num_softmax_layers == 0) return;
+  for (int32_t p : slot_pages_[slot]) free_pages_.push_back(p);
+  slot_pages_[slot].clear();
+}
+
+// ---------------------------------------------------------------- slot operations
+
+absl::Status StatePool::Reset(SlotId slot) {
+  LIZARD_RETURN_IF_ERROR(CheckSlot(slot));
+  FreePages(slot);
+  positions_[slot] = 0;
+  LIZARD_CUDA_RETURN(cudaMemsetAsync(SlotAddress(slot), 0, layout_.slot_bytes, stream_));
+  return CudaStatus(cudaStreamSynchronize(stream_), "ResetSlot");
+}
+
+absl::Status StatePool::Copy(SlotId src, SlotId dst) {
+  LIZARD_RETURN_IF_ERROR(CheckSlot(src));
+  LIZARD_RETURN_IF_ERROR(CheckSlot(dst));
+  if (src == dst) return absl::OkStatus();
+  FreePages(dst);
+  LIZARD_RETURN_IF_ERROR(EnsurePages(dst, positions_[src]));
+  LIZARD_CUDA_RETURN(
+      cudaMemcpyAsync(SlotAddress(dst), SlotAddress(src), layout_.slot_bytes, cudaMemcpyDeviceToDevice, stream_));
+  // Softmax KV: page by page (the two slots' pages differ).
+  LIZARD_RETURN_IF_ERROR(ForEachKvRun(dst, positions_[src], [&](const KvRun& run) {
+    return CudaStatus(cudaMemcpyAsync(run.device, KvAddress(run.layer, run.value, src, run.t), run.bytes,
+                                      cudaMemcpyDeviceToDevice, stream_),
+                      "CopySlot KV");
+  }));
+  positions_[dst] = positions_[src];
+  return CudaStatus(cudaStreamSynchronize(stream_), "CopySlot");
+}
+
+absl::StatusOr<std::string> StatePool::Save(SlotId slot) {
+  LIZARD_RETURN_IF_ERROR(CheckSlot(slot));
+  const int64_t pos = positions_[slot];
+  const int64_t kv_layer_bytes = 2 * pos * kv_token_bytes();
+  // The constant-size slot goes through one pinned buffer kept for all spills (pinning 100+ MiB
+  // per call would cost more than the copy); the softmax KV, unbounded, into pageable memory.
+  if (spill_staging_.bytes() < static_cast<size_t>(layout_.slot_bytes)) {
+    LIZARD_RETURN_IF_ERROR(spill_staging_.Allocate(layout_.slot_bytes));
+  }
+  char* h = spill_staging_.get<char>();
+  std::vector<char> kv_host(layout_.num_softmax_layers * kv_layer_bytes);
+  LIZARD_CUDA_RETURN(cudaMemcpyAsync(h, SlotAddress(slot), layout_.slot_bytes, cudaMemcpyDeviceToHost, stream_));
+  LIZARD_RETURN_IF_ERROR(ForEachKvRun(slot, pos, [&](const KvRun& run) {
+    return CudaStatus(cudaMemcpyAsync(kv_host.data() + run.layer * kv_layer_bytes + run.serialized, run.device,
+                                      run.bytes, cudaMemcpyDeviceToHost, stream_),
+                      "SaveSlot KV");
+  }));
+  std::vector<std::string_view> kv;
+  for (int64_t s = 0; s < layout_.num_softmax_layers; ++s) kv.emplace_back(kv_host.data() + s * kv_layer_bytes, kv_layer_bytes);
+  LIZARD_CUDA_RETURN(cudaStreamSynchronize(stream_));
+  WriteSlotPosition(layout_, h, pos);  // the device copy keeps positions on the host only
+  return SerializeState(layout_, std::string_view(h, layout_.slot_bytes), kv);
+}
+
+absl::Status StatePool::Load(SlotId slot, std::string_view bytes) {
+  LIZARD_RETURN_IF_ERROR(CheckSlot(slot));
+  std::string converted;
+  auto view = ParseOrConvertSerializedState(config_, layout_, bytes, &converted);
+  if (!view.ok()) return view.status();
+  FreePages(slot);
+  positions_[slot] = 0;
+  LIZARD_RETURN_IF_ERROR(EnsurePages(slot, view->position));
+  LIZARD_CUDA_RETURN(
+      cudaMemcpyAsync(SlotAddress(slot), view->slot.data(), layout_.slot_bytes, cudaMemcpyHostToDevice, stream_));
+  LIZARD_RETURN_IF_ERROR(ForEachKvRun(slot, view->position, [&](const KvRun& run) {
+    return CudaStatus(cudaMemcpyAsync(run.device, view->softmax_kv[run.layer].data() + run.serialized, run.bytes,
+                                      cudaMemcpyHostToDevice, stream_),
+                      "LoadSlot KV");
+  }));
+  LIZARD_CUDA_RETURN(cudaStreamSynchronize(stream_));
+  positions_[slot] = view->position;
+  return absl::OkStatus();
+}
+
+// ---------------------------------------------------------------- the kernels' view
+
+kernels::LizardStateRef StatePool::LizardLayer(int lizard_index) const {
+  const LizardLayerOffsets& part = layout_.lizard_layers[lizard_index];
+  return {pool_.get<char>(), layout_.slot_bytes, part.s, part.z, part.window_k, part.window_v,
+          StoreTypeOf(layout_.state_dtype), StoreTypeOf(layout_.window_dtype)};
+}
+
+kernels::PagedKv StatePool::SoftmaxLayer(int softmax_index) const {
+  const int64_t layer_bytes = 2 * num_pages_ * kv_page_bytes_;
+  char* layer_base = kv_pool_.get<char>() + softmax_index * layer_bytes;
+  return {layer_base, layer_base + num_pages_ * kv_page_bytes_, StoreTypeOf(layout_.window_dtype),
+          page_table_.get<int32_t>(), max_pages_, kPageSize, static_cast<int>(config_.num_kv_heads),
+          static_cast<int>(config_.head_dim)};
+}
+
+}  // namespace lizard::cuda

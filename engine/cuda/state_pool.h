@@ -1,0 +1,106 @@
+// StatePool: the CUDA backend's sequence state on the device. num_slots slots laid out as
+// StateLayout says (S, z, window K/V), their positions (kept on the host), and the softmax
+// layers' paged KV cache (page allocator and per-slot page table). Reset, copy, save and load of
+// a slot, and the kernels' view of one layer's state. The CPU backend's counterpart is
+// engine/cpu/state_pool.h.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/functional/function_ref.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "engine/cuda/device_memory.h"
+#include "engine/model/model_config.h"
+#include "engine/model/state_layout.h"
+#include "engine/step_plan.h"
+#include "kernels/kernels.h"
+
+namespace lizard::cuda {
+
+// Softmax layers' KV cache: tokens per page.
+inline constexpr int kPageSize = 64;
+
+kernels::StoreType StoreTypeOf(DType d);
+
+class StatePool {
+ public:
+  // Allocates `num_slots` zeroed slots of `layout` on the current device; work is ordered on
+  // `stream` (owned by the caller). The KV pages come later (AllocateKvPages).
+  absl::Status Init(const ModelConfig& config, const StateLayout& layout, int32_t num_slots, cudaStream_t stream);
+  // The softmax layers' page pool: the device memory still free (minus a reserve), capped at what
+  // every slot at the longest context could use. Called last, after every other allocation.
+  absl::Status AllocateKvPages();
+
+  const StateLayout& layout() const { return layout_; }
+  int32_t num_slots() const { return num_slots_; }
+  // Slot state and KV pages together.
+  int64_t device_bytes() const { return static_cast<int64_t>(pool_.bytes() + kv_pool_.bytes()); }
+
+  absl::Status CheckSlot(SlotId slot) const;
+  int64_t Position(SlotId slot) const { return positions_[slot]; }
+  void SetPosition(SlotId slot, int64_t position) { positions_[slot] = position; }
+
+  absl::Status Reset(SlotId slot);
+  absl::Status Copy(SlotId src, SlotId dst);
+  absl::StatusOr<std::string> Save(SlotId slot);
+  // A state saved under other dtypes (the CPU backend's float32 window) is re-encoded first.
+  absl::Status Load(SlotId slot, std::string_view bytes);
+
+  // Pages for the slot's tokens [0, tokens); RESOURCE_EXHAUSTED when the pool runs out.
+  absl::Status EnsurePages(SlotId slot, int64_t tokens);
+
+  // The kernels' view of lizard layer `lizard_index`'s state, and of softmax layer
+  // `softmax_index`'s KV pages.
+  kernels::LizardStateRef LizardLayer(int lizard_index) const;
+  kernels::PagedKv SoftmaxLayer(int softmax_index) const;
+
+ private:
+  // One contiguous piece of a slot's softmax KV: `tokens` tokens from token `t` of the K (value
+  // 0) or V (value 1) part of softmax layer `layer`. `device` is where they live in the pool,
+  // `serialized` their offset in the layer's serialized KV ([K of all tokens | V of all tokens],
+  // engine/model/state_layout.h) of a slot at position `position`.
+  struct KvRun {
+    int64_t layer = 0;
+    int value = 0;
+    int64_t t = 0;
+    int64_t bytes = 0;
+    char* device = nullptr;
+    int64_t serialized = 0;
+  };
+  // Calls `fn` for every run of `slot`'s first `position` tokens, layer by layer, K then V, in
+  // token order (runs end at page boundaries). Stops at the first error.
+  absl::Status ForEachKvRun(SlotId slot, int64_t position, absl::FunctionRef<absl::Status(const KvRun&)> fn) const;
+  // Device address of token `t` of `slot` in softmax layer `layer`'s K (value 0) or V pool.
+  char* KvAddress(int64_t layer, int value, SlotId slot, int64_t t) const;
+  char* SlotAddress(SlotId slot) const { return pool_.get<char>() + slot * layout_.slot_bytes; }
+  int64_t kv_token_bytes() const { return kv_page_bytes_ / kPageSize; }
+  void FreePages(SlotId slot);
+  absl::Status UploadPageTable(SlotId slot);
+
+  ModelConfig config_;
+  StateLayout layout_;
+  int32_t num_slots_ = 0;
+  cudaStream_t stream_ = nullptr;
+
+  // num_slots_ slots of layout_.slot_bytes; positions mirrored on the host.
+  DeviceBuffer pool_;
+  std::vector<int64_t> positions_;
+  PinnedBuffer spill_staging_;  // one slot, for Save
+
+  // Softmax layers' paged KV cache.
+  int64_t num_pages_ = 0;
+  int max_pages_ = 0;
+  DeviceBuffer kv_pool_;       // per softmax layer: K pages then V pages
+  int64_t kv_page_bytes_ = 0;  // one page of one layer's K (or V)
+  DeviceBuffer page_table_;    // int32 [num_slots, max_pages]
+  std::vector<std::vector<int32_t>> slot_pages_;
+  std::vector<int32_t> free_pages_;
+};
+
+}  // namespace lizard::cuda
