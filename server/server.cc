@@ -67,14 +67,14 @@ absl::StatusOr<std::unique_ptr<Backend>> LoadBackend(const BackendOptions& optio
   int files = 0;
   int64_t bytes = 0;
   std::error_code error;
-  for (const auto& entry : std::filesystem::directory_iterator(options.model_dir, error)) {
+  for (const auto& entry : std::filesystem::directory_iterator(options.weights.model_dir, error)) {
     if (entry.path().extension() != ".safetensors") continue;
     ++files;
     bytes += static_cast<int64_t>(entry.file_size(error));
   }
   const double mib = static_cast<double>(bytes) / (1 << 20);
-  LogInfo(absl::StrFormat("loading model %s: %d safetensors files, %.1f MiB", options.model_dir,
-                          files, mib));
+  LogInfo(absl::StrFormat("loading model %s: %d safetensors files, %.1f MiB",
+                          options.weights.model_dir, files, mib));
   const absl::Time start = absl::Now();
   absl::Notification loaded;
   std::thread ticker([&] {
@@ -116,6 +116,7 @@ absl::Status ValidateServerOptions(const ServerOptions& o) {
            in_range(o.max_sessions, 0, 1 << 24, "max-sessions"),
            in_range(o.device_state_slots, 1, 1 << 20, "device-state-slots"),
            in_range(o.host_state_bytes, 0, kBig, "host-state-bytes"),
+           in_range(o.prefix_cache_bytes, 0, kBig, "prefix-cache-bytes"),
            in_range(o.max_new_tokens_limit, 1, 1 << 24, "max-new-tokens-limit"),
            in_range(o.default_max_new_tokens, 0, 1 << 24, "default-max-new-tokens"),
            in_range(o.max_input_tokens, 1, 1 << 30, "max-input-tokens"),
@@ -174,6 +175,7 @@ absl::StatusOr<std::unique_ptr<LizardServer>> LizardServer::Start(const ServerOp
   // Sessions plus the temporary states of running one-shot requests.
   engine_options.max_states = options.max_sessions + options.max_running + options.max_queue;
   engine_options.host_state_bytes = options.host_state_bytes;
+  engine_options.prefix_cache_bytes = options.prefix_cache_bytes;
   engine_options.observer = &server->metrics_;
   absl::StatusOr<std::unique_ptr<Engine>> engine =
       Engine::Create(*std::move(backend), engine_options);
