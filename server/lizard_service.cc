@@ -258,6 +258,7 @@ class LizardService::GenerateCall : public grpc::ServerWriteReactor<grpc::ByteBu
       out->set_prompt_tokens(usage.prompt_tokens);
       out->set_generated_tokens(usage.generated_tokens);
       out->set_session_tokens(usage.state_tokens);
+      out->set_cached_tokens(usage.cached_tokens);
       if (reason == FinishReason::kCancelled && cancelled_) {
         final_status_ = grpc::Status(grpc::StatusCode::CANCELLED, "cancelled by the client");
       }

@@ -22,6 +22,12 @@ Histogram::BucketBoundaries Exponential(double first, double factor, int count) 
 
 // "OK", "INVALID_ARGUMENT", ... (the `code` label); absl::StatusCode mirrors grpc::StatusCode
 // value for value.
+// Raises a counter to an engine total (engine totals never decrease).
+void CatchUp(prometheus::Counter& counter, int64_t total) {
+  const double missing = static_cast<double>(total) - counter.Value();
+  if (missing > 0) counter.Increment(missing);
+}
+
 std::string StatusCodeName(grpc::StatusCode code) {
   const std::string name = absl::StatusCodeToString(static_cast<absl::StatusCode>(code));
   return name.empty() ? "UNKNOWN" : name;
@@ -90,7 +96,29 @@ ServerMetrics::ServerMetrics()
                        "States brought back from host memory into device slots")
                     .Add({})),
       device_memory_(Single(prometheus::BuildGauge(), registry_, "lizard_device_memory_bytes",
-                            "Backend device memory")) {}
+                            "Backend device memory")),
+      prefix_cache_queries_(Single(prometheus::BuildCounter(), registry_,
+                                   "lizard_prefix_cache_queries_total",
+                                   "Requests on an empty state that looked up the prefix cache")
+                                .Add({})),
+      prefix_cache_hits_(Single(prometheus::BuildCounter(), registry_,
+                                "lizard_prefix_cache_hits_total",
+                                "Prefix-cache lookups that found a cached prefix")
+                             .Add({})),
+      prefix_cache_hit_tokens_(Single(prometheus::BuildCounter(), registry_,
+                                      "lizard_prefix_cache_hit_tokens_total",
+                                      "Prompt tokens served from the prefix cache (not prefilled)")
+                                   .Add({})),
+      prefix_cache_evictions_(Single(prometheus::BuildCounter(), registry_,
+                                     "lizard_prefix_cache_evictions_total",
+                                     "Prefix-cache entries dropped to stay within "
+                                     "--prefix-cache-bytes")
+                                  .Add({})),
+      prefix_cache_entries_(Single(prometheus::BuildGauge(), registry_,
+                                   "lizard_prefix_cache_entries",
+                                   "Prefix-cache entries by tier (device slot, host bytes)")),
+      prefix_cache_bytes_(Single(prometheus::BuildGauge(), registry_, "lizard_prefix_cache_bytes",
+                                 "Prefix-cache bytes by tier (device slot, host bytes)")) {}
 
 std::string ServerMetrics::Scrape() {
   RefreshGauges();
@@ -134,6 +162,18 @@ void ServerMetrics::RefreshGauges() {
   state_slots_.Add({{"location", "host"}, {"state", "used"}})
       .Set(static_cast<double>(stats.host_states));
   state_slots_.Add({{"location", "host"}, {"state", "free"}}).Set(static_cast<double>(host_free));
+
+  CatchUp(prefix_cache_queries_, stats.prefix_cache_queries);
+  CatchUp(prefix_cache_hits_, stats.prefix_cache_hits);
+  CatchUp(prefix_cache_hit_tokens_, stats.prefix_cache_hit_tokens);
+  CatchUp(prefix_cache_evictions_, stats.prefix_cache_evictions);
+  prefix_cache_entries_.Add({{"tier", "device"}})
+      .Set(static_cast<double>(stats.prefix_cache_device_entries));
+  prefix_cache_entries_.Add({{"tier", "host"}})
+      .Set(static_cast<double>(stats.prefix_cache_host_entries));
+  prefix_cache_bytes_.Add({{"tier", "device"}})
+      .Set(static_cast<double>(stats.prefix_cache_device_bytes));
+  prefix_cache_bytes_.Add({{"tier", "host"}}).Set(static_cast<double>(stats.prefix_cache_host_bytes));
 
   const BackendInfo info = engine_->backend_info();
   device_memory_.Add({{"kind", "total"}}).Set(static_cast<double>(info.memory_total_bytes));

@@ -65,6 +65,13 @@ class ServerMetrics : public EngineObserver {
   prometheus::Counter& evictions_;
   prometheus::Counter& restores_;
   prometheus::Family<prometheus::Gauge>& device_memory_;
+  // The engine's prefix cache: counters follow the engine's totals at each scrape.
+  prometheus::Counter& prefix_cache_queries_;
+  prometheus::Counter& prefix_cache_hits_;
+  prometheus::Counter& prefix_cache_hit_tokens_;
+  prometheus::Counter& prefix_cache_evictions_;
+  prometheus::Family<prometheus::Gauge>& prefix_cache_entries_;
+  prometheus::Family<prometheus::Gauge>& prefix_cache_bytes_;
 
   absl::Mutex mu_;
   const Engine* engine_ ABSL_GUARDED_BY(mu_) = nullptr;

@@ -206,7 +206,8 @@ std::string FinishReasonName(FinishReason reason) {
 json UsageJson(const Usage& usage) {
   return {{"prompt_tokens", usage.prompt_tokens},
           {"completion_tokens", usage.generated_tokens},
-          {"total_tokens", usage.prompt_tokens + usage.generated_tokens}};
+          {"total_tokens", usage.prompt_tokens + usage.generated_tokens},
+          {"prompt_tokens_details", {{"cached_tokens", usage.cached_tokens}}}};
 }
 
 std::string Event(const json& data) { return absl::StrCat("data: ", Dump(data), "\n\n"); }

@@ -20,6 +20,7 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "engine/runtime/prefix_cache.h"
 #include "engine/runtime/scheduler.h"
 #include "engine/runtime/state_manager.h"
 
@@ -41,6 +42,12 @@ struct Sequence {
   int64_t prompt_tokens = 0;  // the request's input
   int64_t fed = 0;            // tokens of `tokens` the state has consumed
   int64_t generated = 0;
+  // The state was empty at Submit, so `tokens` is its whole history (the prefix cache's key).
+  bool from_start = false;
+  // A pinned prefix-cache entry that Admit copies into the state; `fed` already counts its
+  // tokens. Reset to 0 once admitted.
+  StateId cache_entry = 0;
+  int64_t cached = 0;         // prompt tokens the entry spared (Usage::cached_tokens)
   TokenHistory history;
 };
 
@@ -78,6 +85,7 @@ class EngineImpl : public Engine {
         eos_(config_.eos_token_ids.begin(), config_.eos_token_ids.end()),
         scheduler_({options.max_batch_tokens, options.max_running, options.max_queue}),
         states_(backend_.get(), options.max_states, options.host_state_bytes),
+        cache_(options.prefix_cache_bytes),
         rng_(options.seed) {
     thread_ = std::thread([this] { Loop(); });
   }
@@ -127,7 +135,16 @@ class EngineImpl : public Engine {
     }
     const RequestId id = next_request_id_++;
     const int64_t carried = state == nullptr ? 0 : static_cast<int64_t>(state->pending.size());
-    const int64_t prefill = carried + static_cast<int64_t>(request.input.size());
+    std::vector<int32_t> tokens;  // the state's pending tokens, then the input
+    if (state != nullptr) tokens = state->pending;
+    tokens.insert(tokens.end(), request.input.begin(), request.input.end());
+    // An empty state can start from the longest cached prefix; at least one token is left to
+    // prefill, for the logits of the first generated token.
+    const bool from_start = state == nullptr || state->consumed == 0;
+    std::optional<PrefixCache::Hit> hit;
+    if (from_start) hit = cache_.Lookup(tokens, static_cast<int64_t>(tokens.size()) - 1);
+    const int64_t cached = hit.has_value() ? hit->tokens : 0;
+    const int64_t prefill = static_cast<int64_t>(tokens.size()) - cached;
     if (absl::Status s = scheduler_.Add(id, prefill); !s.ok()) return s;
     if (state == nullptr) {
       absl::StatusOr<StateId> temp = states_.Create(/*temporary=*/true);
@@ -146,11 +163,18 @@ class EngineImpl : public Engine {
     seq->stopping = std::move(request.stopping);
     seq->logprobs = request.logprobs;
     seq->seed = request.sampling.seed.has_value() ? *request.sampling.seed : rng_();
-    seq->tokens = states_.Attach(request.state);
+    states_.Attach(request.state);  // its pending tokens are the front of `tokens`
+    seq->tokens = std::move(tokens);
     seq->carried = carried;
     seq->prompt_tokens = static_cast<int64_t>(request.input.size());
-    seq->tokens.insert(seq->tokens.end(), request.input.begin(), request.input.end());
     seq->history.AddPrompt(seq->tokens);
+    seq->from_start = from_start;
+    if (hit.has_value()) {
+      cache_.Pin(hit->state);
+      seq->cache_entry = hit->state;
+      seq->fed = cached;
+      seq->cached = std::max<int64_t>(0, cached - carried);
+    }
     sequences_[id] = std::move(seq);
     work_cv_.notify_one();
     return id;
@@ -176,6 +200,16 @@ class EngineImpl : public Engine {
     s.host_bytes_capacity = states_.host_capacity_bytes();
     s.evictions_total = states_.evictions();
     s.restores_total = states_.restores();
+    s.prefix_cache_queries = cache_.queries();
+    s.prefix_cache_hits = cache_.hits();
+    s.prefix_cache_hit_tokens = cache_.hit_tokens();
+    s.prefix_cache_evictions = cache_.evictions();
+    for (StateId id : cache_.states()) {
+      const SequenceState& entry = *states_.Find(id);
+      const bool device = entry.slot.has_value();
+      ++(device ? s.prefix_cache_device_entries : s.prefix_cache_host_entries);
+      (device ? s.prefix_cache_device_bytes : s.prefix_cache_host_bytes) += states_.BytesOf(entry);
+    }
     return s;
   }
 
@@ -197,6 +231,7 @@ class EngineImpl : public Engine {
     int64_t num_tokens = 0;     // tokens fed this step
     bool logits_row = false;    // produces a row (decode, or the prompt's last chunk)
     bool prefill_only = false;  // the prompt's last chunk of a max_new_tokens == 0 request
+    bool prompt_end = false;    // the prompt's last chunk
   };
 
   void Loop() {
@@ -231,8 +266,7 @@ class EngineImpl : public Engine {
         }
       }
 
-      ScheduledStep step = scheduler_.Schedule(
-          [&](RequestId id) { return states_.Admit(sequences_.at(id)->state); });
+      ScheduledStep step = scheduler_.Schedule([&](RequestId id) { return AdmitLocked(id); });
       for (ScheduledStep::Failed& f : step.failed) {
         finished.push_back(
             FinishLocked(sequences_.at(f.id).get(), FinishReason::kError, std::move(f.status)));
@@ -244,7 +278,7 @@ class EngineImpl : public Engine {
         plan.chunks.push_back(
             {*state.slot, state.consumed, {seq->tokens[seq->fed]}, LogitsMode::kLast});
         plan.sampling.push_back(RowSamplingOf(*seq));
-        advances.push_back({seq, 1, true, false});
+        advances.push_back({seq, 1, true, false, false});
       }
       for (const ScheduledStep::Chunk& c : step.prefills) {
         Sequence* seq = sequences_.at(c.id).get();
@@ -258,7 +292,7 @@ class EngineImpl : public Engine {
         chunk.logits = wants_token ? LogitsMode::kLast : LogitsMode::kNone;
         plan.chunks.push_back(std::move(chunk));
         if (wants_token) plan.sampling.push_back(RowSamplingOf(*seq));
-        advances.push_back({seq, c.num_tokens, wants_token, c.last && !wants_token});
+        advances.push_back({seq, c.num_tokens, wants_token, c.last && !wants_token, c.last});
       }
     }
 
@@ -271,6 +305,7 @@ class EngineImpl : public Engine {
                                                   " tokens, expected ", plan.num_logits_rows()));
       }
       if (!status.ok()) FailStep(advances, status, finished);
+      if (status.ok()) Consume(advances);
     }
     backend_lock.unlock();
 
@@ -295,17 +330,20 @@ class EngineImpl : public Engine {
     return row;
   }
 
-  // Advances the states by the fed tokens, streams the sampled tokens and retires the sequences
-  // that are done.
-  void EmitTokens(const std::vector<Advance>& advances, const StepOutput& out,
-                   std::vector<Finished>& finished) {
-    {
-      std::lock_guard lock(mu_);
-      for (const Advance& a : advances) {
-        a.seq->fed += a.num_tokens;
-        states_.Consume(a.seq->state, a.num_tokens);
-      }
+  // Advances the states by the fed tokens; a finished prompt is snapshotted into the prefix
+  // cache. Called with backend_mu_ held.
+  void Consume(const std::vector<Advance>& advances) {
+    std::lock_guard lock(mu_);
+    for (const Advance& a : advances) {
+      a.seq->fed += a.num_tokens;
+      states_.Consume(a.seq->state, a.num_tokens);
+      if (a.prompt_end) SnapshotLocked(*a.seq);
     }
+  }
+
+  // Streams the sampled tokens and retires the sequences that are done.
+  void EmitTokens(const std::vector<Advance>& advances, const StepOutput& out,
+                  std::vector<Finished>& finished) {
     // Stream the sampled tokens in row order, without mu_ (sinks may call back into the engine).
     std::vector<Sequence*> row_seqs;
     for (const Advance& a : advances) {
@@ -336,6 +374,7 @@ class EngineImpl : public Engine {
         done.push_back({&seq, FinishReason::kLength});
       }
     }
+    std::lock_guard backend_lock(backend_mu_);  // FinishLocked snapshots states
     std::lock_guard lock(mu_);
     for (auto& [seq, reason] : done) finished.push_back(FinishLocked(seq, reason, {}));
   }
@@ -357,9 +396,18 @@ class EngineImpl : public Engine {
 
   // Removes a sequence from the engine and settles its state (see StateManager): unfed tokens
   // stay pending, except unfed input of a failed request, which is dropped.
+  // Called with backend_mu_ held (the end of a generation is snapshotted into the prefix cache).
   Finished FinishLocked(Sequence* seq, FinishReason reason, absl::Status status) {
     scheduler_.Remove(seq->id);
     cancels_.erase(seq->id);
+    if (seq->cache_entry != 0) {
+      // Never admitted: the cached prefix was not copied, so the state consumed nothing.
+      cache_.Unpin(seq->cache_entry);
+      seq->cache_entry = 0;
+      seq->fed = 0;
+      seq->cached = 0;
+    }
+    if (reason != FinishReason::kError) SnapshotLocked(*seq);
     const int64_t keep_until = reason == FinishReason::kError
                                    ? std::max(seq->fed, seq->carried)
                                    : static_cast<int64_t>(seq->tokens.size());
@@ -372,6 +420,7 @@ class EngineImpl : public Engine {
     f.status = std::move(status);
     f.usage.prompt_tokens = turn_input;  // a failed request: only what it consumed
     f.usage.generated_tokens = seq->generated;
+    f.usage.cached_tokens = seq->cached;
     f.usage.state_tokens =
         states_.Detach(seq->state, tokens.subspan(unfed_from, keep_until - unfed_from),
                        tokens.subspan(seq->carried, keep_until - seq->carried), turn_input);
@@ -379,6 +428,32 @@ class EngineImpl : public Engine {
     f.seq = std::move(it->second);
     sequences_.erase(it);
     return f;
+  }
+
+  // Admits a waiting sequence: its state gets a slot, and a copy of its cached prefix if it has
+  // one. Called with backend_mu_ and mu_ held.
+  absl::Status AdmitLocked(RequestId id) {
+    Sequence& seq = *sequences_.at(id);
+    if (absl::Status s = states_.Admit(seq.state, seq.cache_entry); !s.ok()) return s;
+    if (seq.cache_entry != 0) cache_.Unpin(std::exchange(seq.cache_entry, 0));
+    return absl::OkStatus();
+  }
+
+  // Caches what the state of `seq` has consumed, when its whole history is known. Best effort:
+  // a failed snapshot is simply not cached. Called with backend_mu_ and mu_ held.
+  void SnapshotLocked(const Sequence& seq) {
+    const SequenceState& state = *states_.Find(seq.state);
+    if (!cache_.enabled() || !seq.from_start || seq.fed == 0 || state.consumed != seq.fed ||
+        !state.slot.has_value()) {
+      return;
+    }
+    const std::span<const int32_t> consumed(seq.tokens.data(), seq.fed);
+    if (cache_.Contains(consumed)) return;
+    absl::StatusOr<StateId> entry = states_.Snapshot(seq.state);
+    if (!entry.ok()) return;
+    for (StateId id : cache_.Insert(consumed, *entry, states_.BytesOf(*states_.Find(*entry)))) {
+      states_.Free(id).IgnoreError();  // cache entries are never busy
+    }
   }
 
   // OnFinish calls and state-tier events, outside mu_.
@@ -407,6 +482,7 @@ class EngineImpl : public Engine {
   std::condition_variable work_cv_;
   Scheduler scheduler_;  // guarded by mu_
   StateManager states_;  // guarded by mu_ (+ backend_mu_)
+  PrefixCache cache_;    // guarded by mu_; its entries are states of states_
   absl::flat_hash_map<RequestId, std::unique_ptr<Sequence>> sequences_;  // guarded by mu_
   absl::flat_hash_set<RequestId> cancels_;                               // guarded by mu_
   std::mt19937_64 rng_;                                                  // guarded by mu_
@@ -429,8 +505,10 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::unique_ptr<Backend> 
     // Decodes must always fit the token budget so running sequences are never starved.
     return absl::InvalidArgumentError("need 1 <= max_running <= max_batch_tokens");
   }
-  if (options.max_queue < 0 || options.max_states < 1 || options.host_state_bytes < 0) {
-    return absl::InvalidArgumentError("max_queue, max_states or host_state_bytes out of range");
+  if (options.max_queue < 0 || options.max_states < 1 || options.host_state_bytes < 0 ||
+      options.prefix_cache_bytes < 0) {
+    return absl::InvalidArgumentError(
+        "max_queue, max_states, host_state_bytes or prefix_cache_bytes out of range");
   }
   return std::unique_ptr<Engine>(new EngineImpl(std::move(backend), options));
 }

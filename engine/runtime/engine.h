@@ -34,6 +34,7 @@ struct Usage {
   int64_t prompt_tokens = 0;     // the input that joined the state (all of it, unless kError)
   int64_t generated_tokens = 0;
   int64_t state_tokens = 0;  // tokens the state holds after this request (session_tokens)
+  int64_t cached_tokens = 0;  // of prompt_tokens, how many a prefix-cache hit spared prefilling
 };
 
 // Receives one request's results. Called on the engine thread: it must not block (buffer and
@@ -84,6 +85,12 @@ struct EngineStats {
   int32_t device_slots_used = 0, device_slots_free = 0;
   int64_t host_states = 0, host_bytes_used = 0, host_bytes_capacity = 0;
   int64_t evictions_total = 0, restores_total = 0;
+  // The prefix cache: lookups (requests that start an empty state), hits, tokens served from
+  // it, entries evicted (dropped), and its entries and bytes per tier.
+  int64_t prefix_cache_queries = 0, prefix_cache_hits = 0, prefix_cache_hit_tokens = 0;
+  int64_t prefix_cache_evictions = 0;
+  int64_t prefix_cache_device_entries = 0, prefix_cache_host_entries = 0;
+  int64_t prefix_cache_device_bytes = 0, prefix_cache_host_bytes = 0;
 };
 
 // Called on the engine thread after every step (metrics). Must not block.
@@ -107,6 +114,9 @@ struct EngineOptions {
   int64_t max_states = 1024;        // states (sessions + running one-shots) in total
   int64_t host_state_bytes = int64_t{4} << 30;  // host tier for spilled states
   uint64_t seed = 0;                // engine generator for requests without a seed
+  // Automatic prefix cache (engine/runtime/prefix_cache.h): states snapshotted after each prompt
+  // and generation, in free device slots or host bytes, within this many bytes; 0 = off.
+  int64_t prefix_cache_bytes = int64_t{1} << 30;
   EngineObserver* observer = nullptr;  // not owned, may be null
 };
 
@@ -131,7 +141,9 @@ class Engine {
   virtual absl::Status FreeState(StateId id) = 0;
   virtual absl::StatusOr<StateInfo> GetStateInfo(StateId id) const = 0;
 
-  // Queues a request; results go to `sink`. ABORTED if its state is busy, NOT_FOUND for an
+  // Queues a request; results go to `sink`. A request on an empty state (a one-shot, or a new
+  // state's first request) whose tokens extend a prefix-cache entry starts from a copy of that
+  // entry and prefills only the rest (Usage::cached_tokens). ABORTED if its state is busy, NOT_FOUND for an
   // unknown state, RESOURCE_EXHAUSTED when the queue is full, UNAVAILABLE after Shutdown,
   // INVALID_ARGUMENT for empty input or token ids out of range.
   virtual absl::StatusOr<RequestId> Submit(EngineRequest request,

@@ -74,8 +74,37 @@ absl::Status StateManager::Free(StateId id) {
   if (it == states_.end()) return absl::NotFoundError(absl::StrCat("unknown state ", id));
   if (it->second.busy) return absl::FailedPreconditionError("state is busy");
   Release(it->second);
+  if (it->second.cache_entry) --cache_entries_;
   states_.erase(it);
   return absl::OkStatus();
+}
+
+absl::StatusOr<StateId> StateManager::Snapshot(StateId source) {
+  SequenceState* src = Record(source);
+  if (src == nullptr) return absl::NotFoundError(absl::StrCat("unknown state ", source));
+  if (!src->slot.has_value()) return absl::FailedPreconditionError("snapshot of a state off the device");
+  SequenceState entry;
+  entry.cache_entry = true;
+  entry.consumed = src->consumed;
+  if (!free_slots_.empty()) {
+    const SlotId slot = free_slots_.back();
+    if (absl::Status s = backend_->CopySlot(*src->slot, slot); !s.ok()) return s;
+    free_slots_.pop_back();
+    entry.slot = slot;
+  } else {
+    absl::StatusOr<std::string> bytes = backend_->SaveSlot(*src->slot);
+    if (!bytes.ok()) return bytes.status();
+    entry.host = *std::move(bytes);
+  }
+  const StateId id = next_id_++;
+  states_[id] = std::move(entry);
+  Touch(states_[id]);
+  ++cache_entries_;
+  return id;
+}
+
+int64_t StateManager::BytesOf(const SequenceState& state) const {
+  return backend_->slot_bytes() + backend_->kv_bytes_per_token() * state.consumed;
 }
 
 SequenceState* StateManager::Record(StateId id) {
@@ -95,7 +124,7 @@ absl::StatusOr<StateInfo> StateManager::Info(StateId id) const {
   info.num_tokens = state->busy ? state->tokens_at_turn_start
                                 : state->consumed + static_cast<int64_t>(state->pending.size());
   info.location = state->host.has_value() ? StateLocation::kHost : StateLocation::kDevice;
-  info.state_bytes = backend_->slot_bytes() + backend_->kv_bytes_per_token() * state->consumed;
+  info.state_bytes = BytesOf(*state);
   info.busy = state->busy;
   info.last_turn_tokens = state->last_turn;
   info.last_turn_input_tokens = state->last_turn_input;
@@ -110,9 +139,19 @@ std::vector<int32_t> StateManager::Attach(StateId id) {
   return std::exchange(state.pending, {});
 }
 
-absl::Status StateManager::Admit(StateId id) {
+absl::Status StateManager::Admit(StateId id, StateId seed) {
   if (absl::Status s = MakeResident(id); !s.ok()) return s;
-  states_.at(id).running = true;
+  SequenceState& state = states_.at(id);
+  if (seed != 0) {
+    // Read the seed after MakeResident, which may have moved it to the host.
+    SequenceState& from = states_.at(seed);
+    absl::Status copied = from.slot.has_value() ? backend_->CopySlot(*from.slot, *state.slot)
+                                                : backend_->LoadSlot(*state.slot, *from.host);
+    if (!copied.ok()) return copied;
+    state.consumed = from.consumed;
+    Touch(from);
+  }
+  state.running = true;
   return absl::OkStatus();
 }
 
@@ -157,11 +196,22 @@ absl::Status StateManager::MakeResident(StateId id) {
 
 int64_t StateManager::host_states() const {
   int64_t n = 0;
-  for (const auto& [id, state] : states_) n += state.host.has_value() ? 1 : 0;
+  for (const auto& [id, state] : states_) n += state.host.has_value() && !state.cache_entry;
   return n;
 }
 
 absl::StatusOr<SlotId> StateManager::AcquireSlot(StateId keep, int64_t host_room_bonus) {
+  if (free_slots_.empty()) {
+    // A cache entry leaves the device before any conversation does.
+    SequenceState* entry = nullptr;
+    for (auto& [id, state] : states_) {
+      if (!state.cache_entry || !state.slot.has_value()) continue;
+      if (entry == nullptr || state.last_used < entry->last_used) entry = &state;
+    }
+    if (entry != nullptr) {
+      if (absl::Status s = Demote(*entry); !s.ok()) return s;
+    }
+  }
   if (free_slots_.empty()) {
     SequenceState* victim = nullptr;
     for (auto& [id, state] : states_) {
@@ -196,9 +246,20 @@ absl::Status StateManager::Spill(SequenceState& state, int64_t host_room_bonus) 
   return absl::OkStatus();
 }
 
+absl::Status StateManager::Demote(SequenceState& entry) {
+  absl::StatusOr<std::string> bytes = backend_->SaveSlot(*entry.slot);
+  if (!bytes.ok()) return bytes.status();
+  entry.host = *std::move(bytes);
+  free_slots_.push_back(*entry.slot);
+  entry.slot.reset();
+  return absl::OkStatus();
+}
+
 void StateManager::Release(SequenceState& state) {
   if (state.slot.has_value()) free_slots_.push_back(*state.slot);
-  if (state.host.has_value()) host_bytes_used_ -= static_cast<int64_t>(state.host->size());
+  if (state.host.has_value() && !state.cache_entry) {
+    host_bytes_used_ -= static_cast<int64_t>(state.host->size());
+  }
   state.slot.reset();
   state.host.reset();
 }

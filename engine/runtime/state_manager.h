@@ -12,6 +12,11 @@
 // (Backend::SaveSlot), bounded by host_capacity_bytes. Nothing is ever dropped: when neither tier
 // has room the caller gets RESOURCE_EXHAUSTED.
 //
+// Prefix-cache entries (see prefix_cache.h) are states too, made by Snapshot: they take a device
+// slot only when one is free, are the first to leave the device when a slot is needed (moved to
+// host bytes, which the prefix cache's budget counts, not host_capacity_bytes), are freed by the
+// engine, and are not counted by num_states() or the host-tier numbers.
+//
 // Not thread-safe: the engine serializes all calls (and all backend calls).
 #pragma once
 
@@ -46,6 +51,7 @@ struct SequenceState {
   bool busy = false;                // a request is attached (queued or running)
   bool running = false;             // that request is admitted: its slot is in use by steps
   bool temporary = false;           // freed when its request ends
+  bool cache_entry = false;         // a prefix-cache snapshot (consumed only, never pending)
 };
 
 class StateManager {
@@ -59,6 +65,10 @@ class StateManager {
   absl::StatusOr<StateId> Fork(StateId source);
   // FAILED_PRECONDITION while busy, NOT_FOUND if unknown.
   absl::Status Free(StateId id);
+  // A prefix-cache entry holding what `source` has consumed (its pending tokens are not part of
+  // it). `source` may be running (the engine calls this between steps). Copied to a free device
+  // slot if there is one, else saved to host bytes: it never spills another state.
+  absl::StatusOr<StateId> Snapshot(StateId source);
 
   // nullptr if unknown.
   const SequenceState* Find(StateId id) const;
@@ -73,8 +83,10 @@ class StateManager {
   // next request, `turn` is what it added to the conversation (its first `turn_input` tokens were
   // input). A temporary state is freed there. Returns the tokens the state holds (consumed +
   // pending).
+  // Admit with `seed` (a cache entry, 0 = none) copies the seed's memory into the state first:
+  // the state must not have consumed anything yet, and then has consumed what the seed has.
   std::vector<int32_t> Attach(StateId id);
-  absl::Status Admit(StateId id);
+  absl::Status Admit(StateId id, StateId seed = 0);
   void Consume(StateId id, int64_t tokens);
   int64_t Detach(StateId id, std::span<const int32_t> unfed, std::span<const int32_t> turn,
                  int64_t turn_input);
@@ -85,7 +97,11 @@ class StateManager {
   // Marks a state as just used (LRU).
   void Touch(StateId id) { Touch(states_.at(id)); }
 
-  int64_t num_states() const { return static_cast<int64_t>(states_.size()); }
+  // Slot bytes plus the softmax KV bytes of what it consumed.
+  int64_t BytesOf(const SequenceState& state) const;
+
+  // States other than prefix-cache entries.
+  int64_t num_states() const { return static_cast<int64_t>(states_.size()) - cache_entries_; }
   int32_t free_slots() const { return static_cast<int32_t>(free_slots_.size()); }
   int32_t used_slots() const { return backend_->num_slots() - free_slots(); }
   int64_t host_states() const;
@@ -101,6 +117,8 @@ class StateManager {
   // `host_room_bonus`: host bytes about to be freed (a restore swaps its bytes for the victim's).
   absl::StatusOr<SlotId> AcquireSlot(StateId keep, int64_t host_room_bonus = 0);
   absl::Status Spill(SequenceState& state, int64_t host_room_bonus);
+  // Moves a cache entry's slot to host bytes (outside host_capacity_bytes: the cache counts it).
+  absl::Status Demote(SequenceState& entry);
   void Release(SequenceState& state);  // returns its slot / host bytes
 
   Backend* backend_;
@@ -110,7 +128,8 @@ class StateManager {
   std::vector<SlotId> free_slots_;
   StateId next_id_ = 1;
   uint64_t clock_ = 0;
-  int64_t host_bytes_used_ = 0;
+  int64_t host_bytes_used_ = 0;  // of states other than cache entries
+  int64_t cache_entries_ = 0;
   int64_t evictions_ = 0;
   int64_t restores_ = 0;
 };

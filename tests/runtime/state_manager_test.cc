@@ -138,5 +138,45 @@ TEST(StateManagerTest, MaxStates) {
   EXPECT_EQ(f.states.Create(false).status().code(), absl::StatusCode::kResourceExhausted);
 }
 
+// Prefix-cache entries: a snapshot takes only a free slot (else host bytes, outside the host
+// tier), leaves the device before any conversation, is not counted as a state, and seeds a new
+// state with the same contents whichever tier it is in.
+TEST(StateManagerTest, CacheEntriesTakeFreeSlotsOnlyAndSeedNewStates) {
+  Fixture f(2);
+  const StateId a = *f.states.Create(false);
+  f.states.Attach(a);
+  ASSERT_TRUE(f.states.Admit(a).ok());
+  f.Advance(a, 5);
+  f.Advance(a, 6);
+  const std::string a_bytes = *f.backend.SaveSlot(*f.states.Find(a)->slot);
+
+  const StateId on_device = *f.states.Snapshot(a);  // the free slot
+  const StateId on_host = *f.states.Snapshot(a);    // no slot left: host bytes, nothing spilled
+  EXPECT_TRUE(f.states.Find(on_device)->slot.has_value());
+  EXPECT_TRUE(f.states.Find(on_host)->host.has_value());
+  EXPECT_EQ(f.states.Find(on_host)->consumed, 2);
+  EXPECT_EQ(f.states.num_states(), 1);
+  EXPECT_EQ(f.states.host_states(), 0);
+  EXPECT_EQ(f.states.host_bytes_used(), 0);
+  f.states.Detach(a, {}, {}, 0);
+
+  // A new state's admission moves the device entry to the host before it spills `a`.
+  for (StateId seed : {on_device, on_host}) {
+    const StateId b = *f.states.Create(false);
+    f.states.Attach(b);
+    ASSERT_TRUE(f.states.Admit(b, seed).ok());
+    EXPECT_EQ(f.states.Find(b)->consumed, 2);
+    EXPECT_EQ(*f.backend.SaveSlot(*f.states.Find(b)->slot), a_bytes);
+    EXPECT_TRUE(f.states.Find(a)->slot.has_value());
+    EXPECT_EQ(f.states.evictions(), 0);
+    f.states.Detach(b, {}, {}, 0);
+    ASSERT_TRUE(f.states.Free(b).ok());
+  }
+  EXPECT_TRUE(f.states.Find(on_device)->host.has_value());
+  ASSERT_TRUE(f.states.Free(on_device).ok());
+  ASSERT_TRUE(f.states.Free(on_host).ok());
+  EXPECT_EQ(f.states.num_states(), 1);
+}
+
 }  // namespace
 }  // namespace lizard::testing

@@ -160,9 +160,13 @@ class OpenAiApiTest(unittest.TestCase):
             self.assertEqual(choice["token_ids"], [t for r in responses for t in r.token_ids])
             self.assertEqual(choice["text"], "".join(r.text for r in responses))
             usage = responses[-1].usage
+            # The prefix cache may serve part of the repeated prompt: only the count differs.
+            cached = body["usage"]["prompt_tokens_details"]["cached_tokens"]
+            self.assertTrue(0 <= cached < usage.prompt_tokens, cached)
             self.assertEqual(body["usage"], {"prompt_tokens": usage.prompt_tokens,
                                              "completion_tokens": 12,
-                                             "total_tokens": usage.prompt_tokens + 12})
+                                             "total_tokens": usage.prompt_tokens + 12,
+                                             "prompt_tokens_details": {"cached_tokens": cached}})
 
     def test_sse_framing_with_curl(self):
         request = {"prompt": "Once upon a time", "max_tokens": 10, "stream": True,

@@ -4,6 +4,9 @@
 //   lizard-loadgen --target 127.0.0.1:50051 --concurrency 32 --requests 256
 //       --prompt-tokens 64:256 --output-tokens 64          (closed loop, 32 clients)
 //   lizard-loadgen --rate 20 --duration 30s ...            (Poisson arrivals, open loop)
+//   lizard-loadgen --chat-turns 8 --conversations 32 --prompt-tokens 200 --user-tokens 16:32
+//       (multi-turn chat: a shared system prompt, each turn re-sends the whole conversation
+//        without a session, as OpenAI clients do; reports prefix-cache hits and TTFT per turn)
 //
 // Prompts are random token ids (so lengths are exact); ignore_eos makes outputs exact too.
 #include <algorithm>
@@ -39,6 +42,11 @@ ABSL_FLAG(std::string, prompt_tokens, "128", "prompt length: N or MIN:MAX (unifo
 ABSL_FLAG(std::string, output_tokens, "64", "generated tokens: N or MIN:MAX (uniform)");
 ABSL_FLAG(double, temperature, 0, "sampling temperature (0 = greedy)");
 ABSL_FLAG(uint64_t, seed, 1, "seed of the prompt and length generator");
+ABSL_FLAG(int, chat_turns, 0,
+          "multi-turn chat: turns per conversation (0: independent requests); --prompt-tokens is "
+          "then the system prompt shared by every conversation");
+ABSL_FLAG(int, conversations, 16, "multi-turn chat: conversations to run");
+ABSL_FLAG(std::string, user_tokens, "16:32", "multi-turn chat: tokens per user message");
 
 namespace {
 
@@ -64,6 +72,9 @@ struct Outcome {
   grpc::StatusCode code = grpc::StatusCode::OK;
   int64_t prompt_tokens = 0;
   int64_t output_tokens = 0;
+  int64_t cached_tokens = 0;       // prompt tokens the server's prefix cache served
+  int turn = 0;                    // multi-turn chat: 1-based turn, 0 otherwise
+  std::vector<int32_t> tokens;     // generated
   double ttft = -1;                // seconds
   std::vector<double> itl;         // seconds, one per token after the first
   double duration = 0;
@@ -103,14 +114,23 @@ class LoadGen {
       : stub_(lizard::v1::Lizard::NewStub(channel)), vocab_(vocab), prompt_(prompt),
         output_(output), rng_(absl::SeedSeq({absl::GetFlag(FLAGS_seed)})) {}
 
-  lizard::v1::GenerateRequest NextRequest() {
+  lizard::v1::GenerateRequest NextRequest() { return Request(RandomTokens(prompt_)); }
+
+  // Random token ids, a length in `length`: ids below the special tokens at the end of the
+  // vocabulary.
+  std::vector<int32_t> RandomTokens(Range length) {
+    absl::MutexLock lock(&mu_);
+    std::vector<int32_t> tokens(
+        absl::Uniform<int>(absl::IntervalClosed, rng_, length.min, length.max));
+    for (int32_t& t : tokens) t = absl::Uniform<int32_t>(rng_, 0, vocab_ - 2);
+    return tokens;
+  }
+
+  // A one-shot request for `prompt`, with a random output length.
+  lizard::v1::GenerateRequest Request(const std::vector<int32_t>& prompt) {
     absl::MutexLock lock(&mu_);
     lizard::v1::GenerateRequest request;
-    const int n = absl::Uniform<int>(absl::IntervalClosed, rng_, prompt_.min, prompt_.max);
-    // Ids below the special tokens at the end of the vocabulary.
-    for (int i = 0; i < n; ++i) {
-      request.mutable_token_ids()->add_ids(absl::Uniform<int32_t>(rng_, 0, vocab_ - 2));
-    }
+    request.mutable_token_ids()->mutable_ids()->Add(prompt.begin(), prompt.end());
     request.mutable_stopping()->set_max_new_tokens(
         absl::Uniform<int>(absl::IntervalClosed, rng_, output_.min, output_.max));
     request.mutable_stopping()->set_ignore_eos(true);
@@ -126,8 +146,10 @@ class LoadGen {
     absl::Time last = start;
     auto reader = stub_->Generate(&context, request);
     for (lizard::v1::GenerateResponse r; reader->Read(&r);) {
+      if (r.has_usage()) o.cached_tokens = r.usage().cached_tokens();
       const int n = r.token_ids_size();
       if (n == 0) continue;
+      o.tokens.insert(o.tokens.end(), r.token_ids().begin(), r.token_ids().end());
       const absl::Time now = absl::Now();
       if (o.output_tokens == 0) {
         o.ttft = absl::ToDoubleSeconds(now - start);
@@ -212,6 +234,30 @@ int main(int argc, char** argv) {
     results.Add(gen.Run(gen.NextRequest()));
     --inflight;
   };
+  const int chat_turns = absl::GetFlag(FLAGS_chat_turns);
+  absl::StatusOr<Range> user = ParseRange(absl::GetFlag(FLAGS_user_tokens));
+  if (!user.ok()) {
+    std::fprintf(stderr, "--user-tokens: %s\n", user.status().ToString().c_str());
+    return 2;
+  }
+  const std::vector<int32_t> system_prompt = gen.RandomTokens(*prompt);
+  std::atomic<int> conversations{absl::GetFlag(FLAGS_conversations)};
+  // One conversation: each turn appends a user message and re-sends the whole history.
+  auto run_conversation = [&] {
+    std::vector<int32_t> history = system_prompt;
+    for (int turn = 1; turn <= chat_turns; ++turn) {
+      const std::vector<int32_t> message = gen.RandomTokens(*user);
+      history.insert(history.end(), message.begin(), message.end());
+      ++inflight;
+      Outcome o = gen.Run(gen.Request(history));
+      --inflight;
+      o.turn = turn;
+      history.insert(history.end(), o.tokens.begin(), o.tokens.end());
+      const bool failed = o.code != grpc::StatusCode::OK;
+      results.Add(std::move(o));
+      if (failed) return;
+    }
+  };
 
   std::atomic<bool> done{false};
   std::thread progress([&] {
@@ -222,7 +268,13 @@ int main(int argc, char** argv) {
   });
 
   std::vector<std::thread> threads;
-  if (rate > 0) {
+  if (chat_turns > 0) {
+    for (int c = 0; c < absl::GetFlag(FLAGS_concurrency); ++c) {
+      threads.emplace_back([&] {
+        while (conversations.fetch_sub(1) > 0) run_conversation();
+      });
+    }
+  } else if (rate > 0) {
     // Open loop: exponential gaps between arrivals, each request on its own thread.
     absl::BitGen arrivals(absl::SeedSeq({absl::GetFlag(FLAGS_seed) + 1}));
     absl::Time next = start;
@@ -271,6 +323,31 @@ int main(int argc, char** argv) {
   std::printf("request latency (ms): p50 %.1f  p90 %.1f  p99 %.1f\n",
               1e3 * Percentile(latency, 50), 1e3 * Percentile(latency, 90),
               1e3 * Percentile(latency, 99));
+  if (chat_turns > 0) {
+    // Per turn: prompt tokens, the share the prefix cache served, and TTFT.
+    std::printf("turn  requests  prompt tokens (mean)  cached  ttft p50 (ms)  ttft p90 (ms)\n");
+    int64_t later_prompt = 0, later_cached = 0;
+    for (int turn = 1; turn <= chat_turns; ++turn) {
+      std::vector<double> turn_ttft;
+      int64_t prompt_sum = 0, cached_sum = 0;
+      for (const Outcome& o : outcomes) {
+        if (o.turn != turn || o.code != grpc::StatusCode::OK) continue;
+        prompt_sum += o.prompt_tokens;
+        cached_sum += o.cached_tokens;
+        if (o.ttft >= 0) turn_ttft.push_back(o.ttft);
+      }
+      if (turn > 1) {
+        later_prompt += prompt_sum;
+        later_cached += cached_sum;
+      }
+      const double n = std::max<double>(1, static_cast<double>(turn_ttft.size()));
+      std::printf("%4d  %8zu  %20.1f  %5.1f%%  %13.2f  %13.2f\n", turn, turn_ttft.size(),
+                  prompt_sum / n, 100.0 * cached_sum / std::max<int64_t>(1, prompt_sum),
+                  1e3 * Percentile(turn_ttft, 50), 1e3 * Percentile(turn_ttft, 90));
+    }
+    std::printf("prefix-cache hit rate after turn 1: %.1f%% of prompt tokens\n",
+                100.0 * later_cached / std::max<int64_t>(1, later_prompt));
+  }
   std::printf("errors:");
   if (errors.empty()) std::printf(" none");
   for (const auto& [code, n] : errors) std::printf(" %s=%d", code.c_str(), n);

@@ -14,19 +14,19 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16lizard/v1/lizard.proto\x12\tlizard.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\x05\"\xea\x01\n\x0eSamplingParams\x12\x13\n\x0btemperature\x18\x01 \x01(\x02\x12\r\n\x05top_k\x18\x02 \x01(\x05\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x00\x88\x01\x01\x12\r\n\x05min_p\x18\x04 \x01(\x02\x12\x1f\n\x12repetition_penalty\x18\x05 \x01(\x02H\x01\x88\x01\x01\x12\x18\n\x10presence_penalty\x18\x06 \x01(\x02\x12\x19\n\x11\x66requency_penalty\x18\x07 \x01(\x02\x12\x11\n\x04seed\x18\x08 \x01(\x04H\x02\x88\x01\x01\x42\x08\n\x06_top_pB\x15\n\x13_repetition_penaltyB\x07\n\x05_seed\"\x84\x01\n\x10StoppingCriteria\x12\x1b\n\x0emax_new_tokens\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x14\n\x0cstop_strings\x18\x02 \x03(\t\x12\x16\n\x0estop_token_ids\x18\x03 \x03(\x05\x12\x12\n\nignore_eos\x18\x04 \x01(\x08\x42\x11\n\x0f_max_new_tokens\"\xea\x01\n\x0fGenerateRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12(\n\ttoken_ids\x18\x03 \x01(\x0b\x32\x13.lizard.v1.TokenIdsH\x00\x12+\n\x08sampling\x18\x04 \x01(\x0b\x32\x19.lizard.v1.SamplingParams\x12-\n\x08stopping\x18\x05 \x01(\x0b\x32\x1b.lizard.v1.StoppingCriteria\x12\x10\n\x08logprobs\x18\x06 \x01(\r\x12\x12\n\nrequest_id\x18\x07 \x01(\tB\x07\n\x05input\"1\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\x05\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\"^\n\rTokenLogprobs\x12\'\n\x06\x63hosen\x18\x01 \x01(\x0b\x32\x17.lizard.v1.TokenLogprob\x12$\n\x03top\x18\x02 \x03(\x0b\x32\x17.lizard.v1.TokenLogprob\"P\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x03\x12\x18\n\x10generated_tokens\x18\x02 \x01(\x03\x12\x16\n\x0esession_tokens\x18\x03 \x01(\x03\"\xc4\x01\n\x10GenerateResponse\x12\x11\n\ttoken_ids\x18\x01 \x03(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\x12*\n\x08logprobs\x18\x03 \x03(\x0b\x32\x18.lizard.v1.TokenLogprobs\x12.\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x17.lizard.v1.FinishReason\x12\x1f\n\x05usage\x18\x05 \x01(\x0b\x32\x10.lizard.v1.Usage\x12\x12\n\nrequest_id\x18\x06 \x01(\t\"\xcf\x02\n\x07Session\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x12\n\nnum_tokens\x18\x02 \x01(\x03\x12\x13\n\x0bstate_bytes\x18\x03 \x01(\x03\x12*\n\x08location\x18\x04 \x01(\x0e\x32\x18.lizard.v1.StateLocation\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0clast_used_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1b\n\x13last_turn_token_ids\x18\x08 \x03(\x05\x12\x1e\n\x16last_turn_input_tokens\x18\t \x01(\x03\x12\x0c\n\x04\x62usy\x18\n \x01(\x08\"\x84\x01\n\x14\x43reateSessionRequest\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12(\n\ttoken_ids\x18\x02 \x01(\x0b\x32\x13.lizard.v1.TokenIdsH\x00\x12\x18\n\x0bttl_seconds\x18\x03 \x01(\rH\x01\x88\x01\x01\x42\x08\n\x06prefixB\x0e\n\x0c_ttl_seconds\"\'\n\x11GetSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"(\n\x12\x46orkSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"*\n\x14\x44\x65leteSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\x17\n\x15\x44\x65leteSessionResponse\";\n\x0fTokenizeRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x1a\n\x12\x61\x64\x64_special_tokens\x18\x02 \x01(\x08\"%\n\x10TokenizeResponse\x12\x11\n\ttoken_ids\x18\x01 \x03(\x05\"&\n\x11\x44\x65tokenizeRequest\x12\x11\n\ttoken_ids\x18\x01 \x03(\x05\"\"\n\x12\x44\x65tokenizeResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\"\x15\n\x13GetModelInfoRequest\"\xd0\x01\n\x08\x43\x61pacity\x12\x1a\n\x12\x64\x65vice_state_slots\x18\x01 \x01(\x05\x12\x18\n\x10host_state_bytes\x18\x02 \x01(\x03\x12\x14\n\x0cmax_sessions\x18\x03 \x01(\x03\x12\x13\n\x0bmax_running\x18\x04 \x01(\x05\x12\x11\n\tmax_queue\x18\x05 \x01(\x05\x12\x18\n\x10max_batch_tokens\x18\x06 \x01(\x05\x12\x1c\n\x14max_new_tokens_limit\x18\x07 \x01(\x05\x12\x18\n\x10max_input_tokens\x18\x08 \x01(\x05\"\xfe\x02\n\tModelInfo\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x12\n\nvocab_size\x18\x02 \x01(\x03\x12\x12\n\nnum_layers\x18\x03 \x01(\x03\x12)\n\x0blayer_types\x18\x04 \x03(\x0e\x32\x14.lizard.v1.LayerType\x12\x13\n\x0bwindow_size\x18\x05 \x01(\x03\x12\x17\n\x0fnum_meta_tokens\x18\x06 \x01(\x03\x12\x13\n\x0bhidden_size\x18\x07 \x01(\x03\x12\x1f\n\x17state_bytes_per_session\x18\x08 \x01(\x03\x12\x1a\n\x12kv_bytes_per_token\x18\t \x01(\x03\x12\x0f\n\x07\x62\x61\x63kend\x18\n \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x0b \x01(\t\x12%\n\x08\x63\x61pacity\x18\x0c \x01(\x0b\x32\x13.lizard.v1.Capacity\x12\x15\n\rhas_tokenizer\x18\r \x01(\x08\x12\x14\n\x0c\x62os_token_id\x18\x0e \x01(\x05\x12\x15\n\reos_token_ids\x18\x0f \x03(\x05*[\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\n\n\x06LENGTH\x10\x01\x12\x08\n\x04STOP\x10\x02\x12\x07\n\x03\x45OS\x10\x03\x12\r\n\tCANCELLED\x10\x04*E\n\rStateLocation\x12\x1e\n\x1aSTATE_LOCATION_UNSPECIFIED\x10\x00\x12\n\n\x06\x44\x45VICE\x10\x01\x12\x08\n\x04HOST\x10\x02*@\n\tLayerType\x12\x1a\n\x16LAYER_TYPE_UNSPECIFIED\x10\x00\x12\n\n\x06LIZARD\x10\x01\x12\x0b\n\x07SOFTMAX\x10\x02\x32\xc1\x04\n\x06Lizard\x12\x45\n\x08Generate\x12\x1a.lizard.v1.GenerateRequest\x1a\x1b.lizard.v1.GenerateResponse0\x01\x12\x44\n\rCreateSession\x12\x1f.lizard.v1.CreateSessionRequest\x1a\x12.lizard.v1.Session\x12>\n\nGetSession\x12\x1c.lizard.v1.GetSessionRequest\x1a\x12.lizard.v1.Session\x12@\n\x0b\x46orkSession\x12\x1d.lizard.v1.ForkSessionRequest\x1a\x12.lizard.v1.Session\x12R\n\rDeleteSession\x12\x1f.lizard.v1.DeleteSessionRequest\x1a .lizard.v1.DeleteSessionResponse\x12\x43\n\x08Tokenize\x12\x1a.lizard.v1.TokenizeRequest\x1a\x1b.lizard.v1.TokenizeResponse\x12I\n\nDetokenize\x12\x1c.lizard.v1.DetokenizeRequest\x1a\x1d.lizard.v1.DetokenizeResponse\x12\x44\n\x0cGetModelInfo\x12\x1e.lizard.v1.GetModelInfoRequest\x1a\x14.lizard.v1.ModelInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16lizard/v1/lizard.proto\x12\tlizard.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\x05\"\xea\x01\n\x0eSamplingParams\x12\x13\n\x0btemperature\x18\x01 \x01(\x02\x12\r\n\x05top_k\x18\x02 \x01(\x05\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x00\x88\x01\x01\x12\r\n\x05min_p\x18\x04 \x01(\x02\x12\x1f\n\x12repetition_penalty\x18\x05 \x01(\x02H\x01\x88\x01\x01\x12\x18\n\x10presence_penalty\x18\x06 \x01(\x02\x12\x19\n\x11\x66requency_penalty\x18\x07 \x01(\x02\x12\x11\n\x04seed\x18\x08 \x01(\x04H\x02\x88\x01\x01\x42\x08\n\x06_top_pB\x15\n\x13_repetition_penaltyB\x07\n\x05_seed\"\x84\x01\n\x10StoppingCriteria\x12\x1b\n\x0emax_new_tokens\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x14\n\x0cstop_strings\x18\x02 \x03(\t\x12\x16\n\x0estop_token_ids\x18\x03 \x03(\x05\x12\x12\n\nignore_eos\x18\x04 \x01(\x08\x42\x11\n\x0f_max_new_tokens\"\xea\x01\n\x0fGenerateRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12(\n\ttoken_ids\x18\x03 \x01(\x0b\x32\x13.lizard.v1.TokenIdsH\x00\x12+\n\x08sampling\x18\x04 \x01(\x0b\x32\x19.lizard.v1.SamplingParams\x12-\n\x08stopping\x18\x05 \x01(\x0b\x32\x1b.lizard.v1.StoppingCriteria\x12\x10\n\x08logprobs\x18\x06 \x01(\r\x12\x12\n\nrequest_id\x18\x07 \x01(\tB\x07\n\x05input\"1\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\x05\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\"^\n\rTokenLogprobs\x12\'\n\x06\x63hosen\x18\x01 \x01(\x0b\x32\x17.lizard.v1.TokenLogprob\x12$\n\x03top\x18\x02 \x03(\x0b\x32\x17.lizard.v1.TokenLogprob\"g\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x03\x12\x18\n\x10generated_tokens\x18\x02 \x01(\x03\x12\x16\n\x0esession_tokens\x18\x03 \x01(\x03\x12\x15\n\rcached_tokens\x18\x04 \x01(\x03\"\xc4\x01\n\x10GenerateResponse\x12\x11\n\ttoken_ids\x18\x01 \x03(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\x12*\n\x08logprobs\x18\x03 \x03(\x0b\x32\x18.lizard.v1.TokenLogprobs\x12.\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x17.lizard.v1.FinishReason\x12\x1f\n\x05usage\x18\x05 \x01(\x0b\x32\x10.lizard.v1.Usage\x12\x12\n\nrequest_id\x18\x06 \x01(\t\"\xcf\x02\n\x07Session\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x12\n\nnum_tokens\x18\x02 \x01(\x03\x12\x13\n\x0bstate_bytes\x18\x03 \x01(\x03\x12*\n\x08location\x18\x04 \x01(\x0e\x32\x18.lizard.v1.StateLocation\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0clast_used_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1b\n\x13last_turn_token_ids\x18\x08 \x03(\x05\x12\x1e\n\x16last_turn_input_tokens\x18\t \x01(\x03\x12\x0c\n\x04\x62usy\x18\n \x01(\x08\"\x84\x01\n\x14\x43reateSessionRequest\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12(\n\ttoken_ids\x18\x02 \x01(\x0b\x32\x13.lizard.v1.TokenIdsH\x00\x12\x18\n\x0bttl_seconds\x18\x03 \x01(\rH\x01\x88\x01\x01\x42\x08\n\x06prefixB\x0e\n\x0c_ttl_seconds\"\'\n\x11GetSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"(\n\x12\x46orkSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"*\n\x14\x44\x65leteSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\x17\n\x15\x44\x65leteSessionResponse\";\n\x0fTokenizeRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x1a\n\x12\x61\x64\x64_special_tokens\x18\x02 \x01(\x08\"%\n\x10TokenizeResponse\x12\x11\n\ttoken_ids\x18\x01 \x03(\x05\"&\n\x11\x44\x65tokenizeRequest\x12\x11\n\ttoken_ids\x18\x01 \x03(\x05\"\"\n\x12\x44\x65tokenizeResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\"\x15\n\x13GetModelInfoRequest\"\xd0\x01\n\x08\x43\x61pacity\x12\x1a\n\x12\x64\x65vice_state_slots\x18\x01 \x01(\x05\x12\x18\n\x10host_state_bytes\x18\x02 \x01(\x03\x12\x14\n\x0cmax_sessions\x18\x03 \x01(\x03\x12\x13\n\x0bmax_running\x18\x04 \x01(\x05\x12\x11\n\tmax_queue\x18\x05 \x01(\x05\x12\x18\n\x10max_batch_tokens\x18\x06 \x01(\x05\x12\x1c\n\x14max_new_tokens_limit\x18\x07 \x01(\x05\x12\x18\n\x10max_input_tokens\x18\x08 \x01(\x05\"\xfe\x02\n\tModelInfo\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x12\n\nvocab_size\x18\x02 \x01(\x03\x12\x12\n\nnum_layers\x18\x03 \x01(\x03\x12)\n\x0blayer_types\x18\x04 \x03(\x0e\x32\x14.lizard.v1.LayerType\x12\x13\n\x0bwindow_size\x18\x05 \x01(\x03\x12\x17\n\x0fnum_meta_tokens\x18\x06 \x01(\x03\x12\x13\n\x0bhidden_size\x18\x07 \x01(\x03\x12\x1f\n\x17state_bytes_per_session\x18\x08 \x01(\x03\x12\x1a\n\x12kv_bytes_per_token\x18\t \x01(\x03\x12\x0f\n\x07\x62\x61\x63kend\x18\n \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x0b \x01(\t\x12%\n\x08\x63\x61pacity\x18\x0c \x01(\x0b\x32\x13.lizard.v1.Capacity\x12\x15\n\rhas_tokenizer\x18\r \x01(\x08\x12\x14\n\x0c\x62os_token_id\x18\x0e \x01(\x05\x12\x15\n\reos_token_ids\x18\x0f \x03(\x05*[\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\n\n\x06LENGTH\x10\x01\x12\x08\n\x04STOP\x10\x02\x12\x07\n\x03\x45OS\x10\x03\x12\r\n\tCANCELLED\x10\x04*E\n\rStateLocation\x12\x1e\n\x1aSTATE_LOCATION_UNSPECIFIED\x10\x00\x12\n\n\x06\x44\x45VICE\x10\x01\x12\x08\n\x04HOST\x10\x02*@\n\tLayerType\x12\x1a\n\x16LAYER_TYPE_UNSPECIFIED\x10\x00\x12\n\n\x06LIZARD\x10\x01\x12\x0b\n\x07SOFTMAX\x10\x02\x32\xc1\x04\n\x06Lizard\x12\x45\n\x08Generate\x12\x1a.lizard.v1.GenerateRequest\x1a\x1b.lizard.v1.GenerateResponse0\x01\x12\x44\n\rCreateSession\x12\x1f.lizard.v1.CreateSessionRequest\x1a\x12.lizard.v1.Session\x12>\n\nGetSession\x12\x1c.lizard.v1.GetSessionRequest\x1a\x12.lizard.v1.Session\x12@\n\x0b\x46orkSession\x12\x1d.lizard.v1.ForkSessionRequest\x1a\x12.lizard.v1.Session\x12R\n\rDeleteSession\x12\x1f.lizard.v1.DeleteSessionRequest\x1a .lizard.v1.DeleteSessionResponse\x12\x43\n\x08Tokenize\x12\x1a.lizard.v1.TokenizeRequest\x1a\x1b.lizard.v1.TokenizeResponse\x12I\n\nDetokenize\x12\x1c.lizard.v1.DetokenizeRequest\x1a\x1d.lizard.v1.DetokenizeResponse\x12\x44\n\x0cGetModelInfo\x12\x1e.lizard.v1.GetModelInfoRequest\x1a\x14.lizard.v1.ModelInfob\x06proto3')
 
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, globals())
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'lizard.v1.lizard_pb2', globals())
 if _descriptor._USE_C_DESCRIPTORS == False:
 
   DESCRIPTOR._options = None
-  _FINISHREASON._serialized_start=2552
-  _FINISHREASON._serialized_end=2643
-  _STATELOCATION._serialized_start=2645
-  _STATELOCATION._serialized_end=2714
-  _LAYERTYPE._serialized_start=2716
-  _LAYERTYPE._serialized_end=2780
+  _FINISHREASON._serialized_start=2575
+  _FINISHREASON._serialized_end=2666
+  _STATELOCATION._serialized_start=2668
+  _STATELOCATION._serialized_end=2737
+  _LAYERTYPE._serialized_start=2739
+  _LAYERTYPE._serialized_end=2803
   _TOKENIDS._serialized_start=70
   _TOKENIDS._serialized_end=93
   _SAMPLINGPARAMS._serialized_start=96
@@ -40,35 +40,35 @@ if _descriptor._USE_C_DESCRIPTORS == False:
   _TOKENLOGPROBS._serialized_start=755
   _TOKENLOGPROBS._serialized_end=849
   _USAGE._serialized_start=851
-  _USAGE._serialized_end=931
-  _GENERATERESPONSE._serialized_start=934
-  _GENERATERESPONSE._serialized_end=1130
-  _SESSION._serialized_start=1133
-  _SESSION._serialized_end=1468
-  _CREATESESSIONREQUEST._serialized_start=1471
-  _CREATESESSIONREQUEST._serialized_end=1603
-  _GETSESSIONREQUEST._serialized_start=1605
-  _GETSESSIONREQUEST._serialized_end=1644
-  _FORKSESSIONREQUEST._serialized_start=1646
-  _FORKSESSIONREQUEST._serialized_end=1686
-  _DELETESESSIONREQUEST._serialized_start=1688
-  _DELETESESSIONREQUEST._serialized_end=1730
-  _DELETESESSIONRESPONSE._serialized_start=1732
-  _DELETESESSIONRESPONSE._serialized_end=1755
-  _TOKENIZEREQUEST._serialized_start=1757
-  _TOKENIZEREQUEST._serialized_end=1816
-  _TOKENIZERESPONSE._serialized_start=1818
-  _TOKENIZERESPONSE._serialized_end=1855
-  _DETOKENIZEREQUEST._serialized_start=1857
-  _DETOKENIZEREQUEST._serialized_end=1895
-  _DETOKENIZERESPONSE._serialized_start=1897
-  _DETOKENIZERESPONSE._serialized_end=1931
-  _GETMODELINFOREQUEST._serialized_start=1933
-  _GETMODELINFOREQUEST._serialized_end=1954
-  _CAPACITY._serialized_start=1957
-  _CAPACITY._serialized_end=2165
-  _MODELINFO._serialized_start=2168
-  _MODELINFO._serialized_end=2550
-  _LIZARD._serialized_start=2783
-  _LIZARD._serialized_end=3360
+  _USAGE._serialized_end=954
+  _GENERATERESPONSE._serialized_start=957
+  _GENERATERESPONSE._serialized_end=1153
+  _SESSION._serialized_start=1156
+  _SESSION._serialized_end=1491
+  _CREATESESSIONREQUEST._serialized_start=1494
+  _CREATESESSIONREQUEST._serialized_end=1626
+  _GETSESSIONREQUEST._serialized_start=1628
+  _GETSESSIONREQUEST._serialized_end=1667
+  _FORKSESSIONREQUEST._serialized_start=1669
+  _FORKSESSIONREQUEST._serialized_end=1709
+  _DELETESESSIONREQUEST._serialized_start=1711
+  _DELETESESSIONREQUEST._serialized_end=1753
+  _DELETESESSIONRESPONSE._serialized_start=1755
+  _DELETESESSIONRESPONSE._serialized_end=1778
+  _TOKENIZEREQUEST._serialized_start=1780
+  _TOKENIZEREQUEST._serialized_end=1839
+  _TOKENIZERESPONSE._serialized_start=1841
+  _TOKENIZERESPONSE._serialized_end=1878
+  _DETOKENIZEREQUEST._serialized_start=1880
+  _DETOKENIZEREQUEST._serialized_end=1918
+  _DETOKENIZERESPONSE._serialized_start=1920
+  _DETOKENIZERESPONSE._serialized_end=1954
+  _GETMODELINFOREQUEST._serialized_start=1956
+  _GETMODELINFOREQUEST._serialized_end=1977
+  _CAPACITY._serialized_start=1980
+  _CAPACITY._serialized_end=2188
+  _MODELINFO._serialized_start=2191
+  _MODELINFO._serialized_end=2573
+  _LIZARD._serialized_start=2806
+  _LIZARD._serialized_end=3383
 # @@protoc_insertion_point(module_scope)
