@@ -624,6 +624,7 @@ class LizardService::ExportCall : public grpc::ServerWriteReactor<grpc::ByteBuff
     v1::SessionBlobChunk chunk;
     chunk.set_data(blob_.substr(offset_, kSessionBlobChunkBytes));
     offset_ += chunk.data().size();
+    buffer_.Clear();  // the previous chunk's write is done
     SerializeTo(chunk, &buffer_);
     StartWrite(&buffer_);
   }

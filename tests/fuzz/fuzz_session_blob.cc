@@ -2,7 +2,7 @@
 // decoded as given, and once more behind a valid header (magic, version, length and crc32 of the
 // rest) so that the fuzzer also reaches the record's protobuf decoding. A decoded record must
 // survive encoding and decoding again unchanged.
-// The seed in corpus/session_blob is an ExportSession blob of a lizard-tiny session.
+// The seed in corpus/session_blob is a small blob (a record with a few bytes of state).
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>

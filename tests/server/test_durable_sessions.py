@@ -157,32 +157,31 @@ class ExportImportTest(unittest.TestCase):
             urllib.request.urlopen(request, timeout=30)
         self.assertEqual(caught.exception.code, 400)
 
+    def assert_refused(self, blob, code):
+        """Importing BLOB fails with CODE; returns the error's details."""
+        with self.assertRaises(grpc.RpcError) as caught:
+            self.b.import_blob(blob)
+        self.assertEqual(caught.exception.code(), code)
+        return caught.exception.details()
+
     def test_corrupt_and_foreign_blobs_are_refused(self):
         sid = self.a.new_session([1, 2, 3])
         conversation(self.a, sid, 1)
-        blob = bytearray(self.a.export(sid))
-        for bad in (bytes(blob[:-3]), bytes(blob[:10]), b"nonsense" * 10,
-                    bytes(blob[:40]) + bytes([blob[40] ^ 1]) + bytes(blob[41:])):
-            with self.assertRaises(grpc.RpcError) as caught:
-                self.b.import_blob(bad)
-            self.assertEqual(caught.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
-        foreign = with_record(bytes(blob), lambda r: setattr(r, "model_fingerprint", "other"))
-        with self.assertRaises(grpc.RpcError) as caught:
-            self.b.import_blob(foreign)
-        self.assertEqual(caught.exception.code(), grpc.StatusCode.FAILED_PRECONDITION)
-        self.assertIn("another model", caught.exception.details())
+        blob = self.a.export(sid)
+        flipped = blob[:40] + bytes([blob[40] ^ 1]) + blob[41:]
+        for bad in (blob[:-3], blob[:10], b"nonsense" * 10, flipped):
+            self.assert_refused(bad, grpc.StatusCode.INVALID_ARGUMENT)
+        foreign = with_record(blob, lambda r: setattr(r, "model_fingerprint", "other"))
+        self.assertIn("another model",
+                      self.assert_refused(foreign, grpc.StatusCode.FAILED_PRECONDITION))
         # A well-formed record whose state bytes are not this model's.
-        garbage = with_record(bytes(blob), lambda r: setattr(r, "state", b"x" * 100))
-        with self.assertRaises(grpc.RpcError) as caught:
-            self.b.import_blob(garbage)
-        self.assertEqual(caught.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+        garbage = with_record(blob, lambda r: setattr(r, "state", b"x" * 100))
+        self.assert_refused(garbage, grpc.StatusCode.INVALID_ARGUMENT)
         # An id that could name another file is refused.
-        escaping = with_record(bytes(blob), lambda r: setattr(r, "session_id", "../x"))
-        with self.assertRaises(grpc.RpcError) as caught:
-            self.b.import_blob(escaping)
-        self.assertEqual(caught.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+        escaping = with_record(blob, lambda r: setattr(r, "session_id", "../x"))
+        self.assert_refused(escaping, grpc.StatusCode.INVALID_ARGUMENT)
 
-    def test_busy_and_unknown_sessions(self):
+    def test_unknown_session_is_not_found(self):
         with self.assertRaises(grpc.RpcError) as caught:
             self.a.export("0123456789abcdef0123456789abcdef")
         self.assertEqual(caught.exception.code(), grpc.StatusCode.NOT_FOUND)
