@@ -599,6 +599,137 @@ void LizardService::FillModelInfo(v1::ModelInfo* response) const {
 }
 
 // ---------------------------------------------------------------------------------------------
+// ExportSession: the blob is made at once (it is a copy), then written in chunks.
+class LizardService::ExportCall : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
+ public:
+  ExportCall(LizardService* service, absl::Time start, std::string session_id, std::string blob)
+      : service_(service), start_(start), session_id_(std::move(session_id)),
+        blob_(std::move(blob)) {
+    WriteNext();
+  }
+  void OnWriteDone(bool ok) override {
+    if (ok) {
+      WriteNext();
+    } else {
+      End(absl::CancelledError("the client stopped reading"));
+    }
+  }
+  void OnDone() override { delete this; }
+
+ private:
+  void WriteNext() {
+    if (offset_ >= blob_.size()) {
+      End(absl::OkStatus());
+      return;
+    }
+    v1::SessionBlobChunk chunk;
+    chunk.set_data(blob_.substr(offset_, kSessionBlobChunkBytes));
+    offset_ += chunk.data().size();
+    buffer_.Clear();  // the previous chunk's write is done
+    SerializeTo(chunk, &buffer_);
+    StartWrite(&buffer_);
+  }
+  void End(const absl::Status& status) {
+    service_->RecordOutcome({NewRequestId(), "ExportSession", status, start_, session_id_});
+    Finish(ToGrpcStatus(status));
+  }
+
+  LizardService* const service_;
+  const absl::Time start_;
+  const std::string session_id_;
+  const std::string blob_;
+  size_t offset_ = 0;
+  grpc::ByteBuffer buffer_;
+};
+
+grpc::ServerWriteReactor<grpc::ByteBuffer>* LizardService::ExportSession(
+    grpc::CallbackServerContext*, const grpc::ByteBuffer* raw) {
+  const absl::Time start = absl::Now();
+  v1::ExportSessionRequest request;
+  absl::Status status = CheckAccepting();
+  if (status.ok()) status = ParseRequest(*raw, &request);
+  if (status.ok()) status = CheckSessionId(request.session_id());
+  absl::StatusOr<std::string> blob =
+      status.ok() ? sessions_->Export(request.session_id()) : status;
+  if (!blob.ok()) {
+    // The failure is the only thing written: a reactor that finishes at once.
+    class Failed : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
+     public:
+      explicit Failed(const absl::Status& status) { Finish(ToGrpcStatus(status)); }
+      void OnDone() override { delete this; }
+    };
+    RecordOutcome({NewRequestId(), "ExportSession", blob.status(), start, request.session_id()});
+    return new Failed(blob.status());
+  }
+  return new ExportCall(this, start, request.session_id(), *std::move(blob));
+}
+
+// ImportSession: the chunks are gathered (up to max_session_blob_bytes), then imported.
+class LizardService::ImportCall : public grpc::ServerReadReactor<grpc::ByteBuffer> {
+ public:
+  ImportCall(LizardService* service, grpc::ByteBuffer* response)
+      : service_(service), response_(response), start_(absl::Now()) {
+    if (absl::Status s = service_->CheckAccepting(); !s.ok()) {
+      End(s);
+      return;
+    }
+    // Counted like a request, so a drain waits for it before the sessions are saved.
+    service_->BeginEngineCall();
+    counted_ = true;
+    StartRead(&buffer_);
+  }
+  void OnReadDone(bool ok) override {
+    if (!ok) {  // the client sent its last chunk
+      End(Import());
+      return;
+    }
+    v1::SessionBlobChunk chunk;
+    if (absl::Status s = ParseRequest(buffer_, &chunk); !s.ok()) {
+      End(s);
+      return;
+    }
+    if (static_cast<int64_t>(blob_.size() + chunk.data().size()) >
+        service_->config_.max_session_blob_bytes) {
+      End(absl::ResourceExhaustedError(absl::StrCat(
+          "session blob larger than ", service_->config_.max_session_blob_bytes, " bytes")));
+      return;
+    }
+    blob_ += chunk.data();
+    StartRead(&buffer_);
+  }
+  void OnDone() override { delete this; }
+
+ private:
+  absl::Status Import() {
+    absl::StatusOr<SessionSnapshot> session = service_->sessions_->Import(blob_);
+    if (!session.ok()) return session.status();
+    session_id_ = session->id;
+    v1::Session out;
+    service_->FillSession(*session, &out);
+    SerializeTo(out, response_);
+    return absl::OkStatus();
+  }
+  void End(const absl::Status& status) {
+    if (counted_) service_->EndEngineCall();
+    service_->RecordOutcome({NewRequestId(), "ImportSession", status, start_, session_id_});
+    Finish(ToGrpcStatus(status));
+  }
+
+  LizardService* const service_;
+  grpc::ByteBuffer* const response_;
+  const absl::Time start_;
+  bool counted_ = false;
+  std::string blob_;
+  std::string session_id_;
+  grpc::ByteBuffer buffer_;
+};
+
+grpc::ServerReadReactor<grpc::ByteBuffer>* LizardService::ImportSession(
+    grpc::CallbackServerContext*, grpc::ByteBuffer* response) {
+  return new ImportCall(this, response);
+}
+
+// ---------------------------------------------------------------------------------------------
 LizardService::LizardService(const ServiceConfig& config, Engine* engine,
                              const Tokenizer* tokenizer, SessionTable* sessions,
                              ServerMetrics* metrics)

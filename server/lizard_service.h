@@ -33,6 +33,8 @@ struct ServiceConfig {
   // A Generate stream whose client does not read is cancelled with RESOURCE_EXHAUSTED once this
   // many bytes of responses wait for it (the engine never waits for a client).
   int64_t stream_buffer_bytes = int64_t{8} << 20;
+  // ImportSession refuses a blob larger than this (RESOURCE_EXHAUSTED) before holding it all.
+  int64_t max_session_blob_bytes = int64_t{1} << 30;
 };
 
 // Every method receives raw bytes and parses them here (ParseRequest): protobuf refuses a
@@ -44,7 +46,10 @@ using LizardServiceBase = v1::Lizard::WithRawCallbackMethod_Generate<
         v1::Lizard::WithRawCallbackMethod_GetSession<v1::Lizard::WithRawCallbackMethod_ForkSession<
             v1::Lizard::WithRawCallbackMethod_DeleteSession<
                 v1::Lizard::WithRawCallbackMethod_Detokenize<
-                    v1::Lizard::WithRawCallbackMethod_GetModelInfo<v1::Lizard::Service>>>>>>>>;
+                    v1::Lizard::WithRawCallbackMethod_GetModelInfo<
+                        v1::Lizard::WithRawCallbackMethod_ExportSession<
+                            v1::Lizard::WithRawCallbackMethod_ImportSession<
+                                v1::Lizard::Service>>>>>>>>>>;
 
 class LizardService final : public LizardServiceBase {
  public:
@@ -91,9 +96,18 @@ class LizardService final : public LizardServiceBase {
   grpc::ServerUnaryReactor* GetModelInfo(grpc::CallbackServerContext* context,
                                          const grpc::ByteBuffer* request,
                                          grpc::ByteBuffer* response) override;
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* ExportSession(
+      grpc::CallbackServerContext* context, const grpc::ByteBuffer* request) override;
+  grpc::ServerReadReactor<grpc::ByteBuffer>* ImportSession(grpc::CallbackServerContext* context,
+                                                           grpc::ByteBuffer* response) override;
+
+  // A blob is streamed in chunks of this size (gRPC's default message limit is 4 MiB).
+  static constexpr size_t kSessionBlobChunkBytes = size_t{1} << 20;
 
  private:
   class GenerateCall;
+  class ExportCall;
+  class ImportCall;
   class PrefillSink;
 
   // Counts the call in lizard_requests_total, logs it and finishes it with `status`.

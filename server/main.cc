@@ -87,6 +87,14 @@ ABSL_FLAG(bool, http_tls, false,
           "serve the HTTP API over HTTPS with --tls-cert and --tls-key (and --tls-client-ca)");
 ABSL_FLAG(absl::Duration, drain_grace, absl::Seconds(30),
           "on SIGTERM/SIGINT, how long running requests may still take");
+ABSL_FLAG(std::string, state_dir, "",
+          "directory where sessions are kept across restarts: loaded at start, written on "
+          "drain and every --state-save-interval (empty = sessions live in memory only)");
+ABSL_FLAG(absl::Duration, state_save_interval, Defaults().state_save_interval,
+          "with --state-dir: how often changed sessions are written (a crash loses at most "
+          "this much)");
+ABSL_FLAG(bool, state_save_after_turn, Defaults().state_save_after_turn,
+          "with --state-dir: write a session as soon as each turn ends");
 ABSL_FLAG(std::string, log_format, "text",
           "text | json: log lines (one per request, startup, errors) as text or JSON lines");
 
@@ -180,6 +188,9 @@ int main(int argc, char** argv) {
   options.security.tls_client_ca_file = absl::GetFlag(FLAGS_tls_client_ca);
   options.http_tls = absl::GetFlag(FLAGS_http_tls);
   options.stream_buffer_bytes = absl::GetFlag(FLAGS_stream_buffer_bytes);
+  options.state_dir = absl::GetFlag(FLAGS_state_dir);
+  options.state_save_interval = absl::GetFlag(FLAGS_state_save_interval);
+  options.state_save_after_turn = absl::GetFlag(FLAGS_state_save_after_turn);
   if (absl::Status s = lizard::server::ValidateServerOptions(options); !s.ok()) {
     LogError(s.message());
     return 2;

@@ -23,6 +23,8 @@ constexpr char kCompletions[] = "/v1/completions";
 constexpr char kChatCompletions[] = "/v1/chat/completions";
 constexpr char kSessions[] = "/v1/sessions";
 constexpr char kModels[] = "/v1/models";
+constexpr char kSessionExport[] = "/v1/sessions/export";  // ?session_id=ID
+constexpr char kSessionImport[] = "/v1/sessions/import";
 
 // What an error carries beyond its absl::Status: the request field it is about and OpenAI's
 // `code` (absl payloads, so that validation helpers can return plain statuses).
@@ -493,6 +495,10 @@ std::vector<HttpEndpoint::Route> OpenAiApi::Routes() {
        [this](const Request& req, Response& res) { Completions(req, res, /*chat=*/true); }},
       {std::string(kSessions), nullptr,
        [this](const Request& req, Response& res) { CreateSession(req, res); }},
+      {std::string(kSessionExport),
+       [this](const Request& req, Response& res) { ExportSession(req, res); }, nullptr},
+      {std::string(kSessionImport), nullptr,
+       [this](const Request& req, Response& res) { ImportSession(req, res); }},
       {std::string(kModels), [this](const Request& req, Response& res) { Models(req, res); },
        nullptr},
       {"/health", [](const Request&, Response& res) { res.set_content("", "text/plain"); },
@@ -578,6 +584,36 @@ void OpenAiApi::CreateSession(const httplib::Request& req, httplib::Response& re
   res.set_content(Dump({{"id", created->id},
                         {"object", "session"},
                         {"expires_at", absl::ToUnixSeconds(created->expires_at)}}),
+                  "application/json");
+}
+
+// The same blob as gRPC ExportSession / ImportSession (server/session_store.h), as the raw
+// body. An import larger than --http-max-body-bytes is refused (413): big sessions move over gRPC.
+void OpenAiApi::ExportSession(const httplib::Request& req, httplib::Response& res) {
+  if (absl::Status s = Authenticate(req); !s.ok()) return Fail(kSessionExport, s, res);
+  if (absl::Status s = service_->CheckAccepting(); !s.ok()) return Fail(kSessionExport, s, res);
+  const std::string id = req.get_param_value("session_id");
+  if (absl::Status s = CheckSessionId(id); !s.ok()) return Fail(kSessionExport, s, res);
+  absl::StatusOr<std::string> blob = sessions_->Export(id);
+  if (!blob.ok()) return Fail(kSessionExport, blob.status(), res);
+  service_->RecordOutcome(
+      {NewRequestId(), kSessionExport, absl::OkStatus(), HttpEndpoint::RequestStart(), id});
+  res.set_content(*std::move(blob), "application/octet-stream");
+}
+
+void OpenAiApi::ImportSession(const httplib::Request& req, httplib::Response& res) {
+  if (absl::Status s = Authenticate(req); !s.ok()) return Fail(kSessionImport, s, res);
+  if (absl::Status s = service_->CheckAccepting(); !s.ok()) return Fail(kSessionImport, s, res);
+  service_->BeginEngineCall();  // a drain waits for it before the sessions are saved
+  absl::StatusOr<SessionSnapshot> imported = sessions_->Import(req.body);
+  service_->EndEngineCall();
+  if (!imported.ok()) return Fail(kSessionImport, imported.status(), res);
+  service_->RecordOutcome({NewRequestId(), kSessionImport, absl::OkStatus(),
+                           HttpEndpoint::RequestStart(), imported->id});
+  res.set_content(Dump({{"id", imported->id},
+                        {"object", "session"},
+                        {"num_tokens", imported->info.num_tokens},
+                        {"expires_at", absl::ToUnixSeconds(imported->expires_at)}}),
                   "application/json");
 }
 

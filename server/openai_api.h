@@ -48,6 +48,8 @@ class OpenAiApi {
 
   void Completions(const httplib::Request& req, httplib::Response& res, bool chat);
   void CreateSession(const httplib::Request& req, httplib::Response& res);
+  void ExportSession(const httplib::Request& req, httplib::Response& res);
+  void ImportSession(const httplib::Request& req, httplib::Response& res);
   void Models(const httplib::Request& req, httplib::Response& res);
   void Ready(httplib::Response& res);
   // UNAUTHENTICATED unless the request carries one of the API keys (or none are configured).

@@ -129,6 +129,9 @@ absl::Status ValidateServerOptions(const ServerOptions& o) {
   if (o.session_ttl <= absl::ZeroDuration() || o.max_session_ttl < absl::Seconds(1)) {
     return absl::InvalidArgumentError("--session-ttl and --max-session-ttl must be positive");
   }
+  if (!o.state_dir.empty() && o.state_save_interval < absl::Milliseconds(100)) {
+    return absl::InvalidArgumentError("--state-save-interval must be at least 100ms");
+  }
   return absl::OkStatus();
 }
 
@@ -187,6 +190,18 @@ absl::StatusOr<std::unique_ptr<LizardServer>> LizardServer::Start(const ServerOp
   server->metrics_.SetGaugeSources(&e, [table = server->sessions_.get()] {
     return table->size();
   });
+  if (!options.state_dir.empty()) {
+    SessionStoreOptions store_options;
+    store_options.dir = options.state_dir;
+    store_options.save_interval = options.state_save_interval;
+    store_options.save_after_turn = options.state_save_after_turn;
+    absl::StatusOr<std::unique_ptr<SessionStore>> store =
+        SessionStore::Open(store_options, server->sessions_.get());
+    if (!store.ok()) return store.status();
+    server->store_ = *std::move(store);
+    server->store_->Load();
+    server->store_->Start();
+  }
 
   ServiceConfig config;
   config.limits.vocab_size = e.config().vocab_size;
@@ -197,6 +212,10 @@ absl::StatusOr<std::unique_ptr<LizardServer>> LizardServer::Start(const ServerOp
   config.limits.max_input_tokens = options.max_input_tokens;
   config.max_session_ttl = options.max_session_ttl;
   config.kv_bytes_per_token = kv_bytes_per_token;
+  // The largest state this model can have, plus room for its token lists.
+  config.max_session_blob_bytes = e.state_bytes_per_sequence() +
+                                  kv_bytes_per_token * e.config().max_position_embeddings +
+                                  (int64_t{64} << 20);
   v1::Capacity& capacity = config.capacity;
   capacity.set_device_state_slots(options.device_state_slots);
   capacity.set_host_state_bytes(options.host_state_bytes);
@@ -324,6 +343,14 @@ void LizardServer::Drain(absl::Duration grace) {
   // message, for which it gets a short while.
   engine_->Shutdown();
   service_->AwaitIdle(absl::Now() + absl::Seconds(2));
+  if (store_ != nullptr) {
+    // Every request has ended: each session is idle and complete.
+    const absl::Time start = absl::Now();
+    absl::Status saved = store_->SaveAll();
+    LogInfo(absl::StrCat("state-dir: saved ", sessions_->size(), " sessions in ",
+                         absl::FormatDuration(absl::Now() - start),
+                         saved.ok() ? "" : absl::StrCat(" with errors: ", saved.ToString())));
+  }
   // Nothing of ours runs any more: stop at once. (A deadline in the future would be waited out
   // in full whenever a client keeps an idle connection open.)
   grpc_server_->Shutdown(absl::ToChronoTime(absl::Now()));

@@ -13,6 +13,7 @@
 #include "server/auth.h"
 #include "server/lizard_service.h"
 #include "server/metrics.h"
+#include "server/session_store.h"
 #include "server/session_table.h"
 #include "tokenizer/tokenizer.h"
 
@@ -52,6 +53,10 @@ struct ServerOptions {
   // A Generate stream is cancelled (RESOURCE_EXHAUSTED) once this many bytes wait for its client.
   int64_t stream_buffer_bytes = int64_t{8} << 20;
   SecurityOptions security;  // API keys, TLS (default: none, plaintext)
+  // Durable sessions (server/session_store.h): empty = sessions live in memory only.
+  std::string state_dir;
+  absl::Duration state_save_interval = absl::Seconds(10);  // changed sessions written this often
+  bool state_save_after_turn = false;  // written as soon as each turn ends instead
 };
 
 // INVALID_ARGUMENT naming the flag for any option out of its range (checked by Start).
@@ -68,7 +73,8 @@ class LizardServer {
   int http_port() const { return http_port_; }  // 0 when off
 
   // Graceful stop: health NOT_SERVING and new calls UNAVAILABLE at once; running calls get up
-  // to `grace` to finish, then the rest are cancelled and everything stops.
+  // to `grace` to finish, then the rest are cancelled and everything stops. With a state
+  // directory, every session is then written there.
   void Drain(absl::Duration grace);
 
  private:
@@ -79,6 +85,7 @@ class LizardServer {
   std::unique_ptr<Tokenizer> tokenizer_;
   std::unique_ptr<Engine> engine_;
   std::unique_ptr<SessionTable> sessions_;
+  std::unique_ptr<SessionStore> store_;  // with --state-dir
   std::unique_ptr<LizardService> service_;
   std::unique_ptr<ReflectionV1Relay> reflection_v1_;
   std::unique_ptr<grpc::Server> grpc_server_;

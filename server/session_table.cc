@@ -7,10 +7,12 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "server/log.h"
+#include "server/session_store.h"
 
 namespace lizard::server {
 
@@ -24,7 +26,10 @@ std::string NewSessionId() {
 }
 
 SessionTable::SessionTable(Engine* engine, int64_t max_sessions, absl::Duration default_ttl)
-    : engine_(engine), max_sessions_(max_sessions), default_ttl_(default_ttl) {
+    : engine_(engine),
+      max_sessions_(max_sessions),
+      default_ttl_(default_ttl),
+      model_fingerprint_(ModelFingerprint(engine->config())) {
   reaper_ = std::thread([this] { ReapLoop(); });
 }
 
@@ -49,25 +54,30 @@ SessionSnapshot SessionTable::SnapshotLocked(const std::string& id, const Entry&
 }
 
 absl::StatusOr<SessionSnapshot> SessionTable::InsertLocked(StateId state, absl::Duration ttl,
-                                                           bool busy) {
+                                                           bool busy, std::string id,
+                                                           absl::Time created_at) {
   Entry entry;
   entry.state = state;
-  entry.created_at = entry.last_used_at = absl::Now();
+  entry.created_at = created_at;
+  entry.last_used_at = absl::Now();
   entry.ttl = ttl;
   entry.busy = busy;
-  std::string id = NewSessionId();
+  entry.version = next_version_++;
   SessionSnapshot snapshot = SnapshotLocked(id, entry);
   sessions_.emplace(std::move(id), entry);
   return snapshot;
 }
 
+absl::Status SessionTable::CheckRoomLocked() {
+  if (static_cast<int64_t>(sessions_.size()) < max_sessions_) return absl::OkStatus();
+  return absl::ResourceExhaustedError(
+      absl::StrCat("session limit reached (--max-sessions=", max_sessions_, ")"));
+}
+
 absl::StatusOr<SessionSnapshot> SessionTable::Create(std::optional<absl::Duration> ttl,
                                                      bool busy) {
   absl::MutexLock lock(&mu_);
-  if (static_cast<int64_t>(sessions_.size()) >= max_sessions_) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("session limit reached (--max-sessions=", max_sessions_, ")"));
-  }
+  if (absl::Status room = CheckRoomLocked(); !room.ok()) return room;
   absl::StatusOr<StateId> state = engine_->CreateState();
   if (!state.ok()) return state.status();
   return InsertLocked(*state, ttl.value_or(default_ttl_), busy);
@@ -85,10 +95,9 @@ absl::StatusOr<SessionSnapshot> SessionTable::Fork(const std::string& id) {
   absl::MutexLock lock(&mu_);
   auto it = sessions_.find(id);
   const absl::Duration ttl = it != sessions_.end() ? it->second.ttl : default_ttl_;
-  if (static_cast<int64_t>(sessions_.size()) >= max_sessions_) {
+  if (absl::Status room = CheckRoomLocked(); !room.ok()) {
     engine_->FreeState(*state).IgnoreError();
-    return absl::ResourceExhaustedError(
-        absl::StrCat("session limit reached (--max-sessions=", max_sessions_, ")"));
+    return room;
   }
   return InsertLocked(*state, ttl, /*busy=*/false);
 }
@@ -162,6 +171,7 @@ void SessionTable::Release(const std::string& id) {
     it->second.cancelling = false;
     it->second.running = 0;
     it->second.last_used_at = absl::Now();
+    it->second.version = next_version_++;
     return;
   }
   auto deleted = deleted_busy_.find(id);
@@ -174,6 +184,70 @@ void SessionTable::Release(const std::string& id) {
 int64_t SessionTable::size() {
   absl::MutexLock lock(&mu_);
   return static_cast<int64_t>(sessions_.size());
+}
+
+absl::StatusOr<std::string> SessionTable::Export(const std::string& id) {
+  absl::MutexLock lock(&mu_);
+  auto it = sessions_.find(id);
+  if (it == sessions_.end()) return absl::NotFoundError(absl::StrCat("no session ", id));
+  if (it->second.busy) return absl::FailedPreconditionError("session busy");
+  absl::StatusOr<ExportedState> state = engine_->ExportState(it->second.state);
+  if (!state.ok()) return state.status();
+  v1::SessionRecord record;
+  record.set_session_id(id);
+  record.set_model_fingerprint(model_fingerprint_);
+  record.set_ttl_ms(absl::ToInt64Milliseconds(it->second.ttl));
+  record.set_created_at_unix_ms(absl::ToUnixMillis(it->second.created_at));
+  record.set_state(std::move(state->serialized));
+  record.mutable_pending_token_ids()->Add(state->pending.begin(), state->pending.end());
+  record.mutable_last_turn_token_ids()->Add(state->last_turn_tokens.begin(),
+                                            state->last_turn_tokens.end());
+  record.set_last_turn_input_tokens(state->last_turn_input_tokens);
+  return EncodeSessionBlob(record);
+}
+
+absl::StatusOr<SessionSnapshot> SessionTable::Import(std::string_view blob) {
+  absl::StatusOr<v1::SessionRecord> record = DecodeSessionBlob(blob);
+  if (!record.ok()) return record.status();
+  if (record->model_fingerprint() != model_fingerprint_) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("the session was saved by another model (", record->model_fingerprint(),
+                     "); this server serves ", model_fingerprint_));
+  }
+  // The id names a file in --state-dir: only plain characters.
+  const std::string& id = record->session_id();
+  if (id.empty() || id.size() > 128 || !std::all_of(id.begin(), id.end(), [](char c) {
+        return absl::ascii_isalnum(c) || c == '-' || c == '_';
+      })) {
+    return absl::InvalidArgumentError("session blob with an invalid session id");
+  }
+  if (record->ttl_ms() <= 0) return absl::InvalidArgumentError("session blob without a TTL");
+  ExportedState state;
+  state.serialized = record->state();
+  state.pending.assign(record->pending_token_ids().begin(), record->pending_token_ids().end());
+  state.last_turn_tokens.assign(record->last_turn_token_ids().begin(),
+                                record->last_turn_token_ids().end());
+  state.last_turn_input_tokens = record->last_turn_input_tokens();
+
+  absl::MutexLock lock(&mu_);
+  if (sessions_.contains(record->session_id()) ||
+      deleted_busy_.contains(record->session_id())) {
+    return absl::AlreadyExistsError(
+        absl::StrCat("session ", record->session_id(), " already exists here"));
+  }
+  if (absl::Status room = CheckRoomLocked(); !room.ok()) return room;
+  absl::StatusOr<StateId> imported = engine_->ImportState(state);
+  if (!imported.ok()) return imported.status();
+  return InsertLocked(*imported, absl::Milliseconds(record->ttl_ms()), /*busy=*/false,
+                      record->session_id(), absl::FromUnixMillis(record->created_at_unix_ms()));
+}
+
+std::vector<std::pair<std::string, uint64_t>> SessionTable::Versions() {
+  absl::MutexLock lock(&mu_);
+  std::vector<std::pair<std::string, uint64_t>> out;
+  out.reserve(sessions_.size());
+  for (const auto& [id, entry] : sessions_) out.emplace_back(id, entry.version);
+  return out;
 }
 
 void SessionTable::ReapLoop() {

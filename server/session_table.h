@@ -5,7 +5,10 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <thread>
+#include <utility>
+#include <vector>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
@@ -15,6 +18,9 @@
 #include "engine/runtime/engine.h"
 
 namespace lizard::server {
+
+// A random 128-bit id as 32 lowercase hex digits.
+std::string NewSessionId();
 
 // What a client sees of a session (times plus the engine's StateInfo).
 struct SessionSnapshot {
@@ -63,6 +69,16 @@ class SessionTable {
 
   int64_t size();
 
+  // Export and import (server/session_store.h). Export: the session as a blob, FAILED_PRECONDITION
+  // while busy; it does not count as a use. Import: a new session from a blob, under the blob's
+  // id (ALREADY_EXISTS if taken), its TTL counted from now; INVALID_ARGUMENT for a corrupt blob,
+  // FAILED_PRECONDITION for one of another model.
+  absl::StatusOr<std::string> Export(const std::string& id);
+  absl::StatusOr<SessionSnapshot> Import(std::string_view blob);
+  // Every session's id and version; the version changes whenever the session may have changed
+  // (created, imported, a request on it ended).
+  std::vector<std::pair<std::string, uint64_t>> Versions();
+
  private:
   struct Entry {
     StateId state = 0;
@@ -71,13 +87,17 @@ class SessionTable {
     bool busy = false;
     RequestId running = 0;  // 0: not submitted yet
     bool cancelling = false;  // see MarkCancelling
+    uint64_t version = 0;     // see Versions
   };
   // Waits (up to kSettleTimeout) while `id` is busy with a cancelled request.
   void AwaitSettledLocked(const std::string& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   SessionSnapshot SnapshotLocked(const std::string& id, const Entry& entry)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::StatusOr<SessionSnapshot> InsertLocked(StateId state, absl::Duration ttl, bool busy)
+  absl::StatusOr<SessionSnapshot> InsertLocked(StateId state, absl::Duration ttl, bool busy,
+                                               std::string id = NewSessionId(),
+                                               absl::Time created_at = absl::Now())
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status CheckRoomLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ReapLoop();
 
   Engine* const engine_;
@@ -89,10 +109,9 @@ class SessionTable {
   // Deleted while busy: session id -> state, freed by Release.
   absl::flat_hash_map<std::string, StateId> deleted_busy_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  uint64_t next_version_ ABSL_GUARDED_BY(mu_) = 1;
+  const std::string model_fingerprint_;  // of blobs this table exports and accepts
   std::thread reaper_;
 };
-
-// A random 128-bit id as 32 lowercase hex digits.
-std::string NewSessionId();
 
 }  // namespace lizard::server

@@ -119,6 +119,63 @@ class EngineImpl : public Engine {
     return states_.Info(id);
   }
 
+  // Export and import go through the backend's slot serialization (host-tier bytes are already
+  // serialized). An import is recorded like a request that restored the state: Attach,
+  // Consume what the loaded slot holds, Detach with its pending tokens and last turn.
+  absl::StatusOr<ExportedState> ExportState(StateId id) override {
+    std::lock_guard backend_lock(backend_mu_);
+    std::lock_guard lock(mu_);
+    const SequenceState* state = states_.Find(id);
+    if (state == nullptr) return absl::NotFoundError(absl::StrCat("unknown state ", id));
+    if (state->busy) return absl::FailedPreconditionError("cannot export a busy state");
+    ExportedState out;
+    if (state->slot.has_value()) {
+      absl::StatusOr<std::string> bytes = backend_->SaveSlot(*state->slot);
+      if (!bytes.ok()) return bytes.status();
+      out.serialized = *std::move(bytes);
+    } else if (state->host.has_value()) {
+      out.serialized = *state->host;
+    }
+    out.pending = state->pending;
+    out.last_turn_tokens = state->last_turn;
+    out.last_turn_input_tokens = state->last_turn_input;
+    return out;
+  }
+
+  absl::StatusOr<StateId> ImportState(const ExportedState& state) override {
+    for (const std::vector<int32_t>* tokens : {&state.pending, &state.last_turn_tokens}) {
+      for (int32_t t : *tokens) {
+        if (t < 0 || t >= config_.vocab_size) {
+          return absl::InvalidArgumentError(absl::StrCat("state token id ", t, " is outside [0, ",
+                                                         config_.vocab_size, ")"));
+        }
+      }
+    }
+    if (state.last_turn_input_tokens < 0 ||
+        state.last_turn_input_tokens > static_cast<int64_t>(state.last_turn_tokens.size())) {
+      return absl::InvalidArgumentError("last_turn_input_tokens out of range");
+    }
+    std::lock_guard backend_lock(backend_mu_);
+    std::lock_guard lock(mu_);
+    absl::StatusOr<StateId> id = states_.Create(/*temporary=*/false);
+    if (!id.ok()) return id.status();
+    int64_t consumed = 0;
+    if (!state.serialized.empty()) {
+      absl::Status loaded = states_.MakeResident(*id);
+      const SlotId slot = loaded.ok() ? *states_.Find(*id)->slot : 0;
+      if (loaded.ok()) loaded = backend_->LoadSlot(slot, state.serialized);
+      if (!loaded.ok()) {
+        states_.Free(*id).IgnoreError();  // not busy: cannot fail
+        return loaded;
+      }
+      consumed = backend_->SlotPosition(slot);
+    }
+    states_.Attach(*id);
+    states_.Consume(*id, consumed);
+    states_.Detach(*id, state.pending, state.last_turn_tokens, state.last_turn_input_tokens);
+    return id;
+  }
+
   absl::StatusOr<RequestId> Submit(EngineRequest request,
                                    std::shared_ptr<TokenSink> sink) override {
     if (sink == nullptr) return absl::InvalidArgumentError("no sink");

@@ -77,6 +77,18 @@ struct StateInfo {
   int64_t last_turn_input_tokens = 0;  // how many of last_turn_tokens were input
 };
 
+// Everything a state holds, to move it to another process or machine (or keep it on disk):
+// ExportState of one engine, ImportState of another serving the same model gives a state that
+// continues exactly as the original would.
+struct ExportedState {
+  // The serialized model state (engine/model/state_layout.h: portable across backends and
+  // dtypes); empty for a state that has consumed nothing.
+  std::string serialized;
+  std::vector<int32_t> pending;  // tokens of the conversation not fed yet
+  std::vector<int32_t> last_turn_tokens;  // StateInfo's last-turn facts
+  int64_t last_turn_input_tokens = 0;
+};
+
 // Live numbers for metrics and GetModelInfo.
 struct EngineStats {
   int64_t queue_depth = 0;
@@ -140,6 +152,13 @@ class Engine {
   // Frees at once (FAILED_PRECONDITION while busy, NOT_FOUND if unknown).
   virtual absl::Status FreeState(StateId id) = 0;
   virtual absl::StatusOr<StateInfo> GetStateInfo(StateId id) const = 0;
+  // A copy of a state's content (FAILED_PRECONDITION while busy, NOT_FOUND if unknown). The
+  // state stays as it is.
+  virtual absl::StatusOr<ExportedState> ExportState(StateId id) = 0;
+  // A new state holding `state`: RESOURCE_EXHAUSTED like CreateState (it takes a device slot at
+  // once, spilling another state if needed), INVALID_ARGUMENT for bytes that are corrupt or were
+  // saved by another model, or pending tokens out of range.
+  virtual absl::StatusOr<StateId> ImportState(const ExportedState& state) = 0;
 
   // Queues a request; results go to `sink`. A request on an empty state (a one-shot, or a new
   // state's first request) whose tokens extend a prefix-cache entry starts from a copy of that

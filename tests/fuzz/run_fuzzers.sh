@@ -12,7 +12,7 @@ build_dir=${source_dir}/build-fuzz
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
   targets=(fuzz_model_config fuzz_checkpoint fuzz_serialized_state fuzz_tokenizer_json fuzz_tokenizer_encode
-           fuzz_http_endpoint fuzz_rpc_request fuzz_chat_template)
+           fuzz_http_endpoint fuzz_rpc_request fuzz_chat_template fuzz_session_blob)
 fi
 
 # Every library is instrumented for coverage and the sanitizers; only the fuzz targets get main().

@@ -54,6 +54,16 @@ class LizardStub(object):
                 request_serializer=lizard_dot_v1_dot_lizard__pb2.GetModelInfoRequest.SerializeToString,
                 response_deserializer=lizard_dot_v1_dot_lizard__pb2.ModelInfo.FromString,
                 )
+        self.ExportSession = channel.unary_stream(
+                '/lizard.v1.Lizard/ExportSession',
+                request_serializer=lizard_dot_v1_dot_lizard__pb2.ExportSessionRequest.SerializeToString,
+                response_deserializer=lizard_dot_v1_dot_lizard__pb2.SessionBlobChunk.FromString,
+                )
+        self.ImportSession = channel.stream_unary(
+                '/lizard.v1.Lizard/ImportSession',
+                request_serializer=lizard_dot_v1_dot_lizard__pb2.SessionBlobChunk.SerializeToString,
+                response_deserializer=lizard_dot_v1_dot_lizard__pb2.Session.FromString,
+                )
 
 
 class LizardServicer(object):
@@ -111,6 +121,24 @@ class LizardServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExportSession(self, request, context):
+        """A session's whole content (state, pending tokens, last turn, TTL) as one checksummed blob,
+        streamed in chunks of at most 1 MiB (a big model's blob exceeds gRPC's 4 MiB message
+        limit). The session stays as it is; FAILED_PRECONDITION while it is busy.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ImportSession(self, request_iterator, context):
+        """A new session (same id, unless that id is taken here: ALREADY_EXISTS) from an exported blob
+        sent in chunks, in order. A corrupt blob is INVALID_ARGUMENT, one of another model
+        FAILED_PRECONDITION.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LizardServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -153,6 +181,16 @@ def add_LizardServicer_to_server(servicer, server):
                     servicer.GetModelInfo,
                     request_deserializer=lizard_dot_v1_dot_lizard__pb2.GetModelInfoRequest.FromString,
                     response_serializer=lizard_dot_v1_dot_lizard__pb2.ModelInfo.SerializeToString,
+            ),
+            'ExportSession': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportSession,
+                    request_deserializer=lizard_dot_v1_dot_lizard__pb2.ExportSessionRequest.FromString,
+                    response_serializer=lizard_dot_v1_dot_lizard__pb2.SessionBlobChunk.SerializeToString,
+            ),
+            'ImportSession': grpc.stream_unary_rpc_method_handler(
+                    servicer.ImportSession,
+                    request_deserializer=lizard_dot_v1_dot_lizard__pb2.SessionBlobChunk.FromString,
+                    response_serializer=lizard_dot_v1_dot_lizard__pb2.Session.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -297,5 +335,39 @@ class Lizard(object):
         return grpc.experimental.unary_unary(request, target, '/lizard.v1.Lizard/GetModelInfo',
             lizard_dot_v1_dot_lizard__pb2.GetModelInfoRequest.SerializeToString,
             lizard_dot_v1_dot_lizard__pb2.ModelInfo.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def ExportSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(request, target, '/lizard.v1.Lizard/ExportSession',
+            lizard_dot_v1_dot_lizard__pb2.ExportSessionRequest.SerializeToString,
+            lizard_dot_v1_dot_lizard__pb2.SessionBlobChunk.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def ImportSession(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(request_iterator, target, '/lizard.v1.Lizard/ImportSession',
+            lizard_dot_v1_dot_lizard__pb2.SessionBlobChunk.SerializeToString,
+            lizard_dot_v1_dot_lizard__pb2.Session.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
