@@ -154,7 +154,7 @@ absl::Status ForwardPass::EnqueueModel(int T, int S, bool multi, int max_keys) {
   const int qd = H_ * D_, kd = Hkv_ * D_;
 
   k::TokenMeta tokens{field(kTokSlot), field(kTokPos), field(kTokFirstRow), field(kTokFirstPos), field(kTokSingle)};
-  k::SeqMeta seqs{field(kSeqSlot), field(kSeqFirstRow), field(kSeqNumTokens)};
+  k::SeqMeta seqs{field(kSeqSlot), field(kSeqFirstRow), field(kSeqNumTokens), field(kSeqFirstPos)};
   k::LizardScratch scratch{fq_.get<float>(), fk_.get<float>(), gamma_.get<float>(), den_.get<float>(), yw_.get<float>()};
 
   LIZARD_CUDA_RETURN(k::EmbeddingGather(weights_->embed.get<bf16>(), field(kTokIds), T, Hd_, x, stream_));
@@ -185,7 +185,7 @@ absl::Status ForwardPass::EnqueueModel(int T, int S, bool multi, int max_keys) {
                                          state, scratch, stream_));
       if (multi) {
         LIZARD_CUDA_RETURN(k::LizardNormalizer(dims_, seqs, S, state, scratch, stream_));
-        LIZARD_CUDA_RETURN(k::LizardRingWrite(dims_, qkvg, ld, krot, krot_ld, seqs, field(kSeqFirstPos), S, state, stream_));
+        LIZARD_CUDA_RETURN(k::LizardRingWrite(dims_, qkvg, ld, krot, krot_ld, seqs, S, state, stream_));
       }
       LIZARD_CUDA_RETURN(k::LizardState(dims_, qkvg, ld, seqs, S, state, scratch, y, stream_));
     } else {

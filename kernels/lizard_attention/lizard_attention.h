@@ -51,6 +51,7 @@ struct SeqMeta {
   const int32_t* slot = nullptr;       // -1: padding (skipped)
   const int32_t* first_row = nullptr;
   const int32_t* num_tokens = nullptr;
+  const int32_t* first_pos = nullptr;  // position of its first token
 };
 
 // Layer parameters on the device (float32).
@@ -109,7 +110,7 @@ cudaError_t LizardState(const LizardDims& dims, const float* qkvg, int ld, const
 // Writes the last min(n, w) keys (from krot) and values of each multi-token sequence into its
 // ring rows p % w. Runs after LizardWindow, which still reads the older ring rows.
 cudaError_t LizardRingWrite(const LizardDims& dims, const float* qkvg, int ld, const float* krot,
-                            int krot_ld, const SeqMeta& seqs, const int32_t* seq_first_pos,
-                            int num_seqs, const LizardStateRef& state, cudaStream_t stream);
+                            int krot_ld, const SeqMeta& seqs, int num_seqs,
+                            const LizardStateRef& state, cudaStream_t stream);
 
 }  // namespace lizard::kernels

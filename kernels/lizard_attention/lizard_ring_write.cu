@@ -8,7 +8,7 @@ namespace {
 
 template <typename TW>
 __global__ void LizardRingWriteKernel(LizardDims dims, const float* qkvg, int ld, const float* krot,
-                                      int krot_ld, SeqMeta seqs, const int32_t* seq_first_pos,
+                                      int krot_ld, SeqMeta seqs,
                                       LizardStateRef state) {
   const int g = blockIdx.x, s = blockIdx.y;
   const int slot = seqs.slot[s], n = seqs.num_tokens[s], first_row = seqs.first_row[s];
@@ -17,7 +17,7 @@ __global__ void LizardRingWriteKernel(LizardDims dims, const float* qkvg, int ld
   TW* ring_k = reinterpret_cast<TW*>(state.pool + slot * state.slot_bytes + state.k_offset) + static_cast<int64_t>(g) * w * D;
   TW* ring_v = reinterpret_cast<TW*>(state.pool + slot * state.slot_bytes + state.v_offset) + static_cast<int64_t>(g) * w * D;
   for (int t = max(0, n - w); t < n; ++t) {
-    const int p = seq_first_pos[s] + t;
+    const int p = seqs.first_pos[s] + t;
     const int64_t r = first_row + t;
     for (int d = threadIdx.x; d < D; d += blockDim.x) {
       Store(ring_k, static_cast<int64_t>(p % w) * D + d, krot[r * krot_ld + g * D + d]);
@@ -29,14 +29,14 @@ __global__ void LizardRingWriteKernel(LizardDims dims, const float* qkvg, int ld
 }  // namespace
 
 cudaError_t LizardRingWrite(const LizardDims& dims, const float* qkvg, int ld, const float* krot,
-                            int krot_ld, const SeqMeta& seqs, const int32_t* seq_first_pos,
+                            int krot_ld, const SeqMeta& seqs,
                             int num_seqs, const LizardStateRef& state, cudaStream_t stream) {
   if (num_seqs == 0) return cudaSuccess;
   const dim3 grid(dims.kv_heads, num_seqs);
   if (state.window_type == StoreType::kF32) {
-    LizardRingWriteKernel<float><<<grid, 128, 0, stream>>>(dims, qkvg, ld, krot, krot_ld, seqs, seq_first_pos, state);
+    LizardRingWriteKernel<float><<<grid, 128, 0, stream>>>(dims, qkvg, ld, krot, krot_ld, seqs, state);
   } else {
-    LizardRingWriteKernel<__nv_bfloat16><<<grid, 128, 0, stream>>>(dims, qkvg, ld, krot, krot_ld, seqs, seq_first_pos, state);
+    LizardRingWriteKernel<__nv_bfloat16><<<grid, 128, 0, stream>>>(dims, qkvg, ld, krot, krot_ld, seqs, state);
   }
   return cudaGetLastError();
 }
