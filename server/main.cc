@@ -20,7 +20,8 @@
 
 ABSL_FLAG(std::string, model, "",
           "model directory (config.json, safetensors, tokenizer.json); default: the shipped "
-          "models/lizard-demo (a trained Lizard model)");
+          "models/lizard-demo (a trained Lizard model); synthetic:SHAPE (tiny, llama3.2-1b, "
+          "llama3-8b): random weights of that shape, no tokenizer, for load tests");
 namespace {
 // The flags' defaults are ServerOptions' defaults, so the two cannot drift apart.
 const lizard::server::ServerOptions& Defaults() {

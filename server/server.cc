@@ -62,6 +62,10 @@ absl::Status LoadChatTemplate(const ServerOptions& options, OpenAiConfig& config
 // CreateBackend with progress in the log: the checkpoint's files and bytes before, then (from the
 // loader, after each tensor) tensors and bytes done at most every 5 s, and the time and rate after.
 absl::StatusOr<std::unique_ptr<Backend>> LoadBackend(BackendOptions options) {
+  if (options.weights.synthetic()) {
+    LogInfo("model: random weights (synthetic shape, for benchmarks; no tokenizer)");
+    return CreateBackend(options);
+  }
   int files = 0;
   int64_t bytes = 0;
   std::error_code error;
@@ -148,7 +152,17 @@ absl::StatusOr<std::unique_ptr<LizardServer>> LizardServer::Start(const ServerOp
   if (!credentials.ok()) return credentials.status();
 
   BackendOptions backend_options;
-  backend_options.weights = WeightSource::Directory(options.model_dir);
+  if (options.model_dir.starts_with(kSyntheticModelPrefix)) {
+    const std::string shape = options.model_dir.substr(kSyntheticModelPrefix.size());
+    absl::StatusOr<ModelConfig> config = ShapePreset(shape);
+    if (!config.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--model ", options.model_dir, ": ", config.status().message()));
+    }
+    backend_options.weights = WeightSource::Synthetic(*std::move(config), /*seed=*/1);
+  } else {
+    backend_options.weights = WeightSource::Directory(options.model_dir);
+  }
   backend_options.kind = options.backend;
   backend_options.num_slots = options.device_state_slots;
   backend_options.num_threads = options.threads;

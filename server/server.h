@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <string_view>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
@@ -23,8 +24,12 @@ class HttpEndpoint;
 class OpenAiApi;
 class ReflectionV1Relay;
 
+// --model synthetic:SHAPE (ShapePreset: tiny, llama3.2-1b, llama3-8b) serves random weights of that
+// shape without a tokenizer (token-id requests only): load tests of big shapes without a checkpoint.
+inline constexpr std::string_view kSyntheticModelPrefix = "synthetic:";
+
 struct ServerOptions {
-  std::string model_dir;
+  std::string model_dir;  // or kSyntheticModelPrefix + a shape name
   std::string host = "0.0.0.0";
   int port = 50051;          // 0: any free port (see grpc_port())
   std::string metrics_host = "127.0.0.1";  // in Kubernetes 0.0.0.0 or the pod IP

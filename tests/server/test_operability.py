@@ -5,7 +5,9 @@
   * one log line per request, gRPC and HTTP, as text and as JSON lines (--log-format), with
     every non-OK status and its message; model-loading progress at startup;
   * the HTTP API over HTTPS (--http-tls), checked with curl --cacert against certificates made
-    with openssl at test time, with and without client certificates.
+    with openssl at test time, with and without client certificates;
+  * --model synthetic:SHAPE (random weights, no tokenizer; what GPU load tests serve): token
+    ids are served, text is refused, a bad shape fails startup.
 Usage:
 
   /usr/bin/python3 test_operability.py --server BUILD/server/lizard-server --model MODEL_DIR \
@@ -243,6 +245,32 @@ class RequestLogTest(unittest.TestCase):
                                 text=True, timeout=60)
         self.assertEqual(result.returncode, 2)
         self.assertIn("--log-format=xml", result.stderr)
+
+
+class SyntheticModelTest(unittest.TestCase):
+    def test_token_ids_are_served_and_text_is_refused(self):
+        server = server_testing.Server(ARGS.server, "synthetic:tiny")
+        try:
+            with grpc.insecure_channel(server.address) as channel:
+                stub = pbg.LizardStub(channel)
+                tokens = [t for r in stub.Generate(pb.GenerateRequest(
+                    token_ids=pb.TokenIds(ids=[1, 2, 3]),
+                    stopping=pb.StoppingCriteria(max_new_tokens=5, ignore_eos=True)), timeout=30)
+                    for t in r.token_ids]
+                self.assertEqual(len(tokens), 5)
+                with self.assertRaises(grpc.RpcError) as refused:
+                    list(stub.Generate(pb.GenerateRequest(text="Hi"), timeout=30))
+                self.assertEqual(refused.exception.code(), grpc.StatusCode.FAILED_PRECONDITION)
+            text = server.log_text()
+        finally:
+            server.close()
+        self.assertIn("random weights (synthetic shape", text)
+
+    def test_unknown_shape_fails_startup(self):
+        result = subprocess.run([ARGS.server, "--model", "synthetic:nope", "--port", "0"],
+                                capture_output=True, text=True, timeout=60)
+        self.assertNotEqual(result.returncode, 0)
+        self.assertIn("--model synthetic:nope", result.stderr)
 
 
 class HttpsTest(unittest.TestCase):

@@ -3,7 +3,7 @@
 # tools/gpu/run_gpu_suite.sh: the GPU tests, compute-sanitizer memcheck over them, and the
 # benchmarks. Everything is logged under $OUT (at most a few files: the device tool returns 8).
 #
-#   bash tools/gpu/on_device.sh [tests] [memcheck] [server] [ncu] [bench] [bench-full] [drift]
+#   bash tools/gpu/on_device.sh [tests] [memcheck] [server] [ncu] [bench] [bench-full] [load] [drift]
 # (bench runs lizard-bench-op too: the chunked Lizard attention op alone)
 # (default: tests memcheck bench-full; ncu: per-kernel times of llama3-8b decode steps)
 set -u
@@ -110,6 +110,27 @@ for phase in $phases; do
         bench tiny-lizard --shape tiny --batch-sizes 1,8,64,256 --context 1024 --prompt-lengths 512
       fi
       grep -E "^(###|backend|weights|copy bw|state spill| +[0-9]+ )" "$OUT/bench.log" >> "$OUT/bench-table.txt"
+      ;;
+    load)
+      # The server under load: llama3-8b-shaped random weights (--model synthetic:llama3-8b),
+      # Poisson arrivals of 2K-token prompts, long answers so that ~64 streams are in flight.
+      # A step budget of 256 tokens keeps a prefill chunk from stretching the decodes' steps.
+      port=50070
+      "$bundle/bin/lizard-server" --model synthetic:llama3-8b --backend cuda --port $port \
+        --metrics-port 9470 --http-port 0 --max-batch-tokens 256 --max-running 96 \
+        --device-state-slots 128 --prefix-cache-bytes 0 > "$OUT/load-server.log" 2>&1 &
+      srv=$!
+      for _ in $(seq 120); do
+        grep -q "listening" "$OUT/load-server.log" && break
+        sleep 1
+      done
+      t0=$SECONDS
+      timeout 120 "$bundle/bin/lizard-loadgen" --target 127.0.0.1:$port --rate 3 --duration 40s \
+        --prompt-tokens 2048 --output-tokens 512 > "$OUT/load.log" 2>&1
+      note "loadgen: exit $? in $((SECONDS - t0)) s"
+      curl -s 127.0.0.1:9470/metrics | grep -E "^lizard_(step_duration_seconds|batch_size|batch_tokens)_(sum|count)" >> "$OUT/load.log"
+      grep -E "^(requests|throughput|ttft|inter-token|request latency|errors)" "$OUT/load.log" >> "$summary"
+      kill $srv; wait $srv
       ;;
     drift)
       # bf16 against float32 S/z over 10K+ teacher-forced greedy tokens (random weights).

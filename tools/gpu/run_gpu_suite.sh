@@ -15,7 +15,7 @@ if [[ ! -f $build/build.ninja ]]; then
   cmake -S "$repo" -B "$build" -G Ninja -DLIZARD_CUDA_ARCHS=90a -DCMAKE_BUILD_TYPE=Release
 fi
 ninja -C "$build" -j2 gpu_kernels_test gpu_cuda_backend_test gpu_gemm_test gpu_gemm_bench lizard-cli \
-  lizard-server lizard_cuda_plugin server_integration_test gpu_lizard_chunked_test lizard-bench-op
+  lizard-server lizard-loadgen lizard_cuda_plugin server_integration_test gpu_lizard_chunked_test lizard-bench-op
 
 rm -rf "$bundle"
 # The server's integration tests run against a CUDA server too; the GPU machine has no protoc,
@@ -46,6 +46,6 @@ Device call (tool `run`):
   timeout_s: 540
 (phases: tests, memcheck, server (the server's integration tests on --backend cuda and CPU vs
  CUDA greedy tokens), ncu (per-kernel times), bench (llama3-8b decode/prefill, sampling and GEMM
- comparisons), bench-full (all tables of docs/benchmarks.md), drift (bf16 vs f32 state over
+ comparisons), load (lizard-loadgen against a llama3-8b-shaped server), bench-full (all tables of docs/benchmarks.md), drift (bf16 vs f32 state over
  10K tokens); logs come back under the call's files_at)
 CMD
