@@ -28,6 +28,10 @@ absl::Status ValidateStepPlan(const StepPlan& plan, int32_t num_slots, int64_t v
                                                      slot_position(c.slot)));
     }
     if (c.tokens.empty()) return absl::InvalidArgumentError(absl::StrCat(what, "no tokens"));
+    if (c.decode && c.tokens.size() != 1) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(what, "a decode chunk has one token, got ", c.tokens.size()));
+    }
     // Backends keep positions in int32 on the device.
     const int64_t end = c.first_position + static_cast<int64_t>(c.tokens.size());
     if (end > std::numeric_limits<int32_t>::max()) {

@@ -17,14 +17,24 @@ using SlotId = int32_t;
 // Which rows of a chunk produce logits.
 enum class LogitsMode { kNone, kLast, kAll };
 
-// Consecutive tokens of one sequence, starting at `first_position`. A decode is a chunk of one
-// token with logits kLast; a prompt chunk may be longer. Each backend picks the recurrent form
-// for a one-token chunk and the chunked (parallel) form for a longer one.
+// The invariance rule of prefill: a backend's chunked (prefill) form works in blocks of this many
+// tokens at absolute positions that are multiples of it (a chunk starting at position p first
+// completes the partial block [p, next multiple)), and the scheduler cuts a prompt only at such
+// positions. So where a prompt is cut, which depends on load, never changes its arithmetic.
+inline constexpr int64_t kPrefillAlignment = 64;
+
+// Consecutive tokens of one sequence, starting at `first_position`.
+//   decode: the sequence's sampled token fed back (exactly one token, logits kLast); backends run
+//           it in the recurrent (decode) form.
+//   otherwise prompt tokens, of any length (even one): backends run them in the chunked (prefill)
+//           form, blocks aligned as kPrefillAlignment says.
+// The two forms agree within float tolerance, not bitwise; each token always takes the same one.
 struct SequenceChunk {
   SlotId slot = -1;
   int64_t first_position = 0;
   std::vector<int32_t> tokens;
   LogitsMode logits = LogitsMode::kLast;
+  bool decode = false;
 };
 
 // One engine step. A slot appears at most once per plan. Positions must equal the slot's
@@ -57,8 +67,9 @@ struct StepPlan {
 
 // What every backend checks before a step touches any state (INVALID_ARGUMENT naming the chunk
 // index, OUT_OF_RANGE for positions past int32): each chunk's slot in [0, num_slots) and used
-// once, its first_position equal to slot_position(slot), at least one token, token ids in
-// [0, vocab), positions that fit int32; then the sampling rows (ValidateSampling).
+// once, its first_position equal to slot_position(slot), at least one token (exactly one for a
+// decode), token ids in [0, vocab), positions that fit int32; then the sampling rows
+// (ValidateSampling).
 absl::Status ValidateStepPlan(const StepPlan& plan, int32_t num_slots, int64_t vocab,
                               absl::FunctionRef<int64_t(SlotId)> slot_position);
 

@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
+#include "engine/runtime/scheduler.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "server/http_endpoint.h"
@@ -114,7 +115,7 @@ absl::Status ValidateServerOptions(const ServerOptions& o) {
            in_range(o.http_max_body_bytes, 1 << 10, int64_t{1} << 30, "http-max-body-bytes"),
            in_range(o.threads, 0, 4096, "threads"),
            in_range(o.max_batch_tokens, 1, 1 << 24, "max-batch-tokens"),
-           in_range(o.max_running, 1, o.max_batch_tokens, "max-running"),
+           in_range(o.max_running, 1, 1 << 24, "max-running"),
            in_range(o.max_queue, 1, 1 << 24, "max-queue"),
            in_range(o.max_sessions, 0, 1 << 24, "max-sessions"),
            in_range(o.device_state_slots, 1, 1 << 20, "device-state-slots"),
@@ -126,6 +127,16 @@ absl::Status ValidateServerOptions(const ServerOptions& o) {
            in_range(o.stream_buffer_bytes, 1 << 20, kBig, "stream-buffer-bytes"),
        }) {
     if (!s.ok()) return s;
+  }
+  // Beside the running sequences' decodes, the oldest prompt may need kPrefillAlignment tokens
+  // to reach its next cut (engine/runtime/scheduler.h): without them nothing would progress.
+  if (const int64_t least = MinBatchTokens(o.max_running, kPrefillAlignment);
+      o.max_batch_tokens < least) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--max-batch-tokens=", o.max_batch_tokens, " must be at least --max-running (",
+        o.max_running, ") + ", kPrefillAlignment - 1, " = ", least,
+        ": prompts are cut only at multiples of ", kPrefillAlignment,
+        " tokens, so a step needs room for one such block beside the decodes"));
   }
   if (o.http_tls && (o.security.tls_cert_file.empty() || o.security.tls_key_file.empty())) {
     return absl::InvalidArgumentError("--http-tls needs --tls-cert and --tls-key");

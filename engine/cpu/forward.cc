@@ -29,6 +29,7 @@ struct ModelForward::Segment {
   int64_t first_position;
   int64_t row;     // first row in the step's matrices
   int64_t length;  // consecutive tokens
+  bool decode;     // the sampled token fed back (SequenceChunk::decode)
 };
 
 // The step's activations, rows = tokens of the step.
@@ -133,21 +134,22 @@ void ModelForward::LizardAttention(int64_t layer, const std::vector<Segment>& se
     op(args, state, a.y.data() + seg.row * q_width);
   };
 
-  // One-token chunks in the recurrent form, longer ones in the chunked form; every (segment,
-  // KV head) in parallel. A recurrent item touches its heads' states and its ring rows.
-  std::vector<Segment> single, multi;
-  for (const Segment& seg : segments) (seg.length == 1 ? single : multi).push_back(seg);
+  // Decodes in the recurrent form, prompt chunks (whatever their length) in the chunked form
+  // (the invariance rule, engine/step_plan.h); every (segment, KV head) in parallel. A
+  // recurrent item touches its heads' states and its ring rows.
+  std::vector<Segment> decodes, prompts;
+  for (const Segment& seg : segments) (seg.decode ? decodes : prompts).push_back(seg);
   const int64_t item_floats = group * f2 * d + 2 * config_.window_size * d;
-  threads_.ParallelFor(static_cast<int64_t>(single.size()) * kv_heads,
+  threads_.ParallelFor(static_cast<int64_t>(decodes.size()) * kv_heads,
                        kMinFloatsPerRange / item_floats + 1, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
-      run(single[i / kv_heads], i % kv_heads, LizardAttentionRecurrent);
+      run(decodes[i / kv_heads], i % kv_heads, LizardAttentionRecurrent);
     }
   });
-  threads_.ParallelFor(static_cast<int64_t>(multi.size()) * kv_heads, 1,
+  threads_.ParallelFor(static_cast<int64_t>(prompts.size()) * kv_heads, 1,
                        [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
-      run(multi[i / kv_heads], i % kv_heads, LizardAttentionChunked);
+      run(prompts[i / kv_heads], i % kv_heads, LizardAttentionChunked);
     }
   });
 }
@@ -215,7 +217,8 @@ void ModelForward::Run(const StepPlan& plan, StepOutput* out) {
   std::vector<Segment> segments;
   for (const SequenceChunk& chunk : plan.chunks) {
     const int64_t n = static_cast<int64_t>(chunk.tokens.size());
-    segments.push_back({chunk.slot, chunk.first_position, static_cast<int64_t>(tokens.size()), n});
+    segments.push_back(
+        {chunk.slot, chunk.first_position, static_cast<int64_t>(tokens.size()), n, chunk.decode});
     tokens.insert(tokens.end(), chunk.tokens.begin(), chunk.tokens.end());
     for (int64_t t = 0; t < n; ++t) a.positions.push_back(chunk.first_position + t);
   }

@@ -1,7 +1,7 @@
 // The model over one StepPlan on the CPU: every token of the step (the plan's chunks in order)
 // goes through each layer together. Projections and the MLP are one GEMM per weight for all
-// rows; the sequence mixing runs per sequence, one-token chunks (decodes) in the Lizard
-// attention's recurrent form and longer chunks in its chunked form (lizard_attention/).
+// rows; the sequence mixing runs per sequence, decode chunks in the Lizard attention's
+// recurrent form and prompt chunks (any length) in its chunked form (lizard_attention/).
 #pragma once
 
 #include <cstdint>

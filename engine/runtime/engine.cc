@@ -59,6 +59,13 @@ struct Finished {
   Usage usage;
 };
 
+SchedulerOptions SchedulerOptionsOf(const EngineOptions& o) {
+  return {.max_batch_tokens = o.max_batch_tokens,
+          .max_running = o.max_running,
+          .max_queue = o.max_queue,
+          .prefill_alignment = o.prefill_alignment};
+}
+
 absl::Status ValidateRequest(const EngineRequest& r, int64_t vocab) {
   auto bad = [](auto... parts) { return absl::InvalidArgumentError(absl::StrCat(parts...)); };
   if (r.input.empty()) return bad("input is empty");
@@ -83,7 +90,7 @@ class EngineImpl : public Engine {
         options_(options),
         config_(backend_->config()),
         eos_(config_.eos_token_ids.begin(), config_.eos_token_ids.end()),
-        scheduler_({options.max_batch_tokens, options.max_running, options.max_queue}),
+        scheduler_(SchedulerOptionsOf(options)),
         states_(backend_.get(), options.max_states, options.host_state_bytes),
         cache_(options.prefix_cache_bytes),
         rng_(options.seed) {
@@ -202,7 +209,9 @@ class EngineImpl : public Engine {
     if (from_start) hit = cache_.Lookup(tokens, static_cast<int64_t>(tokens.size()) - 1);
     const int64_t cached = hit.has_value() ? hit->tokens : 0;
     const int64_t prefill = static_cast<int64_t>(tokens.size()) - cached;
-    if (absl::Status s = scheduler_.Add(id, prefill); !s.ok()) return s;
+    // The state is busy from here on, so it is at this position when admitted.
+    const int64_t first_position = (state == nullptr ? 0 : state->consumed) + cached;
+    if (absl::Status s = scheduler_.Add(id, prefill, first_position); !s.ok()) return s;
     if (state == nullptr) {
       absl::StatusOr<StateId> temp = states_.Create(/*temporary=*/true);
       if (!temp.ok()) {
@@ -328,12 +337,12 @@ class EngineImpl : public Engine {
         finished.push_back(
             FinishLocked(sequences_.at(f.id).get(), FinishReason::kError, std::move(f.status)));
       }
-      // The scheduler's decodes first (one-token chunks), then its prompt chunks.
+      // The scheduler's decodes first (the sampled tokens fed back), then its prompt chunks.
       for (RequestId id : step.decodes) {
         Sequence* seq = sequences_.at(id).get();
         const SequenceState& state = *states_.Find(seq->state);
-        plan.chunks.push_back(
-            {*state.slot, state.consumed, {seq->tokens[seq->fed]}, LogitsMode::kLast});
+        plan.chunks.push_back({*state.slot, state.consumed, {seq->tokens[seq->fed]},
+                               LogitsMode::kLast, /*decode=*/true});
         plan.sampling.push_back(RowSamplingOf(*seq));
         advances.push_back({seq, 1, true, false, false});
       }
@@ -558,14 +567,11 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::unique_ptr<Backend> 
                                                        const EngineOptions& options) {
   if (backend == nullptr) return absl::InvalidArgumentError("no backend");
   if (backend->num_slots() < 1) return absl::InvalidArgumentError("backend has no state slots");
-  if (options.max_running < 1 || options.max_batch_tokens < options.max_running) {
-    // Decodes must always fit the token budget so running sequences are never starved.
-    return absl::InvalidArgumentError("need 1 <= max_running <= max_batch_tokens");
-  }
-  if (options.max_queue < 0 || options.max_states < 1 || options.host_state_bytes < 0 ||
-      options.prefix_cache_bytes < 0) {
+  // Decodes and the oldest prompt must always fit the token budget (nothing starves).
+  if (absl::Status s = ValidateSchedulerOptions(SchedulerOptionsOf(options)); !s.ok()) return s;
+  if (options.max_states < 1 || options.host_state_bytes < 0 || options.prefix_cache_bytes < 0) {
     return absl::InvalidArgumentError(
-        "max_queue, max_states, host_state_bytes or prefix_cache_bytes out of range");
+        "max_states, host_state_bytes or prefix_cache_bytes out of range");
   }
   return std::unique_ptr<Engine>(new EngineImpl(std::move(backend), options));
 }

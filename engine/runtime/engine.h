@@ -123,6 +123,11 @@ struct EngineOptions {
   int32_t max_batch_tokens = 512;   // token budget per step (decodes + prefill chunks)
   int32_t max_running = 64;         // sequences running at once
   int32_t max_queue = 256;          // waiting requests before RESOURCE_EXHAUSTED
+  // Non-final prompt chunks end at absolute multiples of this (SchedulerOptions). Both backends
+  // need a multiple of kPrefillAlignment for tokens that do not depend on load; engine tests
+  // over a fake backend use smaller values. max_batch_tokens must be at least
+  // max_running + prefill_alignment - 1 (MinBatchTokens, engine/runtime/scheduler.h).
+  int32_t prefill_alignment = kPrefillAlignment;
   int64_t max_states = 1024;        // states (sessions + running one-shots) in total
   int64_t host_state_bytes = int64_t{4} << 30;  // host tier for spilled states
   uint64_t seed = 0;                // engine generator for requests without a seed

@@ -9,6 +9,13 @@
 //      only when max_running allows and the engine can provide a state slot for it. A long prompt
 //      is fed in chunks over several steps; later arrivals never overtake it. Admission stops at
 //      the first waiting sequence that cannot get a slot (strict FIFO).
+//   3. a prompt chunk that does not finish its prompt ends at an absolute position that is a
+//      multiple of prefill_alignment (kPrefillAlignment, engine/step_plan.h), so where a prompt
+//      is cut never depends on load. When the remaining budget cannot reach the sequence's next
+//      such position, it gets no chunk this step, and neither does any later sequence (FIFO).
+//      max_batch_tokens >= MinBatchTokens(...) guarantees that the oldest prompt always gets one:
+//      at most max_running - 1 decodes run beside it, and it needs at most prefill_alignment
+//      tokens to reach its next aligned position.
 #pragma once
 
 #include <cstdint>
@@ -18,6 +25,7 @@
 #include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "engine/runtime/ids.h"
+#include "engine/step_plan.h"
 
 namespace lizard {
 
@@ -25,7 +33,18 @@ struct SchedulerOptions {
   int32_t max_batch_tokens = 512;
   int32_t max_running = 64;
   int32_t max_queue = 256;
+  // Non-final prompt chunks end at multiples of this. The backends' chunked forms need a
+  // multiple of kPrefillAlignment for load-independent results; engine tests over a fake
+  // backend use smaller values.
+  int32_t prefill_alignment = kPrefillAlignment;
 };
+
+// The smallest max_batch_tokens that guarantees progress (policy 3 above).
+int64_t MinBatchTokens(int64_t max_running, int64_t prefill_alignment);
+
+// OK when the options are in range and max_batch_tokens >= MinBatchTokens; INVALID_ARGUMENT
+// naming the fields otherwise. The Scheduler assumes valid options.
+absl::Status ValidateSchedulerOptions(const SchedulerOptions& options);
 
 // What one step runs, in the order the engine builds its StepPlan.
 struct ScheduledStep {
@@ -51,9 +70,10 @@ class Scheduler {
  public:
   explicit Scheduler(const SchedulerOptions& options) : options_(options) {}
 
-  // Queues a sequence with `prompt_tokens` (> 0) tokens to prefill. RESOURCE_EXHAUSTED when
-  // max_queue sequences are already waiting.
-  absl::Status Add(RequestId id, int64_t prompt_tokens);
+  // Queues a sequence with `prompt_tokens` (> 0) tokens to prefill, the first of them at
+  // absolute position `first_position` (what its state will have consumed when admitted).
+  // RESOURCE_EXHAUSTED when max_queue sequences are already waiting.
+  absl::Status Add(RequestId id, int64_t prompt_tokens, int64_t first_position);
   // Forgets a finished or cancelled sequence (running or waiting); its place frees at once, so
   // the next Schedule() can admit another one. Unknown ids are ignored.
   void Remove(RequestId id);
@@ -72,7 +92,12 @@ class Scheduler {
   struct Entry {
     RequestId id = 0;
     int64_t prefill_remaining = 0;  // 0: decode phase
+    int64_t next_position = 0;      // absolute position of the next prompt token
   };
+
+  // Tokens of `e`'s prompt the next chunk may take within `budget`: the rest of the prompt if it
+  // fits, else up to the last aligned position the budget reaches (0 when it reaches none).
+  int64_t ChunkLength(const Entry& e, int64_t budget) const;
 
   SchedulerOptions options_;
   std::deque<Entry> waiting_;   // arrival order

@@ -29,7 +29,7 @@ using ::lizard::testing::RelativeError;
 // Logits of the float32 backend vs the float64 reference: relative Frobenius error.
 constexpr double kRefTol = 1e-4;
 // Two float32 computations of the same quantity in different orders (prefill vs decode,
-// chunkings, batch mixes): relative Frobenius error.
+// prompt chunks cut off the 64-token blocks): relative Frobenius error.
 constexpr double kPathTol = 1e-4;
 
 std::unique_ptr<Backend> OpenCpu(const std::string& dir, int32_t slots = 4) {
@@ -69,12 +69,13 @@ std::vector<float> Prefill(Backend& backend, SlotId slot, const std::vector<int3
   return logits;
 }
 
-// Feeds `tokens` one decode step each.
+// Feeds `tokens` one decode step each (the recurrent form).
 std::vector<float> Decode(Backend& backend, SlotId slot, const std::vector<int32_t>& tokens) {
   std::vector<float> logits;
   for (int32_t token : tokens) {
     StepPlan plan;
-    plan.chunks.push_back({slot, backend.SlotPosition(slot), {token}, LogitsMode::kLast});
+    plan.chunks.push_back(
+        {slot, backend.SlotPosition(slot), {token}, LogitsMode::kLast, /*decode=*/true});
     StepOutput out;
     const absl::Status s = backend.Forward(plan, &out);
     EXPECT_TRUE(s.ok()) << s;
@@ -165,15 +166,36 @@ TEST_P(PathTest, PrefillEqualsTokenByTokenDecode) {
   EXPECT_LT(RelativeError(StateFloats(*backend_, 0), StateFloats(*backend_, 1)), kPathTol);
 }
 
+// Prompt chunks cut anywhere agree with one prefill within the path tolerance; cut at multiples
+// of kPrefillAlignment (where the scheduler cuts prompts), bit for bit.
 TEST_P(PathTest, ChunkedPrefillEqualsOnePrefill) {
   const std::vector<float> whole = Prefill(*backend_, 0, tokens_, 1000);
   const std::vector<float> whole_state = StateFloats(*backend_, 0);
-  for (int64_t chunk : {1, 3, 7, 64, 100}) {
+  for (int64_t chunk : {1, 3, 7, 64, 100, 128}) {
     ASSERT_TRUE(backend_->ResetSlot(1).ok());
-    EXPECT_LT(RelativeError(Prefill(*backend_, 1, tokens_, chunk), whole), kPathTol)
-        << "chunk " << chunk;
-    EXPECT_LT(RelativeError(StateFloats(*backend_, 1), whole_state), kPathTol) << "chunk " << chunk;
+    const std::vector<float> chunked = Prefill(*backend_, 1, tokens_, chunk);
+    const std::vector<float> chunked_state = StateFloats(*backend_, 1);
+    EXPECT_LT(RelativeError(chunked, whole), kPathTol) << "chunk " << chunk;
+    EXPECT_LT(RelativeError(chunked_state, whole_state), kPathTol) << "chunk " << chunk;
+    if (chunk % kPrefillAlignment == 0) {
+      EXPECT_EQ(chunked, whole) << "chunk " << chunk;
+      EXPECT_EQ(chunked_state, whole_state) << "chunk " << chunk;
+    }
   }
+}
+
+// A session's later turn starts at an unaligned position: its prompt cut at the next multiples
+// of kPrefillAlignment gives the bits of the whole prompt in one step.
+TEST_P(PathTest, UnalignedPromptCutAtAlignedPositionsEqualsOnePrefill) {
+  const std::vector<int32_t> first(tokens_.begin(), tokens_.begin() + 21);
+  const std::vector<int32_t> turn(tokens_.begin() + 21, tokens_.end());  // positions 21..149
+  for (SlotId s : {0, 1}) Prefill(*backend_, s, first, 1000);
+  const std::vector<float> whole = Prefill(*backend_, 0, turn, 1000);
+  std::vector<float> cut = Prefill(*backend_, 1, {turn.begin(), turn.begin() + 43}, 1000);
+  const std::vector<float> rest = Prefill(*backend_, 1, {turn.begin() + 43, turn.end()}, 64);
+  cut.insert(cut.end(), rest.begin(), rest.end());  // cuts at 64 and 128
+  EXPECT_EQ(cut, whole);
+  EXPECT_EQ(StateFloats(*backend_, 1), StateFloats(*backend_, 0));
 }
 
 TEST_P(PathTest, ForkedAndReloadedStatesContinueIdentically) {
@@ -224,7 +246,8 @@ TEST_P(PathTest, BatchedStepsEqualEachSequenceAlone) {
         if (step == 5 && s == 3) {
           together.chunks.push_back({s, b->SlotPosition(s), {token, 5, 6, 7}, LogitsMode::kAll});
         } else {
-          together.chunks.push_back({s, b->SlotPosition(s), {token}, LogitsMode::kLast});
+          together.chunks.push_back(
+              {s, b->SlotPosition(s), {token}, LogitsMode::kLast, /*decode=*/true});
         }
         if (!batched) {
           plans.push_back(together);
@@ -384,7 +407,7 @@ TEST_F(CpuBackendTest, InvalidPlansAreRefusedAndChangeNothing) {
   Prefill(*backend_, 0, {1, 2, 3}, 10);
   const std::vector<float> before = StateFloats(*backend_, 0);
   const int32_t vocab = static_cast<int32_t>(backend_->config().vocab_size);
-  std::vector<StepPlan> bad(6);
+  std::vector<StepPlan> bad(7);
   bad[0].chunks.push_back({4, 0, {1}});                  // slot out of range
   bad[1].chunks.push_back({-1, 0, {1}});                 // negative slot
   bad[2].chunks.push_back({0, 2, {1}});                  // wrong position
@@ -392,6 +415,7 @@ TEST_F(CpuBackendTest, InvalidPlansAreRefusedAndChangeNothing) {
   bad[4].chunks.push_back({1, 0, {}, LogitsMode::kLast});  // empty chunk
   bad[5].chunks.push_back({0, 3, {1}});                  // slot used twice
   bad[5].chunks.push_back({0, 3, {1}, LogitsMode::kLast});
+  bad[6].chunks.push_back({0, 3, {1, 2}, LogitsMode::kLast, /*decode=*/true});  // 2-token decode
   for (size_t i = 0; i < bad.size(); ++i) {
     StepOutput out;
     const absl::Status s = backend_->Forward(bad[i], &out);
@@ -418,6 +442,13 @@ TEST(StepPlanTest, ValidateStepPlanNamesTheChunk) {
   const absl::Status twice = ValidateStepPlan(plan, 2, 10, position);
   EXPECT_EQ(twice.code(), absl::StatusCode::kInvalidArgument) << twice;
   EXPECT_TRUE(absl::StrContains(twice.message(), "chunk 1: slot 0")) << twice;
+  plan.chunks[1] = {1, big, {3}, LogitsMode::kLast, /*decode=*/true};
+  EXPECT_TRUE(ValidateStepPlan(plan, 2, 10, position).ok());
+  plan.chunks[1].tokens = {3, 3};
+  const absl::Status long_decode = ValidateStepPlan(plan, 2, 10, position);
+  EXPECT_EQ(long_decode.code(), absl::StatusCode::kInvalidArgument) << long_decode;
+  EXPECT_TRUE(absl::StrContains(long_decode.message(), "chunk 1: a decode chunk has one token"))
+      << long_decode;
   plan.chunks.pop_back();
   plan.sampling.resize(3);  // the chunk has two logits rows
   EXPECT_EQ(ValidateStepPlan(plan, 2, 10, position).code(), absl::StatusCode::kInvalidArgument);

@@ -1,12 +1,14 @@
 // The CPU Lizard attention op's three forms tied together on random inputs: the recurrent
 // (decode) and chunked (prefill) forms against the float64 naive form (the spec in code), and
-// against each other, over lengths crossing chunk and window boundaries, from empty and
-// non-empty states, under strong and weak decay.
+// against each other (within tolerance), over lengths crossing chunk and window boundaries, from
+// empty and non-empty states, under strong and weak decay; and the chunked form against itself
+// split at aligned positions (bit for bit, the invariance rule of engine/step_plan.h).
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "engine/cpu/lizard_attention/chunked.h"
@@ -160,7 +162,7 @@ TEST(LizardAttentionTest, RecurrentAndChunkedMatchNaive) {
 }
 
 // A prefill then decodes, decodes then a prefill, and prefills cut off-block: each form
-// continues from the state the other left.
+// continues from the state the other left (within tolerance: the forms sum in other orders).
 TEST(LizardAttentionTest, FormsContinueFromEachOthersStates) {
   for (const double gate_mean : {-1.0, 6.0}) {
     const State start = StateAfter(7, gate_mean, true);
@@ -173,6 +175,46 @@ TEST(LizardAttentionTest, FormsContinueFromEachOthersStates) {
                 "recurrent, chunked, recurrent, chunked");
     ExpectClose(RunParts(in, 7, start, {0, 30, 95, 200}, {chk, chk, chk}, true), want,
                 "chunked cut at 30 and 95");
+  }
+}
+
+// Blocks sit at absolute multiples of kLizardChunk, so one call over [p, q) gives the bits of
+// calls split at any such multiple (where the scheduler cuts prompts), from unaligned p too.
+TEST(LizardAttentionTest, ChunkedSplitAtAlignedPositionsIsBitwiseOneCall) {
+  constexpr int64_t kLength = 300;
+  for (const double gate_mean : {-1.0, 6.0}) {
+    for (const bool normalize : {true, false}) {
+      for (const int64_t prefix : {0, 5, 40, 63, 64}) {
+        const State start = StateAfter(prefix, gate_mean, normalize);
+        const Inputs in = RandomInputs(kLength, gate_mean, 11);
+        const Op chk = LizardAttentionChunked;
+        const Result whole = RunParts(in, prefix, start, {0, kLength}, {chk}, normalize);
+        // Row r is at position prefix + r: the aligned cuts are the rows where that is a
+        // multiple of kLizardChunk.
+        std::vector<int64_t> aligned;
+        for (int64_t r = 1; r < kLength; ++r) {
+          if ((prefix + r) % kLizardChunk == 0) aligned.push_back(r);
+        }
+        ASSERT_GE(aligned.size(), 4u);
+        std::vector<std::vector<int64_t>> splits;
+        for (int64_t cut : aligned) splits.push_back({0, cut, kLength});
+        std::vector<int64_t> every = {0};
+        every.insert(every.end(), aligned.begin(), aligned.end());
+        every.push_back(kLength);
+        splits.push_back(every);
+        for (const std::vector<int64_t>& cuts : splits) {
+          const Result split =
+              RunParts(in, prefix, start, cuts, std::vector<Op>(cuts.size() - 1, chk), normalize);
+          const std::string what = testing::PrintToString(cuts) + " prefix " +
+                                   std::to_string(prefix) + " gate " + std::to_string(gate_mean);
+          EXPECT_EQ(split.y, whole.y) << what;
+          EXPECT_EQ(split.state.s, whole.state.s) << what;
+          EXPECT_EQ(split.state.z, whole.state.z) << what;
+          EXPECT_EQ(split.state.k, whole.state.k) << what;
+          EXPECT_EQ(split.state.v, whole.state.v) << what;
+        }
+      }
+    }
   }
 }
 

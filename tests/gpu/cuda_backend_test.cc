@@ -68,7 +68,9 @@ StepOutput Prefill(Backend& b, SlotId slot, const std::vector<int32_t>& tokens, 
 
 StepOutput Decode(Backend& b, const std::vector<std::pair<SlotId, int32_t>>& items) {
   StepPlan plan;
-  for (auto [slot, token] : items) plan.chunks.push_back({slot, b.SlotPosition(slot), {token}, LogitsMode::kLast});
+  for (auto [slot, token] : items) {
+    plan.chunks.push_back({slot, b.SlotPosition(slot), {token}, LogitsMode::kLast, /*decode=*/true});
+  }
   return RunPlan(b, plan);
 }
 
@@ -209,8 +211,10 @@ TEST_F(CudaBackendTest, BatchInvariance) {
     const StepOutput small = Decode(*gpu, {{1, 5}, {8, 3}, {2, 9}});
     ExpectSameRow(small, 1, alone, 0, exact);
     StepPlan mixed;
-    for (SlotId s = 1; s < 8; ++s) mixed.chunks.push_back({s, gpu->SlotPosition(s), {4}, LogitsMode::kLast});
-    mixed.chunks.push_back({9, gpu->SlotPosition(9), {3}, LogitsMode::kLast});
+    for (SlotId s = 1; s < 8; ++s) {
+      mixed.chunks.push_back({s, gpu->SlotPosition(s), {4}, LogitsMode::kLast, /*decode=*/true});
+    }
+    mixed.chunks.push_back({9, gpu->SlotPosition(9), {3}, LogitsMode::kLast, /*decode=*/true});
     mixed.chunks.push_back({10, 0, RandomTokens(rng, 40, V), LogitsMode::kLast});
     const StepOutput big = RunPlan(*gpu, mixed);
     ASSERT_EQ(big.rows, 9);
@@ -298,8 +302,10 @@ TEST_F(CudaBackendTest, SamplingInForwardMatchesHostSamplerOnItsLogits) {
       StepPlan sampled, plain;
       for (int i = 0; i < n; ++i) {
         rows[i].step = step;
-        sampled.chunks.push_back({2 * i, gpu->SlotPosition(2 * i), {last[i]}, LogitsMode::kLast});
-        plain.chunks.push_back({2 * i + 1, gpu->SlotPosition(2 * i + 1), {last[i]}, LogitsMode::kLast});
+        sampled.chunks.push_back(
+            {2 * i, gpu->SlotPosition(2 * i), {last[i]}, LogitsMode::kLast, /*decode=*/true});
+        plain.chunks.push_back(
+            {2 * i + 1, gpu->SlotPosition(2 * i + 1), {last[i]}, LogitsMode::kLast, /*decode=*/true});
       }
       sampled.sampling = rows;
       const StepOutput got = RunPlan(*gpu, sampled);

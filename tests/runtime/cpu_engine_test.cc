@@ -1,9 +1,12 @@
 // The engine over the real CPU backend on models/lizard-tiny: batching, chunked prefill, session
-// turns and spill/restore must not change greedy tokens.
+// turns and spill/restore must not change greedy tokens; load must not change a request's tokens
+// or logprobs by a single bit (prompts are cut only at multiples of kPrefillAlignment).
+// The smallest budgets allowed (max_running + 63) make steps cut prompts.
 #include <gtest/gtest.h>
 
 #include <filesystem>
 #include <random>
+#include <tuple>
 
 #include "engine/backend.h"
 #include "engine/runtime/engine.h"
@@ -47,13 +50,13 @@ class CpuEngineTest : public ::testing::Test {
 // first chunks of a prompt longer than the step budget) failed with INTERNAL because the CPU
 // backend left the previous step's tokens in the reused StepOutput.
 TEST_F(CpuEngineTest, PrefillOnlyAndLongPromptsAfterGeneration) {
-  std::unique_ptr<Engine> engine = MakeEngine(4, {.max_batch_tokens = 16, .max_running = 4});
+  std::unique_ptr<Engine> engine = MakeEngine(4, {.max_batch_tokens = 67, .max_running = 4});
   ASSERT_NE(engine, nullptr);
   const int64_t vocab = engine->config().vocab_size;
   ASSERT_TRUE(RunRequest(*engine, Greedy(RandomTokens(4, 1, vocab), 3)).status.ok());
 
   StateId s = *engine->CreateState();
-  const std::vector<int32_t> prefix = RandomTokens(7, 2, vocab), prompt = RandomTokens(50, 3, vocab);
+  const std::vector<int32_t> prefix = RandomTokens(7, 2, vocab), prompt = RandomTokens(150, 3, vocab);
   const Result prefill = RunRequest(*engine, Greedy(prefix, 0, s));
   ASSERT_TRUE(prefill.status.ok()) << prefill.status;
   const Result long_prompt = RunRequest(*engine, Greedy(prompt, 4));
@@ -70,13 +73,13 @@ TEST_F(CpuEngineTest, PrefillOnlyAndLongPromptsAfterGeneration) {
 
 // The prefix cache: conversations that share a system prompt, each turn re-sending the whole
 // history as a one-shot request (as OpenAI clients do), give the same tokens with the cache on
-// and off, greedy and seeded sampling. Two slots and 16-token steps make entries move to the host
+// and off, greedy and seeded sampling. Two slots and small steps make entries move to the host
 // and prefill chunks start at other boundaries than without the cache.
 TEST_F(CpuEngineTest, PrefixCacheHitGivesTheSameTokensAsAMiss) {
   for (const float temperature : {0.0f, 0.9f}) {
-    std::unique_ptr<Engine> on = MakeEngine(2, {.max_batch_tokens = 16, .max_running = 2});
+    std::unique_ptr<Engine> on = MakeEngine(2, {.max_batch_tokens = 65, .max_running = 2});
     std::unique_ptr<Engine> off =
-        MakeEngine(2, {.max_batch_tokens = 16, .max_running = 2, .prefix_cache_bytes = 0});
+        MakeEngine(2, {.max_batch_tokens = 65, .max_running = 2, .prefix_cache_bytes = 0});
     ASSERT_NE(on, nullptr);
     ASSERT_NE(off, nullptr);
     const int64_t vocab = on->config().vocab_size;
@@ -94,8 +97,9 @@ TEST_F(CpuEngineTest, PrefixCacheHitGivesTheSameTokensAsAMiss) {
         ASSERT_TRUE(hit.status.ok()) << hit.status;
         ASSERT_TRUE(miss.status.ok()) << miss.status;
         EXPECT_EQ(hit.tokens, miss.tokens) << "conversation " << c << " turn " << turn;
-        // Not bitwise: the CPU chunked form depends on where chunks start (a hit's prefill starts
-        // at the cached boundary), within the path tolerance of the backend tests.
+        // Not bitwise: a hit continues from a state that earlier traffic computed (its generated
+        // tokens were fed back as decodes, and its prefill starts at the cached boundary, not at
+        // a block boundary), within the path tolerance of the backend tests.
         ASSERT_EQ(hit.logprobs.size(), miss.logprobs.size());
         for (size_t i = 0; i < hit.logprobs.size(); ++i) {
           EXPECT_NEAR(hit.logprobs[i].chosen.logprob, miss.logprobs[i].chosen.logprob, 1e-4);
@@ -127,7 +131,7 @@ TEST_F(CpuEngineTest, PrefixCacheHitGivesTheSameTokensAsAMiss) {
 // A new session's first request (gRPC CreateSession with a prefix) starts from the cache too, and
 // later turns on the session equal one-shot requests over the whole history.
 TEST_F(CpuEngineTest, PrefixCacheSeedsANewSession) {
-  std::unique_ptr<Engine> engine = MakeEngine(3, {.max_batch_tokens = 16, .max_running = 4});
+  std::unique_ptr<Engine> engine = MakeEngine(3, {.max_batch_tokens = 67, .max_running = 4});
   ASSERT_NE(engine, nullptr);
   const int64_t vocab = engine->config().vocab_size;
   const std::vector<int32_t> prefix = RandomTokens(30, 21, vocab), more = RandomTokens(9, 22, vocab);
@@ -163,7 +167,7 @@ TEST_F(CpuEngineTest, ConcurrentGreedyRequestsEqualEachAlone) {
   }
 
   // A small token budget: prompts are chunked and share steps with other sequences' decodes.
-  std::unique_ptr<Engine> batched = MakeEngine(8, {.max_batch_tokens = 16, .max_running = 8});
+  std::unique_ptr<Engine> batched = MakeEngine(8, {.max_batch_tokens = 71, .max_running = 8});
   ASSERT_NE(batched, nullptr);
   std::vector<std::shared_ptr<RecordingSink>> sinks;
   for (const EngineRequest& r : requests) {
@@ -174,6 +178,64 @@ TEST_F(CpuEngineTest, ConcurrentGreedyRequestsEqualEachAlone) {
     ASSERT_TRUE(sinks[i]->WaitFinished());
     EXPECT_EQ(sinks[i]->result().tokens, alone[i].tokens) << "request " << i;
   }
+}
+
+// The invariance rule end to end: a long greedy prompt (from position 0) and a second turn on
+// its session (from an unaligned position) give bitwise the same tokens and logprobs alone as
+// under load, where many concurrent requests and a small budget cut its prompts elsewhere.
+TEST_F(CpuEngineTest, LoadDoesNotChangeTokensOrLogprobs) {
+  constexpr int kTurnTokens = 9;
+  const int64_t vocab = MakeEngine(1, {})->config().vocab_size;
+  EngineRequest first = Greedy(RandomTokens(700, 61, vocab), kTurnTokens);
+  EngineRequest second = Greedy(RandomTokens(150, 62, vocab), kTurnTokens);
+  first.logprobs = second.logprobs = 3;
+
+  // Both turns of the session, while `others` requests run beside them.
+  struct Turns {
+    Result first, second;
+  };
+  auto run = [&](int others, const EngineOptions& options) -> Turns {
+    std::unique_ptr<Engine> engine = MakeEngine(others + 2, options);
+    if (engine == nullptr) return {};
+    std::vector<std::shared_ptr<RecordingSink>> load;
+    auto add_load = [&](uint32_t seed) {
+      for (int i = 0; i < others; ++i) {
+        load.push_back(std::make_shared<RecordingSink>());
+        EngineRequest r = Greedy(RandomTokens(1 + (37 * i + seed) % 200, seed + i, vocab), 5);
+        EXPECT_TRUE(engine->Submit(r, load.back()).ok());
+      }
+    };
+    Turns turns;
+    first.state = second.state = *engine->CreateState();
+    add_load(1000);
+    turns.first = RunRequest(*engine, first);
+    add_load(2000);
+    turns.second = RunRequest(*engine, second);
+    for (const auto& sink : load) EXPECT_TRUE(sink->WaitFinished());
+    return turns;
+  };
+  const Turns alone = run(0, {});
+  const Turns loaded = run(6, {.max_batch_tokens = 71, .max_running = 8});
+  for (const auto& [name, a, b] : {std::tuple{"first", &alone.first, &loaded.first},
+                                   std::tuple{"second", &alone.second, &loaded.second}}) {
+    ASSERT_TRUE(a->status.ok()) << name << " " << a->status;
+    ASSERT_TRUE(b->status.ok()) << name << " " << b->status;
+    ASSERT_EQ(a->tokens.size(), static_cast<size_t>(kTurnTokens)) << name;
+    EXPECT_EQ(b->tokens, a->tokens) << name;
+    ASSERT_EQ(b->logprobs.size(), a->logprobs.size()) << name;
+    for (size_t i = 0; i < a->logprobs.size(); ++i) {
+      // Bitwise: float ==, not a tolerance.
+      EXPECT_EQ(b->logprobs[i].chosen.logprob, a->logprobs[i].chosen.logprob) << name << " " << i;
+      ASSERT_EQ(b->logprobs[i].top.size(), a->logprobs[i].top.size()) << name;
+      for (size_t j = 0; j < a->logprobs[i].top.size(); ++j) {
+        EXPECT_EQ(b->logprobs[i].top[j].token, a->logprobs[i].top[j].token) << name;
+        EXPECT_EQ(b->logprobs[i].top[j].logprob, a->logprobs[i].top[j].logprob) << name;
+      }
+    }
+    EXPECT_EQ(b->usage.cached_tokens, 0) << name;  // no prefix-cache hit on either side
+  }
+  // The second turn starts where the session's state ended: an unaligned position.
+  EXPECT_NE((700 + kTurnTokens - 1) % kPrefillAlignment, 0);
 }
 
 TEST_F(CpuEngineTest, SessionTurnsWithSpillEqualOneShot) {

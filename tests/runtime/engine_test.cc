@@ -6,6 +6,7 @@
 #include <atomic>
 #include <random>
 
+#include "absl/strings/match.h"
 #include "tests/runtime/engine_test_util.h"
 #include "tests/runtime/fake_backend.h"
 
@@ -158,7 +159,8 @@ TEST(EngineTest, ConcurrentRequestsEqualSequentialOnes) {
   }
 
   StepCounter counter;
-  Harness h({}, {.max_batch_tokens = 16, .max_running = 8, .observer = &counter});
+  Harness h({}, {.max_batch_tokens = 16, .max_running = 8, .prefill_alignment = 4,
+                 .observer = &counter});
   h.control->Pause();
   std::vector<std::shared_ptr<RecordingSink>> sinks;
   for (const EngineRequest& r : requests) {
@@ -350,7 +352,7 @@ TEST(EngineTest, CancelMidStreamKeepsConsistentState) {
 // request, or a prompt chunk that is not the last) once saw the previous step's tokens and
 // failed with INTERNAL "backend returned 1 tokens, expected 0" on a warm engine.
 TEST(EngineTest, StepsThatSampleNothingWorkOnAWarmEngine) {
-  Harness h({}, {.max_batch_tokens = 8, .max_running = 4});
+  Harness h({}, {.max_batch_tokens = 8, .max_running = 4, .prefill_alignment = 4});
   const std::vector<int32_t> warm = RandomTokens(3, 30), prefix = RandomTokens(5, 31),
                              longer = RandomTokens(40, 32);
   ASSERT_TRUE(RunRequest(*h.engine, Greedy(warm, 4)).status.ok());
@@ -548,6 +550,16 @@ TEST(EngineTest, CreateRejectsBadOptions) {
                 .status()
                 .code(),
             absl::StatusCode::kInvalidArgument);
+  // Room for the decodes but not for the oldest prompt's next aligned cut (8 + 64 - 1 = 71).
+  const absl::Status no_room =
+      Engine::Create(std::make_unique<FakeBackend>(FakeBackendOptions{}, control),
+                     {.max_batch_tokens = 70, .max_running = 8})
+          .status();
+  EXPECT_EQ(no_room.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(no_room.message(), "max_batch_tokens (70)")) << no_room;
+  EXPECT_TRUE(Engine::Create(std::make_unique<FakeBackend>(FakeBackendOptions{}, control),
+                             {.max_batch_tokens = 71, .max_running = 8})
+                  .ok());
 }
 
 }  // namespace

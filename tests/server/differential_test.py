@@ -9,8 +9,10 @@ greedy, seeded and unseeded sampling, forks, deletes, client cancels and short d
 
 Then every result is checked against an oracle:
   - a completed greedy or seeded request must equal the same request run alone on a FRESH
-    server (a new lizard-server process per request, same numerics flags): token ids, text,
-    finish reason, usage, logprobs. A session turn's reference is a one-shot over the session's
+    server (a new lizard-server process per request, same numerics flags, the default
+    --max-batch-tokens): token ids, text, finish reason, usage, logprobs (within 1e-4: a
+    prefix-cache hit, or a session turn's generated tokens fed back as decodes, agree with the
+    reference's prompt path within float tolerance only). A session turn's reference is a one-shot over the session's
     history (all turns' last_turn_token_ids concatenated) plus the turn's input, so every turn
     also checks the session state that the earlier turns, forks, spills and cancels left;
     at the end every live session gets one more greedy turn, so its final state is checked too;
@@ -73,8 +75,10 @@ def _short(value, limit=400):
 
 
 def numerics_flags(args):
-    """Flags that decide a request's numbers: the same for the server under test and references."""
-    return ["--max-batch-tokens", str(args.max_batch_tokens), "--threads", str(args.threads)]
+    """Flags that decide a request's numbers: the same for the server under test and references.
+    Not --max-batch-tokens: prompts are cut only at multiples of 64 tokens, so the step budget
+    must not change a request's numbers (the references run with the default budget)."""
+    return ["--threads", str(args.threads)]
 
 
 class ReferencePool:
@@ -685,7 +689,9 @@ def main():
                         help="seconds of workload at most (the checks follow)")
     parser.add_argument("--clients", type=int, default=4, help="client threads")
     parser.add_argument("--sessions-per-client", type=int, default=2)
-    parser.add_argument("--max-batch-tokens", type=int, default=64)
+    parser.add_argument("--max-batch-tokens", type=int, default=80,
+                        help="at least --max-running + 63 (the server refuses less)")
+    parser.add_argument("--max-running", type=int, default=16)
     parser.add_argument("--prompt-factor", type=int, default=4,
                         help="longest input = this times --max-batch-tokens")
     parser.add_argument("--max-new", type=int, default=24, help="largest max_new_tokens")
@@ -719,6 +725,7 @@ def main():
 
         server = server_testing.Server(
             args.server, args.model, *numerics_flags(args),
+            "--max-batch-tokens", str(args.max_batch_tokens), "--max-running", str(args.max_running),
             "--device-state-slots", str(args.device_state_slots),
             "--host-state-bytes", str(args.host_states * state_bytes))
         channel = grpc.insecure_channel(server.address)

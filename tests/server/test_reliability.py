@@ -279,6 +279,7 @@ class StartupTest(unittest.TestCase):
                             ("--default-max-new-tokens=-5", "--default-max-new-tokens"),
                             ("--device-state-slots=10000000", "--device-state-slots"),
                             ("--max-running=0", "--max-running"),
+                            ("--max-batch-tokens=100", "--max-running (64) + 63 = 127"),
                             ("--stream-buffer-bytes=10", "--stream-buffer-bytes")]:
             code, output = run_server("--port", "0", flag)
             self.assertNotEqual(code, 0, flag)

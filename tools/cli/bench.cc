@@ -188,7 +188,8 @@ absl::Status RunBench(const tools::Args& args) {
     for (int64_t step = 0; step < kWarmupSteps + *steps; ++step) {
       StepPlan plan;
       for (int64_t i = 0; i < batch; ++i) {
-        plan.chunks.push_back({static_cast<SlotId>(i), *context + step, {token(rng)}, LogitsMode::kLast});
+        plan.chunks.push_back({static_cast<SlotId>(i), *context + step, {token(rng)},
+                               LogitsMode::kLast, /*decode=*/true});
         if (sampling.has_value()) {
           plan.sampling.push_back({*sampling, static_cast<uint64_t>(i), static_cast<uint64_t>(step)});
         }

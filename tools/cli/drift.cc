@@ -256,7 +256,7 @@ absl::Status RunDrift(const tools::Args& args) {
     }
     if (t == *tokens) break;  // the last token's logits are compared, not fed
     plan = StepPlan{};
-    plan.chunks.push_back({0, *prompt_length + t, {ArgMax(a)}, LogitsMode::kLast});
+    plan.chunks.push_back({0, *prompt_length + t, {ArgMax(a)}, LogitsMode::kLast, /*decode=*/true});
   }
   PrintStats(absl::StrCat("overall 1-", *tokens), overall, elapsed());
   if (first_disagreement < 0) {

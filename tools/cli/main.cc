@@ -101,11 +101,11 @@ absl::Status RunLogits(const tools::Args& args) {
   std::vector<float> logits;
   const int64_t step_tokens = mode == "decode" ? 1 : *chunk;
   for (int64_t start = 0; start < n; start += step_tokens) {
-    // A decode is a chunk of one token: the backend runs it in the recurrent form.
+    // --mode decode feeds each token as a decode (the recurrent form), prefill as prompt chunks.
     const int64_t end = std::min(n, start + step_tokens);
     StepPlan plan;
     plan.chunks.push_back({0, start, std::vector<int32_t>(tokens->begin() + start, tokens->begin() + end),
-                           LogitsMode::kAll});
+                           LogitsMode::kAll, /*decode=*/mode == "decode"});
     StepOutput out;
     if (absl::Status s = (*backend)->Forward(plan, &out); !s.ok()) return s;
     logits.insert(logits.end(), out.logits.begin(), out.logits.end());
@@ -187,7 +187,8 @@ absl::Status RunGenerate(const tools::Args& args) {
       break;
     }
     plan = StepPlan{};
-    plan.chunks.push_back({0, (*backend)->SlotPosition(0), {token}, LogitsMode::kLast});
+    plan.chunks.push_back(
+        {0, (*backend)->SlotPosition(0), {token}, LogitsMode::kLast, /*decode=*/true});
   }
   std::printf("%s\n", absl::StrJoin(generated, " ").c_str());
   if (*tokenizer != nullptr) {

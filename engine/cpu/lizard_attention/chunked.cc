@@ -14,8 +14,10 @@ void LizardAttentionChunked(const LizardAttentionArgs& a, LizardSlotState& state
   const int64_t d = a.head_dim, f2 = a.f2, w = a.window, m = a.num_meta;
   const int64_t group = a.num_heads / a.num_kv_heads;
   const float scale = 1.0f / std::sqrt(static_cast<float>(d));
-  for (int64_t start = 0; start < a.length; start += kLizardChunk) {
-    const int64_t c = std::min(kLizardChunk, a.length - start);
+  for (int64_t start = 0, c = 0; start < a.length; start += c) {
+    // The block ends at the next absolute multiple of kLizardChunk (or the call's end).
+    const int64_t position = a.first_position + start;
+    c = std::min(kLizardChunk - position % kLizardChunk, a.length - start);
     const LizardAttentionArgs b = SubRows(a, start, c);
     const int64_t p0 = b.first_position;
     float* yb = y + start * a.y_stride;
