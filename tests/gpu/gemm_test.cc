@@ -176,13 +176,12 @@ std::vector<float> RunPrefill(PrefillGemm& gemm, const std::vector<float>& x, in
                               const DeviceVec<bf16>& w, int out, int lead = 0) {
   DeviceVec<bf16> d_x(static_cast<size_t>(lead + rows) * in);
   DeviceVec<float> d_y(static_cast<size_t>(lead + rows) * out);
+  bf16* const x_rows = d_x.get() + static_cast<size_t>(lead) * in;
+  float* const y_rows = d_y.get() + static_cast<size_t>(lead) * out;
   const std::vector<bf16> x16 = ToBf16(x);
-  EXPECT_EQ(cudaMemcpy(d_x.get() + static_cast<size_t>(lead) * in, x16.data(), x16.size() * sizeof(bf16),
-                       cudaMemcpyHostToDevice),
-            cudaSuccess);
+  EXPECT_EQ(cudaMemcpy(x_rows, x16.data(), x16.size() * sizeof(bf16), cudaMemcpyHostToDevice), cudaSuccess);
   d_y.Poison();
-  const absl::Status status =
-      gemm.Run(d_x.get() + static_cast<size_t>(lead) * in, rows, in, w.get(), out, d_y.get() + static_cast<size_t>(lead) * out);
+  const absl::Status status = gemm.Run(x_rows, rows, in, w.get(), out, y_rows);
   EXPECT_TRUE(status.ok()) << status;
   EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   const std::vector<float> y = d_y.Download();
