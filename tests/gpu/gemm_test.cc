@@ -1,5 +1,5 @@
-// GemmBf16 (kernels/gemm_bf16.cu): against a CPU reference, bit-identical rows whatever the
-// batch around them, and the workspace contract.
+// GemmBf16 (kernels/gemm_bf16.cu) and PrefillGemm (engine/cuda/prefill_gemm.h): against a CPU
+// reference, bit-identical rows whatever the batch around them, and their contracts.
 // Tolerance vs the reference (double accumulation of the same bf16-rounded inputs), as
 // ||gpu - cpu|| / ||cpu|| per GEMM: 1e-3 (fp32 accumulation gives about 1e-6).
 #include <algorithm>
@@ -10,6 +10,7 @@
 
 #include <gtest/gtest.h>
 
+#include "engine/cuda/prefill_gemm.h"
 #include "kernels/kernels.h"
 #include "tests/gpu/gpu_test_util.h"
 
@@ -18,6 +19,7 @@ namespace {
 
 namespace k = kernels;
 using bf16 = __nv_bfloat16;
+using cuda::PrefillGemm;
 
 const auto* const kRequireGpu = ::testing::AddGlobalTestEnvironment(new RequireGpu);
 
@@ -27,6 +29,18 @@ std::vector<float> RandomBf16(std::mt19937& rng, size_t n) {
   std::vector<float> v = Uniform(rng, n, -1, 1);
   for (float& x : v) x = Bf16Round(x);
   return v;
+}
+
+// y[o] = sum_i x[i] w[o, i] in double, for one row x of `in` values and w [out, in].
+std::vector<float> ReferenceRow(const float* x, const std::vector<float>& w, int in, int out) {
+  std::vector<float> y(out);
+  for (int o = 0; o < out; ++o) {
+    double s = 0.0;
+    const float* wo = &w[static_cast<size_t>(o) * in];
+    for (int i = 0; i < in; ++i) s += static_cast<double>(x[i]) * wo[i];
+    y[o] = static_cast<float>(s);
+  }
+  return y;
 }
 
 // Runs GemmBf16 on host inputs (w already on the device); unwritten outputs stay NaN.
@@ -56,15 +70,10 @@ TEST(GemmBf16Test, MatchesCpuReference) {
     const std::vector<float> w = RandomBf16(rng, static_cast<size_t>(c.out) * c.in);
     DeviceVec<bf16> d_w(ToBf16(w));
     const std::vector<float> y = RunGemm(x, c.rows, c.in, d_w, c.out);
-    std::vector<float> ref(static_cast<size_t>(c.rows) * c.out);
+    std::vector<float> ref;
     for (int r = 0; r < c.rows; ++r) {
-      for (int o = 0; o < c.out; ++o) {
-        double s = 0.0;
-        const float* xr = &x[static_cast<size_t>(r) * c.in];
-        const float* wo = &w[static_cast<size_t>(o) * c.in];
-        for (int i = 0; i < c.in; ++i) s += static_cast<double>(xr[i]) * wo[i];
-        ref[static_cast<size_t>(r) * c.out + o] = static_cast<float>(s);
-      }
+      const std::vector<float> row = ReferenceRow(&x[static_cast<size_t>(r) * c.in], w, c.in, c.out);
+      ref.insert(ref.end(), row.begin(), row.end());
     }
     const double err = RelError(y, ref);
     std::printf("in %5d out %5d rows %4d splits %2d: rel error %.3g\n", c.in, c.out, c.rows,
@@ -141,6 +150,136 @@ TEST(GemmBf16Test, WorkspaceContract) {
   EXPECT_EQ(k::GemmBf16(d.get(), 1, 12, d.get(), 4, y.get(), nullptr, nullptr), cudaErrorInvalidValue);
   EXPECT_EQ(k::GemmBf16(d.get() + 1, 1, 16, d.get(), 4, y.get(), nullptr, nullptr), cudaErrorInvalidValue);
   EXPECT_EQ(k::GemmBf16(d.get(), 0, 16, d.get(), 4, y.get(), nullptr, nullptr), cudaSuccess);
+}
+
+// ---- PrefillGemm ----
+
+// Llama-3-8B's projections (q|k|v|forget gate = 6144 + 32 outputs, o, gate|up, down) and a small
+// odd shape whose rows are only 8 (x) and 4 (y) bytes aligned.
+struct PrefillShape {
+  int in, out;
+};
+constexpr PrefillShape kPrefillShapes[] = {{4096, 6176}, {4096, 4096}, {4096, 28672}, {14336, 4096}, {100, 37}};
+constexpr int kPrefillMaxRows = 2048;
+
+// Init over kPrefillShapes for up to kPrefillMaxRows rows, as the backend does at load.
+void InitPrefill(PrefillGemm& gemm) {
+  std::vector<std::pair<int, int>> shapes;
+  for (const PrefillShape& s : kPrefillShapes) shapes.emplace_back(s.in, s.out);
+  const absl::Status status = gemm.Init(shapes, kPrefillMaxRows, nullptr);
+  ASSERT_TRUE(status.ok()) << status;
+}
+
+// Runs PrefillGemm on `rows` host rows x placed after `lead` rows of x and y (prompt rows follow
+// the decode rows of a step); returns their outputs (unwritten ones stay NaN).
+std::vector<float> RunPrefill(PrefillGemm& gemm, const std::vector<float>& x, int rows, int in,
+                              const DeviceVec<bf16>& w, int out, int lead = 0) {
+  DeviceVec<bf16> d_x(static_cast<size_t>(lead + rows) * in);
+  DeviceVec<float> d_y(static_cast<size_t>(lead + rows) * out);
+  bf16* const x_rows = d_x.get() + static_cast<size_t>(lead) * in;
+  float* const y_rows = d_y.get() + static_cast<size_t>(lead) * out;
+  const std::vector<bf16> x16 = ToBf16(x);
+  EXPECT_EQ(cudaMemcpy(x_rows, x16.data(), x16.size() * sizeof(bf16), cudaMemcpyHostToDevice), cudaSuccess);
+  d_y.Poison();
+  const absl::Status status = gemm.Run(x_rows, rows, in, w.get(), out, y_rows);
+  EXPECT_TRUE(status.ok()) << status;
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  const std::vector<float> y = d_y.Download();
+  return std::vector<float>(y.begin() + static_cast<size_t>(lead) * out, y.end());
+}
+
+// The first of `rows` rows of `out` values whose bits differ between a and b, or -1.
+int FirstDifferentRow(const float* a, const float* b, int rows, int out) {
+  for (int r = 0; r < rows; ++r) {
+    if (std::memcmp(a + static_cast<size_t>(r) * out, b + static_cast<size_t>(r) * out, out * sizeof(float)) != 0) {
+      return r;
+    }
+  }
+  return -1;
+}
+
+TEST(PrefillGemmTest, MatchesCpuReference) {
+  PrefillGemm gemm;
+  ASSERT_NO_FATAL_FAILURE(InitPrefill(gemm));
+  std::printf("%s", gemm.Describe().c_str());
+  std::mt19937 rng(21);
+  // 1000 rows: a partial last tile; the reference is computed for a sample of rows.
+  const int rows = 1000;
+  const int sample[] = {0, 1, 127, 128, 500, 998, 999};
+  for (const PrefillShape& s : kPrefillShapes) {
+    const std::vector<float> x = RandomBf16(rng, static_cast<size_t>(rows) * s.in);
+    const std::vector<float> w = RandomBf16(rng, static_cast<size_t>(s.out) * s.in);
+    DeviceVec<bf16> d_w(ToBf16(w));
+    const std::vector<float> y = RunPrefill(gemm, x, rows, s.in, d_w, s.out);
+    std::vector<float> got, ref;
+    for (int r : sample) {
+      const std::vector<float> row = ReferenceRow(&x[static_cast<size_t>(r) * s.in], w, s.in, s.out);
+      ref.insert(ref.end(), row.begin(), row.end());
+      got.insert(got.end(), y.begin() + static_cast<size_t>(r) * s.out, y.begin() + static_cast<size_t>(r + 1) * s.out);
+    }
+    const double err = RelError(got, ref);
+    std::printf("prefill in %5d out %5d rows %4d: rel error %.3g over %zu sampled rows\n", s.in, s.out, rows, err,
+                std::size(sample));
+    EXPECT_LE(err, kTol) << "in " << s.in << " out " << s.out;
+  }
+}
+
+TEST(PrefillGemmTest, RowsAreBatchInvariant) {
+  PrefillGemm gemm;
+  ASSERT_NO_FATAL_FAILURE(InitPrefill(gemm));
+  std::mt19937 rng(22);
+  const int kRows[] = {1, 3, 17, 64, 100, 1000, 2048};
+  for (const PrefillShape& s : kPrefillShapes) {
+    DeviceVec<bf16> d_w(ToBf16(RandomBf16(rng, static_cast<size_t>(s.out) * s.in)));
+    const std::vector<float> all = RandomBf16(rng, static_cast<size_t>(kPrefillMaxRows) * s.in);
+    const std::vector<float> full = RunPrefill(gemm, all, kPrefillMaxRows, s.in, d_w, s.out);
+    // Row r of the first `rows` rows, behind 0..4 other rows, has the bits it has in the full call.
+    for (int rows : kRows) {
+      const std::vector<float> x(all.begin(), all.begin() + static_cast<size_t>(rows) * s.in);
+      const int lead = rows % 5;
+      const std::vector<float> y = RunPrefill(gemm, x, rows, s.in, d_w, s.out, lead);
+      ASSERT_EQ(FirstDifferentRow(y.data(), full.data(), rows, s.out), -1)
+          << "in " << s.in << " out " << s.out << " rows " << rows << " lead " << lead;
+    }
+    // One row moved to other places among other rows has the bits it has alone.
+    const std::vector<float> fixed(all.end() - s.in, all.end());
+    const std::vector<float> alone = RunPrefill(gemm, fixed, 1, s.in, d_w, s.out);
+    int placements = 0;
+    for (int rows : {17, 1000}) {
+      for (int p : {0, 1, rows / 2, rows - 1}) {
+        std::vector<float> x(all.begin(), all.begin() + static_cast<size_t>(rows) * s.in);
+        std::copy(fixed.begin(), fixed.end(), x.begin() + static_cast<size_t>(p) * s.in);
+        const std::vector<float> y = RunPrefill(gemm, x, rows, s.in, d_w, s.out);
+        ASSERT_EQ(FirstDifferentRow(&y[static_cast<size_t>(p) * s.out], alone.data(), 1, s.out), -1)
+            << "in " << s.in << " out " << s.out << " rows " << rows << " position " << p;
+        ++placements;
+      }
+    }
+    std::printf("prefill in %5d out %5d: rows bit-identical at %zu row counts and %d placements\n", s.in, s.out,
+                std::size(kRows), placements);
+  }
+}
+
+TEST(PrefillGemmTest, RefusesWhatItCannotRun) {
+  PrefillGemm gemm;
+  EXPECT_EQ(gemm.Init(std::vector<std::pair<int, int>>{{128, 260}}, 0, nullptr).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(gemm.Init(std::vector<std::pair<int, int>>{{0, 260}}, 64, nullptr).code(),
+            absl::StatusCode::kInvalidArgument);
+  const absl::Status init = gemm.Init(std::vector<std::pair<int, int>>{{128, 260}}, 64, nullptr);
+  ASSERT_TRUE(init.ok()) << init;
+  DeviceVec<bf16> x(65 * 128), w(260 * 128);
+  DeviceVec<float> y(65 * 260);
+  EXPECT_TRUE(gemm.Run(x.get(), 64, 128, w.get(), 260, y.get()).ok());
+  EXPECT_TRUE(gemm.Run(x.get(), 0, 128, w.get(), 260, y.get()).ok());
+  // A shape Init did not see, too many rows, and pointers less aligned than a row.
+  EXPECT_EQ(gemm.Run(x.get(), 1, 136, w.get(), 260, y.get()).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(gemm.Run(x.get(), 65, 128, w.get(), 260, y.get()).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(gemm.Run(x.get(), -1, 128, w.get(), 260, y.get()).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(gemm.Run(x.get() + 1, 1, 128, w.get(), 260, y.get()).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(gemm.Run(x.get(), 1, 128, w.get() + 4, 260, y.get()).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(gemm.Run(x.get(), 1, 128, w.get(), 260, y.get() + 1).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
 }
 
 }  // namespace
