@@ -6,9 +6,11 @@
 // outside a query's window are masked to exact zeros, so a query's result depends only on its
 // position and the key values, whatever the tile's other rows. The sinks are folded in at the end.
 //
-// Inputs are fp32 (and the ring bf16 or fp32): the next key block is copied raw into a staging
-// area (cp.async) while the tensor cores work on this one, then converted to bf16 in shared
-// memory. Scores run in the base-2 domain (scaled by log2 e) with exp2f.
+// Inputs are fp32 (and the ring bf16 or fp32): each key block is loaded 16 bytes per thread and
+// converted to bf16 into shared memory between two barriers; the queries of all the tile's
+// loads are issued before their first use. (Staging the next block raw with cp.async during the
+// MMAs measured the same on the H200, with 64 KB more shared memory; so did 2 heads per block at
+// 2 blocks per SM, slower.) Scores run in the base-2 domain (scaled by log2 e) with exp2f.
 #include "kernels/lizard_attention/window_prefill.h"
 
 #include "kernels/common.cuh"
@@ -30,9 +32,6 @@ struct Smem {
   alignas(16) __nv_bfloat16 q[HB][kTile][kD + kPad];  // the tile's queries after RoPE
   alignas(16) __nv_bfloat16 k[kTile][kD + kPad];      // the key block in use
   alignas(16) __nv_bfloat16 v[kTile][kD + kPad];
-  // The next block's keys [0] and values [1] as copied: fp32 rows, or bf16 ring rows in the
-  // first half of a row's bytes.
-  alignas(16) float stage[2][kTile][kD];
 };
 
 // Where the window key at position j of a sequence with positions first_pos..last_pos comes
@@ -41,6 +40,20 @@ enum class KeyFrom { kNone, kRing, kRow };
 __device__ __forceinline__ KeyFrom Source(int j, int first_pos, int last_pos, int w) {
   if (j < 0 || j > last_pos || j <= first_pos - w) return KeyFrom::kNone;
   return j < first_pos ? KeyFrom::kRing : KeyFrom::kRow;
+}
+
+// Eight values as bf16 operands (16 bytes): bf16(x) for every value, whether it comes from a
+// launch row (fp32) or from the ring (which holds bf16(x), or x), so both give the same bits.
+// Reads 16 bytes at a time where the source is 16-byte aligned.
+__device__ __forceinline__ uint4 Bf16x8(const __nv_bfloat16* p, bool) { return *reinterpret_cast<const uint4*>(p); }
+__device__ __forceinline__ uint4 Bf16x8(const float* p, bool aligned16) {
+  float4 lo, hi;
+  if (aligned16) {
+    lo = reinterpret_cast<const float4*>(p)[0], hi = reinterpret_cast<const float4*>(p)[1];
+  } else {
+    lo = make_float4(p[0], p[1], p[2], p[3]), hi = make_float4(p[4], p[5], p[6], p[7]);
+  }
+  return {Pack(lo.x, lo.y), Pack(lo.z, lo.w), Pack(hi.x, hi.y), Pack(hi.z, hi.w)};
 }
 
 template <typename TW, int HB>
@@ -56,65 +69,55 @@ __global__ void __launch_bounds__(128 * HB, 1) WindowPrefillKernel(WindowPrefill
   const int H = a.dims.heads, G = H / a.dims.kv_heads, w = a.dims.window, m = a.dims.meta;
   const int g = blockIdx.y / (G / HB), h0 = g * G + blockIdx.y % (G / HB) * HB;
 
-  // Copies key block k0.. into the staging area (keys from nowhere are left: converted to zeros).
-  auto copy_block = [&](int k0) {
-    for (int idx = threadIdx.x; idx < 2 * kTile * (kD / 4); idx += blockDim.x) {
-      const int which = idx / (kTile * (kD / 4)), t = idx / (kD / 4) % kTile, c = idx % (kD / 4);
+  // Key block k0.. into shared memory as the bf16 operands (keys from nowhere as zeros).
+  auto load_block = [&](int k0) {
+#pragma unroll 4
+    for (int idx = threadIdx.x; idx < 2 * kTile * (kD / 8); idx += blockDim.x) {
+      const int which = idx / (kTile * (kD / 8)), t = idx / (kD / 8) % kTile, c = idx % (kD / 8);  // K or V, key, 8 values
       const int j = k0 + t;
-      float* dst = &sm.stage[which][t][4 * c];
       const KeyFrom from = Source(j, first_pos, last_pos, w);
-      if (from == KeyFrom::kRing && 16 * c < kD * static_cast<int>(sizeof(TW))) {
-        const char* ring = a.state.pool + slot * a.state.slot_bytes + (which ? a.state.v_offset : a.state.k_offset) +
-                           ((static_cast<int64_t>(g) * w + j % w) * kD) * static_cast<int64_t>(sizeof(TW));
-        CpAsync16(dst, ring + 16 * c, true);
+      uint4 out = {0u, 0u, 0u, 0u};
+      if (from == KeyFrom::kRing) {
+        const char* ring = a.state.pool + slot * a.state.slot_bytes + (which ? a.state.v_offset : a.state.k_offset);
+        out = Bf16x8(reinterpret_cast<const TW*>(ring) + (static_cast<int64_t>(g) * w + j % w) * kD + 8 * c, true);
       } else if (from == KeyFrom::kRow) {
         const int64_t row = first_row + (j - first_pos);
-        const float* src = (which ? a.v + row * a.v_ld : a.k + row * a.k_ld) + g * kD + 4 * c;
-        if (aligned16) {
-          CpAsync16(dst, src, true);
-        } else {
-          for (int e = 0; e < 4; ++e) CpAsync4(dst + e, src + e);
-        }
-      }
-    }
-    CpAsyncCommit();
-  };
-  // The staged block k0.. as bf16 operands: bf16(x) for every value, whether it comes from a row
-  // or from the ring (which holds bf16(x) or x), so both give the same bits.
-  auto convert_block = [&](int k0) {
-    for (int idx = threadIdx.x; idx < 2 * kTile * (kD / 8); idx += blockDim.x) {
-      const int which = idx / (kTile * (kD / 8)), t = idx / (kD / 8) % kTile, c = idx % (kD / 8);
-      const KeyFrom from = Source(k0 + t, first_pos, last_pos, w);
-      const float* src = &sm.stage[which][t][0];
-      uint4 out = {0u, 0u, 0u, 0u};
-      if (from == KeyFrom::kRing && sizeof(TW) == 2) {
-        out = reinterpret_cast<const uint4*>(src)[c];
-      } else if (from != KeyFrom::kNone) {
-        const float4 lo = reinterpret_cast<const float4*>(src)[2 * c];
-        const float4 hi = reinterpret_cast<const float4*>(src)[2 * c + 1];
-        out = {Pack(lo.x, lo.y), Pack(lo.z, lo.w), Pack(hi.x, hi.y), Pack(hi.z, hi.w)};
+        out = Bf16x8((which ? a.v + row * a.v_ld : a.k + row * a.k_ld) + g * kD + 8 * c, aligned16);
       }
       *reinterpret_cast<uint4*>(which ? &sm.v[t][8 * c] : &sm.k[t][8 * c]) = out;
     }
   };
 
   const int kb_first = max(0, tile_start - w + 1) / kTile, kb_last = tile_start / kTile;
-  copy_block(kb_first * kTile);  // in flight while the queries load
 
-  // Queries of the tile's positions, after RoPE (angles in double, as LizardWindow); rows outside
-  // the sequence are zeros (their outputs are not written).
-  for (int idx = threadIdx.x; idx < kTile * (kD / 2); idx += blockDim.x) {
-    const int t = idx / (kD / 2), i = idx % (kD / 2), p = tile_start + t;
+  // Queries of the tile's positions, after RoPE (angles in double as in LizardWindow, reduced
+  // with floor rather than fmod); rows outside the sequence are zeros (their outputs are not written).
+  constexpr int kQIters = kTile * (kD / 2) / (128 * HB);  // (row, i) pairs per thread
+  float x[kQIters][HB][2];
+#pragma unroll
+  for (int it = 0; it < kQIters; ++it) {  // every load in flight before the first use
+    const int idx = threadIdx.x + it * 128 * HB, t = idx / (kD / 2), i = idx % (kD / 2), p = tile_start + t;
     const bool valid = p >= first_pos && p <= last_pos;
-    float c = 1.f, s = 0.f;
-    if (valid && a.dims.window_rope) {
-      const double angle = fmod(static_cast<double>(p) * a.inv_freq[i], 2.0 * 3.14159265358979323846);
-      sincosf(static_cast<float>(angle), &s, &c);
-    }
     const float* qrow = a.q + (first_row + static_cast<int64_t>(p - first_pos)) * a.q_ld + i;
 #pragma unroll
     for (int hb = 0; hb < HB; ++hb) {
-      const float x0 = valid ? qrow[(h0 + hb) * kD] : 0.f, x1 = valid ? qrow[(h0 + hb) * kD + kD / 2] : 0.f;
+      x[it][hb][0] = valid ? qrow[(h0 + hb) * kD] : 0.f;
+      x[it][hb][1] = valid ? qrow[(h0 + hb) * kD + kD / 2] : 0.f;
+    }
+  }
+#pragma unroll
+  for (int it = 0; it < kQIters; ++it) {
+    const int idx = threadIdx.x + it * 128 * HB, t = idx / (kD / 2), i = idx % (kD / 2), p = tile_start + t;
+    float c = 1.f, s = 0.f;
+    if (a.dims.window_rope) {
+      constexpr double kTwoPi = 2.0 * 3.14159265358979323846;
+      double angle = static_cast<double>(p) * a.inv_freq[i];
+      angle -= kTwoPi * floor(angle * (1.0 / kTwoPi));  // fmod's loop cost 10% of the kernel
+      sincosf(static_cast<float>(angle), &s, &c);
+    }
+#pragma unroll
+    for (int hb = 0; hb < HB; ++hb) {
+      const float x0 = x[it][hb][0], x1 = x[it][hb][1];
       sm.q[hb][t][i] = __float2bfloat16(x0 * c - x1 * s);
       sm.q[hb][t][i + kD / 2] = __float2bfloat16(x1 * c + x0 * s);
     }
@@ -130,11 +133,9 @@ __global__ void __launch_bounds__(128 * HB, 1) WindowPrefillKernel(WindowPrefill
 
   for (int kb = kb_first; kb <= kb_last; ++kb) {
     const int k0 = kb * kTile;
-    CpAsyncWait<0>();
-    __syncthreads();  // the staged block (and the queries); every warp is done with sm.k, sm.v
-    convert_block(k0);
+    __syncthreads();  // the queries are in; every warp is done with the previous block
+    load_block(k0);
     __syncthreads();
-    if (kb < kb_last) copy_block(k0 + kTile);
 
     // The 16-key steps that hold keys of this warp's windows [p0 - w + 1, p0 + 15]; the others
     // are masked for all its rows, so skipping them changes no bit.
@@ -245,7 +246,7 @@ cudaError_t Launch(const WindowPrefillArgs& a, cudaStream_t stream) {
   const cudaError_t e =
       cudaFuncSetAttribute(WindowPrefillKernel<TW, HB>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
   if (e != cudaSuccess) return e;
-  // 16-byte copies need 16-byte aligned rows (otherwise 4-byte ones).
+  // 16-byte loads need 16-byte aligned rows (otherwise 4-byte ones).
   const bool aligned16 = a.k_ld % 4 == 0 && a.v_ld % 4 == 0 && reinterpret_cast<uintptr_t>(a.k) % 16 == 0 &&
                          reinterpret_cast<uintptr_t>(a.v) % 16 == 0;
   const int G = a.dims.heads / a.dims.kv_heads;

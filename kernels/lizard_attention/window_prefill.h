@@ -18,6 +18,9 @@
 // [a0 + 64 i, a0 + 64 i + 64) intersected with its positions, a0 = first_pos rounded down to a
 // multiple of 64), so a query's arithmetic never depends on where its chunk starts or how long
 // it is, nor on the other sequences of the launch.
+// Shared memory: 104 KB per block at HB = 4 (the queries and one key block, bf16). Rows of k and v
+// are read 16 bytes at a time when k_ld, v_ld are multiples of 4 and k, v 16-byte aligned (else
+// 4 bytes); ring rows must be 16-byte aligned (StateLayout's are).
 #pragma once
 
 #include <cuda_runtime.h>
