@@ -55,6 +55,16 @@ struct Problem {
   int64_t elem() const { return c.window_type == StoreType::kF32 ? 4 : 2; }
 };
 
+// Stores x at `at` as a ring of type `type` holds it.
+void StoreRingValue(char* at, float x, StoreType type) {
+  if (type == StoreType::kF32) {
+    std::memcpy(at, &x, 4);
+  } else {
+    const __nv_bfloat16 b = __float2bfloat16(x);
+    std::memcpy(at, &b, 2);
+  }
+}
+
 Problem MakeProblem(const Case& c) {
   std::mt19937 rng(c.seed);
   Problem p;
@@ -75,13 +85,7 @@ Problem MakeProblem(const Case& c) {
   p.pool.resize(p.slot_bytes * p.num_seqs());
   std::uniform_real_distribution<float> unit(-2.f, 2.f);
   for (int64_t off = 0; off + p.elem() <= static_cast<int64_t>(p.pool.size()); off += p.elem()) {
-    const float x = unit(rng);
-    if (c.window_type == StoreType::kF32) {
-      std::memcpy(&p.pool[off], &x, 4);
-    } else {
-      const __nv_bfloat16 b = __float2bfloat16(x);
-      std::memcpy(&p.pool[off], &b, 2);
-    }
+    StoreRingValue(&p.pool[off], unit(rng), c.window_type);
   }
   int row = 0;
   for (int n = 0; n < p.num_seqs(); ++n) {
@@ -148,8 +152,14 @@ struct GpuProblem {
     ASSERT_EQ(LizardWindowPrefill(a, nullptr), cudaSuccess);
     ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   }
-  void RunAll() { Run(p.slot, p.first_row, p.num_tokens, p.first_pos); }
 };
+
+// y of one launch over all the sequences of `p`.
+std::vector<float> OneLaunch(const Problem& p) {
+  GpuProblem gpu(p);
+  gpu.Run(p.slot, p.first_row, p.num_tokens, p.first_pos);
+  return gpu.y.Download();
+}
 
 // Every (row, head) of every sequence within kTolRow of the reference's max |y| in that row.
 void ExpectClose(const Problem& p, const std::vector<float>& got, const std::vector<float>& want,
@@ -202,9 +212,7 @@ const char* Name(const Case& c) {
 TEST(LizardWindowPrefillTest, MatchesReference) {
   for (const Case& c : Cases()) {
     const Problem p = MakeProblem(c);
-    GpuProblem gpu(p);
-    gpu.RunAll();
-    ExpectClose(p, gpu.y.Download(), RunRef(p), Name(c));
+    ExpectClose(p, OneLaunch(p), RunRef(p), Name(c));
   }
 }
 
@@ -214,9 +222,7 @@ TEST(LizardWindowPrefillTest, MatchesReference) {
 TEST(LizardWindowPrefillTest, TwoLaunchesCutAt64EqualOne) {
   for (const Case& c : Cases()) {
     const Problem p = MakeProblem(c);
-    GpuProblem one(p);
-    one.RunAll();
-    const std::vector<float> want = one.y.Download();
+    const std::vector<float> want = OneLaunch(p);
 
     Problem cut = p;  // its pool gets the first parts' keys and values
     std::vector<int32_t> num1 = p.num_tokens, row2 = p.first_row, num2(p.num_seqs(), 0), pos2 = p.first_pos;
@@ -240,14 +246,8 @@ TEST(LizardWindowPrefillTest, TwoLaunchesCutAt64EqualOne) {
             const float kx = p.krot[r * p.k_ld + g * kD + i];
             const float vx = p.qkvg[r * p.ld + (c.heads + c.kv_heads + g) * kD + i];
             const int64_t at = p.slot[n] * p.slot_bytes + ((static_cast<int64_t>(g) * c.window + j % c.window) * kD + i) * p.elem();
-            for (auto [offset, x] : {std::pair{p.k_offset, kx}, std::pair{p.v_offset, vx}}) {
-              if (c.window_type == StoreType::kF32) {
-                std::memcpy(&cut.pool[at + offset], &x, 4);
-              } else {
-                const __nv_bfloat16 b = __float2bfloat16(x);
-                std::memcpy(&cut.pool[at + offset], &b, 2);
-              }
-            }
+            StoreRingValue(&cut.pool[at + p.k_offset], kx, c.window_type);
+            StoreRingValue(&cut.pool[at + p.v_offset], vx, c.window_type);
           }
         }
       }
@@ -263,9 +263,7 @@ TEST(LizardWindowPrefillTest, TwoLaunchesCutAt64EqualOne) {
 TEST(LizardWindowPrefillTest, OtherSequencesChangeNothing) {
   for (const Case& c : Cases()) {
     const Problem p = MakeProblem(c);
-    GpuProblem all(p);
-    all.RunAll();
-    const std::vector<float> want = all.y.Download();
+    const std::vector<float> want = OneLaunch(p);
     for (int n : {4, 6}) {
       GpuProblem alone(p);
       alone.Run({p.slot[n]}, {p.first_row[n]}, {p.num_tokens[n]}, {p.first_pos[n]});
