@@ -3,7 +3,8 @@
 // that the CUDA backend runs for a lizard layer, in that order (docs/cuda.md). Conventions as in
 // kernels/kernels.h, which includes this header. Their CPU reference is the token-by-token
 // recurrence of engine/cpu/ops.h (tests/gpu/lizard_attention_test.cc ties the two together). The standalone chunked
-// prefill op of this folder (chunked_prefill.h) is separate and not yet used by the backend.
+// prefill op of this folder (chunked_prefill.h) and the tensor-core window attention for prompt
+// rows (window_prefill.h) are separate and not yet used by the backend.
 #pragma once
 
 #include <cuda_bf16.h>

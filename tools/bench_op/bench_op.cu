@@ -2,7 +2,9 @@
 // of T tokens, H query heads, Hkv kv heads, D = 128, 2F = 128 and 256): the chunked gated linear
 // attention with its normaliser (kernels/lizard_attention/chunked_prefill.h) and the existing
 // token-parallel window kernel (LizardWindow in kernels/kernels.h: feature maps, gate, window
-// attention with meta-memory sinks), each timed alone, and their sum.
+// attention with meta-memory sinks), each timed alone, and their sum; and the tensor-core window
+// attention with sinks for prompt rows (kernels/lizard_attention/window_prefill.h), which
+// replaces the window part of the latter for prefill.
 //
 // Times: cudaEvent pairs around each call, 3 warm-up calls, median (and min) of --iters calls.
 // Rates: the fewest bytes each kernel must move (inputs read once, outputs written once) and the
@@ -25,6 +27,7 @@
 
 #include "kernels/kernels.h"
 #include "kernels/lizard_attention/chunked_prefill.h"
+#include "kernels/lizard_attention/window_prefill.h"
 
 namespace {
 
@@ -206,6 +209,54 @@ double BenchWindow(const Shape& s, int f2) {
   return t.median_ms;
 }
 
+// LizardWindowPrefill over the same tokens (fresh prompts: the rings are not read), q and v inside
+// qkvg rows as in the backend; returns the median ms and prints its row. Bytes: q, k, v read once
+// and y written once (fp32); FLOPs: 4 D per (token, head, window key).
+double BenchWindowPrefill(const Shape& s) {
+  const int64_t T = static_cast<int64_t>(s.batch) * s.seq, H = s.heads, Hkv = s.kv_heads, D = s.head_dim;
+  const int ld = static_cast<int>(H * D + 2 * Hkv * D + H), k_ld = static_cast<int>(Hkv * D);
+  std::vector<int32_t> slot(s.batch), first_row(s.batch), num_tokens(s.batch, s.seq), first_pos(s.batch, 0);
+  for (int n = 0; n < s.batch; ++n) slot[n] = n, first_row[n] = n * s.seq;
+  std::vector<double> inv_freq(D / 2);
+  for (int64_t i = 0; i < D / 2; ++i) inv_freq[i] = std::pow(500000.0, -2.0 * i / D);
+  float* qkvg = Alloc<float>(T * ld);
+  float* krot = Alloc<float>(T * k_ld);
+  float* y = Alloc<float>(T * H * D);
+  float* meta = Alloc<float>(H * s.meta);
+  float* factor = Alloc<float>(H);
+  Check(k::RandomFillF32(qkvg, T * ld, 12, 1.f, 0.f, nullptr), "fill");
+  Check(k::RandomFillF32(krot, T * k_ld, 13, 1.f, 0.f, nullptr), "fill");
+  Check(k::RandomFillF32(meta, H * s.meta, 14, 1.f, 0.f, nullptr), "fill");
+  Check(k::RandomFillF32(factor, H, 15, 0.5f, 0.5f, nullptr), "fill");
+  double* d_inv_freq = Upload(inv_freq);
+  int32_t *d_slot = Upload(slot), *d_row = Upload(first_row), *d_num = Upload(num_tokens), *d_pos = Upload(first_pos);
+
+  k::WindowPrefillArgs args;
+  args.dims = k::LizardDims{s.heads, s.kv_heads, s.head_dim, 64, s.window, s.meta, true, true};
+  args.q = qkvg, args.q_ld = ld;
+  args.k = krot, args.k_ld = k_ld;
+  args.v = qkvg + (H + Hkv) * D, args.v_ld = ld;
+  args.inv_freq = d_inv_freq;
+  args.seqs = k::SeqMeta{d_slot, d_row, d_num, d_pos};
+  args.num_seqs = s.batch;
+  args.max_tiles = k::WindowPrefillTiles(0, s.seq);
+  args.meta_logits = meta, args.window_factor = factor;
+  args.state.pool = nullptr;  // not read: every window key is in this call
+  args.y = y;
+  const Timing t = Time([&] { return k::LizardWindowPrefill(args, nullptr); }, s.iters);
+
+  const double bytes = 4.0 * T * (2 * H * D + 2 * Hkv * D);
+  double keys = 0;  // window keys over all queries of one sequence
+  for (int p = 0; p < s.seq; ++p) keys += std::min(p + 1, s.window);
+  const double flops = 4.0 * D * H * s.batch * keys;
+  std::printf("window prefill (tensor cores, w=%d)  median %.3f ms  min %.3f ms  %.0f GB/s  %.1f TFLOP/s\n",
+              s.window, t.median_ms, t.min_ms, bytes / t.median_ms / 1e6, flops / t.median_ms / 1e9);
+  for (void* p : std::initializer_list<void*>{qkvg, krot, y, meta, factor, d_inv_freq, d_slot, d_row, d_num, d_pos}) {
+    cudaFree(p);
+  }
+  return t.median_ms;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -228,7 +279,9 @@ int main(int argc, char** argv) {
     std::snprintf(row, sizeof(row), "| %d | %.3f | %.3f | %.3f |", f2, gla, win, gla + win);
     rows.push_back(row);
   }
+  const double win_prefill = BenchWindowPrefill(s);
   std::printf("\n| 2F | chunked GLA + normaliser (ms) | window + sinks (ms) | total (ms) |\n|---|---|---|---|\n");
   for (const std::string& r : rows) std::printf("%s\n", r.c_str());
+  std::printf("\nwindow + sinks for prompt rows on tensor cores (LizardWindowPrefill): %.3f ms\n", win_prefill);
   return 0;
 }
