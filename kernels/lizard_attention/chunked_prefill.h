@@ -24,8 +24,8 @@
 //           [H, 2F]; both stored as state.state_type (fp32 or bf16)
 //   y_add   [rows, H, D] fp32 or null;   y  [rows, H * D] bf16
 // Sequences with slot -1 (padding) write zero rows. Limits: D = 128, 2F = 128 or 256
-// (cudaErrorInvalidValue otherwise). Shared memory per block: 133 KB at 2F = 128, 200 KB at
-// 2F = 256 (Hopper; an sm_80 GPU runs 2F = 128 only).
+// (cudaErrorInvalidValue otherwise). Shared memory per block: 162 KB at 2F = 128, 226 KB at
+// 2F = 256 (of Hopper's 227 KB; an sm_80 GPU, 163 KB, runs 2F = 128 only).
 #pragma once
 
 #include <cuda_bf16.h>

@@ -2,8 +2,9 @@
 // (feature_map.cu, lizard_window.cu, lizard_normalizer.cu, lizard_state.cu, lizard_ring_write.cu)
 // that the CUDA backend runs for a lizard layer, in that order (docs/cuda.md). Conventions as in
 // kernels/kernels.h, which includes this header. Their CPU reference is the token-by-token
-// recurrence of engine/cpu/ops.h (tests/gpu/lizard_attention_test.cc ties the two together). The standalone chunked
-// prefill op of this folder (chunked_prefill.h) is separate and not yet used by the backend.
+// recurrence of engine/cpu/ops.h (tests/gpu/lizard_attention_test.cc ties the two together). The
+// prefill path for prompt rows (chunked_prefill.h: feature maps, chunked GLA over the same state
+// pool) is declared there; the backend does not call it yet.
 #pragma once
 
 #include <cuda_bf16.h>

@@ -307,6 +307,17 @@ TEST(LizardChunkedTest, VarlenMatchesReference) {
   }
 }
 
+// H = 6: qkvg rows of an odd number of float pairs (v copied 4 bytes at a time), G = 3.
+TEST(LizardChunkedTest, UnalignedRowsMatchReference) {
+  for (StoreType type : {StoreType::kF32, StoreType::kBF16}) {
+    Options o;
+    o.heads = 6, o.kv_heads = 2, o.state_type = type;
+    const Problem p = MakeProblem(kVarlen, o, 150);
+    ASSERT_NE(p.ld() % 4, 0);
+    ExpectClose(p, RunGpu(p), RunRef(p), Name(o));
+  }
+}
+
 // Gates near 0 (logit -8: the state forgets almost everything every token) and near 1 (+8), and
 // both mixed token by token: chunk-local decay must neither overflow nor lose the state.
 TEST(LizardChunkedTest, StrongDecay) {
