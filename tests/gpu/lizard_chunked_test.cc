@@ -290,18 +290,27 @@ std::string Name(const Options& o) {
          (o.normalize ? " normalized" : " unnormalized") + (o.with_y_add ? " with y_add" : "");
 }
 
-TEST(LizardChunkedTest, VarlenMatchesReference) {
-  uint32_t seed = 100;
+// The default options at 2F = 128 and 256, each with fp32 and bf16 state.
+std::vector<Options> F2AndStateTypes() {
+  std::vector<Options> all;
   for (int f2 : {128, 256}) {
     for (StoreType type : {StoreType::kF32, StoreType::kBF16}) {
-      for (bool normalize : {true, false}) {
-        for (int kv_heads : {2, 8}) {  // G = 4 and 1
-          Options o;
-          o.f2 = f2, o.state_type = type, o.normalize = normalize, o.kv_heads = kv_heads;
-          o.with_y_add = normalize;
-          const Problem p = MakeProblem(kVarlen, o, ++seed);
-          ExpectClose(p, RunGpu(p), RunRef(p), Name(o));
-        }
+      Options o;
+      o.f2 = f2, o.state_type = type;
+      all.push_back(o);
+    }
+  }
+  return all;
+}
+
+TEST(LizardChunkedTest, VarlenMatchesReference) {
+  uint32_t seed = 100;
+  for (Options o : F2AndStateTypes()) {
+    for (bool normalize : {true, false}) {
+      for (int kv_heads : {2, 8}) {  // G = 4 and 1
+        o.normalize = normalize, o.kv_heads = kv_heads, o.with_y_add = normalize;
+        const Problem p = MakeProblem(kVarlen, o, ++seed);
+        ExpectClose(p, RunGpu(p), RunRef(p), Name(o));
       }
     }
   }
@@ -327,13 +336,10 @@ TEST(LizardChunkedTest, StrongDecay) {
   };
   for (const Gates& gates : {Gates{-8.f, -8.f, "gate logits -8"}, Gates{8.f, 8.f, "gate logits +8"},
                              Gates{-8.f, 8.f, "gate logits in [-8, 8]"}}) {
-    for (int f2 : {128, 256}) {
-      for (StoreType type : {StoreType::kF32, StoreType::kBF16}) {
-        Options o;
-        o.f2 = f2, o.state_type = type, o.gate_lo = gates.lo, o.gate_hi = gates.hi;
-        const Problem p = MakeProblem(kVarlen, o, 200 + f2);
-        ExpectClose(p, RunGpu(p), RunRef(p), std::string(gates.name) + ", " + Name(o));
-      }
+    for (Options o : F2AndStateTypes()) {
+      o.gate_lo = gates.lo, o.gate_hi = gates.hi;
+      const Problem p = MakeProblem(kVarlen, o, 200 + o.f2);
+      ExpectClose(p, RunGpu(p), RunRef(p), std::string(gates.name) + ", " + Name(o));
     }
   }
 }
@@ -341,35 +347,27 @@ TEST(LizardChunkedTest, StrongDecay) {
 // Cuts at absolute multiples of kGlaChunk (what the scheduler does): the launches give the bits
 // of one launch, y and the stored state alike, with the state stored (rounded) in between.
 TEST(LizardChunkedTest, SplitAtChunkBoundariesIsBitwise) {
-  for (int f2 : {128, 256}) {
-    for (StoreType type : {StoreType::kF32, StoreType::kBF16}) {
-      Options o;
-      o.f2 = f2, o.state_type = type;
-      const Problem p = MakeProblem(kVarlen, o, 300 + f2);
-      const Result one = RunGpu(p);
-      // Cuts (relative to the first token) at the absolute positions 128 of {64 from 100}, 64 of
-      // {65 from 0}, 64, 128, 256 of {300 from 37}, 128, 256, 384 of {300 from 100}.
-      Gpu gpu(p);
-      gpu.Run(All(p), {{}, {}, {28}, {64}, {27, 91, 219}, {}, {28, 156, 284}});
-      const Result cut = gpu.Get();
-      EXPECT_EQ(std::memcmp(cut.y.data(), one.y.data(), one.y.size() * sizeof(float)), 0) << Name(o) << ": y";
-      EXPECT_EQ(cut.pool, one.pool) << Name(o) << ": the stored states";
-    }
+  for (const Options& o : F2AndStateTypes()) {
+    const Problem p = MakeProblem(kVarlen, o, 300 + o.f2);
+    const Result one = RunGpu(p);
+    // Cuts (relative to the first token) at the absolute positions 128 of {64 from 100}, 64 of
+    // {65 from 0}, 64, 128, 256 of {300 from 37}, 128, 256, 384 of {300 from 100}.
+    Gpu gpu(p);
+    gpu.Run(All(p), {{}, {}, {28}, {64}, {27, 91, 219}, {}, {28, 156, 284}});
+    const Result cut = gpu.Get();
+    EXPECT_EQ(std::memcmp(cut.y.data(), one.y.data(), one.y.size() * sizeof(float)), 0) << Name(o) << ": y";
+    EXPECT_EQ(cut.pool, one.pool) << Name(o) << ": the stored states";
   }
 }
 
 // Cuts inside chunks (a sequence continuing mid-chunk, as after decode steps) stay within
 // tolerance of one launch.
 TEST(LizardChunkedTest, SplitInsideChunksIsClose) {
-  for (int f2 : {128, 256}) {
-    for (StoreType type : {StoreType::kF32, StoreType::kBF16}) {
-      Options o;
-      o.f2 = f2, o.state_type = type;
-      const Problem p = MakeProblem(kVarlen, o, 400 + f2);
-      Gpu gpu(p);
-      gpu.Run(All(p), {{}, {3}, {1, 63}, {30}, {1, 100, 101}, {1}, {200}});
-      ExpectClose(p, gpu.Get(), RunGpu(p), "cuts inside chunks, " + Name(o));
-    }
+  for (const Options& o : F2AndStateTypes()) {
+    const Problem p = MakeProblem(kVarlen, o, 400 + o.f2);
+    Gpu gpu(p);
+    gpu.Run(All(p), {{}, {3}, {1, 63}, {30}, {1, 100, 101}, {1}, {200}});
+    ExpectClose(p, gpu.Get(), RunGpu(p), "cuts inside chunks, " + Name(o));
   }
 }
 
