@@ -12,6 +12,7 @@
 //   den_t   = e^{b_t} fq_t . z + sum_s P[t, s] + 1e-6
 //   S^T     = e^{B} S^T + sum_s v_s (e^{B - b_s} fk_s)^T       (the state update, fp32)
 //   z       = e^{B} z + sum_s e^{B - b_s} fk_s
+// after which S and z are rounded to the pool's store type (a step could end there).
 // This is the paper's hardware-aware form (the log gate folded into the operands) kept
 // chunk-local: every exponent applied is <= 0, so nothing overflows however strong the decay
 // (a gate of sigmoid(-8) over 64 tokens would make e^{-b} overflow fp32 and bf16 alike).
