@@ -1,6 +1,8 @@
 // Chunked gated linear attention prefill (see chunked_prefill.h for the op).
 //
-// One block per (query head, sequence) walks the sequence's chunks of kGlaChunk tokens in order.
+// One block per (query head, sequence) walks the sequence's chunks of kGlaChunk tokens in order;
+// chunk j holds the absolute positions [64 j, 64 j + 64), the tokens of the chunk outside the
+// sequence (before its first position, after its last) are zeros with gate 1, so they add nothing.
 // Its 16 warps hold the state transposed (S^T, rows the D = 128 value columns, columns the 2F
 // features) as fp32 tensor-core accumulators for the whole sequence: warp w owns value columns
 // 16 (w % 8).. and half (w / 8) of the features. With b_t = sum_{r<=t} log gamma_r counted from
@@ -10,10 +12,14 @@
 //   den_t   = e^{b_t} fq_t . z + sum_s P[t, s] + 1e-6
 //   S^T     = e^{B} S^T + sum_s v_s (e^{B - b_s} fk_s)^T       (the state update, fp32)
 //   z       = e^{B} z + sum_s e^{B - b_s} fk_s
+// after which S and z are rounded to the pool's store type (a step could end there).
 // This is the paper's hardware-aware form (the log gate folded into the operands) kept
 // chunk-local: every exponent applied is <= 0, so nothing overflows however strong the decay
 // (a gate of sigmoid(-8) over 64 tokens would make e^{-b} overflow fp32 and bf16 alike).
-// The next chunk's q, k, v are copied into shared memory (cp.async) while this one computes.
+// The next chunk's q, k and v are copied into shared memory (cp.async) while this one computes;
+// v comes as fp32 straight from the qkvg rows (no packing kernel) and is converted to bf16 at
+// the end of the chunk.
+#include "kernels/common.cuh"
 #include "kernels/lizard_attention/chunked_prefill.h"
 #include "kernels/mma.cuh"
 
@@ -34,7 +40,8 @@ template <int K>
 struct Smem {
   alignas(16) __nv_bfloat16 q[2][kC][K + kPad];  // two stages: this chunk and the next
   alignas(16) __nv_bfloat16 k[2][kC][K + kPad];
-  alignas(16) __nv_bfloat16 v[2][kC][kD + kPad];
+  alignas(16) __nv_bfloat16 v[kC][kD + kPad];  // one stage, converted from v_in
+  alignas(16) float v_in[kC][kD];               // the next chunk's v as copied from qkvg (fp32)
   alignas(16) __nv_bfloat16 p[kC][kC + kPad];  // masked, decayed scores
   // The second feature half's share of y^T, then the normalised output rows (fp32).
   alignas(16) float out[kC][kD + kOutPad];
@@ -52,57 +59,86 @@ __device__ __forceinline__ uint32_t Scale(uint32_t x, float lo, float hi) {
   return Pack(__low2float(v) * lo, __high2float(v) * hi);
 }
 
-template <int K>
+template <int K, typename TS>
 __global__ void __launch_bounds__(kThreads, 1) ChunkedPrefillKernel(ChunkedPrefillArgs a) {
   constexpr int kTiles = K / 16;  // 8-wide column tiles of this warp's half of S^T
   extern __shared__ __align__(16) unsigned char smem_raw[];
   Smem<K>& sm = *reinterpret_cast<Smem<K>*>(smem_raw);
 
-  const int h = blockIdx.x, n = blockIdx.y, H = a.heads;
-  const int kv = h / (H / a.kv_heads);
-  const int start = a.cu_seqlens[n], len = a.cu_seqlens[n + 1] - start;
+  const int h = blockIdx.x, n = blockIdx.y, H = a.dims.heads, Hkv = a.dims.kv_heads;
+  const int kv = h / (H / Hkv);
+  const int slot = a.seqs.slot[n], first_row = a.seqs.first_row[n], len = a.seqs.num_tokens[n];
   if (len <= 0) return;
+  if (slot < 0) {  // padding: zero rows so the output projection sees no garbage
+    for (int idx = threadIdx.x; idx < len * kD; idx += kThreads) {
+      a.y[(static_cast<int64_t>(first_row) + idx / kD) * H * kD + h * kD + idx % kD] = __float2bfloat16(0.f);
+    }
+    return;
+  }
+  // Chunk c holds the sequence's tokens c * kC - lead .. (absolute chunks: the first is partial).
+  const int lead = a.seqs.first_pos[n] % kC;
+  const int num_chunks = (lead + len + kC - 1) / kC;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int g = lane >> 2, q = lane & 3;  // fragment row / column group
   const int d0 = (warp % kDGroups) * 16;  // this warp's value columns
   const int half = warp / kDGroups;       // ... and features i0 .. i0 + K/2
   const int i0 = half * (K / 2);
-  float* s_glob = a.state_s + (static_cast<int64_t>(n) * H + h) * K * kD;
-  float* z_glob = a.state_z + (static_cast<int64_t>(n) * H + h) * K;
+  const float* v_src = a.qkvg + (H + Hkv) * kD + kv * kD;  // + row * ld
+  const float* gate_src = a.qkvg + (H + 2 * Hkv) * kD + h;   // + row * ld
+  TS* s_glob = reinterpret_cast<TS*>(a.state.pool + slot * a.state.slot_bytes + a.state.s_offset) +
+               static_cast<int64_t>(h) * K * kD;
+  TS* z_glob = reinterpret_cast<TS*>(a.state.pool + slot * a.state.slot_bytes + a.state.z_offset) +
+               static_cast<int64_t>(h) * K;
 
   // st[j]: S^T rows d0+g, d0+g+8 by features i0+8j+2q, +1 (fp32 for the whole sequence).
   float st[kTiles][4];
 #pragma unroll
   for (int j = 0; j < kTiles; ++j) {
     const int i = i0 + 8 * j + 2 * q, d = d0 + g;
-    st[j][0] = s_glob[i * kD + d];
-    st[j][1] = s_glob[(i + 1) * kD + d];
-    st[j][2] = s_glob[i * kD + d + 8];
-    st[j][3] = s_glob[(i + 1) * kD + d + 8];
+    st[j][0] = Load(s_glob, i * kD + d);
+    st[j][1] = Load(s_glob, (i + 1) * kD + d);
+    st[j][2] = Load(s_glob, i * kD + d + 8);
+    st[j][3] = Load(s_glob, (i + 1) * kD + d + 8);
   }
-  for (int i = threadIdx.x; i < K; i += kThreads) sm.z[i] = z_glob[i];
+  for (int i = threadIdx.x; i < K; i += kThreads) sm.z[i] = Load(z_glob, i);
 
-  const int num_chunks = (len + kC - 1) / kC;
+  // Token t of chunk c: sequence token c * kC - lead + t, valid when inside the sequence.
+  auto token = [&](int c, int t) { return c * kC - lead + t; };
+  auto valid = [&](int rel) { return rel >= 0 && rel < len; };
+  // v is copied as fp32 from the qkvg rows (16 bytes at a time when the rows allow) and
+  // converted to bf16 by the thread that copied it, once the copy is done.
+  const bool v_vec = a.ld % 4 == 0 && reinterpret_cast<uintptr_t>(v_src) % 16 == 0;
   auto load_chunk = [&](int c, int stage) {
-    const int t0 = start + c * kC, valid = min(kC, len - c * kC);
     for (int idx = threadIdx.x; idx < kC * (K / 8); idx += kThreads) {
-      const int t = idx / (K / 8), col = idx % (K / 8) * 8;
-      const int64_t row = t < valid ? static_cast<int64_t>(t0 + t) * H + h : 0;
-      CpAsync16(&sm.q[stage][t][col], a.fq + row * K + col, t < valid);
-      CpAsync16(&sm.k[stage][t][col], a.fk + row * K + col, t < valid);
+      const int t = idx / (K / 8), col = idx % (K / 8) * 8, rel = token(c, t);
+      const int64_t row = valid(rel) ? (static_cast<int64_t>(first_row) + rel) * H + h : 0;
+      CpAsync16(&sm.q[stage][t][col], a.fq + row * K + col, valid(rel));
+      CpAsync16(&sm.k[stage][t][col], a.fk + row * K + col, valid(rel));
     }
-    for (int idx = threadIdx.x; idx < kC * (kD / 8); idx += kThreads) {
-      const int t = idx / (kD / 8), col = idx % (kD / 8) * 8;
-      const int64_t row = t < valid ? static_cast<int64_t>(t0 + t) * a.kv_heads + kv : 0;
-      CpAsync16(&sm.v[stage][t][col], a.v + row * kD + col, t < valid);
+    for (int idx = threadIdx.x; idx < kC * (kD / 4); idx += kThreads) {
+      const int t = idx / (kD / 4), col = idx % (kD / 4) * 4, rel = token(c, t);
+      const float* src = v_src + (valid(rel) ? (static_cast<int64_t>(first_row) + rel) * a.ld : 0) + col;
+      if (v_vec) {
+        CpAsync16(&sm.v_in[t][col], src, valid(rel));
+      } else {
+        for (int e = 0; e < 4; ++e) CpAsync4(&sm.v_in[t][col + e], src + e, valid(rel));
+      }
     }
     CpAsyncCommit();
   };
+  auto convert_v = [&] {  // after the copy: this thread's v_in elements into sm.v
+    CpAsyncWait<0>();
+    for (int idx = threadIdx.x; idx < kC * (kD / 4); idx += kThreads) {
+      const int t = idx / (kD / 4), col = idx % (kD / 4) * 4;
+      const float4 x = *reinterpret_cast<const float4*>(&sm.v_in[t][col]);
+      *reinterpret_cast<uint2*>(&sm.v[t][col]) = {Pack(x.x, x.y), Pack(x.z, x.w)};
+    }
+  };
   load_chunk(0, 0);
+  convert_v();
 
   for (int c = 0; c < num_chunks; ++c) {
     const int stage = c & 1;
-    const int t0 = start + c * kC, valid = min(kC, len - c * kC);
     if (c + 1 < num_chunks) {
       load_chunk(c + 1, stage ^ 1);  // the stage chunk c-1 used: every warp is done with it
       CpAsyncWait<1>();
@@ -111,14 +147,14 @@ __global__ void __launch_bounds__(kThreads, 1) ChunkedPrefillKernel(ChunkedPrefi
     }
     auto& sq = sm.q[stage];
     auto& sk = sm.k[stage];
-    auto& sv = sm.v[stage];
+    auto& sv = sm.v;
 
-    // Warp 0: the cumulative log gate, two tokens per lane; tokens past the end get gate 1.
+    // Warp 0: the cumulative log gate, two tokens per lane; tokens outside the sequence get gate 1.
     if (warp == 0) {
       float lg[2];
       for (int e = 0; e < 2; ++e) {
-        const int t = 2 * lane + e;
-        const float x = t < valid ? a.gate_logit[static_cast<int64_t>(t0 + t) * H + h] : INFINITY;
+        const int rel = token(c, 2 * lane + e);
+        const float x = valid(rel) ? gate_src[(static_cast<int64_t>(first_row) + rel) * a.ld] : INFINITY;
         lg[e] = fminf(x, 0.f) - log1pf(__expf(-fabsf(x)));  // log sigmoid(x), no overflow
       }
       float incl = lg[0] + lg[1];
@@ -131,10 +167,9 @@ __global__ void __launch_bounds__(kThreads, 1) ChunkedPrefillKernel(ChunkedPrefi
       sm.eb[2 * lane] = __expf(b0), sm.eb[2 * lane + 1] = __expf(incl);
       sm.w[2 * lane] = __expf(last - b0), sm.w[2 * lane + 1] = __expf(last - incl);
     }
-    __syncthreads();  // the gates, and every thread's copies of this chunk
-
+    __syncthreads();  // the gates, v, and every thread's copies of this chunk
     // fq_t . z: eight threads per token, each K/8 features read 16 bytes at a time.
-    if (a.normalize) {
+    if (a.dims.normalize) {
       const int t = threadIdx.x >> 3, part = threadIdx.x & 7;
       float acc = 0.f;
 #pragma unroll
@@ -217,7 +252,7 @@ __global__ void __launch_bounds__(kThreads, 1) ChunkedPrefillKernel(ChunkedPrefi
 #pragma unroll
         for (int e = 0; e < 4; ++e) sm.out[nt * 8 + 2 * q + (e & 1)][d0 + g + 8 * (e >> 1)] = oacc[nt][e];
       }
-      if (warp == kDGroups && a.normalize) {  // one warp: 1 / den for the 64 tokens
+      if (warp == kDGroups && a.dims.normalize) {  // one warp: 1 / den for the 64 tokens
         for (int t = lane; t < kC; t += 32) {
           const float den = sm.den_part[0][t] + sm.den_part[1][t] + sm.den_part[2][t] + sm.den_part[3][t] +
                             sm.eb[t] * sm.qz[t] + 1e-6f;
@@ -247,7 +282,7 @@ __global__ void __launch_bounds__(kThreads, 1) ChunkedPrefillKernel(ChunkedPrefi
         for (int e = 0; e < 4; ++e) {
           const int t = nt * 8 + 2 * q + (e & 1);
           float& cell = sm.out[t][d0 + g + 8 * (e >> 1)];
-          cell = (oacc[nt][e] + cell) * (a.normalize ? sm.inv_den[t] : 1.f);
+          cell = (oacc[nt][e] + cell) * (a.dims.normalize ? sm.inv_den[t] : 1.f);
         }
       }
     }
@@ -275,53 +310,73 @@ __global__ void __launch_bounds__(kThreads, 1) ChunkedPrefillKernel(ChunkedPrefi
         Mma(st[nt + 1], vf, bf[2], bf[3]);
       }
     }
+    // The chunk boundary: the state rounded as a store between steps would round it.
+#pragma unroll
+    for (int j = 0; j < kTiles; ++j) {
+      for (int e = 0; e < 4; ++e) st[j][e] = Rounded<TS>(st[j][e]);
+    }
     // z = e^B z + sum_s w_s fk_s, one feature per thread (only this thread touches z[i] here).
     for (int i = threadIdx.x; i < K; i += kThreads) {
       float acc = decay * sm.z[i];
       for (int s = 0; s < kC; ++s) acc += sm.w[s] * __bfloat162float(sk[s][i]);
-      sm.z[i] = acc;
+      sm.z[i] = Rounded<TS>(acc);
     }
-    __syncthreads();  // the output rows are complete
+    __syncthreads();  // the output rows are complete, and every warp is done with sv
 
-    for (int idx = threadIdx.x; idx < valid * (kD / 8); idx += kThreads) {
-      const int t = idx / (kD / 8), col = idx % (kD / 8) * 8;
-      const float4 lo = *reinterpret_cast<const float4*>(&sm.out[t][col]);
-      const float4 hi = *reinterpret_cast<const float4*>(&sm.out[t][col + 4]);
+    // out = bf16(y + y_add), 8 columns per thread, for the tokens of the sequence.
+    for (int idx = threadIdx.x; idx < kC * (kD / 8); idx += kThreads) {
+      const int t = idx / (kD / 8), col = idx % (kD / 8) * 8, rel = token(c, t);
+      if (!valid(rel)) continue;
+      const int64_t off = ((static_cast<int64_t>(first_row) + rel) * H + h) * kD + col;
+      float4 lo = *reinterpret_cast<const float4*>(&sm.out[t][col]);
+      float4 hi = *reinterpret_cast<const float4*>(&sm.out[t][col + 4]);
+      if (a.y_add != nullptr) {
+        const float4 alo = *reinterpret_cast<const float4*>(a.y_add + off);
+        const float4 ahi = *reinterpret_cast<const float4*>(a.y_add + off + 4);
+        lo.x += alo.x, lo.y += alo.y, lo.z += alo.z, lo.w += alo.w;
+        hi.x += ahi.x, hi.y += ahi.y, hi.z += ahi.z, hi.w += ahi.w;
+      }
       const uint4 packed = {Pack(lo.x, lo.y), Pack(lo.z, lo.w), Pack(hi.x, hi.y), Pack(hi.z, hi.w)};
-      *reinterpret_cast<uint4*>(a.y + (static_cast<int64_t>(t0 + t) * H + h) * kD + col) = packed;
+      *reinterpret_cast<uint4*>(a.y + off) = packed;
     }
+    if (c + 1 < num_chunks) convert_v();  // the next chunk's v (read after the next barrier)
   }
 
 #pragma unroll
   for (int j = 0; j < kTiles; ++j) {
     const int i = i0 + 8 * j + 2 * q, d = d0 + g;
-    s_glob[i * kD + d] = st[j][0];
-    s_glob[(i + 1) * kD + d] = st[j][1];
-    s_glob[i * kD + d + 8] = st[j][2];
-    s_glob[(i + 1) * kD + d + 8] = st[j][3];
+    Store(s_glob, i * kD + d, st[j][0]);
+    Store(s_glob, (i + 1) * kD + d, st[j][1]);
+    Store(s_glob, i * kD + d + 8, st[j][2]);
+    Store(s_glob, (i + 1) * kD + d + 8, st[j][3]);
   }
-  for (int i = threadIdx.x; i < K; i += kThreads) z_glob[i] = sm.z[i];
+  for (int i = threadIdx.x; i < K; i += kThreads) Store(z_glob, i, sm.z[i]);
 }
 
-template <int K>
+template <int K, typename TS>
 cudaError_t Launch(const ChunkedPrefillArgs& args, cudaStream_t stream) {
   const int bytes = static_cast<int>(sizeof(Smem<K>));
   const cudaError_t e =
-      cudaFuncSetAttribute(ChunkedPrefillKernel<K>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+      cudaFuncSetAttribute(ChunkedPrefillKernel<K, TS>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
   if (e != cudaSuccess) return e;
-  ChunkedPrefillKernel<K><<<dim3(args.heads, args.num_seqs), kThreads, bytes, stream>>>(args);
+  ChunkedPrefillKernel<K, TS><<<dim3(args.dims.heads, args.num_seqs), kThreads, bytes, stream>>>(args);
   return cudaGetLastError();
+}
+
+template <int K>
+cudaError_t LaunchFor(const ChunkedPrefillArgs& args, cudaStream_t stream) {
+  if (args.state.state_type == StoreType::kF32) return Launch<K, float>(args, stream);
+  return Launch<K, __nv_bfloat16>(args, stream);
 }
 
 }  // namespace
 
 cudaError_t LizardChunkedPrefill(const ChunkedPrefillArgs& args, cudaStream_t stream) {
   if (args.num_seqs == 0) return cudaSuccess;
-  if (args.head_dim != kD || args.kv_heads <= 0 || args.heads % args.kv_heads != 0) {
-    return cudaErrorInvalidValue;
-  }
-  if (args.f2 == 128) return Launch<128>(args, stream);
-  if (args.f2 == 256) return Launch<256>(args, stream);
+  const LizardDims& d = args.dims;
+  if (d.head_dim != kD || d.kv_heads <= 0 || d.heads % d.kv_heads != 0) return cudaErrorInvalidValue;
+  if (d.features == 64) return LaunchFor<128>(args, stream);
+  if (d.features == 128) return LaunchFor<256>(args, stream);
   return cudaErrorInvalidValue;
 }
 

@@ -1,50 +1,66 @@
-// Chunked prefill of the gated linear attention half of Lizard attention (the paper's
-// hardware-aware form), standalone: not yet called by the CUDA backend.
+// The prefill path of the Lizard attention op for prompt rows (issue #12): the feature maps of a
+// step's prompt rows, then the chunked gated linear attention (the paper's hardware-aware form)
+// over the state pool. Decode rows keep the recurrent kernels of lizard_attention.h.
 //
-// For each sequence n (tokens cu_seqlens[n] .. cu_seqlens[n+1]-1, all sequences in one launch)
-// and query head h (kv head g = h / (H / Hkv)), with gamma_t = sigmoid(gate_logit[t, h]):
-//   S_t = gamma_t S_{t-1} + fk_t v_t^T            S [2F, D], fp32, starts at state_s[n, h]
-//   z_t = gamma_t z_{t-1} + fk_t                  z [2F],    fp32, starts at state_z[n, h]
-//   y_t = (fq_t S_t) / (fq_t . z_t + 1e-6)        (just fq_t S_t when !normalize)
-// which is engine/cpu/ops.h GlaStep token by token. On return state_s / state_z hold each
-// sequence's final S and z (updated in place).
+// LizardChunkedPrefill, for each sequence n of `seqs` (rows first_row .. first_row + num_tokens - 1,
+// positions first_pos ..) and query head h (kv head g = h / (H / Hkv)), gamma_t = sigmoid(gate
+// logit of row t, head h):
+//   S_t = gamma_t S_{t-1} + fk_t v_t^T            S [2F, D], starts as the slot's stored S
+//   z_t = gamma_t z_{t-1} + fk_t                  z [2F]
+//   y_t = (fq_t S_t) / (fq_t . z_t + 1e-6)        (just fq_t S_t when !dims.normalize)
+//   out_t = bf16(y_t + y_add_t)                   (y_add: the window part, may be null)
+// which is engine/cpu/ops.h GlaStep token by token. The tokens go in blocks of kGlaChunk at
+// absolute positions (multiples of kGlaChunk; a sequence starting at p has a first partial block
+// [p, roundup(p, kGlaChunk))). S and z are carried in fp32 registers inside a launch and rounded
+// to state.state_type at every block boundary, as a store between steps rounds them: one launch
+// over blocks A, B gives the bits of A in one launch and B in the next. At the end the slot's S
+// and z hold the state after the sequence's last token.
 //
-// Layouts (row-major, T = cu_seqlens[num_seqs] tokens):
-//   fq, fk      [T, H, 2F] bf16  feature-mapped q and k (phi_k is per query head)
-//   v           [T, Hkv, D] bf16
-//   gate_logit  [T, H] fp32
-//   state_s     [num_seqs, H, 2F, D] fp32;  state_z [num_seqs, H, 2F] fp32
-//   y           [T, H, D] bf16
-// Limits: D = 128, 2F = 128 or 256 (cudaErrorInvalidValue otherwise). Shared memory per block:
-// 150 KB at 2F = 128, 216 KB at 2F = 256 (Hopper; an sm_80 GPU runs 2F = 128 only).
+// Layouts (row-major; rows relative to the given pointers, as SeqMeta::first_row counts them):
+//   fq, fk  [rows, H, 2F] bf16     feature maps (phi_k per query head), LizardPrefillFeatureMaps
+//   qkvg    [rows, ld] fp32        as in lizard_attention.h: v of kv head g at H*D + Hkv*D + g*D,
+//                                  the gate logit of head h at H*D + 2*Hkv*D + h (read directly)
+//   state   S of (slot, h) at pool + slot * slot_bytes + s_offset, [H, 2F, D]; z at z_offset,
+//           [H, 2F]; both stored as state.state_type (fp32 or bf16)
+//   y_add   [rows, H, D] fp32 or null;   y  [rows, H * D] bf16
+// Sequences with slot -1 (padding) write zero rows. Limits: D = 128, 2F = 128 or 256
+// (cudaErrorInvalidValue otherwise). Shared memory per block: 162 KB at 2F = 128, 226 KB at
+// 2F = 256 (of Hopper's 227 KB; an sm_80 GPU, 163 KB, runs 2F = 128 only).
 #pragma once
 
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
-#include <cstdint>
+#include "kernels/lizard_attention/lizard_attention.h"
 
 namespace lizard::kernels {
 
+// Tokens per block of the chunked form; blocks start at absolute multiples of it.
+constexpr int kGlaChunk = 64;
+
 struct ChunkedPrefillArgs {
+  LizardDims dims;  // heads, kv_heads, head_dim, features (F), normalize; the window fields unused
   const __nv_bfloat16* fq = nullptr;
   const __nv_bfloat16* fk = nullptr;
-  const __nv_bfloat16* v = nullptr;
-  const float* gate_logit = nullptr;
-  const int32_t* cu_seqlens = nullptr;  // [num_seqs + 1], device memory for the kernel
+  const float* qkvg = nullptr;
+  int ld = 0;
+  SeqMeta seqs;  // device arrays of num_seqs entries
   int num_seqs = 0;
-  int heads = 0, kv_heads = 0, head_dim = 0, f2 = 0;
-  bool normalize = true;
-  float* state_s = nullptr;
-  float* state_z = nullptr;
+  LizardStateRef state;  // S and z (the window fields unused)
+  const float* y_add = nullptr;
   __nv_bfloat16* y = nullptr;
 };
 
-// Tokens per chunk: chunk boundaries sit at multiples of it from each sequence's first token.
-constexpr int kGlaChunk = 64;
-
-// Launches the chunked kernel: grid (H, num_seqs), one block walks its sequence's chunks in
-// order, the state in registers (fp32), each chunk as bf16 tensor-core products.
+// Grid (H, num_seqs): one block walks its sequence's blocks in order, the state in registers,
+// each block as bf16 tensor-core products with fp32 accumulators.
 cudaError_t LizardChunkedPrefill(const ChunkedPrefillArgs& args, cudaStream_t stream);
+
+// Token-parallel feature maps of `rows` prompt rows: for row r, head h,
+//   fq[r, h] = [softmax(a), softmax(-a)] with a = q logits of head h + fmap_q_bias[h]
+//   fk[r, h] = the same with the k logits and fmap_k_bias
+// from params.fmap_logits (layout in LizardParams; biases may be null), rounded to bf16 once,
+// computed as LizardWindow's HedgehogSoftmax does. One warp per (row, map); F <= 128.
+cudaError_t LizardPrefillFeatureMaps(const LizardDims& dims, const LizardParams& params, int rows,
+                                     __nv_bfloat16* fq, __nv_bfloat16* fk, cudaStream_t stream);
 
 }  // namespace lizard::kernels

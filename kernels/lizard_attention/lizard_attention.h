@@ -2,9 +2,10 @@
 // (feature_map.cu, lizard_window.cu, lizard_normalizer.cu, lizard_state.cu, lizard_ring_write.cu)
 // that the CUDA backend runs for a lizard layer, in that order (docs/cuda.md). Conventions as in
 // kernels/kernels.h, which includes this header. Their CPU reference is the token-by-token
-// recurrence of engine/cpu/ops.h (tests/gpu/lizard_attention_test.cc ties the two together). The standalone chunked
-// prefill op of this folder (chunked_prefill.h) and the tensor-core window attention for prompt
-// rows (window_prefill.h) are separate and not yet used by the backend.
+// recurrence of engine/cpu/ops.h (tests/gpu/lizard_attention_test.cc ties the two together). The
+// backend runs them for decode rows (and for prompt rows of models the chunked kernels do not
+// fit); prompt rows take the prefill path: chunked_prefill.h (feature maps, chunked GLA over the
+// same state pool) and window_prefill.h (tensor-core window attention with sinks).
 #pragma once
 
 #include <cuda_bf16.h>

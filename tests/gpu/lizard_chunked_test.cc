@@ -1,20 +1,26 @@
-// LizardChunkedPrefill (kernels/lizard_attention/chunked_prefill.h) against its CPU reference
-// (token by token, float64) on random feature-map-like inputs: many sequences of different
-// lengths in one launch, initial states, strong decay, and a prompt split over two calls.
+// The prefill path of the Lizard attention op (kernels/lizard_attention/chunked_prefill.h):
+// LizardChunkedPrefill against its CPU reference (token by token, float64) on the state pool, many
+// sequences of different lengths and first positions in one launch, initial states, strong decay,
+// fp32 and bf16 state; a launch split at absolute chunk boundaries gives the bits of one launch;
+// other sequences in the launch change no sequence's bits; LizardPrefillFeatureMaps against
+// cpu::FeatureMap.
 //
-// Tolerances: the kernel multiplies bf16 operands (the inputs, and the state and the scores
+// Tolerances: the kernel multiplies bf16 operands (the inputs, and the state, v and the scores
 // rounded to bf16 for the tensor cores) with fp32 accumulation, whose relative error
 // ||gpu - ref|| / ||ref|| is expected between 1e-3 and 1e-2; the checks allow 1e-2 for each
-// sequence's y and for the final state (S and z).
+// sequence's y and for each slot's final S and z.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <random>
+#include <string>
 #include <vector>
 
+#include "engine/cpu/ops.h"
 #include "kernels/lizard_attention/chunked_prefill.h"
 #include "kernels/lizard_attention/chunked_prefill_ref.h"
 #include "tests/gpu/gpu_test_util.h"
@@ -31,16 +37,44 @@ const auto* const kRequireGpu = ::testing::AddGlobalTestEnvironment(new RequireG
 
 constexpr double kTolY = 1e-2;
 constexpr double kTolState = 1e-2;
+constexpr int kD = 128;
+constexpr int64_t kSOffset = 256;  // the slot's S after a gap: offsets are honoured
 
-// Host inputs and states of one problem.
+// One sequence of a launch: `len` tokens from position `pos`, in slot `slot` (-1: padding).
+struct Seq {
+  int len, pos, slot;
+};
+
+// Host inputs, the state pool and the sequences of one problem. Rows are the sequences' tokens
+// in order.
 struct Problem {
-  int heads = 4, kv_heads = 2, head_dim = 128, f2 = 128;
-  std::vector<int32_t> cu_seqlens;
-  std::vector<__nv_bfloat16> fq, fk, v;
-  std::vector<float> gate_logit, state_s, state_z;
+  int heads = 8, kv_heads = 2, f2 = 128;
+  bool normalize = true;
+  StoreType state_type = StoreType::kF32;
+  std::vector<Seq> seqs;
+  std::vector<int32_t> first_row;
+  std::vector<__nv_bfloat16> fq, fk;
+  std::vector<float> qkvg, y_add;  // y_add empty: none
+  std::vector<char> pool;
 
-  int tokens() const { return cu_seqlens.back(); }
-  int num_seqs() const { return static_cast<int>(cu_seqlens.size()) - 1; }
+  int ld() const { return heads * kD + 2 * kv_heads * kD + heads; }
+  int rows() const { return first_row.back(); }
+  int num_slots() const { return static_cast<int>(seqs.size()) + 1; }  // one slot never used
+  int64_t state_bytes() const { return state_type == StoreType::kF32 ? 4 : 2; }
+  LizardStateRef state_ref(char* pool_ptr) const {
+    LizardStateRef s;
+    s.pool = pool_ptr;
+    s.state_type = state_type;
+    s.s_offset = kSOffset;
+    s.z_offset = kSOffset + int64_t{heads} * f2 * kD * state_bytes();
+    s.slot_bytes = s.z_offset + int64_t{heads} * f2 * state_bytes();
+    return s;
+  }
+  LizardDims dims() const {
+    LizardDims d;
+    d.heads = heads, d.kv_heads = kv_heads, d.head_dim = kD, d.features = f2 / 2, d.normalize = normalize;
+    return d;
+  }
 };
 
 // Rows of two softmaxes over F features each, as the Hedgehog feature maps give.
@@ -58,115 +92,238 @@ std::vector<__nv_bfloat16> FeatureRows(std::mt19937& rng, int64_t rows, int f2) 
   return out;
 }
 
-// Gate logits uniform in [gate_lo, gate_hi]. With `with_state`, initial states look like a few
-// tokens' worth of history (z > 0, |S| <= z); else zero.
-Problem MakeProblem(const std::vector<int>& lengths, int f2, float gate_lo, float gate_hi,
-                    bool with_state, uint32_t seed) {
+struct Options {
+  int f2 = 128, heads = 8, kv_heads = 2;
+  StoreType state_type = StoreType::kF32;
+  bool normalize = true, with_y_add = true;
+  float gate_lo = -2.f, gate_hi = 6.f;
+};
+
+// Random inputs: gate logits uniform in [gate_lo, gate_hi]; initial states like a few tokens'
+// worth of history (z > 0, |S| <= z) in every slot, stored as the state type.
+Problem MakeProblem(const std::vector<Seq>& seqs, const Options& o, uint32_t seed) {
   std::mt19937 rng(seed);
   Problem p;
-  p.f2 = f2;
-  p.cu_seqlens = {0};
-  for (int len : lengths) p.cu_seqlens.push_back(p.cu_seqlens.back() + len);
-  const int64_t T = p.tokens(), N = p.num_seqs();
-  p.fq = FeatureRows(rng, T * p.heads, f2);
-  p.fk = FeatureRows(rng, T * p.heads, f2);
-  p.v = gputest::ToBf16(gputest::Uniform(rng, T * p.kv_heads * p.head_dim, -1.f, 1.f));
-  p.gate_logit = gputest::Uniform(rng, T * p.heads, gate_lo, gate_hi);
-  p.state_s.assign(N * p.heads * f2 * p.head_dim, 0.f);
-  p.state_z.assign(N * p.heads * f2, 0.f);
-  if (with_state) {
-    std::uniform_real_distribution<float> unit(0.f, 1.f);
-    for (int64_t row = 0; row < N * p.heads * f2; ++row) {
-      const float zi = 16.f / f2 * unit(rng);
-      p.state_z[row] = zi;
-      for (int d = 0; d < p.head_dim; ++d) p.state_s[row * p.head_dim + d] = zi * (2.f * unit(rng) - 1.f);
+  p.heads = o.heads, p.kv_heads = o.kv_heads, p.f2 = o.f2, p.normalize = o.normalize;
+  p.state_type = o.state_type;
+  p.seqs = seqs;
+  p.first_row = {0};
+  for (const Seq& s : seqs) p.first_row.push_back(p.first_row.back() + s.len);
+  const int64_t T = p.rows(), H = p.heads, Hkv = p.kv_heads, ld = p.ld();
+  p.fq = FeatureRows(rng, T * H, p.f2);
+  p.fk = FeatureRows(rng, T * H, p.f2);
+  p.qkvg = gputest::Uniform(rng, T * ld, -1.f, 1.f);
+  std::uniform_real_distribution<float> gate(o.gate_lo, o.gate_hi);
+  for (int64_t r = 0; r < T; ++r) {
+    for (int64_t h = 0; h < H; ++h) p.qkvg[r * ld + (H + 2 * Hkv) * kD + h] = gate(rng);
+  }
+  if (o.with_y_add) p.y_add = gputest::Uniform(rng, T * H * kD, -0.5f, 0.5f);
+  const LizardStateRef ref = p.state_ref(nullptr);
+  p.pool.assign(p.num_slots() * ref.slot_bytes, 0);
+  std::uniform_real_distribution<float> unit(0.f, 1.f);
+  auto put = [&](int64_t byte_offset, int64_t i, float x) {
+    char* base = p.pool.data() + byte_offset;
+    if (p.state_type == StoreType::kF32) {
+      reinterpret_cast<float*>(base)[i] = x;
+    } else {
+      reinterpret_cast<__nv_bfloat16*>(base)[i] = __float2bfloat16(x);
+    }
+  };
+  for (int slot = 0; slot < p.num_slots(); ++slot) {
+    for (int64_t row = 0; row < H * p.f2; ++row) {
+      const float zi = 16.f / p.f2 * unit(rng);
+      put(slot * ref.slot_bytes + ref.z_offset, row, zi);
+      for (int d = 0; d < kD; ++d) put(slot * ref.slot_bytes + ref.s_offset, row * kD + d, zi * (2.f * unit(rng) - 1.f));
     }
   }
   return p;
 }
 
 struct Result {
-  std::vector<float> y, state_s, state_z;
+  std::vector<float> y;
+  std::vector<char> pool;
 };
 
+// The sequences' metadata arrays (host), for the tokens [skip[n], skip[n] + count[n]) of each.
+struct Meta {
+  std::vector<int32_t> slot, first_row, num_tokens, first_pos;
+  SeqMeta view() const { return {slot.data(), first_row.data(), num_tokens.data(), first_pos.data()}; }
+};
+Meta MakeMeta(const Problem& p, const std::vector<int>& which, const std::vector<int>& skip,
+              const std::vector<int>& count) {
+  Meta m;
+  for (size_t i = 0; i < which.size(); ++i) {
+    const int n = which[i];
+    m.slot.push_back(p.seqs[n].slot);
+    m.first_row.push_back(p.first_row[n] + skip[i]);
+    m.num_tokens.push_back(count[i]);
+    m.first_pos.push_back(p.seqs[n].pos + skip[i]);
+  }
+  return m;
+}
+
+ChunkedPrefillArgs Args(const Problem& p, const __nv_bfloat16* fq, const __nv_bfloat16* fk, const float* qkvg,
+                        const SeqMeta& seqs, int num_seqs, char* pool, const float* y_add, __nv_bfloat16* y) {
+  ChunkedPrefillArgs a;
+  a.dims = p.dims();
+  a.fq = fq, a.fk = fk, a.qkvg = qkvg, a.ld = p.ld();
+  a.seqs = seqs, a.num_seqs = num_seqs;
+  a.state = p.state_ref(pool);
+  a.y_add = y_add, a.y = y;
+  return a;
+}
+
+std::vector<int> All(const Problem& p) {
+  std::vector<int> all(p.seqs.size());
+  for (size_t n = 0; n < all.size(); ++n) all[n] = static_cast<int>(n);
+  return all;
+}
+
 Result RunRef(const Problem& p) {
-  Result r{std::vector<float>(), p.state_s, p.state_z};
-  std::vector<__nv_bfloat16> y(static_cast<size_t>(p.tokens()) * p.heads * p.head_dim);
-  ChunkedPrefillArgs args{p.fq.data(), p.fk.data(), p.v.data(), p.gate_logit.data(), p.cu_seqlens.data(),
-                          p.num_seqs(), p.heads, p.kv_heads, p.head_dim, p.f2, true,
-                          r.state_s.data(), r.state_z.data(), y.data()};
-  LizardChunkedPrefillRef(args);
+  Result r{{}, p.pool};
+  std::vector<__nv_bfloat16> y(static_cast<size_t>(p.rows()) * p.heads * kD);
+  const std::vector<int> all = All(p), zero(all.size(), 0);
+  std::vector<int> len;
+  for (const Seq& s : p.seqs) len.push_back(s.len);
+  const Meta m = MakeMeta(p, all, zero, len);
+  LizardChunkedPrefillRef(Args(p, p.fq.data(), p.fk.data(), p.qkvg.data(), m.view(), static_cast<int>(all.size()),
+                               r.pool.data(), p.y_add.empty() ? nullptr : p.y_add.data(), y.data()));
   r.y = ToFloat(y);
   return r;
 }
 
-// One launch over the tokens [first, first + count) of every sequence of `p` (count[n] each),
-// continuing from (and updating) the device states.
-void RunGpuPart(const Problem& p, const std::vector<int>& first, const std::vector<int>& count,
-                DeviceVec<float>& state_s, DeviceVec<float>& state_z, std::vector<float>& y_all) {
-  const int H = p.heads, K = p.f2, D = p.head_dim, Hkv = p.kv_heads;
-  std::vector<int32_t> cu = {0};
-  std::vector<__nv_bfloat16> fq, fk, v;
-  std::vector<float> gate;
-  for (int n = 0; n < p.num_seqs(); ++n) {
-    cu.push_back(cu.back() + count[n]);
-    const int64_t t0 = p.cu_seqlens[n] + first[n], t1 = t0 + count[n];
-    fq.insert(fq.end(), p.fq.begin() + t0 * H * K, p.fq.begin() + t1 * H * K);
-    fk.insert(fk.end(), p.fk.begin() + t0 * H * K, p.fk.begin() + t1 * H * K);
-    v.insert(v.end(), p.v.begin() + t0 * Hkv * D, p.v.begin() + t1 * Hkv * D);
-    gate.insert(gate.end(), p.gate_logit.begin() + t0 * H, p.gate_logit.begin() + t1 * H);
+// The problem on the GPU as a series of launches: launch i covers, for the sequences `which`,
+// the tokens from the sequence's split point splits[i][n] (0 for the first launch) to the next
+// (the sequence's end after the last). The state stays in the device pool between launches.
+class Gpu {
+ public:
+  explicit Gpu(const Problem& p)
+      : p_(p), fq_(p.fq), fk_(p.fk), qkvg_(p.qkvg), y_add_(p.y_add.empty() ? std::vector<float>{0.f} : p.y_add),
+        pool_(p.pool), y_(static_cast<size_t>(p.rows()) * p.heads * kD) {
+    y_.Poison();  // NaN: a row the kernel does not write fails the comparison
   }
-  DeviceVec<__nv_bfloat16> d_fq(fq), d_fk(fk), d_v(v), d_y(static_cast<size_t>(cu.back()) * H * D);
-  DeviceVec<float> d_gate(gate);
-  DeviceVec<int32_t> d_cu(cu);
-  d_y.Poison();  // NaN: a row the kernel does not write fails the comparison
-  ChunkedPrefillArgs args{d_fq.get(), d_fk.get(), d_v.get(), d_gate.get(), d_cu.get(), p.num_seqs(),
-                          H, Hkv, D, K, true, state_s.get(), state_z.get(), d_y.get()};
-  ASSERT_EQ(LizardChunkedPrefill(args, nullptr), cudaSuccess);
-  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-  const std::vector<float> y = ToFloat(d_y.Download());
-  for (int n = 0; n < p.num_seqs(); ++n) {
-    const int64_t dst = (p.cu_seqlens[n] + first[n]) * static_cast<int64_t>(H) * D;
-    std::copy(y.begin() + cu[n] * H * D, y.begin() + cu[n + 1] * H * D, y_all.begin() + dst);
+
+  // One launch over tokens [from[i], to[i]) of sequence which[i].
+  void Launch(const std::vector<int>& which, const std::vector<int>& from, const std::vector<int>& to) {
+    std::vector<int> count(which.size());
+    for (size_t i = 0; i < which.size(); ++i) count[i] = to[i] - from[i];
+    const Meta m = MakeMeta(p_, which, from, count);
+    DeviceVec<int32_t> slot(m.slot), first_row(m.first_row), num_tokens(m.num_tokens), first_pos(m.first_pos);
+    const SeqMeta seqs{slot.get(), first_row.get(), num_tokens.get(), first_pos.get()};
+    const ChunkedPrefillArgs a = Args(p_, fq_.get(), fk_.get(), qkvg_.get(), seqs, static_cast<int>(which.size()),
+                                      pool_.get(), p_.y_add.empty() ? nullptr : y_add_.get(), y_.get());
+    ASSERT_EQ(LizardChunkedPrefill(a, nullptr), cudaSuccess);
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   }
+
+  // The sequences `which` in launches cut at the given positions of each (relative to its first
+  // token; each cut list increasing).
+  void Run(const std::vector<int>& which, const std::vector<std::vector<int>>& cuts) {
+    size_t launches = 0;
+    for (const auto& c : cuts) launches = std::max(launches, c.size() + 1);
+    for (size_t l = 0; l < launches; ++l) {
+      std::vector<int> from, to;
+      for (size_t i = 0; i < which.size(); ++i) {
+        const std::vector<int>& c = cuts[i];
+        const int len = p_.seqs[which[i]].len;
+        from.push_back(l == 0 ? 0 : l - 1 < c.size() ? c[l - 1] : len);
+        to.push_back(l < c.size() ? c[l] : len);
+      }
+      Launch(which, from, to);
+    }
+  }
+
+  Result Get() const { return {ToFloat(y_.Download()), pool_.Download()}; }
+
+ private:
+  const Problem& p_;
+  DeviceVec<__nv_bfloat16> fq_, fk_;
+  DeviceVec<float> qkvg_, y_add_;
+  DeviceVec<char> pool_;
+  DeviceVec<__nv_bfloat16> y_;
+};
+
+Result RunGpu(const Problem& p) {
+  Gpu gpu(p);
+  gpu.Run(All(p), std::vector<std::vector<int>>(p.seqs.size()));
+  return gpu.Get();
 }
 
-// The whole problem on the GPU, each sequence split at split[n] into two launches (split[n] = 0:
-// one launch).
-Result RunGpu(const Problem& p, const std::vector<int>& split) {
-  DeviceVec<float> state_s(p.state_s), state_z(p.state_z);
-  Result r;
-  r.y.assign(static_cast<size_t>(p.tokens()) * p.heads * p.head_dim, NAN);
-  std::vector<int> zero(p.num_seqs(), 0), rest(p.num_seqs());
-  for (int n = 0; n < p.num_seqs(); ++n) rest[n] = p.cu_seqlens[n + 1] - p.cu_seqlens[n] - split[n];
-  if (*std::max_element(split.begin(), split.end()) > 0) RunGpuPart(p, zero, split, state_s, state_z, r.y);
-  RunGpuPart(p, split, rest, state_s, state_z, r.y);
-  r.state_s = state_s.Download();
-  r.state_z = state_z.Download();
-  return r;
+// A slot's S and z (as floats) from a pool image.
+void SlotState(const Problem& p, const std::vector<char>& pool, int slot, std::vector<float>& s, std::vector<float>& z) {
+  const LizardStateRef ref = p.state_ref(nullptr);
+  const int64_t ns = int64_t{p.heads} * p.f2 * kD, nz = int64_t{p.heads} * p.f2;
+  auto get = [&](int64_t off, int64_t i) {
+    const char* base = pool.data() + slot * ref.slot_bytes + off;
+    return p.state_type == StoreType::kF32 ? reinterpret_cast<const float*>(base)[i]
+                                           : __bfloat162float(reinterpret_cast<const __nv_bfloat16*>(base)[i]);
+  };
+  s.resize(ns), z.resize(nz);
+  for (int64_t i = 0; i < ns; ++i) s[i] = get(ref.s_offset, i);
+  for (int64_t i = 0; i < nz; ++i) z[i] = get(ref.z_offset, i);
 }
 
-// y per sequence, and the final states, within tolerance of `want`.
-void ExpectClose(const Problem& p, const Result& got, const Result& want, const char* what) {
-  const int64_t row = static_cast<int64_t>(p.heads) * p.head_dim;
-  for (int n = 0; n < p.num_seqs(); ++n) {
-    const int64_t a = p.cu_seqlens[n] * row, b = p.cu_seqlens[n + 1] * row;
+// y per sequence and each sequence's final state within tolerance of `want`.
+void ExpectClose(const Problem& p, const Result& got, const Result& want, const std::string& what) {
+  const int64_t row = int64_t{p.heads} * kD;
+  for (size_t n = 0; n < p.seqs.size(); ++n) {
+    const Seq& s = p.seqs[n];
+    const int64_t a = p.first_row[n] * row, b = p.first_row[n + 1] * row;
     EXPECT_LE(RelError(got.y.data() + a, want.y.data() + a, b - a), kTolY)
-        << what << ": y of sequence " << n << " (" << p.cu_seqlens[n + 1] - p.cu_seqlens[n] << " tokens)";
+        << what << ": y of sequence " << n << " (" << s.len << " tokens from position " << s.pos << ")";
+    if (s.slot < 0) continue;
+    std::vector<float> gs, gz, ws, wz;
+    SlotState(p, got.pool, s.slot, gs, gz);
+    SlotState(p, want.pool, s.slot, ws, wz);
+    EXPECT_LE(RelError(gs, ws), kTolState) << what << ": final S of sequence " << n;
+    EXPECT_LE(RelError(gz, wz), kTolState) << what << ": final z of sequence " << n;
   }
-  EXPECT_LE(RelError(got.state_s, want.state_s), kTolState) << what << ": final S";
-  EXPECT_LE(RelError(got.state_z, want.state_z), kTolState) << what << ": final z";
 }
 
-const std::vector<int> kVarlen = {1, 7, 64, 65, 300};
+// Lengths 1, 7, 64, 65, 300 from positions 0 and not multiples of 64, in shuffled slots, and
+// a padding sequence (zero rows).
+const std::vector<Seq> kVarlen = {{1, 0, 3}, {7, 37, 0}, {64, 100, 4}, {65, 0, 1}, {300, 37, 2}, {3, 0, -1}, {300, 100, 5}};
+
+std::string Name(const Options& o) {
+  return "2F=" + std::to_string(o.f2) + " G=" + std::to_string(o.heads / o.kv_heads) +
+         (o.state_type == StoreType::kF32 ? " f32 state" : " bf16 state") +
+         (o.normalize ? " normalized" : " unnormalized") + (o.with_y_add ? " with y_add" : "");
+}
+
+// The default options at 2F = 128 and 256, each with fp32 and bf16 state.
+std::vector<Options> F2AndStateTypes() {
+  std::vector<Options> all;
+  for (int f2 : {128, 256}) {
+    for (StoreType type : {StoreType::kF32, StoreType::kBF16}) {
+      Options o;
+      o.f2 = f2, o.state_type = type;
+      all.push_back(o);
+    }
+  }
+  return all;
+}
 
 TEST(LizardChunkedTest, VarlenMatchesReference) {
-  for (int f2 : {128, 256}) {
-    for (bool with_state : {false, true}) {
-      const Problem p = MakeProblem(kVarlen, f2, -2.f, 6.f, with_state, 100 + f2 + with_state);
-      ExpectClose(p, RunGpu(p, std::vector<int>(kVarlen.size(), 0)), RunRef(p),
-                  with_state ? "varlen, initial state" : "varlen, zero state");
+  uint32_t seed = 100;
+  for (Options o : F2AndStateTypes()) {
+    for (bool normalize : {true, false}) {
+      for (int kv_heads : {2, 8}) {  // G = 4 and 1
+        o.normalize = normalize, o.kv_heads = kv_heads, o.with_y_add = normalize;
+        const Problem p = MakeProblem(kVarlen, o, ++seed);
+        ExpectClose(p, RunGpu(p), RunRef(p), Name(o));
+      }
     }
+  }
+}
+
+// H = 6: qkvg rows of an odd number of float pairs (v copied 4 bytes at a time), G = 3.
+TEST(LizardChunkedTest, UnalignedRowsMatchReference) {
+  for (StoreType type : {StoreType::kF32, StoreType::kBF16}) {
+    Options o;
+    o.heads = 6, o.kv_heads = 2, o.state_type = type;
+    const Problem p = MakeProblem(kVarlen, o, 150);
+    ASSERT_NE(p.ld() % 4, 0);
+    ExpectClose(p, RunGpu(p), RunRef(p), Name(o));
   }
 }
 
@@ -179,30 +336,111 @@ TEST(LizardChunkedTest, StrongDecay) {
   };
   for (const Gates& gates : {Gates{-8.f, -8.f, "gate logits -8"}, Gates{8.f, 8.f, "gate logits +8"},
                              Gates{-8.f, 8.f, "gate logits in [-8, 8]"}}) {
-    for (int f2 : {128, 256}) {
-      const Problem p = MakeProblem(kVarlen, f2, gates.lo, gates.hi, true, 200 + f2);
-      ExpectClose(p, RunGpu(p, std::vector<int>(kVarlen.size(), 0)), RunRef(p), gates.name);
+    for (Options o : F2AndStateTypes()) {
+      o.gate_lo = gates.lo, o.gate_hi = gates.hi;
+      const Problem p = MakeProblem(kVarlen, o, 200 + o.f2);
+      ExpectClose(p, RunGpu(p), RunRef(p), std::string(gates.name) + ", " + Name(o));
     }
   }
 }
 
-// A prompt in two launches, the state carried on the device, equals the prompt in one launch.
-// The splits fall inside chunks and at chunk boundaries.
-TEST(LizardChunkedTest, TwoCallsEqualOne) {
-  for (int f2 : {128, 256}) {
-    const Problem p = MakeProblem(kVarlen, f2, -1.f, 5.f, true, 300 + f2);
-    const Result one = RunGpu(p, std::vector<int>(kVarlen.size(), 0));
-    const Result two = RunGpu(p, {0, 3, 64, 1, 129});
-    ExpectClose(p, two, one, "two calls vs one");
+// Cuts at absolute multiples of kGlaChunk (what the scheduler does): the launches give the bits
+// of one launch, y and the stored state alike, with the state stored (rounded) in between.
+TEST(LizardChunkedTest, SplitAtChunkBoundariesIsBitwise) {
+  for (const Options& o : F2AndStateTypes()) {
+    const Problem p = MakeProblem(kVarlen, o, 300 + o.f2);
+    const Result one = RunGpu(p);
+    // Cuts (relative to the first token) at the absolute positions 128 of {64 from 100}, 64 of
+    // {65 from 0}, 64, 128, 256 of {300 from 37}, 128, 256, 384 of {300 from 100}.
+    Gpu gpu(p);
+    gpu.Run(All(p), {{}, {}, {28}, {64}, {27, 91, 219}, {}, {28, 156, 284}});
+    const Result cut = gpu.Get();
+    EXPECT_EQ(std::memcmp(cut.y.data(), one.y.data(), one.y.size() * sizeof(float)), 0) << Name(o) << ": y";
+    EXPECT_EQ(cut.pool, one.pool) << Name(o) << ": the stored states";
+  }
+}
+
+// Cuts inside chunks (a sequence continuing mid-chunk, as after decode steps) stay within
+// tolerance of one launch.
+TEST(LizardChunkedTest, SplitInsideChunksIsClose) {
+  for (const Options& o : F2AndStateTypes()) {
+    const Problem p = MakeProblem(kVarlen, o, 400 + o.f2);
+    Gpu gpu(p);
+    gpu.Run(All(p), {{}, {3}, {1, 63}, {30}, {1, 100, 101}, {1}, {200}});
+    ExpectClose(p, gpu.Get(), RunGpu(p), "cuts inside chunks, " + Name(o));
+  }
+}
+
+// A sequence's y rows and stored state have the same bits alone in a launch as with others.
+TEST(LizardChunkedTest, OtherSequencesChangeNoBits) {
+  for (StoreType type : {StoreType::kF32, StoreType::kBF16}) {
+    Options o;
+    o.f2 = 256, o.state_type = type;
+    const Problem p = MakeProblem(kVarlen, o, 500);
+    const Result together = RunGpu(p);
+    const LizardStateRef ref = p.state_ref(nullptr);
+    const int64_t row = int64_t{p.heads} * kD;
+    for (int n : {1, 4}) {
+      Gpu gpu(p);
+      gpu.Run({n}, {{}});
+      const Result alone = gpu.Get();
+      const int64_t a = p.first_row[n] * row, b = p.first_row[n + 1] * row;
+      EXPECT_EQ(std::memcmp(alone.y.data() + a, together.y.data() + a, (b - a) * sizeof(float)), 0)
+          << Name(o) << ": y of sequence " << n;
+      const int64_t slot = p.seqs[n].slot;
+      EXPECT_TRUE(std::equal(alone.pool.begin() + slot * ref.slot_bytes, alone.pool.begin() + (slot + 1) * ref.slot_bytes,
+                             together.pool.begin() + slot * ref.slot_bytes))
+          << Name(o) << ": state of sequence " << n;
+    }
   }
 }
 
 TEST(LizardChunkedTest, RejectsUnsupportedShapes) {
   ChunkedPrefillArgs args;
-  args.num_seqs = 1, args.heads = 4, args.kv_heads = 2, args.head_dim = 128, args.f2 = 96;
+  args.num_seqs = 1, args.dims.heads = 4, args.dims.kv_heads = 2, args.dims.head_dim = 128, args.dims.features = 48;
   EXPECT_EQ(LizardChunkedPrefill(args, nullptr), cudaErrorInvalidValue);
-  args.f2 = 128, args.head_dim = 64;
+  args.dims.features = 64, args.dims.head_dim = 64;
   EXPECT_EQ(LizardChunkedPrefill(args, nullptr), cudaErrorInvalidValue);
+}
+
+// LizardPrefillFeatureMaps against cpu::FeatureMap, whose projection is the identity here (the
+// logits are the input): bf16 outputs within 1e-2.
+TEST(LizardChunkedTest, FeatureMapsMatchCpu) {
+  std::mt19937 rng(600);
+  const int H = 4, rows = 37;
+  for (int F : {64, 128}) {
+    for (bool with_bias : {false, true}) {
+      const std::vector<float> logits = gputest::Uniform(rng, int64_t{rows} * 2 * H * F, -4.f, 4.f);
+      const std::vector<float> q_bias = gputest::Uniform(rng, H * F, -1.f, 1.f);
+      const std::vector<float> k_bias = gputest::Uniform(rng, H * F, -1.f, 1.f);
+      const std::vector<float> zero(H * F, 0.f);
+      std::vector<float> eye(F * F, 0.f);
+      for (int f = 0; f < F; ++f) eye[f * F + f] = 1.f;
+      std::vector<float> want_q(int64_t{rows} * H * 2 * F), want_k(want_q.size());
+      for (int r = 0; r < rows; ++r) {
+        for (int h = 0; h < H; ++h) {
+          const float* row = logits.data() + int64_t{r} * 2 * H * F;
+          const int64_t out = (int64_t{r} * H + h) * 2 * F;
+          cpu::FeatureMap(row + h * F, F, 1, eye.data(), (with_bias ? q_bias : zero).data() + h * F, F, F,
+                          want_q.data() + out, 2 * F);
+          cpu::FeatureMap(row + (H + h) * F, F, 1, eye.data(), (with_bias ? k_bias : zero).data() + h * F, F, F,
+                          want_k.data() + out, 2 * F);
+        }
+      }
+      DeviceVec<float> d_logits(logits), d_q_bias(q_bias), d_k_bias(k_bias);
+      DeviceVec<__nv_bfloat16> fq(want_q.size()), fk(want_k.size());
+      fq.Poison(), fk.Poison();
+      LizardDims dims;
+      dims.heads = H, dims.kv_heads = 1, dims.head_dim = kD, dims.features = F;
+      LizardParams params;
+      params.fmap_logits = d_logits.get();
+      if (with_bias) params.fmap_q_bias = d_q_bias.get(), params.fmap_k_bias = d_k_bias.get();
+      ASSERT_EQ(LizardPrefillFeatureMaps(dims, params, rows, fq.get(), fk.get(), nullptr), cudaSuccess);
+      ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+      EXPECT_LE(RelError(ToFloat(fq.Download()), want_q), gputest::kBf16Tol) << "F=" << F << " fq";
+      EXPECT_LE(RelError(ToFloat(fk.Download()), want_k), gputest::kBf16Tol) << "F=" << F << " fk";
+    }
+  }
 }
 
 }  // namespace

@@ -1,10 +1,10 @@
 // lizard-bench-op: the Lizard attention prefill op alone, at the shape of issue #12 (B sequences
-// of T tokens, H query heads, Hkv kv heads, D = 128, 2F = 128 and 256): the chunked gated linear
-// attention with its normaliser (kernels/lizard_attention/chunked_prefill.h) and the existing
-// token-parallel window kernel (LizardWindow in kernels/kernels.h: feature maps, gate, window
-// attention with meta-memory sinks), each timed alone, and their sum; and the tensor-core window
-// attention with sinks for prompt rows (kernels/lizard_attention/window_prefill.h), which
-// replaces the window part of the latter for prefill.
+// of T tokens, H query heads, Hkv kv heads, D = 128, 2F = 128 and 256): the prefill path the
+// backend runs for prompt rows — the feature maps and the chunked gated linear attention with its
+// normaliser over the state pool (kernels/lizard_attention/chunked_prefill.h), and the tensor-core
+// window attention with meta-memory sinks (kernels/lizard_attention/window_prefill.h) — each
+// timed alone, and their sum; beside them the token-parallel window kernel of the decode path
+// (LizardWindow in kernels/kernels.h), which prompts used before.
 //
 // Times: cudaEvent pairs around each call, 3 warm-up calls, median (and min) of --iters calls.
 // Rates: the fewest bytes each kernel must move (inputs read once, outputs written once) and the
@@ -116,39 +116,75 @@ Shape ParseArgs(int argc, char** argv) {
   return s;
 }
 
-// The chunked GLA + normaliser at one 2F: returns the median ms and prints its row.
+// The prefill path at one 2F: the feature maps of the prompt rows (LizardPrefillFeatureMaps), the
+// chunked GLA + normaliser over the state pool (fp32 state; bf16 state once more, alone), and
+// both back to back. Prints their rows; returns the median ms of both together.
 double BenchChunked(const Shape& s, int f2) {
+  const int F = f2 / 2;
   const int64_t T = static_cast<int64_t>(s.batch) * s.seq, H = s.heads, Hkv = s.kv_heads, D = s.head_dim;
-  std::vector<int32_t> cu(s.batch + 1);
-  for (int n = 0; n <= s.batch; ++n) cu[n] = n * s.seq;
+  const int ld = static_cast<int>(H * D + 2 * Hkv * D + H);
+  k::LizardDims dims;
+  dims.heads = s.heads, dims.kv_heads = s.kv_heads, dims.head_dim = s.head_dim, dims.features = F;
+  std::vector<int32_t> slot(s.batch), first_row(s.batch), num_tokens(s.batch, s.seq), first_pos(s.batch, 0);
+  for (int n = 0; n < s.batch; ++n) slot[n] = n, first_row[n] = n * s.seq;
+  const k::SeqMeta seqs{Upload(slot), Upload(first_row), Upload(num_tokens), Upload(first_pos)};
+  float* logits = Alloc<float>(T * 2 * H * F);
   bf16* fq = Alloc<bf16>(T * H * f2);
   bf16* fk = Alloc<bf16>(T * H * f2);
-  bf16* v = Alloc<bf16>(T * Hkv * D);
+  float* qkvg = Alloc<float>(T * ld);
+  float* y_add = Alloc<float>(T * H * D);
   bf16* y = Alloc<bf16>(T * H * D);
-  float* gate = Alloc<float>(T * H);
-  float* state_s = Alloc<float>(s.batch * H * f2 * D);
-  float* state_z = Alloc<float>(s.batch * H * f2);
-  int32_t* d_cu = Upload(cu);
-  // Feature maps are positive with rows summing to about 2; gates mostly near 1, some strong.
-  Check(k::RandomFillBf16(fq, T * H * f2, 1, 1.f / f2, 1.f / f2, nullptr), "fill");
-  Check(k::RandomFillBf16(fk, T * H * f2, 2, 1.f / f2, 1.f / f2, nullptr), "fill");
-  Check(k::RandomFillBf16(v, T * Hkv * D, 3, 1.f, 0.f, nullptr), "fill");
-  Check(k::RandomFillF32(gate, T * H, 4, 4.f, 2.f, nullptr), "fill");
-  Check(k::RandomFillF32(state_s, s.batch * H * f2 * D, 5, 0.05f, 0.f, nullptr), "fill");
-  Check(k::RandomFillF32(state_z, s.batch * H * f2, 6, 0.5f, 1.f, nullptr), "fill");
+  // Slot pool: S [H, 2F, D] then z [H, 2F] per slot, room for fp32.
+  k::LizardStateRef state;
+  state.s_offset = 0;
+  state.z_offset = H * f2 * D * 4;
+  state.slot_bytes = state.z_offset + H * f2 * 4;
+  state.pool = Alloc<char>(s.batch * state.slot_bytes);
+  // Logits like the feature-map GEMM's; v and the window part uniform; gates mostly near 1,
+  // some strong; a small initial state.
+  Check(k::RandomFillF32(logits, T * 2 * H * F, 1, 2.f, 0.f, nullptr), "fill");
+  Check(k::RandomFillF32(qkvg, T * ld, 3, 1.f, 0.f, nullptr), "fill");
+  Check(k::RandomFillF32(y_add, T * H * D, 5, 0.5f, 0.f, nullptr), "fill");
+  float* gates = Alloc<float>(T * H);
+  Check(k::RandomFillF32(gates, T * H, 4, 4.f, 2.f, nullptr), "fill");
+  Check(cudaMemcpy2D(qkvg + (H + 2 * Hkv) * D, ld * sizeof(float), gates, H * sizeof(float), H * sizeof(float), T,
+                     cudaMemcpyDeviceToDevice), "gates");
+  Check(k::RandomFillF32(reinterpret_cast<float*>(state.pool), s.batch * state.slot_bytes / 4, 6, 0.05f, 0.f,
+                         nullptr), "fill");
+  const k::LizardParams params{logits, nullptr, nullptr, nullptr, nullptr};
+  k::ChunkedPrefillArgs args;
+  args.dims = dims, args.fq = fq, args.fk = fk, args.qkvg = qkvg, args.ld = ld;
+  args.seqs = seqs, args.num_seqs = s.batch, args.state = state, args.y_add = y_add, args.y = y;
+  auto maps = [&] { return k::LizardPrefillFeatureMaps(dims, params, static_cast<int>(T), fq, fk, nullptr); };
+  auto gla = [&] { return k::LizardChunkedPrefill(args, nullptr); };
+  Check(maps(), "feature maps");
 
-  const k::ChunkedPrefillArgs args{fq, fk, v, gate, d_cu, s.batch, s.heads, s.kv_heads, s.head_dim,
-                                   f2, true, state_s, state_z, y};
-  const Timing t = Time([&] { return k::LizardChunkedPrefill(args, nullptr); }, s.iters);
-
-  const double bytes = 2.0 * T * H * f2 * 2 + T * Hkv * D * 2 + T * H * 4 + T * H * D * 2 +
+  const Timing tm = Time(maps, s.iters);
+  const double map_bytes = 4.0 * T * 2 * H * F + 2.0 * T * 2 * H * f2;
+  std::printf("feature maps              2F=%-3d  median %.3f ms  min %.3f ms  %.2f TB/s\n", f2, tm.median_ms,
+              tm.min_ms, map_bytes / tm.median_ms / 1e9);
+  const Timing tg = Time(gla, s.iters);
+  const double bytes = 2.0 * T * H * f2 * 2 + T * Hkv * D * 4 + T * H * 4 + T * H * D * (4 + 2) +
                        2.0 * s.batch * H * (f2 * D + f2) * 4;
   const double C = k::kGlaChunk;
   const double flops = static_cast<double>(T) * H * (2 * C * f2 + 2 * C * D + 4.0 * f2 * D);
   std::printf("chunked GLA + normaliser  2F=%-3d  median %.3f ms  min %.3f ms  %.2f TB/s  %.1f TFLOP/s\n",
-              f2, t.median_ms, t.min_ms, bytes / t.median_ms / 1e9, flops / t.median_ms / 1e9);
-  for (void* p : std::initializer_list<void*>{fq, fk, v, y, gate, state_s, state_z, d_cu}) cudaFree(p);
-  return t.median_ms;
+              f2, tg.median_ms, tg.min_ms, bytes / tg.median_ms / 1e9, flops / tg.median_ms / 1e9);
+  Check(cudaMemset(state.pool, 0, s.batch * state.slot_bytes), "memset");  // valid bf16 (zeros)
+  args.state.state_type = k::StoreType::kBF16;
+  const Timing tb = Time(gla, s.iters);
+  std::printf("  (bf16 state)            2F=%-3d  median %.3f ms  min %.3f ms\n", f2, tb.median_ms, tb.min_ms);
+  args.state.state_type = k::StoreType::kF32;
+  const Timing both = Time([&] {
+    const cudaError_t e = maps();
+    return e != cudaSuccess ? e : gla();
+  }, s.iters);
+  std::printf("maps + chunked GLA        2F=%-3d  median %.3f ms  min %.3f ms\n", f2, both.median_ms, both.min_ms);
+  for (const void* p : std::initializer_list<const void*>{seqs.slot, seqs.first_row, seqs.num_tokens, seqs.first_pos,
+                                                          logits, fq, fk, qkvg, gates, y_add, y, state.pool}) {
+    cudaFree(const_cast<void*>(p));
+  }
+  return both.median_ms;
 }
 
 // The existing window kernel over the same tokens (a fresh prompt per sequence: every window
@@ -272,16 +308,17 @@ int main(int argc, char** argv) {
               prop.multiProcessorCount, s.batch, s.seq, s.heads, s.kv_heads, s.head_dim, k::kGlaChunk,
               s.window, s.meta, s.iters);
   std::vector<std::string> rows;
+  const double win_prefill = BenchWindowPrefill(s);
   for (int f2 : s.f2s) {
     const double gla = BenchChunked(s, f2);
     const double win = BenchWindow(s, f2);
-    char row[160];
-    std::snprintf(row, sizeof(row), "| %d | %.3f | %.3f | %.3f |", f2, gla, win, gla + win);
+    char row[200];
+    std::snprintf(row, sizeof(row), "| %d | %.3f | %.3f | **%.3f** | %.3f |", f2, gla, win_prefill,
+                  gla + win_prefill, win);
     rows.push_back(row);
   }
-  const double win_prefill = BenchWindowPrefill(s);
-  std::printf("\n| 2F | chunked GLA + normaliser (ms) | window + sinks (ms) | total (ms) |\n|---|---|---|---|\n");
+  std::printf("\n| 2F | feature maps + chunked GLA + normaliser (ms) | window + sinks, tensor cores (ms) | "
+              "op total (ms) | decode-path window kernel (ms) |\n|---|---|---|---|---|\n");
   for (const std::string& r : rows) std::printf("%s\n", r.c_str());
-  std::printf("\nwindow + sinks for prompt rows on tensor cores (LizardWindowPrefill): %.3f ms\n", win_prefill);
   return 0;
 }
