@@ -18,11 +18,6 @@
 namespace lizard {
 namespace {
 
-// Destroys the backend's stream after everything that works on it.
-struct StreamDeleter {
-  void operator()(cudaStream_t stream) const { cudaStreamDestroy(stream); }
-};
-
 class CudaBackend : public Backend {
  public:
   absl::Status Init(const BackendOptions& options);
@@ -46,7 +41,7 @@ class CudaBackend : public Backend {
   int device_ = 0;
   std::string device_name_;
   // Declared first so that it is destroyed last.
-  std::unique_ptr<CUstream_st, StreamDeleter> stream_;
+  cuda::OwnedStream stream_;
   cuda::DeviceWeights weights_;
   cuda::StatePool state_;
   cuda::ForwardPass forward_;

@@ -5,6 +5,7 @@
 #include <cuda_runtime.h>
 
 #include <cstddef>
+#include <memory>
 #include <utility>
 
 #include "absl/status/status.h"
@@ -77,5 +78,20 @@ inline cudaError_t PinnedAlloc(void** ptr, size_t bytes) { return cudaMallocHost
 using DeviceBuffer = CudaBuffer<DeviceAlloc, cudaFree>;
 // Pinned host memory (cudaMallocHost), for fast and asynchronous host <-> device copies.
 using PinnedBuffer = CudaBuffer<PinnedAlloc, cudaFreeHost>;
+
+// A stream, destroyed once the work queued on it has finished (so that buffers it reads or
+// writes may be freed right after it).
+struct StreamDeleter {
+  void operator()(cudaStream_t stream) const {
+    cudaStreamSynchronize(stream);
+    cudaStreamDestroy(stream);
+  }
+};
+using OwnedStream = std::unique_ptr<CUstream_st, StreamDeleter>;
+
+struct EventDeleter {
+  void operator()(cudaEvent_t event) const { cudaEventDestroy(event); }
+};
+using OwnedEvent = std::unique_ptr<CUevent_st, EventDeleter>;
 
 }  // namespace lizard::cuda

@@ -2,6 +2,7 @@
 #include "engine/cuda/state_pool.h"
 
 #include <algorithm>
+#include <cstring>
 #include <limits>
 
 #include "absl/strings/str_cat.h"
@@ -13,6 +14,9 @@ namespace {
 constexpr int64_t kMinMaxContext = 132 * 1024;
 // Device memory left free after the KV page pool (cuBLAS, graphs, fragmentation).
 constexpr int64_t kReserveBytes = int64_t{1} << 30;
+// Load copies a slot into the staging buffer in pieces of this size, each piece's upload running
+// while the next one is copied.
+constexpr int64_t kUploadPieceBytes = int64_t{8} << 20;
 
 }  // namespace
 
@@ -29,6 +33,17 @@ absl::Status StatePool::Init(const ModelConfig& config, const StateLayout& layou
   LIZARD_RETURN_IF_ERROR(pool_.Allocate(static_cast<size_t>(num_slots_) * layout_.slot_bytes));
   LIZARD_CUDA_RETURN(cudaMemsetAsync(pool_.get(), 0, pool_.bytes(), stream_));
   positions_.assign(num_slots_, 0);
+
+  cudaStream_t copy_stream = nullptr;
+  LIZARD_CUDA_RETURN(cudaStreamCreateWithFlags(&copy_stream, cudaStreamNonBlocking));
+  copy_stream_.reset(copy_stream);
+  for (OwnedEvent* event : {&compute_queued_, &restored_}) {
+    cudaEvent_t e = nullptr;
+    LIZARD_CUDA_RETURN(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+    event->reset(e);
+  }
+  LIZARD_RETURN_IF_ERROR(staging_.Allocate(layout_.slot_bytes));
+  std::memset(staging_.get(), 0, staging_.bytes());
   return absl::OkStatus();
 }
 
@@ -153,27 +168,34 @@ absl::Status StatePool::Copy(SlotId src, SlotId dst) {
   return CudaStatus(cudaStreamSynchronize(stream_), "CopySlot");
 }
 
+absl::Status StatePool::CopiesAfterCompute() {
+  LIZARD_CUDA_RETURN(cudaEventRecord(compute_queued_.get(), stream_));
+  LIZARD_CUDA_RETURN(cudaStreamWaitEvent(copy_stream_.get(), compute_queued_.get()));
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::string> StatePool::Save(SlotId slot) {
   LIZARD_RETURN_IF_ERROR(CheckSlot(slot));
   const int64_t pos = positions_[slot];
   const int64_t kv_layer_bytes = 2 * pos * kv_token_bytes();
-  // The constant-size slot goes through one pinned buffer kept for all spills (pinning 100+ MiB
-  // per call would cost more than the copy); the softmax KV, unbounded, into pageable memory.
-  if (spill_staging_.bytes() < static_cast<size_t>(layout_.slot_bytes)) {
-    LIZARD_RETURN_IF_ERROR(spill_staging_.Allocate(layout_.slot_bytes));
-  }
-  char* h = spill_staging_.get<char>();
+  LIZARD_RETURN_IF_ERROR(CopiesAfterCompute());
+  cudaStream_t copy = copy_stream_.get();
+  // The constant-size slot through the pinned staging buffer (at link speed); the softmax KV,
+  // unbounded, into pageable memory. A previous Load's upload from the staging buffer is queued
+  // before this download on the same stream.
+  char* h = staging_.get<char>();
   std::vector<char> kv_host(layout_.num_softmax_layers * kv_layer_bytes);
-  LIZARD_CUDA_RETURN(cudaMemcpyAsync(h, SlotAddress(slot), layout_.slot_bytes, cudaMemcpyDeviceToHost, stream_));
+  LIZARD_CUDA_RETURN(cudaMemcpyAsync(h, SlotAddress(slot), layout_.slot_bytes, cudaMemcpyDeviceToHost, copy));
   LIZARD_RETURN_IF_ERROR(ForEachKvRun(slot, pos, [&](const KvRun& run) {
     return CudaStatus(cudaMemcpyAsync(kv_host.data() + run.layer * kv_layer_bytes + run.serialized, run.device,
-                                      run.bytes, cudaMemcpyDeviceToHost, stream_),
+                                      run.bytes, cudaMemcpyDeviceToHost, copy),
                       "SaveSlot KV");
   }));
   std::vector<std::string_view> kv;
   for (int64_t s = 0; s < layout_.num_softmax_layers; ++s) kv.emplace_back(kv_host.data() + s * kv_layer_bytes, kv_layer_bytes);
-  LIZARD_CUDA_RETURN(cudaStreamSynchronize(stream_));
+  LIZARD_CUDA_RETURN(cudaStreamSynchronize(copy));
   WriteSlotPosition(layout_, h, pos);  // the device copy keeps positions on the host only
+  // The one host copy of the slot: from the staging buffer into the serialized bytes.
   return SerializeState(layout_, std::string_view(h, layout_.slot_bytes), kv);
 }
 
@@ -185,14 +207,28 @@ absl::Status StatePool::Load(SlotId slot, std::string_view bytes) {
   FreePages(slot);
   positions_[slot] = 0;
   LIZARD_RETURN_IF_ERROR(EnsurePages(slot, view->position));
-  LIZARD_CUDA_RETURN(
-      cudaMemcpyAsync(SlotAddress(slot), view->slot.data(), layout_.slot_bytes, cudaMemcpyHostToDevice, stream_));
+  cudaStream_t copy = copy_stream_.get();
+  // The staging buffer may still feed the previous Load's upload; the slot may still be read or
+  // written by queued compute work.
+  LIZARD_CUDA_RETURN(cudaStreamSynchronize(copy));
+  LIZARD_RETURN_IF_ERROR(CopiesAfterCompute());
+  char* h = staging_.get<char>();
+  for (int64_t at = 0; at < layout_.slot_bytes; at += kUploadPieceBytes) {
+    const int64_t n = std::min(kUploadPieceBytes, layout_.slot_bytes - at);
+    std::memcpy(h + at, view->slot.data() + at, n);
+    LIZARD_CUDA_RETURN(cudaMemcpyAsync(SlotAddress(slot) + at, h + at, n, cudaMemcpyHostToDevice, copy));
+  }
+  // The softmax KV straight from `bytes` (or `converted`): pageable memory the driver may still
+  // read after a call returns, so these wait for their copies.
   LIZARD_RETURN_IF_ERROR(ForEachKvRun(slot, view->position, [&](const KvRun& run) {
     return CudaStatus(cudaMemcpyAsync(run.device, view->softmax_kv[run.layer].data() + run.serialized, run.bytes,
-                                      cudaMemcpyHostToDevice, stream_),
+                                      cudaMemcpyHostToDevice, copy),
                       "LoadSlot KV");
   }));
-  LIZARD_CUDA_RETURN(cudaStreamSynchronize(stream_));
+  if (view->position > 0 && layout_.num_softmax_layers > 0) LIZARD_CUDA_RETURN(cudaStreamSynchronize(copy));
+  // Later compute (steps, reset, copy, and Save through CopiesAfterCompute) waits for the upload.
+  LIZARD_CUDA_RETURN(cudaEventRecord(restored_.get(), copy));
+  LIZARD_CUDA_RETURN(cudaStreamWaitEvent(stream_, restored_.get()));
   positions_[slot] = view->position;
   return absl::OkStatus();
 }

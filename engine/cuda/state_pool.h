@@ -30,8 +30,9 @@ kernels::StoreType StoreTypeOf(DType d);
 
 class StatePool {
  public:
-  // Allocates `num_slots` zeroed slots of `layout` on the current device; work is ordered on
-  // `stream` (owned by the caller). The KV pages come later (AllocateKvPages).
+  // Allocates `num_slots` zeroed slots of `layout` on the current device; compute is ordered on
+  // `stream` (owned by the caller). The KV pages come later (AllocateKvPages). Save and Load copy
+  // on a stream of their own through a pinned staging buffer of one slot, both made here.
   absl::Status Init(const ModelConfig& config, const StateLayout& layout, int32_t num_slots, cudaStream_t stream);
   // The softmax layers' page pool: the device memory still free (minus a reserve), capped at what
   // every slot at the longest context could use. Called last, after every other allocation.
@@ -48,8 +49,13 @@ class StatePool {
 
   absl::Status Reset(SlotId slot);
   absl::Status Copy(SlotId src, SlotId dst);
+  // Copies the slot (after the compute work queued on it) to the host and serializes it; returns
+  // when done.
   absl::StatusOr<std::string> Save(SlotId slot);
   // A state saved under other dtypes (the CPU backend's float32 window) is re-encoded first.
+  // Returns once the bytes are staged and their upload is queued; the compute stream waits for
+  // the upload, so every later step, reset, copy and save sees the restored state. `bytes` may be
+  // freed on return.
   absl::Status Load(SlotId slot, std::string_view bytes);
 
   // Pages for the slot's tokens [0, tokens); RESOURCE_EXHAUSTED when the pool runs out.
@@ -81,6 +87,8 @@ class StatePool {
   char* SlotAddress(SlotId slot) const { return pool_.get<char>() + slot * layout_.slot_bytes; }
   int64_t kv_token_bytes() const { return kv_page_bytes_ / kPageSize; }
   void FreePages(SlotId slot);
+  // Makes the copy stream wait for the work queued on the compute stream so far.
+  absl::Status CopiesAfterCompute();
   absl::Status UploadPageTable(SlotId slot);
 
   ModelConfig config_;
@@ -91,7 +99,6 @@ class StatePool {
   // num_slots_ slots of layout_.slot_bytes; positions mirrored on the host.
   DeviceBuffer pool_;
   std::vector<int64_t> positions_;
-  PinnedBuffer spill_staging_;  // one slot, for Save
 
   // Softmax layers' paged KV cache.
   int64_t num_pages_ = 0;
@@ -101,6 +108,15 @@ class StatePool {
   DeviceBuffer page_table_;    // int32 [num_slots, max_pages]
   std::vector<std::vector<int32_t>> slot_pages_;
   std::vector<int32_t> free_pages_;
+
+  // Save and Load: a slot crosses the host link through `staging_` (pinned and written once at
+  // Init, so no spill pays for allocating or faulting it in) on `copy_stream_`, which queues
+  // behind the compute stream's work only where events say so. The stream is declared last so
+  // that it is destroyed first, after its copies finish, before the memory they touch is freed.
+  PinnedBuffer staging_;
+  OwnedEvent compute_queued_;  // recorded on the compute stream, waited for by the copy stream
+  OwnedEvent restored_;        // the last Load's upload, waited for by the compute stream
+  OwnedStream copy_stream_;
 };
 
 }  // namespace lizard::cuda

@@ -6,6 +6,7 @@
 #include <bit>
 #include <cstring>
 #include <optional>
+#include <thread>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -37,9 +38,33 @@ T GetLE(const char* p) {
   return static_cast<T>(u);
 }
 
+// The CRC-32 of `bytes`. zlib does ~4 GB/s on one core, 36 ms for a 145 MiB llama3-8b state that
+// every spill and restore checksums, so a large input is cut into pieces checksummed on several
+// threads and joined with crc32_combine, which gives the value of one pass.
 uint32_t Crc32(std::string_view bytes) {
-  return static_cast<uint32_t>(
-      crc32_z(crc32_z(0L, Z_NULL, 0), reinterpret_cast<const Bytef*>(bytes.data()), bytes.size()));
+  constexpr size_t kPieceBytes = size_t{8} << 20;  // below this a thread costs more than it saves
+  constexpr size_t kMaxThreads = 8;
+  auto crc_of = [](std::string_view piece) {
+    return crc32_z(crc32_z(0L, Z_NULL, 0), reinterpret_cast<const Bytef*>(piece.data()), piece.size());
+  };
+  const size_t pieces = std::min({bytes.size() / kPieceBytes, kMaxThreads,
+                                  static_cast<size_t>(std::max(1u, std::thread::hardware_concurrency()))});
+  if (pieces <= 1) return static_cast<uint32_t>(crc_of(bytes));
+  const size_t piece_bytes = (bytes.size() + pieces - 1) / pieces;
+  std::vector<uLong> crcs(pieces);
+  {
+    std::vector<std::jthread> threads;
+    for (size_t i = 1; i < pieces; ++i) {
+      threads.emplace_back([&, i] { crcs[i] = crc_of(bytes.substr(i * piece_bytes, piece_bytes)); });
+    }
+    crcs[0] = crc_of(bytes.substr(0, piece_bytes));
+  }  // joined here
+  uLong crc = crcs[0];
+  for (size_t i = 1; i < pieces; ++i) {
+    const size_t length = std::min(piece_bytes, bytes.size() - i * piece_bytes);
+    crc = crc32_combine(crc, crcs[i], static_cast<z_off_t>(length));
+  }
+  return static_cast<uint32_t>(crc);
 }
 
 absl::Status Corrupt(absl::string_view why) {

@@ -1,7 +1,8 @@
 // The CUDA backend as a whole: logits against the CPU reference backend (the GPU holds bf16
 // weights, so rows agree to ~1e-2 relative and greedy tokens agree wherever the CPU's top two
 // logits are not nearly tied), prefill in any chunking == decode and batch invariance (bitwise
-// for pure Lizard models), fork / spill / restore, sampling on the device.
+// for pure Lizard models), fork / spill / restore (also between the steps of other sequences),
+// sampling on the device.
 //
 // Models come from the directory in LIZARD_GPU_TEST_MODELS (one checkpoint per subdirectory,
 // made by tools/gpu/on_device.sh); without it these tests are skipped.
@@ -248,6 +249,46 @@ TEST_F(CudaBackendTest, ForkSpillRestore) {
     // A reset slot starts over.
     ASSERT_TRUE(gpu->ResetSlot(0).ok());
     EXPECT_EQ(gpu->SlotPosition(0), 0);
+  }
+}
+
+// Spills and restores between steps leave every sequence's bits alone: sequence b runs twice in
+// the same steps, in slot 1 untouched and in a copy that after every step is saved, reset and
+// loaded into the other of slots 2 and 3 right before the next step (the step must wait for the
+// upload on the copy stream), while sequence a keeps decoding in slot 0 (every other step with a
+// prompt chunk, so both the graph and the plain path run).
+TEST_F(CudaBackendTest, SpillsAndRestoresBetweenStepsKeepTheBits) {
+  for (const std::string& dir : dirs_) {
+    SCOPED_TRACE(dir);
+    auto gpu = Make(BackendKind::kCuda, dir, 4);
+    ASSERT_TRUE(gpu);
+    std::mt19937 rng(16);
+    const int64_t V = gpu->config().vocab_size;
+    Prefill(*gpu, 0, RandomTokens(rng, 40, V), LogitsMode::kNone);
+    Prefill(*gpu, 1, RandomTokens(rng, static_cast<int>(gpu->config().window_size) + 5, V), LogitsMode::kNone);
+    ASSERT_TRUE(gpu->CopySlot(1, 2).ok());
+    SlotId moving = 2;
+    for (int step = 0; step < 12; ++step) {
+      const std::vector<int32_t> a_tokens = RandomTokens(rng, step % 2 == 0 ? 1 : 3, V);
+      const int32_t b_token = static_cast<int32_t>(rng() % V);
+      StepPlan plan;
+      plan.chunks.push_back({0, gpu->SlotPosition(0), a_tokens, LogitsMode::kLast});
+      plan.chunks.push_back({1, gpu->SlotPosition(1), {b_token}, LogitsMode::kLast});
+      plan.chunks.push_back({moving, gpu->SlotPosition(moving), {b_token}, LogitsMode::kLast});
+      const StepOutput out = RunPlan(*gpu, plan);
+      ASSERT_EQ(out.rows, 3);
+      ASSERT_EQ(std::memcmp(out.row(1), out.row(2), V * sizeof(float)), 0) << "step " << step;
+      absl::StatusOr<std::string> saved = gpu->SaveSlot(moving);
+      ASSERT_TRUE(saved.ok()) << saved.status();
+      ASSERT_TRUE(gpu->ResetSlot(moving).ok());
+      moving = moving == 2 ? 3 : 2;
+      ASSERT_TRUE(gpu->LoadSlot(moving, *saved).ok());
+      EXPECT_EQ(gpu->SlotPosition(moving), gpu->SlotPosition(1));
+    }
+    // The last restore, saved again before any step, gives the bytes of the untouched copy.
+    absl::StatusOr<std::string> moved = gpu->SaveSlot(moving), kept = gpu->SaveSlot(1);
+    ASSERT_TRUE(moved.ok() && kept.ok());
+    EXPECT_EQ(*moved, *kept);
   }
 }
 

@@ -1,5 +1,7 @@
 #include "engine/model/state_layout.h"
 
+#include <zlib.h>
+
 #include <bit>
 #include <cmath>
 #include <cstring>
@@ -168,6 +170,33 @@ TEST(SerializedStateTest, RefusesEveryTruncationAndByteFlip) {
   future[4] = 2;  // format version 2
   const absl::Status version = ParseSerializedState(layout, future).status();
   EXPECT_NE(std::string(version.message()).find("version 2"), std::string::npos) << version;
+}
+
+// A large state (llama3.2-1b's, ~24 MiB) is checksummed in pieces on several threads: the header
+// holds zlib's one-pass CRC-32 of the body all the same, and a flipped byte in any piece is caught.
+TEST(SerializedStateTest, ALargeStateCarriesTheOnePassCrc32) {
+  absl::StatusOr<ModelConfig> config = ShapePreset("llama3.2-1b");
+  ASSERT_TRUE(config.ok());
+  const StateLayout layout(*config, DType::kF32, DType::kBF16);
+  ASSERT_GE(layout.slot_bytes, 16 * kMiB);  // enough for pieces
+  std::mt19937 rng(5);
+  std::string slot(layout.slot_bytes, '\0');
+  for (size_t i = 0; i < slot.size(); i += 4093) slot[i] = static_cast<char>(rng());
+  WriteSlotPosition(layout, slot.data(), 1000);
+  absl::StatusOr<std::string> bytes = SerializeState(layout, slot, {});
+  ASSERT_TRUE(bytes.ok()) << bytes.status();
+  const std::string_view body = std::string_view(*bytes).substr(40);
+  const auto one_pass = static_cast<uint32_t>(
+      crc32_z(crc32_z(0L, Z_NULL, 0), reinterpret_cast<const Bytef*>(body.data()), body.size()));
+  uint32_t in_header = 0;
+  std::memcpy(&in_header, bytes->data() + 12, sizeof(in_header));  // little-endian host
+  EXPECT_EQ(in_header, one_pass);
+  ASSERT_TRUE(ParseSerializedState(layout, *bytes).ok());
+  for (size_t at : {size_t{41}, bytes->size() / 2 + 1, bytes->size() - 1}) {
+    (*bytes)[at] ^= 0x10;
+    EXPECT_FALSE(ParseSerializedState(layout, *bytes).ok()) << "byte " << at;
+    (*bytes)[at] ^= 0x10;
+  }
 }
 
 TEST(SerializedStateTest, RefusesAStateOfAnIncompatibleModel) {
