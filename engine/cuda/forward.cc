@@ -10,9 +10,13 @@
 
 #include "absl/strings/str_cat.h"
 #include "engine/model/rope.h"
+#include "kernels/lizard_attention/chunked_prefill.h"
+#include "kernels/lizard_attention/window_prefill.h"
 
 namespace lizard::cuda {
 namespace {
+
+static_assert(kernels::kGlaChunk == kPrefillAlignment, "the chunked kernels' blocks are the engine's prompt cuts");
 
 using bf16 = __nv_bfloat16;
 namespace k = kernels;
@@ -86,6 +90,7 @@ absl::Status ForwardPass::Init(const ModelConfig& config, const DeviceWeights& w
   LIZARD_RETURN_IF_ERROR(inv_freq_.Allocate(inv_freq.size() * sizeof(double)));
   LIZARD_CUDA_RETURN(cudaMemcpyAsync(inv_freq_.get(), inv_freq.data(), inv_freq_.bytes(), cudaMemcpyHostToDevice, stream_));
   LIZARD_CUDA_RETURN(cudaStreamSynchronize(stream_));
+  chunked_prefill_ = D_ == 128 && (F_ == 64 || F_ == 128) && config_.window_size <= kernels::kMaxPrefillWindow;
   LIZARD_RETURN_IF_ERROR(AllocateActivations());
   return sampler_.Init(kMaxLogitRows, stream_);
 }
@@ -108,6 +113,10 @@ absl::Status ForwardPass::AllocateActivations() {
     LIZARD_RETURN_IF_ERROR(den_.Allocate(T * H_ * f));
     LIZARD_RETURN_IF_ERROR(yw_.Allocate(T * H_ * D_ * f));
     LIZARD_RETURN_IF_ERROR(fmap_logits_.Allocate(T * 2 * H_ * F_ * f));
+    if (chunked_prefill_) {
+      LIZARD_RETURN_IF_ERROR(fq16_.Allocate(T * H_ * F2 * b));
+      LIZARD_RETURN_IF_ERROR(fk16_.Allocate(T * H_ * F2 * b));
+    }
   }
   if (config_.num_softmax_layers() > 0) {
     LIZARD_RETURN_IF_ERROR(qrot_.Allocate(T * H_ * D_ * f));
@@ -120,19 +129,26 @@ absl::Status ForwardPass::AllocateActivations() {
   LIZARD_RETURN_IF_ERROR(meta_host_.Allocate(meta_.bytes()));
   // The largest split-K workspace of the projections' shapes (one workspace: calls are ordered
   // on the stream).
+  const std::vector<std::pair<int, int>> shapes = {{Hd_, n_qkv_ + H_}, {Hd_, n_qkv_}, {H_ * D_, Hd_},
+                                                   {Hd_, 2 * I_},       {I_, Hd_},     {Hd_, V_}};
   size_t workspace = 0;
-  for (auto [in, out] : {std::pair{Hd_, n_qkv_ + H_}, std::pair{Hd_, n_qkv_}, std::pair{H_ * D_, Hd_},
-                         std::pair{Hd_, 2 * I_}, std::pair{I_, Hd_}, std::pair{Hd_, V_}}) {
-    workspace = std::max(workspace, k::GemmBf16WorkspaceBytes(in, out));
-  }
+  for (auto [in, out] : shapes) workspace = std::max(workspace, k::GemmBf16WorkspaceBytes(in, out));
   LIZARD_RETURN_IF_ERROR(gemm_workspace_.Allocate(workspace));
-  return absl::OkStatus();
+  if (!batch_invariant_) return absl::OkStatus();
+  // The prompt rows' projections (the LM head stays on GemmBf16: at most kMaxLogitRows rows).
+  return prefill_gemm_.Init(std::span(shapes).first(shapes.size() - 1), kMaxStepTokens, stream_);
 }
 
-absl::Status ForwardPass::Gemm(const bf16* x, int rows, int in, const DeviceBuffer& w, int out, float* y) {
+absl::Status ForwardPass::Project(const bf16* x, const StepShape& shape, int in, const DeviceBuffer& w, int out,
+                                  float* y) {
+  const int rows = shape.rows, drows = shape.decode_rows;
   if (batch_invariant_) {
-    LIZARD_CUDA_RETURN(k::GemmBf16(x, rows, in, w.get<bf16>(), out, y, gemm_workspace_.get(), stream_));
-    return absl::OkStatus();
+    if (drows > 0) {
+      LIZARD_CUDA_RETURN(k::GemmBf16(x, drows, in, w.get<bf16>(), out, y, gemm_workspace_.get(), stream_));
+    }
+    if (rows == drows) return absl::OkStatus();
+    return prefill_gemm_.Run(x + static_cast<int64_t>(drows) * in, rows - drows, in, w.get<bf16>(), out,
+                             y + static_cast<int64_t>(drows) * out);
   }
   // Row-major y[rows, out] = x[rows, in] w[out, in]^T, i.e. column-major y^T = w^T' x^T'.
   const float one = 1.f, zero = 0.f;
@@ -142,9 +158,73 @@ absl::Status ForwardPass::Gemm(const bf16* x, int rows, int in, const DeviceBuff
                       "cublasGemmEx");
 }
 
-absl::Status ForwardPass::EnqueueModel(int T, int S, bool multi, int max_keys) {
+absl::Status ForwardPass::LizardLayer(const DeviceLayer& L, const StepShape& shape, const float* krot, int krot_ld) {
   const int32_t* meta = meta_.get<int32_t>();
   auto field = [&](MetaField f) { return meta + static_cast<int64_t>(f) * kMaxStepTokens; };
+  const int ld = n_qkv_ + H_;
+  float* qkvg = qkvg_.get<float>();
+  bf16* y = y_.get<bf16>();
+  const k::LizardStateRef state = state_->LizardLayer(L.lizard_index);
+  k::TokenMeta tokens{field(kTokSlot), field(kTokPos), field(kTokFirstRow), field(kTokFirstPos), field(kTokSingle)};
+  k::SeqMeta seqs{field(kSeqSlot), field(kSeqFirstRow), field(kSeqNumTokens), field(kSeqFirstPos)};
+  k::LizardScratch scratch{fq_.get<float>(), fk_.get<float>(), gamma_.get<float>(), den_.get<float>(), yw_.get<float>()};
+  LIZARD_CUDA_RETURN(k::FeatureMapLogits(qkvg, ld, shape.rows, H_, Hkv_, D_, F_, L.fmap_q.get<float>(),
+                                         L.fmap_k.get<float>(), fmap_logits_.get<float>(), stream_));
+  k::LizardParams params{fmap_logits_.get<float>(), L.fmap_q_bias.get<float>(), L.fmap_k_bias.get<float>(),
+                         L.meta_logits.get<float>(), L.window_factor.get<float>()};
+
+  // The recurrent form: the decode rows, or every row when the chunked kernels do not fit the
+  // model (a multi-token chunk then walks its tokens one by one, as decodes would).
+  const int rec_rows = chunked_prefill_ ? shape.decode_rows : shape.rows;
+  const int rec_seqs = chunked_prefill_ ? shape.decode_seqs : shape.seqs;
+  if (rec_rows > 0) {
+    LIZARD_CUDA_RETURN(k::LizardWindow(dims_, qkvg, ld, krot, krot_ld, inv_freq_.get<double>(), tokens, rec_rows,
+                                       params, state, scratch, stream_));
+    if (rec_rows > rec_seqs) {  // multi-token chunks
+      LIZARD_CUDA_RETURN(k::LizardNormalizer(dims_, seqs, rec_seqs, state, scratch, stream_));
+      LIZARD_CUDA_RETURN(k::LizardRingWrite(dims_, qkvg, ld, krot, krot_ld, seqs, rec_seqs, state, stream_));
+    }
+    LIZARD_CUDA_RETURN(k::LizardState(dims_, qkvg, ld, seqs, rec_seqs, state, scratch, y, stream_));
+  }
+  if (!chunked_prefill_ || shape.rows == shape.decode_rows) return absl::OkStatus();
+
+  // The chunked form for the prompt rows: feature maps in bf16, the window part (written to
+  // yw_), the gated linear attention adding it, then the ring takes the chunks' last keys.
+  const int Sd = shape.decode_seqs, Sp = shape.seqs - Sd, Td = shape.decode_rows, Tp = shape.rows - Td;
+  const k::SeqMeta prompts{seqs.slot + Sd, seqs.first_row + Sd, seqs.num_tokens + Sd, seqs.first_pos + Sd};
+  const int64_t F2 = 2 * static_cast<int64_t>(F_);
+  k::LizardParams prompt_params = params;
+  prompt_params.fmap_logits += static_cast<int64_t>(Td) * 2 * H_ * F_;
+  LIZARD_CUDA_RETURN(k::LizardPrefillFeatureMaps(dims_, prompt_params, Tp, fq16_.get<bf16>() + Td * H_ * F2,
+                                                 fk16_.get<bf16>() + Td * H_ * F2, stream_));
+  k::WindowPrefillArgs window;
+  window.dims = dims_;
+  window.q = qkvg, window.q_ld = ld;
+  window.k = krot, window.k_ld = krot_ld;
+  window.v = qkvg + (H_ + Hkv_) * D_, window.v_ld = ld;
+  window.inv_freq = inv_freq_.get<double>();
+  window.seqs = prompts, window.num_seqs = Sp, window.max_tiles = shape.max_tiles;
+  window.meta_logits = params.meta_logits, window.window_factor = params.window_factor;
+  window.state = state;
+  window.y = yw_.get<float>();
+  LIZARD_CUDA_RETURN(k::LizardWindowPrefill(window, stream_));
+  k::ChunkedPrefillArgs gla;
+  gla.dims = dims_;
+  gla.fq = fq16_.get<bf16>(), gla.fk = fk16_.get<bf16>();
+  gla.qkvg = qkvg, gla.ld = ld;
+  gla.seqs = prompts, gla.num_seqs = Sp;
+  gla.state = state;
+  gla.y_add = yw_.get<float>();
+  gla.y = y;
+  LIZARD_CUDA_RETURN(k::LizardChunkedPrefill(gla, stream_));
+  LIZARD_CUDA_RETURN(k::LizardRingWrite(dims_, qkvg, ld, krot, krot_ld, prompts, Sp, state, stream_));
+  return absl::OkStatus();
+}
+
+absl::Status ForwardPass::EnqueueModel(const StepShape& shape) {
+  const int32_t* meta = meta_.get<int32_t>();
+  auto field = [&](MetaField f) { return meta + static_cast<int64_t>(f) * kMaxStepTokens; };
+  const int T = shape.rows;
   float* x = x_.get<float>();
   float* delta = delta_.get<float>();
   bf16* u = u_.get<bf16>();
@@ -153,17 +233,13 @@ absl::Status ForwardPass::EnqueueModel(int T, int S, bool multi, int max_keys) {
   const float eps = static_cast<float>(config_.rms_norm_eps);
   const int qd = H_ * D_, kd = Hkv_ * D_;
 
-  k::TokenMeta tokens{field(kTokSlot), field(kTokPos), field(kTokFirstRow), field(kTokFirstPos), field(kTokSingle)};
-  k::SeqMeta seqs{field(kSeqSlot), field(kSeqFirstRow), field(kSeqNumTokens), field(kSeqFirstPos)};
-  k::LizardScratch scratch{fq_.get<float>(), fk_.get<float>(), gamma_.get<float>(), den_.get<float>(), yw_.get<float>()};
-
   LIZARD_CUDA_RETURN(k::EmbeddingGather(weights_->embed.get<bf16>(), field(kTokIds), T, Hd_, x, stream_));
   for (size_t l = 0; l < weights_->layers.size(); ++l) {
     const DeviceLayer& L = weights_->layers[l];
     const bool liz = L.type == LayerType::kLizard;
     const int ld = n_qkv_ + (liz ? H_ : 0);
     LIZARD_CUDA_RETURN(k::AddRmsNorm(x, l == 0 ? nullptr : delta, L.input_norm.get<float>(), T, Hd_, eps, u, stream_));
-    LIZARD_RETURN_IF_ERROR(Gemm(u, T, Hd_, L.w_qkvg, ld, qkvg));
+    LIZARD_RETURN_IF_ERROR(Project(u, shape, Hd_, L.w_qkvg, ld, qkvg));
     if (L.b_qkvg.bytes() > 0) LIZARD_CUDA_RETURN(k::AddBias(qkvg, ld, L.b_qkvg.get<float>(), T, ld, stream_));
 
     // Keys after RoPE (or the raw keys when the window has no RoPE).
@@ -176,31 +252,20 @@ absl::Status ForwardPass::EnqueueModel(int T, int S, bool multi, int max_keys) {
       krot_ld = kd;
     }
     if (liz) {
-      const k::LizardStateRef state = state_->LizardLayer(L.lizard_index);
-      LIZARD_CUDA_RETURN(k::FeatureMapLogits(qkvg, ld, T, H_, Hkv_, D_, F_, L.fmap_q.get<float>(), L.fmap_k.get<float>(),
-                                             fmap_logits_.get<float>(), stream_));
-      k::LizardParams params{fmap_logits_.get<float>(), L.fmap_q_bias.get<float>(), L.fmap_k_bias.get<float>(),
-                             L.meta_logits.get<float>(), L.window_factor.get<float>()};
-      LIZARD_CUDA_RETURN(k::LizardWindow(dims_, qkvg, ld, krot, krot_ld, inv_freq_.get<double>(), tokens, T, params,
-                                         state, scratch, stream_));
-      if (multi) {
-        LIZARD_CUDA_RETURN(k::LizardNormalizer(dims_, seqs, S, state, scratch, stream_));
-        LIZARD_CUDA_RETURN(k::LizardRingWrite(dims_, qkvg, ld, krot, krot_ld, seqs, S, state, stream_));
-      }
-      LIZARD_CUDA_RETURN(k::LizardState(dims_, qkvg, ld, seqs, S, state, scratch, y, stream_));
+      LIZARD_RETURN_IF_ERROR(LizardLayer(L, shape, krot, krot_ld));
     } else {
       LIZARD_CUDA_RETURN(k::Rope(qkvg, ld, qrot_.get<float>(), qd, field(kTokPos), T, H_, D_, inv_freq_.get<double>(), stream_));
       const k::PagedKv kv = state_->SoftmaxLayer(L.softmax_index);
       LIZARD_CUDA_RETURN(k::PagedKvWrite(krot, krot_ld, qkvg + qd + kd, ld, field(kTokSlot), field(kTokPos), T, kv, stream_));
-      LIZARD_CUDA_RETURN(k::PagedAttention(qrot_.get<float>(), qd, field(kTokSlot), field(kTokPos), T, H_, max_keys, kv,
-                                           partial_.get<float>(), partial_entries_, y, stream_));
+      LIZARD_CUDA_RETURN(k::PagedAttention(qrot_.get<float>(), qd, field(kTokSlot), field(kTokPos), T, H_,
+                                           shape.max_keys, kv, partial_.get<float>(), partial_entries_, y, stream_));
     }
-    LIZARD_RETURN_IF_ERROR(Gemm(y, T, qd, L.w_o, Hd_, delta));
+    LIZARD_RETURN_IF_ERROR(Project(y, shape, qd, L.w_o, Hd_, delta));
     if (L.b_o.bytes() > 0) LIZARD_CUDA_RETURN(k::AddBias(delta, Hd_, L.b_o.get<float>(), T, Hd_, stream_));
     LIZARD_CUDA_RETURN(k::AddRmsNorm(x, delta, L.post_norm.get<float>(), T, Hd_, eps, u, stream_));
-    LIZARD_RETURN_IF_ERROR(Gemm(u, T, Hd_, L.w_gate_up, 2 * I_, gate_up_.get<float>()));
+    LIZARD_RETURN_IF_ERROR(Project(u, shape, Hd_, L.w_gate_up, 2 * I_, gate_up_.get<float>()));
     LIZARD_CUDA_RETURN(k::SwiGlu(gate_up_.get<float>(), T, I_, act_.get<bf16>(), stream_));
-    LIZARD_RETURN_IF_ERROR(Gemm(act_.get<bf16>(), T, I_, L.w_down, Hd_, delta));
+    LIZARD_RETURN_IF_ERROR(Project(act_.get<bf16>(), shape, I_, L.w_down, Hd_, delta));
   }
   LIZARD_CUDA_RETURN(k::AddRmsNorm(x, delta, weights_->final_norm.get<float>(), T, Hd_, eps, u, stream_));
   return absl::OkStatus();
@@ -209,7 +274,9 @@ absl::Status ForwardPass::EnqueueModel(int T, int S, bool multi, int max_keys) {
 absl::Status ForwardPass::EnqueueLogits(int first, int R) {
   const int32_t* rows = meta_.get<int32_t>() + static_cast<int64_t>(kLogitRows) * kMaxStepTokens + first;
   LIZARD_CUDA_RETURN(k::GatherRowsBf16(u_.get<bf16>(), rows, R, Hd_, logit_in_.get<bf16>(), stream_));
-  return Gemm(logit_in_.get<bf16>(), R, Hd_, weights_->head(), V_, logits_.get<float>());
+  // The LM head runs at most kMaxLogitRows rows: the decode GEMM for all of them.
+  const StepShape head{.rows = R, .decode_rows = R};
+  return Project(logit_in_.get<bf16>(), head, Hd_, weights_->head(), V_, logits_.get<float>());
 }
 
 absl::Status ForwardPass::RunStep(const std::vector<StepSeq>& seqs,
@@ -217,9 +284,8 @@ absl::Status ForwardPass::RunStep(const std::vector<StepSeq>& seqs,
   // Softmax layers need pages for the new tokens before anything runs.
   for (const StepSeq& s : seqs) LIZARD_RETURN_IF_ERROR(state_->EnsurePages(s.slot, s.first_pos + s.n));
 
-  // Decode-only steps (every chunk one token) of pure Lizard models replay a graph; padding rows
-  // use slot -1.
-  const bool decode_only = std::all_of(seqs.begin(), seqs.end(), [](const StepSeq& s) { return s.n == 1; });
+  // Decode-only steps of pure Lizard models replay a graph; padding rows use slot -1.
+  const bool decode_only = std::all_of(seqs.begin(), seqs.end(), [](const StepSeq& s) { return s.decode; });
   int bucket = 0;
   if (decode_only && state_->layout().num_softmax_layers == 0) {
     for (int b : kGraphBuckets) {
@@ -230,31 +296,52 @@ absl::Status ForwardPass::RunStep(const std::vector<StepSeq>& seqs,
     }
   }
 
-  int32_t* meta = meta_host_.get<int32_t>();
-  auto field = [&](MetaField f) { return meta + static_cast<int64_t>(f) * kMaxStepTokens; };
-  int T = 0, R = 0, max_keys = 1;
-  bool multi = false;
-  for (size_t i = 0; i < seqs.size(); ++i) {
-    const StepSeq& s = seqs[i];
-    field(kSeqSlot)[i] = s.slot;
-    field(kSeqFirstRow)[i] = T;
-    field(kSeqNumTokens)[i] = s.n;
-    field(kSeqFirstPos)[i] = static_cast<int32_t>(s.first_pos);
-    multi |= s.n > 1;
-    max_keys = std::max<int>(max_keys, static_cast<int>(s.first_pos + s.n));
-    for (int t = 0; t < s.n; ++t, ++T) {
-      field(kTokIds)[T] = s.tokens[t];
-      field(kTokSlot)[T] = s.slot;
-      field(kTokPos)[T] = static_cast<int32_t>(s.first_pos + t);
-      field(kTokFirstRow)[T] = T - t;
-      field(kTokFirstPos)[T] = static_cast<int32_t>(s.first_pos);
-      field(kTokSingle)[T] = s.n == 1;
-      if (s.logits == LogitsMode::kAll || (s.logits == LogitsMode::kLast && t == s.n - 1)) field(kLogitRows)[R++] = T;
+  // Rows: the decodes first, then the prompt chunks (the kernels take the two groups apart);
+  // logits rows stay in the order of `seqs`.
+  std::vector<int> order;
+  for (int pass = 0; pass < 2; ++pass) {
+    for (size_t i = 0; i < seqs.size(); ++i) {
+      if (seqs[i].decode == (pass == 0)) order.push_back(static_cast<int>(i));
     }
   }
-  int S = static_cast<int>(seqs.size());
+  int32_t* meta = meta_host_.get<int32_t>();
+  auto field = [&](MetaField f) { return meta + static_cast<int64_t>(f) * kMaxStepTokens; };
+  StepShape shape;
+  std::vector<int> first_row(seqs.size());
+  for (int i : order) {
+    const StepSeq& s = seqs[i];
+    const int S = shape.seqs++, T = shape.rows;
+    first_row[i] = T;
+    field(kSeqSlot)[S] = s.slot;
+    field(kSeqFirstRow)[S] = T;
+    field(kSeqNumTokens)[S] = s.n;
+    field(kSeqFirstPos)[S] = static_cast<int32_t>(s.first_pos);
+    if (s.decode) ++shape.decode_seqs, shape.decode_rows += s.n;
+    if (!s.decode) {
+      shape.max_tiles = std::max(shape.max_tiles, kernels::WindowPrefillTiles(static_cast<int>(s.first_pos), s.n));
+    }
+    shape.max_keys = std::max<int>(shape.max_keys, static_cast<int>(s.first_pos + s.n));
+    for (int t = 0; t < s.n; ++t) {
+      const int r = shape.rows++;
+      field(kTokIds)[r] = s.tokens[t];
+      field(kTokSlot)[r] = s.slot;
+      field(kTokPos)[r] = static_cast<int32_t>(s.first_pos + t);
+      field(kTokFirstRow)[r] = T;
+      field(kTokFirstPos)[r] = static_cast<int32_t>(s.first_pos);
+      field(kTokSingle)[r] = s.n == 1;
+    }
+  }
+  int R = 0;
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    const StepSeq& s = seqs[i];
+    for (int t = 0; t < s.n; ++t) {
+      if (s.logits == LogitsMode::kAll || (s.logits == LogitsMode::kLast && t == s.n - 1)) {
+        field(kLogitRows)[R++] = first_row[i] + t;
+      }
+    }
+  }
   if (bucket > 0) {
-    for (; T < bucket; ++T, ++S) {
+    for (int T = shape.rows, S = shape.seqs; T < bucket; ++T, ++S) {
       field(kSeqSlot)[S] = -1, field(kSeqFirstRow)[S] = T, field(kSeqNumTokens)[S] = 1, field(kSeqFirstPos)[S] = 0;
       field(kTokIds)[T] = 0, field(kTokSlot)[T] = -1, field(kTokPos)[T] = -1;
       field(kTokFirstRow)[T] = T, field(kTokFirstPos)[T] = -1, field(kTokSingle)[T] = 1;
@@ -282,12 +369,13 @@ absl::Status ForwardPass::RunStep(const std::vector<StepSeq>& seqs,
 
   if (bucket > 0) {
     LIZARD_RETURN_IF_ERROR(graphs_.Launch(bucket, stream_, [&] {
-      LIZARD_RETURN_IF_ERROR(EnqueueModel(bucket, bucket, false, 1));
+      const StepShape padded{.rows = bucket, .decode_rows = bucket, .seqs = bucket, .decode_seqs = bucket};
+      LIZARD_RETURN_IF_ERROR(EnqueueModel(padded));
       return EnqueueLogits(0, bucket);
     }));
     LIZARD_RETURN_IF_ERROR(emit_rows(0, R));
   } else {
-    LIZARD_RETURN_IF_ERROR(EnqueueModel(T, S, multi, max_keys));
+    LIZARD_RETURN_IF_ERROR(EnqueueModel(shape));
     for (int first = 0; first < R; first += kMaxLogitRows) {
       const int n = std::min(kMaxLogitRows, R - first);
       LIZARD_RETURN_IF_ERROR(EnqueueLogits(first, n));
@@ -309,7 +397,8 @@ absl::Status ForwardPass::Run(const StepPlan& plan, StepOutput* out) {
   }
 
   // Pack the plan into internal steps of at most kMaxStepTokens tokens, in output-row order
-  // (chunks in order; a long chunk is cut into consecutive pieces).
+  // (chunks in order). A chunk too long for the step's room is cut at an absolute multiple of
+  // kPrefillAlignment: where a prompt is cut must not depend on what shares its step.
   std::vector<StepSeq> step;
   int step_tokens = 0;
   auto flush = [&]() -> absl::Status {
@@ -322,11 +411,19 @@ absl::Status ForwardPass::Run(const StepPlan& plan, StepOutput* out) {
   for (const SequenceChunk& c : plan.chunks) {
     const int n = static_cast<int>(c.tokens.size());
     for (int done = 0; done < n;) {
-      if (step_tokens == kMaxStepTokens) LIZARD_RETURN_IF_ERROR(flush());
-      const int take = std::min(n - done, kMaxStepTokens - step_tokens);
+      const int64_t pos = c.first_position + done;
+      int take = n - done;
+      if (take > kMaxStepTokens - step_tokens) {
+        const int64_t end = (pos + kMaxStepTokens - step_tokens) / kPrefillAlignment * kPrefillAlignment;
+        take = static_cast<int>(end - pos);
+        if (take <= 0) {  // no aligned cut fits the room left: start a new step
+          LIZARD_RETURN_IF_ERROR(flush());
+          continue;
+        }
+      }
       LogitsMode mode = c.logits;
       if (mode == LogitsMode::kLast && done + take < n) mode = LogitsMode::kNone;
-      step.push_back({c.slot, c.first_position + done, c.tokens.data() + done, take, mode});
+      step.push_back({c.slot, pos, c.tokens.data() + done, take, mode, c.decode});
       step_tokens += take;
       done += take;
     }

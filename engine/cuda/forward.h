@@ -12,6 +12,7 @@
 #include "absl/status/status.h"
 #include "engine/cuda/device_memory.h"
 #include "engine/cuda/graph_cache.h"
+#include "engine/cuda/prefill_gemm.h"
 #include "engine/cuda/sampler.h"
 #include "engine/cuda/state_pool.h"
 #include "engine/cuda/weights.h"
@@ -48,17 +49,30 @@ class ForwardPass {
     const int32_t* tokens = nullptr;
     int n = 0;
     LogitsMode logits = LogitsMode::kNone;
+    bool decode = false;  // the sampled token fed back: the recurrent form; else prompt tokens
+  };
+  // What one internal step holds. Decode rows come first: rows [0, decode_rows) belong to the
+  // sequences [0, decode_seqs), the prompt rows after them to the rest.
+  struct StepShape {
+    int rows = 0, decode_rows = 0;
+    int seqs = 0, decode_seqs = 0;
+    int max_keys = 1;   // the longest softmax attention span
+    int max_tiles = 0;  // the most 64-token blocks (at absolute positions) of one prompt sequence
   };
 
   absl::Status AllocateActivations();
-  absl::Status Gemm(const __nv_bfloat16* x, int rows, int in, const DeviceBuffer& w, int out, float* y);
+  // y = x w^T for the step's rows: decode rows by kernels::GemmBf16, prompt rows by PrefillGemm
+  // (each batch invariant on its own), or all rows by cuBLAS when !batch_invariant.
+  absl::Status Project(const __nv_bfloat16* x, const StepShape& shape, int in, const DeviceBuffer& w, int out,
+                       float* y);
+  // The Lizard attention of one layer over the step's rows (qkvg, krot as EnqueueModel has them).
+  absl::Status LizardLayer(const DeviceLayer& L, const StepShape& shape, const float* krot, int krot_ld);
   // Runs the sequences of one internal step (at most kMaxStepTokens tokens) and appends their
   // rows to `out`: logits, or with `sampling` (the whole plan's rows) the sampled tokens.
   absl::Status RunStep(const std::vector<StepSeq>& seqs, const std::vector<RowSampling>& sampling, StepOutput* out);
-  // Enqueues the whole model for `T` token rows and `S` sequences already described in the
-  // device meta buffer; the final normed rows are left in u_. `multi` tells whether any sequence
-  // has several tokens; `max_keys` is the longest softmax attention span.
-  absl::Status EnqueueModel(int T, int S, bool multi, int max_keys);
+  // Enqueues the whole model for a step already described in the device meta buffer; the final
+  // normed rows are left in u_.
+  absl::Status EnqueueModel(const StepShape& shape);
   // LM head for `R` rows listed in the meta buffer, starting at row `first`, into logits_.
   absl::Status EnqueueLogits(int first, int R);
 
@@ -68,8 +82,12 @@ class ForwardPass {
   cudaStream_t stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;
   DeviceBuffer cublas_workspace_;
-  bool batch_invariant_ = true;  // projections by kernels::GemmBf16, else cuBLAS
+  bool batch_invariant_ = true;  // projections by kernels::GemmBf16 / PrefillGemm, else cuBLAS
   DeviceBuffer gemm_workspace_;  // kernels::GemmBf16's split-K partial sums
+  PrefillGemm prefill_gemm_;
+  // Prompt rows of Lizard layers take the chunked kernels (window_prefill.cu, chunked_prefill.cu)
+  // when the shapes fit them (head_dim 128, 2F 128 or 256), else the recurrent ones.
+  bool chunked_prefill_ = false;
 
   // Sizes.
   int Hd_ = 0, H_ = 0, Hkv_ = 0, D_ = 0, F_ = 0, I_ = 0, V_ = 0, n_qkv_ = 0;
@@ -79,6 +97,7 @@ class ForwardPass {
   // Activations for kMaxStepTokens rows.
   DeviceBuffer x_, delta_, u_, qkvg_, krot_, qrot_, y_, gate_up_, act_;
   DeviceBuffer fq_, fk_, gamma_, den_, yw_, partial_, fmap_logits_;
+  DeviceBuffer fq16_, fk16_;  // prompt rows' feature maps in bf16 (the chunked kernels' operands)
   int64_t partial_entries_ = 0;
   DeviceBuffer logit_in_, logits_;
   DeviceBuffer meta_;

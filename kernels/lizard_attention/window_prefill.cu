@@ -21,7 +21,7 @@ namespace {
 
 constexpr int kTile = 64;  // query tiles and key blocks: absolute multiples of 64
 constexpr int kD = 128;
-constexpr int kMaxWindow = 512;
+constexpr int kMaxWindow = kMaxPrefillWindow;
 // Padding per bf16 row: row strides become odd multiples of 16 bytes, so the 8 rows one
 // ldmatrix reads fall in different banks.
 constexpr int kPad = 8;

@@ -29,8 +29,11 @@
 
 namespace lizard::kernels {
 
+// The longest window the kernel takes (its key blocks cover the window plus a tile).
+constexpr int kMaxPrefillWindow = 512;
+
 struct WindowPrefillArgs {
-  LizardDims dims;          // D = 128 required, w <= 512 (cudaErrorInvalidValue otherwise)
+  LizardDims dims;          // D = 128 required, w <= kMaxPrefillWindow (cudaErrorInvalidValue otherwise)
   const float* q = nullptr;  // raw queries: head h of row r at q + r * q_ld + h * D (fp32)
   int q_ld = 0;
   const float* k = nullptr;  // keys as the window sees them (after RoPE when window_rope):
