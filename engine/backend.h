@@ -24,6 +24,7 @@ struct BackendInfo {
   int64_t memory_used_bytes = 0;
   int64_t weights_bytes = 0;
   int64_t state_pool_bytes = 0;
+  std::string detail;  // how the backend computes, for logs (CUDA: the projections' GEMMs)
 };
 
 class Backend {

@@ -334,7 +334,7 @@ absl::StatusOr<std::unique_ptr<LizardServer>> LizardServer::Start(const ServerOp
                                                                  ", no tokenizer.json"));
   LogInfo(absl::StrCat("backend ", info.name, " on ", info.device, ", weights ",
                        info.weights_bytes, " bytes, state pool ", info.state_pool_bytes,
-                       " bytes"));
+                       " bytes", info.detail.empty() ? "" : ", ", info.detail));
   LogInfo(absl::StrCat("state bytes per session: ", e.state_bytes_per_sequence(),
                        kv_bytes_per_token > 0 ? absl::StrCat(" + ", kv_bytes_per_token,
                                                              " per token (softmax KV)")

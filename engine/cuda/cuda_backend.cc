@@ -90,6 +90,7 @@ BackendInfo CudaBackend::info() const {
   }
   info.weights_bytes = weights_.bytes;
   info.state_pool_bytes = state_.device_bytes();
+  info.detail = forward_.projections();
   return info;
 }
 

@@ -134,19 +134,28 @@ absl::Status ForwardPass::AllocateActivations() {
   size_t workspace = 0;
   for (auto [in, out] : shapes) workspace = std::max(workspace, k::GemmBf16WorkspaceBytes(in, out));
   LIZARD_RETURN_IF_ERROR(gemm_workspace_.Allocate(workspace));
-  if (!batch_invariant_) return absl::OkStatus();
+  if (!batch_invariant_) {
+    projections_ = "cuBLAS (not batch invariant)";
+    return absl::OkStatus();
+  }
   // The prompt rows' projections (the LM head stays on GemmBf16: at most kMaxLogitRows rows).
-  return prefill_gemm_.Init(std::span(shapes).first(shapes.size() - 1), kMaxStepTokens, stream_);
+  // Without a qualifying cuBLASLt algorithm they stay on GemmBf16: slower, still invariant.
+  const absl::Status lt = prefill_gemm_.Init(std::span(shapes).first(shapes.size() - 1), kMaxStepTokens, stream_);
+  use_prefill_gemm_ = lt.ok();
+  projections_ = lt.ok() ? "GemmBf16 (decode rows) + PrefillGemm (prompt rows, cuBLASLt)"
+                         : absl::StrCat("GemmBf16 for all rows (PrefillGemm: ", lt.message(), ")");
+  return absl::OkStatus();
 }
 
 absl::Status ForwardPass::Project(const bf16* x, const StepShape& shape, int in, const DeviceBuffer& w, int out,
                                   float* y) {
   const int rows = shape.rows, drows = shape.decode_rows;
   if (batch_invariant_) {
-    if (drows > 0) {
-      LIZARD_CUDA_RETURN(k::GemmBf16(x, drows, in, w.get<bf16>(), out, y, gemm_workspace_.get(), stream_));
+    const int gemm_rows = use_prefill_gemm_ ? drows : rows;
+    if (gemm_rows > 0) {
+      LIZARD_CUDA_RETURN(k::GemmBf16(x, gemm_rows, in, w.get<bf16>(), out, y, gemm_workspace_.get(), stream_));
     }
-    if (rows == drows) return absl::OkStatus();
+    if (rows == gemm_rows) return absl::OkStatus();
     return prefill_gemm_.Run(x + static_cast<int64_t>(drows) * in, rows - drows, in, w.get<bf16>(), out,
                              y + static_cast<int64_t>(drows) * out);
   }

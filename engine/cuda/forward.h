@@ -7,6 +7,7 @@
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
+#include <string>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -37,6 +38,10 @@ class ForwardPass {
   // caller's. Projections go through kernels::GemmBf16 when `batch_invariant`, else cuBLAS.
   absl::Status Init(const ModelConfig& config, const DeviceWeights& weights, StatePool& state,
                     bool batch_invariant, cudaStream_t stream);
+
+  // Which GEMMs the projections run, for logs ("GemmBf16 (decode rows) + PrefillGemm ..." or why
+  // prompt rows fell back to GemmBf16).
+  const std::string& projections() const { return projections_; }
 
   // Runs a plan ValidateStepPlan accepted (Backend::Forward's contract).
   absl::Status Run(const StepPlan& plan, StepOutput* out);
@@ -85,6 +90,8 @@ class ForwardPass {
   bool batch_invariant_ = true;  // projections by kernels::GemmBf16 / PrefillGemm, else cuBLAS
   DeviceBuffer gemm_workspace_;  // kernels::GemmBf16's split-K partial sums
   PrefillGemm prefill_gemm_;
+  bool use_prefill_gemm_ = false;  // PrefillGemm found an algorithm for every shape
+  std::string projections_;
   // Prompt rows of Lizard layers take the chunked kernels (window_prefill.cu, chunked_prefill.cu)
   // when the shapes fit them (head_dim 128, 2F 128 or 256), else the recurrent ones.
   bool chunked_prefill_ = false;

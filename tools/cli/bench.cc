@@ -148,8 +148,8 @@ absl::Status RunBench(const tools::Args& args) {
   const double kv_read = static_cast<double>(backend.kv_bytes_per_token()) * (*context);
   const double per_sequence = state_rw + window_read + kv_read;
 
-  std::printf("backend   %s (%s)%s\n", info.name.c_str(), info.device.c_str(),
-              info.name == "cuda" ? (gemm == "invariant" ? ", batch-invariant GEMM" : ", cuBLAS GEMM") : "");
+  std::printf("backend   %s (%s)%s%s\n", info.name.c_str(), info.device.c_str(), info.detail.empty() ? "" : ", ",
+              info.detail.c_str());
   std::printf("model     %s: L=%lld (%lld lizard, %lld softmax), Hd=%lld, H=%lld, Hkv=%lld, D=%lld, "
               "F=%lld, w=%lld, V=%lld; random weights\n",
               c.name.c_str(), (long long)c.num_layers, (long long)c.num_lizard_layers(),

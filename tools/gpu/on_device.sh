@@ -46,6 +46,7 @@ for phase in $phases; do
       run_test gpu_cuda_backend_test
       run_test gpu_gemm_test
       run_test gpu_lizard_chunked_test
+      run_test gpu_lizard_window_prefill_test
       grep -E "^\[  (FAILED|PASSED|SKIPPED) " "$OUT/tests.log" | sort | uniq -c >> "$summary"
       ;;
     server)
@@ -64,11 +65,11 @@ for phase in $phases; do
       note "compare_backends (CPU vs CUDA greedy): exit $? -- $(tail -n 1 "$OUT/compare.log")"
       ;;
     memcheck)
-      for t in gpu_kernels_test gpu_cuda_backend_test gpu_gemm_test gpu_lizard_chunked_test; do
+      for t in gpu_kernels_test gpu_cuda_backend_test gpu_gemm_test gpu_lizard_chunked_test gpu_lizard_window_prefill_test; do
         t0=$SECONDS
         filter=()
         # The whole-model comparison is covered without the sanitizer; memcheck the rest.
-        [[ $t == gpu_cuda_backend_test ]] && filter=(--gtest_filter=-*LongPrefill*)
+        [[ $t == gpu_cuda_backend_test ]] && filter=(--gtest_filter=-*LongPrefill*:*Neighbours*)
         timeout 300 compute-sanitizer --tool memcheck --leak-check no --error-exitcode 99 \
           "$bundle/libexec/$t" "${filter[@]}" >> "$OUT/memcheck.log" 2>&1
         note "memcheck $t: exit $? in $((SECONDS - t0)) s"
