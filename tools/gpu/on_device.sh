@@ -13,7 +13,7 @@ repo=$(cd "$(dirname "$0")/../.." && pwd)
 bundle=$repo/bundle-gpu
 phases=${*:-tests memcheck bench-full}
 
-[[ -f $bundle/lib.tar.xz && ! -d $bundle/lib ]] && tar -C "$bundle" -xJf "$bundle/lib.tar.xz"
+[[ -f $bundle/lib.tar.xz && ! -d $bundle/libexec ]] && tar -C "$bundle" -xJf "$bundle/lib.tar.xz"
 # The bundle's own libraries first, then the machine's CUDA toolkit (cuBLAS, cudart).
 cuda_libs=$(dirname "$(ls /usr/local/cuda/lib64/libcublas.so* 2>/dev/null | head -n 1)" 2>/dev/null)
 py_cublas=$(python3 -c 'import nvidia.cublas, os; print(os.path.join(nvidia.cublas.__path__[0], "lib"))' 2>/dev/null)

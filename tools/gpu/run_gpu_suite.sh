@@ -15,7 +15,8 @@ if [[ ! -f $build/build.ninja ]]; then
   cmake -S "$repo" -B "$build" -G Ninja -DLIZARD_CUDA_ARCHS=90a -DCMAKE_BUILD_TYPE=Release
 fi
 ninja -C "$build" -j2 gpu_kernels_test gpu_cuda_backend_test gpu_gemm_test gpu_gemm_bench lizard-cli \
-  lizard-server lizard-loadgen lizard_cuda_plugin server_integration_test gpu_lizard_chunked_test lizard-bench-op
+  lizard-server lizard-loadgen lizard_cuda_plugin server_integration_test gpu_lizard_chunked_test lizard-bench-op \
+  gpu_lizard_window_prefill_test
 
 rm -rf "$bundle"
 # The server's integration tests run against a CUDA server too; the GPU machine has no protoc,
@@ -30,12 +31,14 @@ sh "$repo/tools/bundle.sh" --model "$repo/models/lizard-tiny" \
   --extra "$build/tests/gpu/gpu_kernels_test" --extra "$build/tests/gpu/gpu_cuda_backend_test" \
   --extra "$build/tests/gpu/gpu_gemm_test" --extra "$build/tests/gpu/gpu_gemm_bench" \
   --extra "$build/tests/gpu/gpu_lizard_chunked_test" --extra "$build/tools/lizard-bench-op" \
+  --extra "$build/tests/gpu/gpu_lizard_window_prefill_test" \
   --extra "$build/tests/server/server_integration_test" "$build" "$bundle"
-# The libraries travel xz-compressed (the CUDA toolkit's are large); on_device.sh unpacks them.
-tar -C "$bundle" -cf - lib | xz -T2 -6 > "$bundle/lib.tar.xz"
-rm -rf "$bundle/lib"
+# The libraries and executables travel xz-compressed (the CUDA toolkit's libraries and the
+# kernels' fat binaries are large); on_device.sh unpacks them.
+tar -C "$bundle" -cf - lib libexec | xz -T2 -6 > "$bundle/lib.tar.xz"
+rm -rf "$bundle/lib" "$bundle/libexec"
 size=$(du -sm "$bundle" | cut -f1)
-echo "bundle-gpu: ${size} MiB ($(ls "$bundle/libexec" | tr '\n' ' '))"
+echo "bundle-gpu: ${size} MiB ($(tar -tJf "$bundle/lib.tar.xz" | grep '^libexec/.' | tr '\n' ' '))"
 # The working tree (~28 MiB with models/) travels as well, in 64 MiB together.
 (( size < 34 )) || { echo "bundle-gpu is over 34 MiB" >&2; exit 1; }
 cat <<'CMD'
