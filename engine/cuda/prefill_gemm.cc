@@ -94,6 +94,7 @@ absl::Status PrefillGemm::Init(std::span<const std::pair<int, int>> shapes, int 
   }
   LIZARD_RETURN_IF_ERROR(x_pad_.Allocate(x_pad));
   LIZARD_RETURN_IF_ERROR(y_pad_.Allocate(y_pad));
+  LIZARD_RETURN_IF_ERROR(workspace_.Allocate(kMaxWorkspace));
   // The padding rows are never read back; zeros keep them finite.
   if (x_pad > 0) LIZARD_CUDA_RETURN(cudaMemsetAsync(x_pad_.get(), 0, x_pad, stream_));
   return absl::OkStatus();
@@ -137,7 +138,7 @@ absl::Status PrefillGemm::InitPlan(Plan& plan) {
   }
   if (best < 0) {
     return absl::FailedPreconditionError(absl::StrCat("PrefillGemm: no cuBLASLt algorithm for ", plan.in, " -> ",
-                                                      plan.out, " sums in one pass with no workspace at ", max_rows_,
+                                                      plan.out, " sums in one pass within ", kMaxWorkspace, " B of workspace at ", max_rows_,
                                                       " rows; candidates:\n", absl::StrJoin(notes, "")));
   }
   plan.algo = candidates[best];
@@ -147,12 +148,12 @@ absl::Status PrefillGemm::InitPlan(Plan& plan) {
 }
 
 absl::Status PrefillGemm::AddCandidates(Plan& plan, int rows, std::vector<cublasLtMatmulAlgo_t>& candidates) {
-  // No workspace: no algorithm that splits an output's sum over blocks (split-K partials,
+  // Little workspace: no algorithm that splits an output's sum over blocks (split-K partials,
   // stream-K fix-ups) qualifies. Alignments: those of any row, not of the heuristic's buffers.
   LIZARD_RETURN_IF_ERROR(SetRows(plan, rows));
   cublasLtMatmulPreference_t pref = nullptr;
   LIZARD_LT_RETURN(cublasLtMatmulPreferenceCreate(&pref));
-  const uint64_t workspace = 0;
+  const uint64_t workspace = kMaxWorkspace;
   const uint32_t x_align = plan.x_align, y_align = plan.y_align;
   cublasStatus_t s = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace,
                                                           sizeof(workspace));
@@ -172,7 +173,7 @@ absl::Status PrefillGemm::AddCandidates(Plan& plan, int rows, std::vector<cublas
   if (s == CUBLAS_STATUS_NOT_SUPPORTED) return absl::OkStatus();  // no candidate at this count
   LIZARD_LT_RETURN(s);
   for (int i = 0; i < found; ++i) {
-    if (results[i].state == CUBLAS_STATUS_SUCCESS && results[i].workspaceSize == 0) {
+    if (results[i].state == CUBLAS_STATUS_SUCCESS && results[i].workspaceSize <= kMaxWorkspace) {
       candidates.push_back(results[i].algo);
     }
   }
@@ -186,7 +187,7 @@ absl::StatusOr<int> PrefillGemm::SmallestRows(Plan& plan, const cublasLtMatmulAl
     cublasLtMatmulHeuristicResult_t check{};
     const cublasStatus_t s = cublasLtMatmulAlgoCheck(handle_, plan.op, plan.w_layout, plan.x_layout, plan.y_layout,
                                                      plan.y_layout, &algo, &check);
-    if (s != CUBLAS_STATUS_SUCCESS || check.workspaceSize != 0) {
+    if (s != CUBLAS_STATUS_SUCCESS || check.workspaceSize > kMaxWorkspace) {
       why = absl::StrCat("at ", rows, " rows ",
                          s != CUBLAS_STATUS_SUCCESS ? cublasLtGetStatusName(s)
                                                     : absl::StrCat("needs ", check.workspaceSize, " B of workspace"));
@@ -215,7 +216,7 @@ absl::Status PrefillGemm::Matmul(Plan& plan, const __nv_bfloat16* x, int rows, c
   LIZARD_RETURN_IF_ERROR(SetRows(plan, rows));
   const float one = 1.f, zero = 0.f;
   LIZARD_LT_RETURN(cublasLtMatmul(handle_, plan.op, &one, w, plan.w_layout, x, plan.x_layout, &zero, y, plan.y_layout,
-                                  y, plan.y_layout, &plan.algo, nullptr, 0, stream_));
+                                  y, plan.y_layout, &plan.algo, workspace_.get(), kMaxWorkspace, stream_));
   return absl::OkStatus();
 }
 

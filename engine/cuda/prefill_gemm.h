@@ -5,11 +5,12 @@
 // kernels::GemmBf16. cuBLAS's own heuristics pick a kernel (tile, split-K, stream-K) per row
 // count, so a row's bits change with the load. Here Init fixes ONE algorithm per (in, out):
 //   - a candidate of the heuristic (asked for kHeuristicRows rows, then for 1 row) that reports
-//     one K split and no reduction scheme and needs no workspace: each output is then summed over
-//     all of `in` by one thread block, in the kernel's fixed k order (a split-K or stream-K
-//     kernel, whose split points follow the row count, needs a workspace for its partial sums or
-//     fix-up counters);
-//   - cublasLtMatmulAlgoCheck must accept it, still with no workspace, at every row count from
+//     one K split and no reduction scheme and needs at most kMaxWorkspace bytes of workspace:
+//     each output is then summed over all of `in` by one thread block, in the kernel's fixed k
+//     order (a split-K or stream-K kernel, whose split points follow the row count, needs room
+//     for partial sums: 16 KiB for one 64x64 fp32 tile already; Hopper's kernels ask for 4 bytes,
+//     their tile scheduler's counter, which decides which block computes a tile, not how);
+//   - cublasLtMatmulAlgoCheck must accept it, with that workspace, at every row count from
 //     some `pad_rows` up to max_rows; a call of fewer rows runs on a copy of its rows padded to
 //     pad_rows (rows never meet in one output's sum, so the padding changes no bit). The first
 //     candidate in the heuristic's order (fastest first) with pad_rows <= kMaxPadRows wins;
@@ -25,6 +26,7 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <cstdint>
 #include <span>
 #include <string>
 #include <utility>
@@ -44,6 +46,8 @@ class PrefillGemm {
   // Padding below this many rows costs a small call at most a kMaxPadRows-row product (about
   // one read of the weights), so a faster algorithm that needs it is preferred.
   static constexpr int kMaxPadRows = 128;
+  // The most workspace a qualifying algorithm may use (see above: counters, never partial sums).
+  static constexpr uint64_t kMaxWorkspace = 1024;
 
   PrefillGemm() = default;
   PrefillGemm(const PrefillGemm&) = delete;
@@ -79,9 +83,9 @@ class PrefillGemm {
   // Frees the handle, every plan's descriptors and the padding buffers.
   void Release();
   absl::Status InitPlan(Plan& plan);
-  // The heuristic's candidates for `rows` rows, best first, that need no workspace.
+  // The heuristic's candidates for `rows` rows, best first, that need at most kMaxWorkspace.
   absl::Status AddCandidates(Plan& plan, int rows, std::vector<cublasLtMatmulAlgo_t>& candidates);
-  // The smallest n such that `algo` runs with no workspace at every row count n..max_rows
+  // The smallest n such that `algo` runs within kMaxWorkspace at every row count n..max_rows
   // (max_rows + 1 when not even at max_rows); `why` tells what failed below it.
   absl::StatusOr<int> SmallestRows(Plan& plan, const cublasLtMatmulAlgo_t& algo, std::string& why);
   // Sets the row count of the plan's x and y layouts.
@@ -94,6 +98,7 @@ class PrefillGemm {
   int max_rows_ = 0;
   std::vector<Plan> plans_;
   DeviceBuffer x_pad_, y_pad_;  // a padded call's rows (sized for the largest pad_rows * in, * out)
+  DeviceBuffer workspace_;      // kMaxWorkspace bytes, for every call (calls are ordered on stream_)
 };
 
 }  // namespace lizard::cuda

@@ -159,4 +159,6 @@ for phase in $phases; do
   esac
 done
 note "== done $(date -u)"
+# The device tool returns at most 8 files: everything but the summary travels as one archive.
+(cd "$OUT" && tar -czf logs.tar.gz --remove-files $(ls | grep -v -e '^summary.txt$' -e '^logs.tar.gz$'))
 cat "$summary"
