@@ -3,7 +3,8 @@
 # tools/gpu/run_gpu_suite.sh: the GPU tests, compute-sanitizer memcheck over them, and the
 # benchmarks. Everything is logged under $OUT (at most a few files: the device tool returns 8).
 #
-#   bash tools/gpu/on_device.sh [tests] [memcheck] [server] [ncu] [bench] [bench-full] [load] [drift]
+#   bash tools/gpu/on_device.sh [tests] [memcheck] [server] [ncu] [ncu-prefill] [bench] [bench-full]
+#                                [load] [load-small] [drift]
 # (bench runs lizard-bench-op too: the chunked Lizard attention op alone)
 # (default: tests memcheck bench-full; ncu: per-kernel times of llama3-8b decode steps)
 set -u
@@ -130,7 +131,7 @@ for phase in $phases; do
         --prompt-tokens 2048 --output-tokens 512 > "$OUT/load.log" 2>&1
       note "loadgen: exit $? in $((SECONDS - t0)) s"
       curl -s 127.0.0.1:9470/metrics | grep -E "^lizard_(step_duration_seconds|batch_size|batch_tokens)_(sum|count)" >> "$OUT/load.log"
-      grep -E "^(requests|throughput|ttft|inter-token|request latency|errors)" "$OUT/load.log" >> "$summary"
+      grep -E "^(requests|throughput|ttft|inter-token|request latency|errors|lizard_)" "$OUT/load.log" >> "$summary"
       kill $srv; wait $srv
       ;;
     drift)
@@ -154,6 +155,49 @@ for phase in $phases; do
           --prompt-lengths 64 >> "$OUT/ncu.csv" 2>&1
         note "ncu batch $b: exit $? in $((SECONDS - t0)) s"
       done
+      ;;
+    ncu-prefill)
+      # Per-kernel device time of llama3-8b prefills of 2048 tokens (after one decode step, which
+      # the totals include), summed by kernel name: where prefill time goes.
+      t0=$SECONDS
+      timeout 300 ncu --clock-control none --csv --metrics gpu__time_duration.sum \
+        --kernel-name 'regex:^(?!Random)' --launch-count 4000 \
+        "$bundle/libexec/lizard-cli" bench --backend cuda --shape llama3-8b --batch-sizes 1 --steps 1 \
+        --prompt-lengths 2048 > "$OUT/ncu-prefill.csv" 2>&1
+      note "ncu prefill: exit $? in $((SECONDS - t0)) s"
+      python3 - "$OUT/ncu-prefill.csv" >> "$summary" <<'PY'
+import collections, csv, sys
+rows = [r for r in csv.reader(open(sys.argv[1])) if len(r) > 10]
+head = rows[0]; name = head.index("Kernel Name"); value = head.index("Metric Value")
+total = collections.Counter(); count = collections.Counter()
+for r in rows[1:]:
+    try: t = float(r[value].replace(",", ""))
+    except ValueError: continue
+    key = r[name].split("(")[0].split("<")[0][:60]
+    total[key] += t; count[key] += 1
+all_ns = sum(total.values())
+print("ncu prefill: %.1f ms in %d kernels" % (all_ns / 1e6, sum(count.values())))
+for key, t in total.most_common(14):
+    print("  %-60s %8.2f ms %5.1f%% (%d launches)" % (key, t / 1e6, 100 * t / all_ns, count[key]))
+PY
+      ;;
+    load-small)
+      # The same load with a step budget of 128 tokens (decodes first, prompt chunks get the rest).
+      port=50071
+      "$bundle/bin/lizard-server" --model synthetic:llama3-8b --backend cuda --port $port \
+        --metrics-port 9471 --http-port 0 --max-batch-tokens 128 --max-running 64 \
+        --device-state-slots 128 --prefix-cache-bytes 0 > "$OUT/load-small-server.log" 2>&1 &
+      srv=$!
+      for _ in $(seq 120); do
+        grep -q "listening" "$OUT/load-small-server.log" && break
+        sleep 1
+      done
+      timeout 120 "$bundle/bin/lizard-loadgen" --target 127.0.0.1:$port --rate 1.5 --duration 40s \
+        --prompt-tokens 2048 --output-tokens 512 > "$OUT/load-small.log" 2>&1
+      note "loadgen (budget 128, 1.5 req/s): exit $?"
+      curl -s 127.0.0.1:9471/metrics | grep -E "^lizard_(step_duration_seconds|batch_size|batch_tokens)_(sum|count)" >> "$OUT/load-small.log"
+      grep -E "^(requests|throughput|ttft|inter-token|errors|lizard_)" "$OUT/load-small.log" >> "$summary"
+      kill $srv; wait $srv
       ;;
     *) note "unknown phase $phase" ;;
   esac
