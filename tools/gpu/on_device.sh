@@ -40,6 +40,26 @@ run_test() {  # name, extra args...
   note "$name $*: exit $? in $((SECONDS - t0)) s"
 }
 
+load_run() {  # name, --max-batch-tokens, --max-running, requests per second
+  local name=$1 budget=$2 running=$3 rate=$4 port=50070 metrics=9470
+  "$bundle/bin/lizard-server" --model synthetic:llama3-8b --backend cuda --port $port \
+    --metrics-port $metrics --http-port 0 --max-batch-tokens "$budget" --max-running "$running" \
+    --device-state-slots 128 --prefix-cache-bytes 0 > "$OUT/$name-server.log" 2>&1 &
+  local srv=$! t0=$SECONDS
+  for _ in $(seq 120); do
+    grep -q "listening" "$OUT/$name-server.log" && break
+    sleep 1
+  done
+  timeout 120 "$bundle/bin/lizard-loadgen" --target 127.0.0.1:$port --rate "$rate" --duration 40s \
+    --prompt-tokens 2048 --output-tokens 512 > "$OUT/$name.log" 2>&1
+  note "loadgen $name (budget $budget, $rate req/s): exit $? in $((SECONDS - t0)) s"
+  curl -s 127.0.0.1:$metrics/metrics |
+    grep -E "^lizard_(step_duration_seconds|batch_size|batch_tokens)_(sum|count)" >> "$OUT/$name.log"
+  grep -E "^(requests|throughput|ttft|inter-token|request latency|errors|lizard_)" "$OUT/$name.log" >> "$summary"
+  kill $srv
+  wait $srv
+}
+
 for phase in $phases; do
   case $phase in
     tests)
@@ -115,24 +135,9 @@ for phase in $phases; do
       ;;
     load)
       # The server under load: llama3-8b-shaped random weights (--model synthetic:llama3-8b),
-      # Poisson arrivals of 2K-token prompts, long answers so that ~64 streams are in flight.
+      # Poisson arrivals of 2K-token prompts, long answers so that many streams are in flight.
       # A step budget of 256 tokens keeps a prefill chunk from stretching the decodes' steps.
-      port=50070
-      "$bundle/bin/lizard-server" --model synthetic:llama3-8b --backend cuda --port $port \
-        --metrics-port 9470 --http-port 0 --max-batch-tokens 256 --max-running 96 \
-        --device-state-slots 128 --prefix-cache-bytes 0 > "$OUT/load-server.log" 2>&1 &
-      srv=$!
-      for _ in $(seq 120); do
-        grep -q "listening" "$OUT/load-server.log" && break
-        sleep 1
-      done
-      t0=$SECONDS
-      timeout 120 "$bundle/bin/lizard-loadgen" --target 127.0.0.1:$port --rate 3 --duration 40s \
-        --prompt-tokens 2048 --output-tokens 512 > "$OUT/load.log" 2>&1
-      note "loadgen: exit $? in $((SECONDS - t0)) s"
-      curl -s 127.0.0.1:9470/metrics | grep -E "^lizard_(step_duration_seconds|batch_size|batch_tokens)_(sum|count)" >> "$OUT/load.log"
-      grep -E "^(requests|throughput|ttft|inter-token|request latency|errors|lizard_)" "$OUT/load.log" >> "$summary"
-      kill $srv; wait $srv
+      load_run load 256 96 3
       ;;
     drift)
       # bf16 against float32 S/z over 10K+ teacher-forced greedy tokens (random weights).
@@ -182,22 +187,8 @@ for key, t in total.most_common(14):
 PY
       ;;
     load-small)
-      # The same load with a step budget of 128 tokens (decodes first, prompt chunks get the rest).
-      port=50071
-      "$bundle/bin/lizard-server" --model synthetic:llama3-8b --backend cuda --port $port \
-        --metrics-port 9471 --http-port 0 --max-batch-tokens 128 --max-running 64 \
-        --device-state-slots 128 --prefix-cache-bytes 0 > "$OUT/load-small-server.log" 2>&1 &
-      srv=$!
-      for _ in $(seq 120); do
-        grep -q "listening" "$OUT/load-small-server.log" && break
-        sleep 1
-      done
-      timeout 120 "$bundle/bin/lizard-loadgen" --target 127.0.0.1:$port --rate 1.5 --duration 40s \
-        --prompt-tokens 2048 --output-tokens 512 > "$OUT/load-small.log" 2>&1
-      note "loadgen (budget 128, 1.5 req/s): exit $?"
-      curl -s 127.0.0.1:9471/metrics | grep -E "^lizard_(step_duration_seconds|batch_size|batch_tokens)_(sum|count)" >> "$OUT/load-small.log"
-      grep -E "^(requests|throughput|ttft|inter-token|errors|lizard_)" "$OUT/load-small.log" >> "$summary"
-      kill $srv; wait $srv
+      # The same with a step budget of 128 tokens (decodes first, prompt chunks get the rest).
+      load_run load-small 128 64 1.5
       ;;
     *) note "unknown phase $phase" ;;
   esac
