@@ -9,14 +9,15 @@
 namespace lizard::kernels {
 namespace {
 
-constexpr int kTokensPerBlock = 8;  // tokens sharing one read of the map
 constexpr int kParts = 16;          // d is summed in kParts contiguous runs, then added in order
 constexpr int kFeatureTile = 32;    // features per block (fewer when F is smaller)
 constexpr int kMaxHeadDim = 256;
 
 // grid (2H, feature tiles, token blocks), kParts * tile threads: thread (part, f) sums feature f
-// over its run of d for kTokensPerBlock tokens. Short dependent chains and many blocks, because
-// this runs for a single decode token too.
+// over its run of d for kTokensPerBlock tokens (tokens sharing one read of the map): 8 for short
+// steps (a single decode token runs this too), 16 for long ones. The block size changes no
+// output's summation order.
+template <int kTokensPerBlock>
 __global__ void FeatureMapLogitsKernel(const float* qkvg, int ld, int T, int heads, int group, int D, int F,
                                        const float* fmap_q, const float* fmap_k, float* logits) {
   __shared__ float xs[kTokensPerBlock][kMaxHeadDim];
@@ -67,10 +68,14 @@ cudaError_t FeatureMapLogits(const float* qkvg, int ld, int T, int heads, int kv
   if (T == 0) return cudaSuccess;
   if (head_dim > kMaxHeadDim || heads % kv_heads != 0) return cudaErrorInvalidValue;
   const int tile = std::min(features, kFeatureTile);
-  const dim3 grid(2 * heads, CeilDiv(features, tile), CeilDiv(T, kTokensPerBlock));
-  FeatureMapLogitsKernel<<<grid, kParts * tile, 0, stream>>>(qkvg, ld, T, heads, heads / kv_heads, head_dim, features,
-                                                            fmap_q, fmap_k, logits);
-  return cudaGetLastError();
+  const auto launch = [&](auto kernel, int tokens_per_block) {
+    const dim3 grid(2 * heads, CeilDiv(features, tile), CeilDiv(T, tokens_per_block));
+    kernel<<<grid, kParts * tile, 0, stream>>>(qkvg, ld, T, heads, heads / kv_heads, head_dim, features, fmap_q,
+                                               fmap_k, logits);
+    return cudaGetLastError();
+  };
+  constexpr int kLongStep = 256;  // tokens from which the bigger token block pays
+  return T >= kLongStep ? launch(FeatureMapLogitsKernel<16>, 16) : launch(FeatureMapLogitsKernel<8>, 8);
 }
 
 }  // namespace lizard::kernels

@@ -109,8 +109,8 @@ cudaError_t LizardState(const LizardDims& dims, const float* qkvg, int ld, const
                         int num_seqs, const LizardStateRef& state, const LizardScratch& scratch,
                         __nv_bfloat16* y, cudaStream_t stream);
 
-// Writes the last min(n, w) keys (from krot) and values of each multi-token sequence into its
-// ring rows p % w. Runs after LizardWindow, which still reads the older ring rows.
+// Writes the last min(n, w) keys (from krot) and values of each sequence into its ring rows
+// p % w. Runs after the window kernels, which still read the older ring rows.
 cudaError_t LizardRingWrite(const LizardDims& dims, const float* qkvg, int ld, const float* krot,
                             int krot_ld, const SeqMeta& seqs, int num_seqs,
                             const LizardStateRef& state, cudaStream_t stream);

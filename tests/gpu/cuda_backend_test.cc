@@ -183,9 +183,10 @@ TEST_F(CudaBackendTest, PrefillCutsAndDecodeAgree) {
     StepOutput last;
     for (int t = 0; t < n; ++t) last = Decode(*gpu, {{1, prompt[t]}});
     ExpectSameRow(last, 0, whole, 0, /*exact=*/false);
-    // Cuts every 64 and 128 tokens (aligned: bitwise), and every 7 tokens (within tolerance).
-    for (int chunk : {64, 128, 7}) {
-      const SlotId slot = chunk == 64 ? 2 : chunk == 128 ? 3 : 4;
+    // Cuts every 64 and 128 tokens (aligned: bitwise), every 7 tokens and every token (prompt
+    // chunks of one token, not decodes: within tolerance).
+    for (int chunk : {64, 128, 7, 1}) {
+      const SlotId slot = chunk == 64 ? 2 : chunk == 128 ? 3 : chunk == 7 ? 4 : 5;
       StepOutput out;
       for (int t = 0; t < n; t += chunk) {
         out = Prefill(*gpu, slot, std::vector<int32_t>(prompt.begin() + t, prompt.begin() + std::min(n, t + chunk)),
@@ -195,11 +196,12 @@ TEST_F(CudaBackendTest, PrefillCutsAndDecodeAgree) {
     }
     // The states agree too: the next step from each gives the same logits.
     const StepOutput a = Decode(*gpu, {{0, 7}}), b = Decode(*gpu, {{1, 7}}), c = Decode(*gpu, {{2, 7}}),
-                     d = Decode(*gpu, {{3, 7}}), e = Decode(*gpu, {{4, 7}});
+                     d = Decode(*gpu, {{3, 7}}), e = Decode(*gpu, {{4, 7}}), f = Decode(*gpu, {{5, 7}});
     ExpectSameRow(a, 0, b, 0, /*exact=*/false);
     ExpectSameRow(a, 0, c, 0, exact);
     ExpectSameRow(a, 0, d, 0, exact);
     ExpectSameRow(a, 0, e, 0, /*exact=*/false);
+    ExpectSameRow(a, 0, f, 0, /*exact=*/false);
   }
 }
 
