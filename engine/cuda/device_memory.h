@@ -1,7 +1,8 @@
-// Owning handles for device and pinned host memory, a Status wrapper for CUDA errors, and the
-// early-return macros every engine/cuda file uses.
+// Owning handles for device and pinned host memory, Status wrappers for CUDA and cuBLAS errors,
+// and the early-return macros every engine/cuda file uses.
 #pragma once
 
+#include <cublas_api.h>
 #include <cuda_runtime.h>
 
 #include <cstddef>
@@ -29,6 +30,13 @@ inline absl::Status CudaStatus(cudaError_t e, const char* what) {
 
 // Returns a failed CUDA call (`expr` yields a cudaError_t) as a Status naming the call.
 #define LIZARD_CUDA_RETURN(expr) LIZARD_RETURN_IF_ERROR(::lizard::cuda::CudaStatus((expr), #expr))
+
+// The same for cuBLAS and cuBLASLt calls (both return a cublasStatus_t).
+inline absl::Status CublasStatus(cublasStatus_t s, const char* what) {
+  if (s == CUBLAS_STATUS_SUCCESS) return absl::OkStatus();
+  return absl::InternalError(absl::StrCat(what, ": ", cublasGetStatusString(s)));
+}
+#define LIZARD_CUBLAS_RETURN(expr) LIZARD_RETURN_IF_ERROR(::lizard::cuda::CublasStatus((expr), #expr))
 
 // Owned bytes from one CUDA allocator pair, freed on destruction (and before a new Allocate).
 template <cudaError_t (*kAlloc)(void**, size_t), cudaError_t (*kFree)(void*)>

@@ -11,7 +11,6 @@
 #include "absl/strings/str_cat.h"
 #include "engine/model/rope.h"
 #include "kernels/lizard_attention/chunked_prefill.h"
-#include "kernels/lizard_attention/window_prefill.h"
 
 namespace lizard::cuda {
 namespace {
@@ -20,11 +19,6 @@ static_assert(kernels::kGlaChunk == kPrefillAlignment, "the chunked kernels' blo
 
 using bf16 = __nv_bfloat16;
 namespace k = kernels;
-
-absl::Status CublasStatus(cublasStatus_t s, const char* what) {
-  if (s == CUBLAS_STATUS_SUCCESS) return absl::OkStatus();
-  return absl::InternalError(absl::StrCat(what, ": cuBLAS status ", static_cast<int>(s)));
-}
 
 // Tokens per internal step: larger plans are cut into pieces of at most this many tokens.
 constexpr int kMaxStepTokens = 2048;
@@ -90,7 +84,7 @@ absl::Status ForwardPass::Init(const ModelConfig& config, const DeviceWeights& w
   LIZARD_RETURN_IF_ERROR(inv_freq_.Allocate(inv_freq.size() * sizeof(double)));
   LIZARD_CUDA_RETURN(cudaMemcpyAsync(inv_freq_.get(), inv_freq.data(), inv_freq_.bytes(), cudaMemcpyHostToDevice, stream_));
   LIZARD_CUDA_RETURN(cudaStreamSynchronize(stream_));
-  chunked_prefill_ = D_ == 128 && (F_ == 64 || F_ == 128) && config_.window_size <= kernels::kMaxPrefillWindow;
+  chunked_prefill_ = kernels::PrefillPathSupports(dims_);
   LIZARD_RETURN_IF_ERROR(AllocateActivations());
   return sampler_.Init(kMaxLogitRows, stream_);
 }

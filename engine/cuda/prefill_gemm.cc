@@ -19,13 +19,6 @@ namespace {
 // Heuristic results looked at per shape, best first.
 constexpr int kCandidates = 16;
 
-absl::Status LtStatus(cublasStatus_t s, const char* what) {
-  if (s == CUBLAS_STATUS_SUCCESS) return absl::OkStatus();
-  return absl::InternalError(absl::StrCat(what, ": ", cublasLtGetStatusString(s)));
-}
-
-#define LIZARD_LT_RETURN(expr) LIZARD_RETURN_IF_ERROR(LtStatus((expr), #expr))
-
 // The largest power of two, at most 16 (what the fastest kernels ask for), dividing `bytes`.
 int Alignment(int64_t bytes) { return static_cast<int>(std::min<int64_t>(16, bytes & -bytes)); }
 
@@ -77,7 +70,7 @@ absl::Status PrefillGemm::Init(std::span<const std::pair<int, int>> shapes, int 
   if (max_rows <= 0) return absl::InvalidArgumentError("PrefillGemm: max_rows must be positive");
   max_rows_ = max_rows;
   stream_ = stream;
-  LIZARD_LT_RETURN(cublasLtCreate(&handle_));
+  LIZARD_CUBLAS_RETURN(cublasLtCreate(&handle_));
   // Plans are stored before they are built, so the destructor frees what a failure left.
   plans_.reserve(shapes.size());
   size_t x_pad = 0, y_pad = 0;
@@ -103,14 +96,14 @@ absl::Status PrefillGemm::Init(std::span<const std::pair<int, int>> shapes, int 
 absl::Status PrefillGemm::InitPlan(Plan& plan) {
   plan.x_align = Alignment(int64_t{plan.in} * sizeof(__nv_bfloat16));
   plan.y_align = Alignment(int64_t{plan.out} * sizeof(float));
-  LIZARD_LT_RETURN(cublasLtMatmulDescCreate(&plan.op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+  LIZARD_CUBLAS_RETURN(cublasLtMatmulDescCreate(&plan.op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
   const cublasOperation_t transpose = CUBLAS_OP_T, none = CUBLAS_OP_N;
-  LIZARD_LT_RETURN(
+  LIZARD_CUBLAS_RETURN(
       cublasLtMatmulDescSetAttribute(plan.op, CUBLASLT_MATMUL_DESC_TRANSA, &transpose, sizeof(transpose)));
-  LIZARD_LT_RETURN(cublasLtMatmulDescSetAttribute(plan.op, CUBLASLT_MATMUL_DESC_TRANSB, &none, sizeof(none)));
-  LIZARD_LT_RETURN(cublasLtMatrixLayoutCreate(&plan.w_layout, CUDA_R_16BF, plan.in, plan.out, plan.in));
-  LIZARD_LT_RETURN(cublasLtMatrixLayoutCreate(&plan.x_layout, CUDA_R_16BF, plan.in, kHeuristicRows, plan.in));
-  LIZARD_LT_RETURN(cublasLtMatrixLayoutCreate(&plan.y_layout, CUDA_R_32F, plan.out, kHeuristicRows, plan.out));
+  LIZARD_CUBLAS_RETURN(cublasLtMatmulDescSetAttribute(plan.op, CUBLASLT_MATMUL_DESC_TRANSB, &none, sizeof(none)));
+  LIZARD_CUBLAS_RETURN(cublasLtMatrixLayoutCreate(&plan.w_layout, CUDA_R_16BF, plan.in, plan.out, plan.in));
+  LIZARD_CUBLAS_RETURN(cublasLtMatrixLayoutCreate(&plan.x_layout, CUDA_R_16BF, plan.in, kHeuristicRows, plan.in));
+  LIZARD_CUBLAS_RETURN(cublasLtMatrixLayoutCreate(&plan.y_layout, CUDA_R_32F, plan.out, kHeuristicRows, plan.out));
 
   std::vector<cublasLtMatmulAlgo_t> candidates;
   LIZARD_RETURN_IF_ERROR(AddCandidates(plan, kHeuristicRows, candidates));
@@ -152,7 +145,7 @@ absl::Status PrefillGemm::AddCandidates(Plan& plan, int rows, std::vector<cublas
   // stream-K fix-ups) qualifies. Alignments: those of any row, not of the heuristic's buffers.
   LIZARD_RETURN_IF_ERROR(SetRows(plan, rows));
   cublasLtMatmulPreference_t pref = nullptr;
-  LIZARD_LT_RETURN(cublasLtMatmulPreferenceCreate(&pref));
+  LIZARD_CUBLAS_RETURN(cublasLtMatmulPreferenceCreate(&pref));
   const uint64_t workspace = kMaxWorkspace;
   const uint32_t x_align = plan.x_align, y_align = plan.y_align;
   cublasStatus_t s = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace,
@@ -171,7 +164,7 @@ absl::Status PrefillGemm::AddCandidates(Plan& plan, int rows, std::vector<cublas
   }
   cublasLtMatmulPreferenceDestroy(pref);
   if (s == CUBLAS_STATUS_NOT_SUPPORTED) return absl::OkStatus();  // no candidate at this count
-  LIZARD_LT_RETURN(s);
+  LIZARD_CUBLAS_RETURN(s);
   for (int i = 0; i < found; ++i) {
     if (results[i].state == CUBLAS_STATUS_SUCCESS && results[i].workspaceSize <= kMaxWorkspace) {
       candidates.push_back(results[i].algo);
@@ -200,8 +193,8 @@ absl::StatusOr<int> PrefillGemm::SmallestRows(Plan& plan, const cublasLtMatmulAl
 
 absl::Status PrefillGemm::SetRows(Plan& plan, int rows) {
   const uint64_t cols = rows;
-  LIZARD_LT_RETURN(cublasLtMatrixLayoutSetAttribute(plan.x_layout, CUBLASLT_MATRIX_LAYOUT_COLS, &cols, sizeof(cols)));
-  LIZARD_LT_RETURN(cublasLtMatrixLayoutSetAttribute(plan.y_layout, CUBLASLT_MATRIX_LAYOUT_COLS, &cols, sizeof(cols)));
+  LIZARD_CUBLAS_RETURN(cublasLtMatrixLayoutSetAttribute(plan.x_layout, CUBLASLT_MATRIX_LAYOUT_COLS, &cols, sizeof(cols)));
+  LIZARD_CUBLAS_RETURN(cublasLtMatrixLayoutSetAttribute(plan.y_layout, CUBLASLT_MATRIX_LAYOUT_COLS, &cols, sizeof(cols)));
   return absl::OkStatus();
 }
 
@@ -215,7 +208,7 @@ PrefillGemm::Plan* PrefillGemm::Find(int in, int out) {
 absl::Status PrefillGemm::Matmul(Plan& plan, const __nv_bfloat16* x, int rows, const __nv_bfloat16* w, float* y) {
   LIZARD_RETURN_IF_ERROR(SetRows(plan, rows));
   const float one = 1.f, zero = 0.f;
-  LIZARD_LT_RETURN(cublasLtMatmul(handle_, plan.op, &one, w, plan.w_layout, x, plan.x_layout, &zero, y, plan.y_layout,
+  LIZARD_CUBLAS_RETURN(cublasLtMatmul(handle_, plan.op, &one, w, plan.w_layout, x, plan.x_layout, &zero, y, plan.y_layout,
                                   y, plan.y_layout, &plan.algo, workspace_.get(), kMaxWorkspace, stream_));
   return absl::OkStatus();
 }

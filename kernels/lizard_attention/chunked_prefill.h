@@ -32,6 +32,7 @@
 #include <cuda_runtime.h>
 
 #include "kernels/lizard_attention/lizard_attention.h"
+#include "kernels/lizard_attention/window_prefill.h"
 
 namespace lizard::kernels {
 
@@ -54,6 +55,14 @@ struct ChunkedPrefillArgs {
 // Grid (H, num_seqs): one block walks its sequence's blocks in order, the state in registers,
 // each block as bf16 tensor-core products with fp32 accumulators.
 cudaError_t LizardChunkedPrefill(const ChunkedPrefillArgs& args, cudaStream_t stream);
+
+// Whether a model's shapes fit the whole prefill path (these kernels and LizardWindowPrefill):
+// head_dim 128, 2F 128 or 256, window <= kMaxPrefillWindow. Other models prefill with the
+// recurrent kernels of lizard_attention.h.
+inline bool PrefillPathSupports(const LizardDims& dims) {
+  return dims.head_dim == 128 && (dims.features == 64 || dims.features == 128) && dims.window >= 1 &&
+         dims.window <= kMaxPrefillWindow;
+}
 
 // Token-parallel feature maps of `rows` prompt rows: for row r, head h,
 //   fq[r, h] = [softmax(a), softmax(-a)] with a = q logits of head h + fmap_q_bias[h]
