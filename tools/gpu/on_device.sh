@@ -4,9 +4,10 @@
 # benchmarks. Everything is logged under $OUT (at most a few files: the device tool returns 8).
 #
 #   bash tools/gpu/on_device.sh [tests] [memcheck] [server] [ncu] [ncu-prefill] [bench] [bench-full]
-#                                [load] [load-small] [drift]
+#                                [load] [load-small] [drift] [bin:NAME,ARG,...]
 # (bench runs lizard-bench-op too: the chunked Lizard attention op alone)
-# (default: tests memcheck bench-full; ncu: per-kernel times of llama3-8b decode steps)
+# (default: tests memcheck bench-full; ncu: per-kernel times of llama3-8b decode steps at batch
+# 1, 64 and 256)
 set -u
 OUT=${OUT:-/tmp/gpu-out}
 mkdir -p "$OUT"
@@ -40,6 +41,24 @@ run_test() {  # name, extra args...
   note "$name $*: exit $? in $((SECONDS - t0)) s"
 }
 
+ncu_summary() {  # csv, label: device time summed by kernel name, the largest first
+  python3 - "$1" "$2" >> "$summary" <<'PY'
+import collections, csv, sys
+rows = [r for r in csv.reader(open(sys.argv[1])) if len(r) > 10]
+head = rows[0]; name = head.index("Kernel Name"); value = head.index("Metric Value")
+total = collections.Counter(); count = collections.Counter()
+for r in rows[1:]:
+    try: t = float(r[value].replace(",", ""))
+    except ValueError: continue
+    key = r[name].split("(")[0].split("<")[0][:60]
+    total[key] += t; count[key] += 1
+all_ns = sum(total.values())
+print("%s: %.3f ms in %d kernels" % (sys.argv[2], all_ns / 1e6, sum(count.values())))
+for key, t in total.most_common(14):
+    print("  %-60s %8.3f ms %5.1f%% (%d launches)" % (key, t / 1e6, 100 * t / all_ns, count[key]))
+PY
+}
+
 load_run() {  # name, --max-batch-tokens, --max-running, requests per second
   local name=$1 budget=$2 running=$3 rate=$4 port=50070 metrics=9470
   "$bundle/bin/lizard-server" --model synthetic:llama3-8b --backend cuda --port $port \
@@ -62,6 +81,18 @@ load_run() {  # name, --max-batch-tokens, --max-running, requests per second
 
 for phase in $phases; do
   case $phase in
+    bin:*)
+      # One bundled executable with its arguments, commas for spaces (a short call for one test
+      # or bench): bin:gpu_kernels_test,--gtest_filter=LizardState*
+      args=${phase#bin:}
+      t0=$SECONDS
+      echo "### ${args//,/ }" >> "$OUT/bin.log"
+      timeout 300 "$bundle/libexec/${args%%,*}" $( [[ $args == *,* ]] && echo "${args#*,}" | tr ',' ' ') \
+        > "$OUT/bin-last.log" 2>&1
+      note "${args//,/ }: exit $? in $((SECONDS - t0)) s"
+      tail -n 40 "$OUT/bin-last.log" >> "$summary"
+      cat "$OUT/bin-last.log" >> "$OUT/bin.log" && rm "$OUT/bin-last.log"
+      ;;
     tests)
       run_test gpu_kernels_test
       run_test gpu_cuda_backend_test
@@ -150,15 +181,16 @@ for phase in $phases; do
       done
       ;;
     ncu)
-      # Per-kernel device time of the first decode steps (kernels inside graphs one by one).
-      for b in 1 64; do
+      # Per-kernel device time of one llama3-8b decode step per batch size (kernels inside the
+      # graph one by one), summed by kernel name.
+      for b in 1 64 256; do
         t0=$SECONDS
-        echo "### batch $b" >> "$OUT/ncu.csv"
         timeout 240 ncu --clock-control none --graph-profiling node --csv --metrics gpu__time_duration.sum \
           --kernel-name 'regex:^(?!Random)' --launch-count 420 \
           "$bundle/libexec/lizard-cli" bench --backend cuda --shape llama3-8b --batch-sizes $b --steps 1 \
-          --prompt-lengths 64 >> "$OUT/ncu.csv" 2>&1
+          --prompt-lengths 64 > "$OUT/ncu-decode-$b.csv" 2>&1
         note "ncu batch $b: exit $? in $((SECONDS - t0)) s"
+        ncu_summary "$OUT/ncu-decode-$b.csv" "ncu decode batch $b"
       done
       ;;
     ncu-prefill)
@@ -170,21 +202,7 @@ for phase in $phases; do
         "$bundle/libexec/lizard-cli" bench --backend cuda --shape llama3-8b --batch-sizes 1 --steps 1 \
         --prompt-lengths 2048 > "$OUT/ncu-prefill.csv" 2>&1
       note "ncu prefill: exit $? in $((SECONDS - t0)) s"
-      python3 - "$OUT/ncu-prefill.csv" >> "$summary" <<'PY'
-import collections, csv, sys
-rows = [r for r in csv.reader(open(sys.argv[1])) if len(r) > 10]
-head = rows[0]; name = head.index("Kernel Name"); value = head.index("Metric Value")
-total = collections.Counter(); count = collections.Counter()
-for r in rows[1:]:
-    try: t = float(r[value].replace(",", ""))
-    except ValueError: continue
-    key = r[name].split("(")[0].split("<")[0][:60]
-    total[key] += t; count[key] += 1
-all_ns = sum(total.values())
-print("ncu prefill: %.1f ms in %d kernels" % (all_ns / 1e6, sum(count.values())))
-for key, t in total.most_common(14):
-    print("  %-60s %8.2f ms %5.1f%% (%d launches)" % (key, t / 1e6, 100 * t / all_ns, count[key]))
-PY
+      ncu_summary "$OUT/ncu-prefill.csv" "ncu prefill"
       ;;
     load-small)
       # The same with a step budget of 128 tokens (decodes first, prompt chunks get the rest).
