@@ -176,25 +176,29 @@ absl::Status ForwardPass::LizardLayer(const DeviceLayer& L, const StepShape& sha
   k::LizardParams params{fmap_logits_.get<float>(), L.fmap_q_bias.get<float>(), L.fmap_k_bias.get<float>(),
                          L.meta_logits.get<float>(), L.window_factor.get<float>()};
 
-  // The recurrent form: the decode rows, or every row when the chunked kernels do not fit the
-  // model (a multi-token chunk then walks its tokens one by one, as decodes would).
-  const int rec_rows = chunked_prefill_ ? shape.decode_rows : shape.rows;
-  const int rec_seqs = chunked_prefill_ ? shape.decode_seqs : shape.seqs;
-  if (rec_rows > 0) {
-    LIZARD_CUDA_RETURN(k::LizardWindow(dims_, qkvg, ld, krot, krot_ld, inv_freq_.get<double>(), tokens, rec_rows,
+  const int Sd = shape.decode_seqs, Sp = shape.seqs - Sd, Td = shape.decode_rows, Tp = shape.rows - Td;
+  const k::SeqMeta prompts{seqs.slot + Sd, seqs.first_row + Sd, seqs.num_tokens + Sd, seqs.first_pos + Sd};
+
+  // Decode rows (one token per sequence) take the recurrent form, whatever else shares the step.
+  if (Td > 0) {
+    LIZARD_CUDA_RETURN(k::LizardWindow(dims_, qkvg, ld, krot, krot_ld, inv_freq_.get<double>(), tokens, 0, Td,
                                        params, state, scratch, stream_));
-    if (rec_rows > rec_seqs) {  // multi-token chunks
-      LIZARD_CUDA_RETURN(k::LizardNormalizer(dims_, seqs, rec_seqs, state, scratch, stream_));
-      LIZARD_CUDA_RETURN(k::LizardRingWrite(dims_, qkvg, ld, krot, krot_ld, seqs, rec_seqs, state, stream_));
-    }
-    LIZARD_CUDA_RETURN(k::LizardState(dims_, qkvg, ld, seqs, rec_seqs, state, scratch, y, stream_));
+    LIZARD_CUDA_RETURN(k::LizardState(dims_, qkvg, ld, seqs, Sd, state, scratch, y, stream_));
   }
-  if (!chunked_prefill_ || shape.rows == shape.decode_rows) return absl::OkStatus();
+  if (Tp == 0) return absl::OkStatus();
+  if (!chunked_prefill_) {
+    // Models the chunked kernels do not fit: prompt rows walk their tokens one by one, as decode
+    // steps would (the window part token-parallel, z and S sequentially).
+    LIZARD_CUDA_RETURN(k::LizardWindow(dims_, qkvg, ld, krot, krot_ld, inv_freq_.get<double>(), tokens, Td, Tp,
+                                       params, state, scratch, stream_));
+    LIZARD_CUDA_RETURN(k::LizardNormalizer(dims_, prompts, Sp, state, scratch, stream_));
+    LIZARD_CUDA_RETURN(k::LizardRingWrite(dims_, qkvg, ld, krot, krot_ld, prompts, Sp, state, stream_));
+    LIZARD_CUDA_RETURN(k::LizardState(dims_, qkvg, ld, prompts, Sp, state, scratch, y, stream_));
+    return absl::OkStatus();
+  }
 
   // The chunked form for the prompt rows: feature maps in bf16, the window part (written to
   // yw_), the gated linear attention adding it, then the ring takes the chunks' last keys.
-  const int Sd = shape.decode_seqs, Sp = shape.seqs - Sd, Td = shape.decode_rows, Tp = shape.rows - Td;
-  const k::SeqMeta prompts{seqs.slot + Sd, seqs.first_row + Sd, seqs.num_tokens + Sd, seqs.first_pos + Sd};
   const int64_t F2 = 2 * static_cast<int64_t>(F_);
   k::LizardParams prompt_params = params;
   prompt_params.fmap_logits += static_cast<int64_t>(Td) * 2 * H_ * F_;

@@ -84,14 +84,14 @@ cudaError_t FeatureMapLogits(const float* qkvg, int ld, int T, int heads, int kv
                              int features, const float* fmap_q, const float* fmap_k, float* logits,
                              cudaStream_t stream);
 
-// Token-parallel part, grid (H, T): feature maps (softmax of the logits + bias), gate, window
-// attention with sinks.
+// Token-parallel part for rows [row0, row0 + rows), grid (H, rows): feature maps (softmax of the
+// logits + bias), gate, window attention with sinks.
 // For `single` tokens it also updates z and the denominator and writes the token's K/V into the
 // ring (nothing else reads that ring row in the step). Window keys before the sequence's first
 // token come from the ring, later ones from krot / qkvg.
 cudaError_t LizardWindow(const LizardDims& dims, const float* qkvg, int ld, const float* krot,
-                         int krot_ld, const double* inv_freq, const TokenMeta& tokens, int T,
-                         const LizardParams& params, const LizardStateRef& state,
+                         int krot_ld, const double* inv_freq, const TokenMeta& tokens, int row0,
+                         int rows, const LizardParams& params, const LizardStateRef& state,
                          const LizardScratch& scratch, cudaStream_t stream);
 
 // Sequential normaliser for multi-token sequences, grid (H, num_seqs): z advances token by token,

@@ -40,10 +40,10 @@ __device__ void HedgehogSoftmax(const float* a, int F, float* out, float* red) {
 template <typename TS, typename TW>
 __global__ void __launch_bounds__(kThreads) LizardWindowKernel(
     LizardDims dims, const float* qkvg, int ld, const float* krot, int krot_ld,
-    const double* inv_freq, TokenMeta tokens, LizardParams params, LizardStateRef state,
+    const double* inv_freq, TokenMeta tokens, int row0, LizardParams params, LizardStateRef state,
     LizardScratch scratch) {
-  // Grid (H, T): consecutive blocks work on the same token, so on the same slot's memory.
-  const int h = blockIdx.x, r = blockIdx.y;
+  // Grid (H, rows): consecutive blocks work on the same token, so on the same slot's memory.
+  const int h = blockIdx.x, r = row0 + blockIdx.y;
   const int H = dims.heads, Hkv = dims.kv_heads, D = dims.head_dim, F = dims.features;
   const int w = dims.window, m = dims.meta, F2 = 2 * F;
   const int g = h / (H / Hkv);
@@ -213,31 +213,32 @@ __global__ void __launch_bounds__(kThreads) LizardWindowKernel(
 
 template <typename TS, typename TW>
 cudaError_t Launch(const LizardDims& dims, const float* qkvg, int ld, const float* krot, int krot_ld,
-                   const double* inv_freq, const TokenMeta& tokens, int T, const LizardParams& params,
-                   const LizardStateRef& state, const LizardScratch& scratch, cudaStream_t stream) {
+                   const double* inv_freq, const TokenMeta& tokens, int row0, int rows,
+                   const LizardParams& params, const LizardStateRef& state, const LizardScratch& scratch,
+                   cudaStream_t stream) {
   const size_t shmem = sizeof(float) * (2 * dims.head_dim + 6 * dims.features + dims.window + kThreads);
   if (shmem > 48 * 1024) {
     cudaError_t e = cudaFuncSetAttribute(LizardWindowKernel<TS, TW>,
                                          cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shmem));
     if (e != cudaSuccess) return e;
   }
-  LizardWindowKernel<TS, TW><<<dim3(dims.heads, T), kThreads, shmem, stream>>>(
-      dims, qkvg, ld, krot, krot_ld, inv_freq, tokens, params, state, scratch);
+  LizardWindowKernel<TS, TW><<<dim3(dims.heads, rows), kThreads, shmem, stream>>>(
+      dims, qkvg, ld, krot, krot_ld, inv_freq, tokens, row0, params, state, scratch);
   return cudaGetLastError();
 }
 
 }  // namespace
 
 cudaError_t LizardWindow(const LizardDims& dims, const float* qkvg, int ld, const float* krot,
-                         int krot_ld, const double* inv_freq, const TokenMeta& tokens, int T,
-                         const LizardParams& params, const LizardStateRef& state,
+                         int krot_ld, const double* inv_freq, const TokenMeta& tokens, int row0,
+                         int rows, const LizardParams& params, const LizardStateRef& state,
                          const LizardScratch& scratch, cudaStream_t stream) {
-  if (T == 0) return cudaSuccess;
+  if (rows == 0) return cudaSuccess;
   const bool s32 = state.state_type == StoreType::kF32, w32 = state.window_type == StoreType::kF32;
-  if (s32 && w32) return Launch<float, float>(dims, qkvg, ld, krot, krot_ld, inv_freq, tokens, T, params, state, scratch, stream);
-  if (s32) return Launch<float, __nv_bfloat16>(dims, qkvg, ld, krot, krot_ld, inv_freq, tokens, T, params, state, scratch, stream);
-  if (w32) return Launch<__nv_bfloat16, float>(dims, qkvg, ld, krot, krot_ld, inv_freq, tokens, T, params, state, scratch, stream);
-  return Launch<__nv_bfloat16, __nv_bfloat16>(dims, qkvg, ld, krot, krot_ld, inv_freq, tokens, T, params, state, scratch, stream);
+  if (s32 && w32) return Launch<float, float>(dims, qkvg, ld, krot, krot_ld, inv_freq, tokens, row0, rows, params, state, scratch, stream);
+  if (s32) return Launch<float, __nv_bfloat16>(dims, qkvg, ld, krot, krot_ld, inv_freq, tokens, row0, rows, params, state, scratch, stream);
+  if (w32) return Launch<__nv_bfloat16, float>(dims, qkvg, ld, krot, krot_ld, inv_freq, tokens, row0, rows, params, state, scratch, stream);
+  return Launch<__nv_bfloat16, __nv_bfloat16>(dims, qkvg, ld, krot, krot_ld, inv_freq, tokens, row0, rows, params, state, scratch, stream);
 }
 
 }  // namespace lizard::kernels

@@ -181,7 +181,7 @@ TEST_P(LizardAttentionTest, StepMatchesCpuRecurrence) {
   k::LizardParams params{d_logits.get(), d_fqb.get(), nullptr, d_meta.get(), d_wf.get()};
   k::LizardScratch scratch{d_fq.get(), d_fk.get(), d_gamma.get(), d_den.get(), d_yw.get()};
   const int S_count = static_cast<int>(seqs.size());
-  CUDA_OK(k::LizardWindow(dims, d_qkvg.get(), ld, d_krot.get(), Hkv * D, d_freq.get(), tokens, T, params, st, scratch, nullptr));
+  CUDA_OK(k::LizardWindow(dims, d_qkvg.get(), ld, d_krot.get(), Hkv * D, d_freq.get(), tokens, 0, T, params, st, scratch, nullptr));
   CUDA_OK(k::LizardNormalizer(dims, sm, S_count, st, scratch, nullptr));
   CUDA_OK(k::LizardRingWrite(dims, d_qkvg.get(), ld, d_krot.get(), Hkv * D, sm, S_count, st, nullptr));
   CUDA_OK(k::LizardState(dims, d_qkvg.get(), ld, sm, S_count, st, scratch, d_y.get(), nullptr));

@@ -230,7 +230,7 @@ double BenchWindow(const Shape& s, int f2) {
   double* d_inv_freq = Upload(inv_freq);
 
   const Timing t = Time([&] {
-    return k::LizardWindow(dims, qkvg, ld, krot, krot_ld, d_inv_freq, tokens, static_cast<int>(T), params,
+    return k::LizardWindow(dims, qkvg, ld, krot, krot_ld, d_inv_freq, tokens, 0, static_cast<int>(T), params,
                            state, scratch, nullptr);
   }, s.iters);
   const double bytes = 4.0 * T * (ld + krot_ld + 2 * H * F + 2 * H * f2 + 2 * H + H * D);
