@@ -3,10 +3,12 @@
 #pragma once
 
 #include <cstdint>
+#include <future>
 #include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -25,6 +27,34 @@ struct BackendInfo {
   int64_t weights_bytes = 0;
   int64_t state_pool_bytes = 0;
   std::string detail;  // how the backend computes, for logs (CUDA: the projections' GEMMs)
+};
+
+// A slot's serialized bytes (Backend::SpillSlot) that may still be in the making: the slot's
+// contents were captured when SpillSlot returned, and the host work (serializing, checksumming)
+// runs off the engine's thread. Copies share the bytes, which never change once made.
+class SavedSlot {
+ public:
+  using Bytes = std::shared_future<absl::StatusOr<std::string>>;
+  // Bytes made already.
+  explicit SavedSlot(std::string bytes) : size_(static_cast<int64_t>(bytes.size())) {
+    std::promise<absl::StatusOr<std::string>> made;
+    made.set_value(std::move(bytes));
+    bytes_ = made.get_future().share();
+  }
+  // Bytes in the making; `size` is what they will measure.
+  SavedSlot(int64_t size, Bytes bytes) : size_(size), bytes_(std::move(bytes)) {}
+
+  int64_t size() const { return size_; }
+  // Waits until the bytes are made; the error if making them failed.
+  absl::StatusOr<std::string_view> bytes() const {
+    const absl::StatusOr<std::string>& made = bytes_.get();
+    if (!made.ok()) return made.status();
+    return std::string_view(*made);
+  }
+
+ private:
+  int64_t size_;
+  Bytes bytes_;
 };
 
 class Backend {
@@ -50,6 +80,13 @@ class Backend {
   // migration, and loads such bytes back into a slot (of this or another process).
   virtual absl::StatusOr<std::string> SaveSlot(SlotId slot) = 0;
   virtual absl::Status LoadSlot(SlotId slot, std::string_view bytes) = 0;
+  // SaveSlot for the host tier (spills): may return before the bytes exist, which then come
+  // through the SavedSlot. The slot may be reset, loaded or computed on as soon as it returns.
+  virtual absl::StatusOr<SavedSlot> SpillSlot(SlotId slot) {
+    absl::StatusOr<std::string> bytes = SaveSlot(slot);
+    if (!bytes.ok()) return bytes.status();
+    return SavedSlot(*std::move(bytes));
+  }
 
   // --- compute ---
   // Runs one step: every chunk advances its slot's state; returns the

@@ -34,6 +34,7 @@ class CudaBackend : public Backend {
   }
   absl::StatusOr<std::string> SaveSlot(SlotId slot) override { return state_.Save(slot); }
   absl::Status LoadSlot(SlotId slot, std::string_view bytes) override { return state_.Load(slot, bytes); }
+  absl::StatusOr<SavedSlot> SpillSlot(SlotId slot) override { return state_.Spill(slot); }
   absl::Status Forward(const StepPlan& plan, StepOutput* out) override;
 
  private:

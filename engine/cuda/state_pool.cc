@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <future>
 #include <limits>
 
 #include "absl/strings/str_cat.h"
@@ -42,9 +43,26 @@ absl::Status StatePool::Init(const ModelConfig& config, const StateLayout& layou
     LIZARD_CUDA_RETURN(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
     event->reset(e);
   }
+  LIZARD_CUDA_RETURN(cudaGetDevice(&device_));
+  // Pinned buffers written once here, so no save, load or spill pays for faulting them in.
   LIZARD_RETURN_IF_ERROR(staging_.Allocate(layout_.slot_bytes));
   std::memset(staging_.get(), 0, staging_.bytes());
+  for (SpillBuffer& spill : spill_) {
+    LIZARD_RETURN_IF_ERROR(spill.host.Allocate(layout_.slot_bytes));
+    std::memset(spill.host.get(), 0, spill.host.bytes());
+    cudaEvent_t e = nullptr;
+    // A blocking-sync event: the worker waiting for the download sleeps instead of spinning.
+    LIZARD_CUDA_RETURN(cudaEventCreateWithFlags(&e, cudaEventDisableTiming | cudaEventBlockingSync));
+    spill.downloaded.reset(e);
+  }
   return absl::OkStatus();
+}
+
+StatePool::~StatePool() {
+  std::unique_lock lock(spill_mu_);
+  spill_done_.wait(lock, [&] {
+    return std::none_of(spill_.begin(), spill_.end(), [](const SpillBuffer& b) { return b.busy; });
+  });
 }
 
 absl::Status StatePool::AllocateKvPages() {
@@ -197,6 +215,61 @@ absl::StatusOr<std::string> StatePool::Save(SlotId slot) {
   WriteSlotPosition(layout_, h, pos);  // the device copy keeps positions on the host only
   // The one host copy of the slot: from the staging buffer into the serialized bytes.
   return SerializeState(layout_, std::string_view(h, layout_.slot_bytes), kv);
+}
+
+absl::StatusOr<SavedSlot> StatePool::Spill(SlotId slot) {
+  if (layout_.num_softmax_layers > 0) {
+    absl::StatusOr<std::string> bytes = Save(slot);
+    if (!bytes.ok()) return bytes.status();
+    return SavedSlot(*std::move(bytes));
+  }
+  LIZARD_RETURN_IF_ERROR(CheckSlot(slot));
+  const int64_t pos = positions_[slot];
+  int k = 0;
+  {
+    std::unique_lock lock(spill_mu_);
+    spill_done_.wait(lock, [&] {
+      for (k = 0; k < kSpillBuffers && spill_[k].busy; ++k) {
+      }
+      return k < kSpillBuffers;
+    });
+    spill_[k].busy = true;
+  }
+  SpillBuffer& buffer = spill_[k];
+  // Whatever the compute stream runs next (a step, a reset or a copy into the slot) waits for the
+  // download on the device, not on the engine's thread.
+  absl::Status queued = CopiesAfterCompute();
+  if (queued.ok()) {
+    queued = CudaStatus(cudaMemcpyAsync(buffer.host.get(), SlotAddress(slot), layout_.slot_bytes,
+                                        cudaMemcpyDeviceToHost, copy_stream_.get()),
+                        "spill download");
+  }
+  if (queued.ok()) queued = CudaStatus(cudaEventRecord(buffer.downloaded.get(), copy_stream_.get()), "spill event");
+  if (queued.ok()) queued = CudaStatus(cudaStreamWaitEvent(stream_, buffer.downloaded.get()), "spill wait");
+  if (!queued.ok()) {
+    ReleaseSpillBuffer(k);
+    return queued;
+  }
+  SavedSlot::Bytes bytes = std::async(std::launch::async, [this, k, pos]() -> absl::StatusOr<std::string> {
+    absl::StatusOr<std::string> out = SerializeSpill(k, pos);
+    ReleaseSpillBuffer(k);
+    return out;
+  }).share();
+  return SavedSlot(SerializedStateBytes(layout_, pos), std::move(bytes));
+}
+
+absl::StatusOr<std::string> StatePool::SerializeSpill(int k, int64_t position) {
+  SpillBuffer& buffer = spill_[k];
+  LIZARD_CUDA_RETURN(cudaSetDevice(device_));
+  LIZARD_CUDA_RETURN(cudaEventSynchronize(buffer.downloaded.get()));
+  WriteSlotPosition(layout_, buffer.host.get(), position);  // the device copy keeps positions on the host only
+  return SerializeState(layout_, std::string_view(buffer.host.get<char>(), layout_.slot_bytes), {});
+}
+
+void StatePool::ReleaseSpillBuffer(int k) {
+  std::lock_guard lock(spill_mu_);
+  spill_[k].busy = false;
+  spill_done_.notify_all();
 }
 
 absl::Status StatePool::Load(SlotId slot, std::string_view bytes) {

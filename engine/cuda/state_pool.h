@@ -7,7 +7,10 @@
 
 #include <cuda_runtime.h>
 
+#include <array>
+#include <condition_variable>
 #include <cstdint>
+#include <mutex>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -15,6 +18,7 @@
 #include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "engine/backend.h"
 #include "engine/cuda/device_memory.h"
 #include "engine/model/model_config.h"
 #include "engine/model/state_layout.h"
@@ -30,6 +34,10 @@ kernels::StoreType StoreTypeOf(DType d);
 
 class StatePool {
  public:
+  StatePool() = default;
+  // Waits for the spills still being serialized (they read this pool's pinned buffers).
+  ~StatePool();
+
   // Allocates `num_slots` zeroed slots of `layout` on the current device; compute is ordered on
   // `stream` (owned by the caller). The KV pages come later (AllocateKvPages). Save and Load copy
   // on a stream of their own through a pinned staging buffer of one slot, both made here.
@@ -52,6 +60,12 @@ class StatePool {
   // Copies the slot (after the compute work queued on it) to the host and serializes it; returns
   // when done.
   absl::StatusOr<std::string> Save(SlotId slot);
+  // Save for the host tier, without the engine waiting: queues the slot's download into a pinned
+  // buffer of its own (later compute on the stream, which may overwrite the slot, waits for it on
+  // the device) and returns; a worker thread serializes the bytes when the download is done.
+  // At most kSpillBuffers spills are in the making; one more waits for a buffer. States with
+  // softmax KV (unbounded, pageable) are saved by Save.
+  absl::StatusOr<SavedSlot> Spill(SlotId slot);
   // A state saved under other dtypes (the CPU backend's float32 window) is re-encoded first.
   // Returns once the bytes are staged and their upload is queued; the compute stream waits for
   // the upload, so every later step, reset, copy and save sees the restored state. `bytes` may be
@@ -90,6 +104,9 @@ class StatePool {
   // Makes the copy stream wait for the work queued on the compute stream so far.
   absl::Status CopiesAfterCompute();
   absl::Status UploadPageTable(SlotId slot);
+  // Spill's worker: waits for spill buffer k's download, then serializes it.
+  absl::StatusOr<std::string> SerializeSpill(int k, int64_t position);
+  void ReleaseSpillBuffer(int k);
 
   ModelConfig config_;
   StateLayout layout_;
@@ -116,6 +133,18 @@ class StatePool {
   PinnedBuffer staging_;
   OwnedEvent compute_queued_;  // recorded on the compute stream, waited for by the copy stream
   OwnedEvent restored_;        // the last Load's upload, waited for by the compute stream
+  // Spill: one pinned buffer per spill in the making, busy from the download's start to the end
+  // of its serialization (on a worker thread).
+  static constexpr int kSpillBuffers = 2;
+  struct SpillBuffer {
+    PinnedBuffer host;
+    OwnedEvent downloaded;
+    bool busy = false;
+  };
+  std::array<SpillBuffer, kSpillBuffers> spill_;
+  std::mutex spill_mu_;
+  std::condition_variable spill_done_;
+  int device_ = 0;  // the workers' CUDA calls run on it
   OwnedStream copy_stream_;
 };
 

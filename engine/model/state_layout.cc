@@ -221,7 +221,7 @@ absl::StatusOr<std::string> SerializeState(const StateLayout& layout, std::strin
   const int64_t kv_bytes = layout.num_softmax_layers * layer_kv_bytes;
 
   std::string out;
-  out.reserve(kHeaderBytes + layout.fingerprint.size() + slot.size() + kv_bytes);
+  out.reserve(SerializedStateBytes(layout, position));
   out.append(kMagic, sizeof(kMagic));
   PutLE<uint32_t>(out, kVersion);
   PutLE<uint32_t>(out, static_cast<uint32_t>(layout.fingerprint.size()));
@@ -237,6 +237,11 @@ absl::StatusOr<std::string> SerializeState(const StateLayout& layout, std::strin
   PutLE<uint32_t>(crc, Crc32(std::string_view(out).substr(kHeaderBytes)));
   out.replace(12, crc.size(), crc);
   return out;
+}
+
+int64_t SerializedStateBytes(const StateLayout& layout, int64_t position) {
+  return kHeaderBytes + static_cast<int64_t>(layout.fingerprint.size()) + layout.slot_bytes +
+         layout.num_softmax_layers * position * layout.kv_bytes_per_token_per_layer;
 }
 
 absl::StatusOr<SerializedStateView> ParseSerializedState(const StateLayout& layout, std::string_view bytes) {

@@ -88,6 +88,8 @@ void WriteSlotPosition(const StateLayout& layout, void* slot, int64_t position);
 // from the slot's own counter are refused (INVALID_ARGUMENT).
 absl::StatusOr<std::string> SerializeState(const StateLayout& layout, std::string_view slot,
                                            const std::vector<std::string_view>& softmax_kv);
+// The size of SerializeState's bytes for a slot at `position`.
+int64_t SerializedStateBytes(const StateLayout& layout, int64_t position);
 
 // Views into the bytes given to ParseSerializedState (valid while they live).
 struct SerializedStateView {

@@ -141,7 +141,9 @@ class EngineImpl : public Engine {
       if (!bytes.ok()) return bytes.status();
       out.serialized = *std::move(bytes);
     } else if (state->host.has_value()) {
-      out.serialized = *state->host;
+      absl::StatusOr<std::string_view> bytes = state->host->bytes();
+      if (!bytes.ok()) return bytes.status();
+      out.serialized = std::string(*bytes);
     }
     out.pending = state->pending;
     out.last_turn_tokens = state->last_turn;

@@ -48,15 +48,15 @@ absl::StatusOr<StateId> StateManager::Fork(StateId source) {
       copy.slot = *slot;
     } else {
       // No device room: keep the copy on the host.
-      absl::StatusOr<std::string> bytes = backend_->SaveSlot(*src->slot);
-      if (!bytes.ok()) return bytes.status();
-      copy.host = *std::move(bytes);
+      absl::StatusOr<SavedSlot> saved = backend_->SpillSlot(*src->slot);
+      if (!saved.ok()) return saved.status();
+      copy.host = *std::move(saved);
     }
   } else if (src->host.has_value()) {
     copy.host = *src->host;
   }
   if (copy.host.has_value()) {
-    const int64_t size = static_cast<int64_t>(copy.host->size());
+    const int64_t size = copy.host->size();
     if (host_bytes_used_ + size > host_capacity_bytes_) {
       return absl::ResourceExhaustedError("no room for the forked state on device or host");
     }
@@ -92,9 +92,9 @@ absl::StatusOr<StateId> StateManager::Snapshot(StateId source) {
     free_slots_.pop_back();
     entry.slot = slot;
   } else {
-    absl::StatusOr<std::string> bytes = backend_->SaveSlot(*src->slot);
-    if (!bytes.ok()) return bytes.status();
-    entry.host = *std::move(bytes);
+    absl::StatusOr<SavedSlot> saved = backend_->SpillSlot(*src->slot);
+    if (!saved.ok()) return saved.status();
+    entry.host = *std::move(saved);
   }
   const StateId id = next_id_++;
   states_[id] = std::move(entry);
@@ -146,7 +146,7 @@ absl::Status StateManager::Admit(StateId id, StateId seed) {
     // Read the seed after MakeResident, which may have moved it to the host.
     SequenceState& from = states_.at(seed);
     absl::Status copied = from.slot.has_value() ? backend_->CopySlot(*from.slot, *state.slot)
-                                                : backend_->LoadSlot(*state.slot, *from.host);
+                                                : LoadSaved(*state.slot, *from.host);
     if (!copied.ok()) return copied;
     state.consumed = from.consumed;
     Touch(from);
@@ -179,14 +179,13 @@ absl::Status StateManager::MakeResident(StateId id) {
   const int64_t own_host_bytes = state->host.has_value() ? state->host->size() : 0;
   absl::StatusOr<SlotId> slot = AcquireSlot(id, own_host_bytes);
   if (!slot.ok()) return slot.status();
-  absl::Status loaded = state->host.has_value() ? backend_->LoadSlot(*slot, *state->host)
-                                                : backend_->ResetSlot(*slot);
+  absl::Status loaded = state->host.has_value() ? LoadSaved(*slot, *state->host) : backend_->ResetSlot(*slot);
   if (!loaded.ok()) {
     free_slots_.push_back(*slot);
     return loaded;
   }
   if (state->host.has_value()) {
-    host_bytes_used_ -= static_cast<int64_t>(state->host->size());
+    host_bytes_used_ -= state->host->size();
     state->host.reset();
     ++restores_;
   }
@@ -230,16 +229,16 @@ absl::StatusOr<SlotId> StateManager::AcquireSlot(StateId keep, int64_t host_room
 }
 
 absl::Status StateManager::Spill(SequenceState& state, int64_t host_room_bonus) {
-  absl::StatusOr<std::string> bytes = backend_->SaveSlot(*state.slot);
-  if (!bytes.ok()) return bytes.status();
-  const int64_t size = static_cast<int64_t>(bytes->size());
+  absl::StatusOr<SavedSlot> saved = backend_->SpillSlot(*state.slot);
+  if (!saved.ok()) return saved.status();
+  const int64_t size = saved->size();
   if (host_bytes_used_ + size > host_capacity_bytes_ + host_room_bonus) {
     return absl::ResourceExhaustedError(
         absl::StrCat("device state slots are full and the host tier has no room (",
                      host_bytes_used_, " of ", host_capacity_bytes_, " bytes used)"));
   }
   host_bytes_used_ += size;
-  state.host = *std::move(bytes);
+  state.host = *std::move(saved);
   free_slots_.push_back(*state.slot);
   state.slot.reset();
   ++evictions_;
@@ -247,9 +246,9 @@ absl::Status StateManager::Spill(SequenceState& state, int64_t host_room_bonus) 
 }
 
 absl::Status StateManager::Demote(SequenceState& entry) {
-  absl::StatusOr<std::string> bytes = backend_->SaveSlot(*entry.slot);
-  if (!bytes.ok()) return bytes.status();
-  entry.host = *std::move(bytes);
+  absl::StatusOr<SavedSlot> saved = backend_->SpillSlot(*entry.slot);
+  if (!saved.ok()) return saved.status();
+  entry.host = *std::move(saved);
   free_slots_.push_back(*entry.slot);
   entry.slot.reset();
   return absl::OkStatus();
@@ -258,10 +257,16 @@ absl::Status StateManager::Demote(SequenceState& entry) {
 void StateManager::Release(SequenceState& state) {
   if (state.slot.has_value()) free_slots_.push_back(*state.slot);
   if (state.host.has_value() && !state.cache_entry) {
-    host_bytes_used_ -= static_cast<int64_t>(state.host->size());
+    host_bytes_used_ -= state.host->size();
   }
   state.slot.reset();
   state.host.reset();
+}
+
+absl::Status StateManager::LoadSaved(SlotId slot, const SavedSlot& saved) {
+  absl::StatusOr<std::string_view> bytes = saved.bytes();
+  if (!bytes.ok()) return bytes.status();
+  return backend_->LoadSlot(slot, *bytes);
 }
 
 }  // namespace lizard

@@ -9,7 +9,8 @@
 //
 // Device tier = the backend's slots. A state gets a slot lazily (on first use, or when restored);
 // when none is free, the least recently used state that is not running is spilled to host bytes
-// (Backend::SaveSlot), bounded by host_capacity_bytes. Nothing is ever dropped: when neither tier
+// (Backend::SpillSlot: the engine does not wait for the host-side serialization; a restore
+// waits for it if it is still running), bounded by host_capacity_bytes. Nothing is ever dropped: when neither tier
 // has room the caller gets RESOURCE_EXHAUSTED.
 //
 // Prefix-cache entries (see prefix_cache.h) are states too, made by Snapshot: they take a device
@@ -38,7 +39,7 @@ namespace lizard {
 // it through Find to plan steps.
 struct SequenceState {
   std::optional<SlotId> slot;       // resident in this device slot
-  std::optional<std::string> host;  // or spilled here (never both)
+  std::optional<SavedSlot> host;    // or spilled here (never both; maybe still being made)
   int64_t consumed = 0;             // tokens the model state has consumed
   std::vector<int32_t> pending;     // tokens of the conversation not fed yet
   // What the last request added to the conversation (its kept input, then its generated tokens),
@@ -120,6 +121,8 @@ class StateManager {
   // Moves a cache entry's slot to host bytes (outside host_capacity_bytes: the cache counts it).
   absl::Status Demote(SequenceState& entry);
   void Release(SequenceState& state);  // returns its slot / host bytes
+  // Loads spilled bytes into `slot` (waiting for them if they are still being made).
+  absl::Status LoadSaved(SlotId slot, const SavedSlot& saved);
 
   Backend* backend_;
   int64_t max_states_;

@@ -291,8 +291,8 @@ TEST_F(CudaBackendTest, ForkSpillRestore) {
 }
 
 // Spills and restores between steps leave every sequence's bits alone: sequence b runs twice in
-// the same steps, in slot 1 untouched and in a copy that after every step is saved, reset and
-// loaded into the other of slots 2 and 3 right before the next step (the step must wait for the
+// the same steps, in slot 1 untouched and in a copy that after every step is spilled, its slot
+// reset and overwritten, and loaded into the other of slots 2 and 3 right before the next step (the step must wait for the
 // upload on the copy stream), while sequence a keeps decoding in slot 0 (every other step with a
 // prompt chunk, so both the graph and the plain path run).
 TEST_F(CudaBackendTest, SpillsAndRestoresBetweenStepsKeepTheBits) {
@@ -316,10 +316,16 @@ TEST_F(CudaBackendTest, SpillsAndRestoresBetweenStepsKeepTheBits) {
       const StepOutput out = RunPlan(*gpu, plan);
       ASSERT_EQ(out.rows, 3);
       ASSERT_EQ(std::memcmp(out.row(1), out.row(2), V * sizeof(float)), 0) << "step " << step;
-      absl::StatusOr<std::string> saved = gpu->SaveSlot(moving);
-      ASSERT_TRUE(saved.ok()) << saved.status();
+      // A spill's bytes are made on a worker thread; the slot it left is reused at once (a reset
+      // and a prefill write it) before they are read.
+      absl::StatusOr<SavedSlot> spilled = gpu->SpillSlot(moving);
+      ASSERT_TRUE(spilled.ok()) << spilled.status();
       ASSERT_TRUE(gpu->ResetSlot(moving).ok());
+      Prefill(*gpu, moving, RandomTokens(rng, 3, V), LogitsMode::kNone);
       moving = moving == 2 ? 3 : 2;
+      absl::StatusOr<std::string_view> saved = spilled->bytes();
+      ASSERT_TRUE(saved.ok()) << saved.status();
+      EXPECT_EQ(static_cast<int64_t>(saved->size()), spilled->size());
       ASSERT_TRUE(gpu->LoadSlot(moving, *saved).ok());
       EXPECT_EQ(gpu->SlotPosition(moving), gpu->SlotPosition(1));
     }

@@ -119,6 +119,7 @@ TEST(SerializedStateTest, RoundTrip) {
     EXPECT_EQ(ReadSlotPosition(layout, state.slot.data()), position);
     absl::StatusOr<std::string> bytes = SerializeState(layout, state.slot, state.kv_views());
     ASSERT_TRUE(bytes.ok()) << bytes.status();
+    EXPECT_EQ(static_cast<int64_t>(bytes->size()), SerializedStateBytes(layout, position));
     absl::StatusOr<SerializedStateView> view = ParseSerializedState(layout, *bytes);
     ASSERT_TRUE(view.ok()) << view.status();
     EXPECT_EQ(view->position, position);

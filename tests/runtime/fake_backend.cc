@@ -1,7 +1,10 @@
 #include "tests/runtime/fake_backend.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
+#include <future>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "engine/sampling/sampler.h"
@@ -125,6 +128,18 @@ absl::StatusOr<std::string> FakeBackend::SaveSlot(SlotId slot) {
   std::string bytes(options_.slot_bytes, '\0');
   std::memcpy(bytes.data(), &slots_[slot], sizeof(Slot));
   return bytes;
+}
+
+absl::StatusOr<SavedSlot> FakeBackend::SpillSlot(SlotId slot) {
+  absl::StatusOr<std::string> bytes = SaveSlot(slot);  // the slot's contents now
+  if (!bytes.ok()) return bytes.status();
+  if (!options_.slow_spill) return SavedSlot(*std::move(bytes));
+  const auto size = static_cast<int64_t>(bytes->size());
+  auto later = [made = *std::move(bytes)]() -> absl::StatusOr<std::string> {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    return made;
+  };
+  return SavedSlot(size, std::async(std::launch::async, std::move(later)).share());
 }
 
 absl::Status FakeBackend::LoadSlot(SlotId slot, std::string_view bytes) {

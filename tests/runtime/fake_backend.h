@@ -60,6 +60,8 @@ struct FakeBackendOptions {
   int64_t slot_bytes = 64;  // SaveSlot pads to this size
   std::vector<int32_t> eos_token_ids = {};
   int32_t poison_token = -1;  // a plan containing it fails (backend error)
+  // SpillSlot's bytes are made on another thread, a little later (as the CUDA backend's are).
+  bool slow_spill = false;
 };
 
 class FakeBackend : public Backend {
@@ -76,6 +78,7 @@ class FakeBackend : public Backend {
   int64_t SlotPosition(SlotId slot) const override;
   absl::StatusOr<std::string> SaveSlot(SlotId slot) override;
   absl::Status LoadSlot(SlotId slot, std::string_view bytes) override;
+  absl::StatusOr<SavedSlot> SpillSlot(SlotId slot) override;
   absl::Status Forward(const StepPlan& plan, StepOutput* out) override;
 
  private:

@@ -8,8 +8,8 @@ namespace lizard::testing {
 namespace {
 
 struct Fixture {
-  explicit Fixture(int32_t slots, int64_t host_bytes = 1 << 20)
-      : backend({.num_slots = slots, .slot_bytes = 100}, std::make_shared<FakeControl>()),
+  explicit Fixture(int32_t slots, int64_t host_bytes = 1 << 20, bool slow_spill = false)
+      : backend({.num_slots = slots, .slot_bytes = 100, .slow_spill = slow_spill}, std::make_shared<FakeControl>()),
         states(&backend, /*max_states=*/16, host_bytes) {}
   // Puts some distinct content into a resident state's slot.
   void Advance(StateId id, int32_t token) {
@@ -52,6 +52,29 @@ TEST(StateManagerTest, SlotsAreLazyAndLruIdleStateIsSpilled) {
   EXPECT_EQ(f.states.restores(), 1);
   EXPECT_EQ(f.backend.SlotPosition(*f.states.Find(b)->slot), 1);
   EXPECT_EQ(f.states.host_states(), 1);  // c went to the host
+}
+
+// Spilled bytes may still be in the making when the slot is reused (the CUDA backend serializes
+// them on a worker thread): a restore and a fork wait for them and see the state as it was spilled.
+TEST(StateManagerTest, RestoreWaitsForSpillStillBeingMade) {
+  Fixture f(1, 1 << 20, /*slow_spill=*/true);
+  const StateId a = *f.states.Create(false), b = *f.states.Create(false);
+  ASSERT_TRUE(f.states.MakeResident(a).ok());
+  f.Advance(a, 5);
+  f.Advance(a, 6);
+  const std::string a_bytes = *f.backend.SaveSlot(*f.states.Find(a)->slot);
+  ASSERT_TRUE(f.states.MakeResident(b).ok());  // spills a
+  f.Advance(b, 7);                             // and overwrites the slot a left at once
+  ASSERT_TRUE(f.states.Find(a)->host.has_value());
+  EXPECT_EQ(f.states.Find(a)->host->size(), 100);
+  EXPECT_EQ(f.states.host_bytes_used(), 100);
+  const StateId copy = *f.states.Fork(a);  // shares a's bytes
+  ASSERT_TRUE(f.states.MakeResident(a).ok());  // spills b, restores a
+  EXPECT_EQ(*f.backend.SaveSlot(*f.states.Find(a)->slot), a_bytes);
+  ASSERT_TRUE(f.states.MakeResident(copy).ok());
+  EXPECT_EQ(*f.backend.SaveSlot(*f.states.Find(copy)->slot), a_bytes);
+  EXPECT_EQ(f.states.evictions(), 3);
+  EXPECT_EQ(f.states.restores(), 2);
 }
 
 TEST(StateManagerTest, ForkCopiesAndFallsBackToHost) {
