@@ -52,7 +52,7 @@ TEST(KernelsTest, EmbeddingAndGather) {
 
 TEST(KernelsTest, AddRmsNorm) {
   std::mt19937 rng(2);
-  for (int cols : {48, 4096}) {
+  for (int cols : {48, 50, 4096}) {  // the 4-wide kernel, the 1-wide one, the 8B model's rows
     const int rows = 7;
     std::vector<float> x = Uniform(rng, rows * cols, -2, 2), delta = Uniform(rng, rows * cols, -1, 1);
     std::vector<float> w = Uniform(rng, cols, 0.5, 1.5);
@@ -69,19 +69,22 @@ TEST(KernelsTest, AddRmsNorm) {
 
 TEST(KernelsTest, AddBiasAndSwiGlu) {
   std::mt19937 rng(3);
-  const int rows = 5, inter = 300;
-  std::vector<float> gu = Uniform(rng, rows * 2 * inter, -3, 3), bias = Uniform(rng, 2 * inter, -1, 1);
-  DeviceVec<float> d_gu(gu), d_bias(bias);
-  DeviceVec<bf16> d_out(rows * inter);
-  CUDA_OK(k::AddBias(d_gu.get(), 2 * inter, d_bias.get(), rows, 2 * inter, nullptr));
-  CUDA_OK(k::SwiGlu(d_gu.get(), rows, inter, d_out.get(), nullptr));
-  std::vector<float> ref(rows * inter);
-  for (int r = 0; r < rows; ++r) {
-    for (int i = 0; i < 2 * inter; ++i) gu[r * 2 * inter + i] += bias[i];
-    cpu::SiluMul(&gu[r * 2 * inter], &gu[r * 2 * inter + inter], inter, &ref[r * inter]);
+  const int rows = 5;
+  for (int inter : {300, 302}) {  // the 4-wide and the 1-wide kernel
+    SCOPED_TRACE(inter);
+    std::vector<float> gu = Uniform(rng, rows * 2 * inter, -3, 3), bias = Uniform(rng, 2 * inter, -1, 1);
+    DeviceVec<float> d_gu(gu), d_bias(bias);
+    DeviceVec<bf16> d_out(rows * inter);
+    CUDA_OK(k::AddBias(d_gu.get(), 2 * inter, d_bias.get(), rows, 2 * inter, nullptr));
+    CUDA_OK(k::SwiGlu(d_gu.get(), rows, inter, d_out.get(), nullptr));
+    std::vector<float> ref(rows * inter);
+    for (int r = 0; r < rows; ++r) {
+      for (int i = 0; i < 2 * inter; ++i) gu[r * 2 * inter + i] += bias[i];
+      cpu::SiluMul(&gu[r * 2 * inter], &gu[r * 2 * inter + inter], inter, &ref[r * inter]);
+    }
+    EXPECT_LE(RelError(d_gu.Download(), gu), kF32Tol);
+    EXPECT_LE(RelError(ToFloat(d_out.Download()), ref), kBf16Tol);
   }
-  EXPECT_LE(RelError(d_gu.Download(), gu), kF32Tol);
-  EXPECT_LE(RelError(ToFloat(d_out.Download()), ref), kBf16Tol);
 }
 
 TEST(KernelsTest, Rope) {
