@@ -50,10 +50,15 @@ struct ChunkedPrefillArgs {
   LizardStateRef state;  // S and z (the window fields unused)
   const float* y_add = nullptr;
   __nv_bfloat16* y = nullptr;
+  // Blocks per (sequence, head), 1, 2 or 4, each owning D / split value columns; 0: chosen by
+  // the launch's size (more when there are few (sequence, head) pairs). Every split gives the
+  // same bits, so it is only a test and benchmark hook.
+  int split = 0;
 };
 
-// Grid (H, num_seqs): one block walks its sequence's blocks in order, the state in registers,
-// each block as bf16 tensor-core products with fp32 accumulators.
+// Grid (H * split, num_seqs): the split blocks of a (sequence, head) walk its blocks of tokens in
+// order, the state in registers, each block of tokens as bf16 tensor-core products with fp32
+// accumulators.
 cudaError_t LizardChunkedPrefill(const ChunkedPrefillArgs& args, cudaStream_t stream);
 
 // Whether a model's shapes fit the whole prefill path (these kernels and LizardWindowPrefill):
