@@ -24,8 +24,9 @@
 //           [H, 2F]; both stored as state.state_type (fp32 or bf16)
 //   y_add   [rows, H, D] fp32 or null;   y  [rows, H * D] bf16
 // Sequences with slot -1 (padding) write zero rows. Limits: D = 128, 2F = 128 or 256
-// (cudaErrorInvalidValue otherwise). Shared memory per block: 162 KB at 2F = 128, 226 KB at
-// 2F = 256 (of Hopper's 227 KB; an sm_80 GPU, 163 KB, runs 2F = 128 only).
+// (cudaErrorInvalidValue otherwise). Shared memory per block with one block per (sequence, head):
+// 162.25 KB at 2F = 128, 226.75 KB at 2F = 256 (of Hopper's 227 KB; an sm_80 GPU, 163 KB, runs
+// 2F = 128 only); with the value columns split over 4 blocks 102.25 / 166.75 KB.
 #pragma once
 
 #include <cuda_bf16.h>
