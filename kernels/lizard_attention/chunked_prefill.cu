@@ -196,9 +196,8 @@ __global__ void __launch_bounds__(Part<kSplit>::kThreads, 1) ChunkedPrefillKerne
     __syncthreads();  // the gates, v, and every thread's copies of this chunk
     // fq_t . z: eight threads per token, each K/8 features read 16 bytes at a time.
     if (a.dims.normalize) {
-#pragma unroll
-      for (int round = 0; round < kC * 8 / kThreads; ++round) {  // independent: interleaved
-        const int idx = threadIdx.x + round * kThreads, t = idx >> 3, slice = idx & 7;
+      for (int idx = threadIdx.x; idx < kC * 8; idx += kThreads) {  // whole warps every round
+        const int t = idx >> 3, slice = idx & 7;
         float acc = 0.f;
 #pragma unroll
         for (int i = slice * (K / 8); i < (slice + 1) * (K / 8); i += 8) {
@@ -217,39 +216,27 @@ __global__ void __launch_bounds__(Part<kSplit>::kThreads, 1) ChunkedPrefillKerne
 
     // P: the 10 16x16 blocks of the 64x64 scores on or below the diagonal (the others are zero
     // and never read), block b = rb (rb + 1) / 2 + cb at rows 16 rb.., columns 16 cb.. (cb <= rb),
-    // taken by warps b, b + kWarps, ... (at most 3 each), whose MMA chains run interleaved.
-    constexpr int kPBlocks = (10 + kWarps - 1) / kWarps;
-    int tp[kPBlocks], sp[kPBlocks], col_block[kPBlocks];
-    float pacc[kPBlocks][2][4] = {};
+    // taken by warps b, b + kWarps, ... (at most 3 each).
+    for (int blk = warp; blk < 10; blk += kWarps) {
+      const int rb = (blk >= 1) + (blk >= 3) + (blk >= 6), cb = blk - rb * (rb + 1) / 2;
+      const int tp0 = 16 * rb, sp0 = 16 * cb;
+      float pacc[2][4] = {};
 #pragma unroll
-    for (int pb = 0; pb < kPBlocks; ++pb) {
-      const int blk = warp + pb * kWarps, rb = (blk >= 1) + (blk >= 3) + (blk >= 6);
-      col_block[pb] = blk - rb * (rb + 1) / 2, tp[pb] = 16 * rb, sp[pb] = 16 * col_block[pb];
-    }
-#pragma unroll
-    for (int kk = 0; kk < K; kk += 16) {
-#pragma unroll
-      for (int pb = 0; pb < kPBlocks; ++pb) {
-        if (warp + pb * kWarps >= 10) continue;
+      for (int kk = 0; kk < K; kk += 16) {
         uint32_t af[4], bf[4];
-        Ldsm4(af, &sq[tp[pb] + (lane & 7) + ((lane >> 3) & 1) * 8][kk + (lane >> 4) * 8]);
-        Ldsm4(bf, &sk[sp[pb] + (lane & 7) + (lane >> 4) * 8][kk + ((lane >> 3) & 1) * 8]);
-        Mma(pacc[pb][0], af, bf[0], bf[1]);
-        Mma(pacc[pb][1], af, bf[2], bf[3]);
+        Ldsm4(af, &sq[tp0 + (lane & 7) + ((lane >> 3) & 1) * 8][kk + (lane >> 4) * 8]);
+        Ldsm4(bf, &sk[sp0 + (lane & 7) + (lane >> 4) * 8][kk + ((lane >> 3) & 1) * 8]);
+        Mma(pacc[0], af, bf[0], bf[1]);
+        Mma(pacc[1], af, bf[2], bf[3]);
       }
-    }
-#pragma unroll
-    for (int pb = 0; pb < kPBlocks; ++pb) {
-      if (warp + pb * kWarps >= 10) continue;
-      const int tp0 = tp[pb], sp0 = sp[pb];
       float rowsum[2] = {0.f, 0.f};
 #pragma unroll
       for (int nt = 0; nt < 2; ++nt) {
 #pragma unroll
         for (int r = 0; r < 2; ++r) {  // rows g and g+8
           const int t = tp0 + g + 8 * r, s = sp0 + nt * 8 + 2 * q;
-          const float p0 = s <= t ? pacc[pb][nt][2 * r] * __expf(sm.b[t] - sm.b[s]) : 0.f;
-          const float p1 = s + 1 <= t ? pacc[pb][nt][2 * r + 1] * __expf(sm.b[t] - sm.b[s + 1]) : 0.f;
+          const float p0 = s <= t ? pacc[nt][2 * r] * __expf(sm.b[t] - sm.b[s]) : 0.f;
+          const float p1 = s + 1 <= t ? pacc[nt][2 * r + 1] * __expf(sm.b[t] - sm.b[s + 1]) : 0.f;
           const uint32_t packed = Pack(p0, p1);
           *reinterpret_cast<uint32_t*>(&sm.p[t][s]) = packed;
           // The denominator sums the rounded scores the numerator multiplies.
@@ -261,12 +248,12 @@ __global__ void __launch_bounds__(Part<kSplit>::kThreads, 1) ChunkedPrefillKerne
       for (int r = 0; r < 2; ++r) {
         rowsum[r] += __shfl_xor_sync(0xffffffffu, rowsum[r], 1);
         rowsum[r] += __shfl_xor_sync(0xffffffffu, rowsum[r], 2);
-        if (q == 0) sm.den_part[col_block[pb]][tp0 + g + 8 * r] = rowsum[r];
+        if (q == 0) sm.den_part[cb][tp0 + g + 8 * r] = rowsum[r];
       }
     }
+    __syncthreads();  // P, its row sums and fq . z
 
     // y^T for this warp's columns and feature half: oacc[nt] = rows d0+g (+8), tokens 8nt+2q (+1).
-    // The inter-chunk part needs no P: a warp with fewer score blocks starts it before the barrier.
     float oacc[8][4] = {};
 #pragma unroll
     for (int j = 0; j < kTiles / 2; ++j) {  // inter-chunk: S^T fq_t, S^T as the A operand
@@ -287,7 +274,6 @@ __global__ void __launch_bounds__(Part<kSplit>::kThreads, 1) ChunkedPrefillKerne
       oacc[nt][0] *= sm.eb[t], oacc[nt][1] *= sm.eb[t + 1];
       oacc[nt][2] *= sm.eb[t], oacc[nt][3] *= sm.eb[t + 1];
     }
-    __syncthreads();  // P, its row sums and fq . z
     if (half == 1) {  // hand this half's share to the partner warp
 #pragma unroll
       for (int nt = 0; nt < 8; ++nt) {
