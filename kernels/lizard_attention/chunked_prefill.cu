@@ -1,12 +1,16 @@
 // Chunked gated linear attention prefill (see chunked_prefill.h for the op).
 //
-// One block per (query head, sequence) walks the sequence's chunks of kGlaChunk tokens in order;
-// chunk j holds the absolute positions [64 j, 64 j + 64), the tokens of the chunk outside the
-// sequence (before its first position, after its last) are zeros with gate 1, so they add nothing.
-// Its 16 warps hold the state transposed (S^T, rows the D = 128 value columns, columns the 2F
-// features) as fp32 tensor-core accumulators for the whole sequence: warp w owns value columns
-// 16 (w % 8).. and half (w / 8) of the features. With b_t = sum_{r<=t} log gamma_r counted from
-// the chunk's start and B = b of its last token, per chunk:
+// kSplit blocks per (query head, sequence) walk the sequence's chunks of kGlaChunk tokens in
+// order; chunk j holds the absolute positions [64 j, 64 j + 64), the tokens of the chunk outside
+// the sequence (before its first position, after its last) are zeros with gate 1, so they add
+// nothing. Each block owns D / kSplit of the D = 128 value columns (of S and of y: every column is
+// independent of the others); its warps hold that part of the state transposed (S^T, rows value
+// columns, columns the 2F features) as fp32 tensor-core accumulators for the whole sequence: warp
+// w owns value columns 16 (w % G).. of the block's and half (w / G) of the features (G = the
+// block's 16-column groups). Every block computes the chunk's scores, gates and normaliser itself,
+// in the same order, so y, S and z have the same bits whatever kSplit is; the launch picks it
+// (more blocks when there are few (sequence, head) pairs). With b_t = sum_{r<=t} log gamma_r
+// counted from the chunk's start and B = b of its last token, per chunk:
 //   P[t, s] = (fq_t . fk_s) e^{b_t - b_s} for s <= t          (bf16 MMA, decay in fp32 per pair)
 //   y_t^T   = e^{b_t} S^T fq_t + sum_s P[t, s] v_s             (bf16 MMAs, fp32 accumulators)
 //   den_t   = e^{b_t} fq_t . z + sum_s P[t, s] + 1e-6
@@ -16,9 +20,9 @@
 // This is the paper's hardware-aware form (the log gate folded into the operands) kept
 // chunk-local: every exponent applied is <= 0, so nothing overflows however strong the decay
 // (a gate of sigmoid(-8) over 64 tokens would make e^{-b} overflow fp32 and bf16 alike).
-// The next chunk's q, k and v are copied into shared memory (cp.async) while this one computes;
-// v comes as fp32 straight from the qkvg rows (no packing kernel) and is converted to bf16 at
-// the end of the chunk.
+// The next chunk's q, k, v and gate logits are copied into shared memory (cp.async) while this one
+// computes; v comes as fp32 straight from the qkvg rows (no packing kernel) and is converted to
+// bf16 at the end of the chunk.
 #include "kernels/common.cuh"
 #include "kernels/lizard_attention/chunked_prefill.h"
 #include "kernels/mma.cuh"
@@ -28,29 +32,37 @@ namespace {
 
 constexpr int kC = kGlaChunk;
 constexpr int kD = 128;
-constexpr int kDGroups = kD / 16;       // warps w and w + kDGroups share value columns 16 w..
-constexpr int kWarps = 2 * kDGroups;    // ... and split the features in two halves
-constexpr int kThreads = kWarps * 32;
 // Padding per shared-memory row (bf16 elements): row strides become odd multiples of 16 bytes,
 // so the 8 rows one ldmatrix reads fall in different banks.
 constexpr int kPad = 8;
 constexpr int kOutPad = 4;  // fp32 output rows: the fragment stores hit 32 different banks
 
-template <int K>
+// The block of one of kSplit parts: its value columns, and its warps: warps w and w + kDGroups
+// share value columns 16 w.. and split the features in two halves.
+template <int kSplit>
+struct Part {
+  static constexpr int kCols = kD / kSplit;
+  static constexpr int kDGroups = kCols / 16;
+  static constexpr int kWarps = 2 * kDGroups;
+  static constexpr int kThreads = kWarps * 32;
+};
+
+template <int K, int kCols>
 struct Smem {
   alignas(16) __nv_bfloat16 q[2][kC][K + kPad];  // two stages: this chunk and the next
   alignas(16) __nv_bfloat16 k[2][kC][K + kPad];
-  alignas(16) __nv_bfloat16 v[kC][kD + kPad];  // one stage, converted from v_in
-  alignas(16) float v_in[kC][kD];               // the next chunk's v as copied from qkvg (fp32)
+  alignas(16) __nv_bfloat16 v[kC][kCols + kPad];  // one stage, converted from v_in
+  alignas(16) float v_in[kC][kCols];               // the next chunk's v as copied from qkvg (fp32)
   alignas(16) __nv_bfloat16 p[kC][kC + kPad];  // masked, decayed scores
   // The second feature half's share of y^T, then the normalised output rows (fp32).
-  alignas(16) float out[kC][kD + kOutPad];
+  alignas(16) float out[kC][kCols + kOutPad];
   alignas(16) float z[K];
+  float gate[2][kC];      // gate logits, two stages like q and k
   float b[kC];            // cumulative log gate within the chunk
   float eb[kC];           // e^{b_t}
   float w[kC];            // e^{B - b_s}
   float qz[kC];           // fq_t . z (z at the chunk's start)
-  float den_part[4][kC];  // row sums of P, one per 16-column block
+  float den_part[4][kC];  // row sums of P, one per 16-column block on or left of the diagonal
   float inv_den[kC];
 };
 
@@ -59,19 +71,26 @@ __device__ __forceinline__ uint32_t Scale(uint32_t x, float lo, float hi) {
   return Pack(__low2float(v) * lo, __high2float(v) * hi);
 }
 
-template <int K, typename TS>
-__global__ void __launch_bounds__(kThreads, 1) ChunkedPrefillKernel(ChunkedPrefillArgs a) {
+template <int K, int kSplit, typename TS>
+__global__ void __launch_bounds__(Part<kSplit>::kThreads, 1) ChunkedPrefillKernel(ChunkedPrefillArgs a) {
+  constexpr int kCols = Part<kSplit>::kCols, kDGroups = Part<kSplit>::kDGroups;
+  constexpr int kWarps = Part<kSplit>::kWarps, kThreads = Part<kSplit>::kThreads;
   constexpr int kTiles = K / 16;  // 8-wide column tiles of this warp's half of S^T
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  Smem<K>& sm = *reinterpret_cast<Smem<K>*>(smem_raw);
+  Smem<K, kCols>& sm = *reinterpret_cast<Smem<K, kCols>*>(smem_raw);
 
-  const int h = blockIdx.x, n = blockIdx.y, H = a.dims.heads, Hkv = a.dims.kv_heads;
+  // Block x = h kSplit + part: the parts of one (sequence, head) run side by side and share
+  // their q and k reads in L2.
+  const int h = blockIdx.x / kSplit, part = blockIdx.x % kSplit, n = blockIdx.y;
+  const int H = a.dims.heads, Hkv = a.dims.kv_heads;
+  const int col0 = part * kCols;  // the block's first value column
   const int kv = h / (H / Hkv);
   const int slot = a.seqs.slot[n], first_row = a.seqs.first_row[n], len = a.seqs.num_tokens[n];
   if (len <= 0) return;
   if (slot < 0) {  // padding: zero rows so the output projection sees no garbage
-    for (int idx = threadIdx.x; idx < len * kD; idx += kThreads) {
-      a.y[(static_cast<int64_t>(first_row) + idx / kD) * H * kD + h * kD + idx % kD] = __float2bfloat16(0.f);
+    for (int idx = threadIdx.x; idx < len * kCols; idx += kThreads) {
+      a.y[(static_cast<int64_t>(first_row) + idx / kCols) * H * kD + h * kD + col0 + idx % kCols] =
+          __float2bfloat16(0.f);
     }
     return;
   }
@@ -80,10 +99,10 @@ __global__ void __launch_bounds__(kThreads, 1) ChunkedPrefillKernel(ChunkedPrefi
   const int num_chunks = (lead + len + kC - 1) / kC;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int g = lane >> 2, q = lane & 3;  // fragment row / column group
-  const int d0 = (warp % kDGroups) * 16;  // this warp's value columns
+  const int d0 = (warp % kDGroups) * 16;  // this warp's value columns (of the block's)
   const int half = warp / kDGroups;       // ... and features i0 .. i0 + K/2
   const int i0 = half * (K / 2);
-  const float* v_src = a.qkvg + (H + Hkv) * kD + kv * kD;  // + row * ld
+  const float* v_src = a.qkvg + (H + Hkv) * kD + kv * kD + col0;  // + row * ld
   const float* gate_src = a.qkvg + (H + 2 * Hkv) * kD + h;   // + row * ld
   TS* s_glob = reinterpret_cast<TS*>(a.state.pool + slot * a.state.slot_bytes + a.state.s_offset) +
                static_cast<int64_t>(h) * K * kD;
@@ -94,7 +113,7 @@ __global__ void __launch_bounds__(kThreads, 1) ChunkedPrefillKernel(ChunkedPrefi
   float st[kTiles][4];
 #pragma unroll
   for (int j = 0; j < kTiles; ++j) {
-    const int i = i0 + 8 * j + 2 * q, d = d0 + g;
+    const int i = i0 + 8 * j + 2 * q, d = col0 + d0 + g;
     st[j][0] = Load(s_glob, i * kD + d);
     st[j][1] = Load(s_glob, (i + 1) * kD + d);
     st[j][2] = Load(s_glob, i * kD + d + 8);
@@ -115,8 +134,8 @@ __global__ void __launch_bounds__(kThreads, 1) ChunkedPrefillKernel(ChunkedPrefi
       CpAsync16(&sm.q[stage][t][col], a.fq + row * K + col, valid(rel));
       CpAsync16(&sm.k[stage][t][col], a.fk + row * K + col, valid(rel));
     }
-    for (int idx = threadIdx.x; idx < kC * (kD / 4); idx += kThreads) {
-      const int t = idx / (kD / 4), col = idx % (kD / 4) * 4, rel = token(c, t);
+    for (int idx = threadIdx.x; idx < kC * (kCols / 4); idx += kThreads) {
+      const int t = idx / (kCols / 4), col = idx % (kCols / 4) * 4, rel = token(c, t);
       const float* src = v_src + (valid(rel) ? (static_cast<int64_t>(first_row) + rel) * a.ld : 0) + col;
       if (v_vec) {
         CpAsync16(&sm.v_in[t][col], src, valid(rel));
@@ -124,12 +143,19 @@ __global__ void __launch_bounds__(kThreads, 1) ChunkedPrefillKernel(ChunkedPrefi
         for (int e = 0; e < 4; ++e) CpAsync4(&sm.v_in[t][col + e], src + e, valid(rel));
       }
     }
+    if (warp == 0) {  // the tokens warp 0's lanes read in the gate scan (so no barrier is needed)
+      for (int t = 2 * lane; t < 2 * lane + 2; ++t) {
+        const int rel = token(c, t);
+        CpAsync4(&sm.gate[stage][t], gate_src + (valid(rel) ? (static_cast<int64_t>(first_row) + rel) * a.ld : 0),
+                 valid(rel));
+      }
+    }
     CpAsyncCommit();
   };
   auto convert_v = [&] {  // after the copy: this thread's v_in elements into sm.v
     CpAsyncWait<0>();
-    for (int idx = threadIdx.x; idx < kC * (kD / 4); idx += kThreads) {
-      const int t = idx / (kD / 4), col = idx % (kD / 4) * 4;
+    for (int idx = threadIdx.x; idx < kC * (kCols / 4); idx += kThreads) {
+      const int t = idx / (kCols / 4), col = idx % (kCols / 4) * 4;
       const float4 x = *reinterpret_cast<const float4*>(&sm.v_in[t][col]);
       *reinterpret_cast<uint2*>(&sm.v[t][col]) = {Pack(x.x, x.y), Pack(x.z, x.w)};
     }
@@ -154,7 +180,7 @@ __global__ void __launch_bounds__(kThreads, 1) ChunkedPrefillKernel(ChunkedPrefi
       float lg[2];
       for (int e = 0; e < 2; ++e) {
         const int rel = token(c, 2 * lane + e);
-        const float x = valid(rel) ? gate_src[(static_cast<int64_t>(first_row) + rel) * a.ld] : INFINITY;
+        const float x = valid(rel) ? sm.gate[stage][2 * lane + e] : INFINITY;
         lg[e] = fminf(x, 0.f) - log1pf(__expf(-fabsf(x)));  // log sigmoid(x), no overflow
       }
       float incl = lg[0] + lg[1];
@@ -170,36 +196,38 @@ __global__ void __launch_bounds__(kThreads, 1) ChunkedPrefillKernel(ChunkedPrefi
     __syncthreads();  // the gates, v, and every thread's copies of this chunk
     // fq_t . z: eight threads per token, each K/8 features read 16 bytes at a time.
     if (a.dims.normalize) {
-      const int t = threadIdx.x >> 3, part = threadIdx.x & 7;
-      float acc = 0.f;
+      for (int idx = threadIdx.x; idx < kC * 8; idx += kThreads) {  // whole warps every round
+        const int t = idx >> 3, slice = idx & 7;
+        float acc = 0.f;
 #pragma unroll
-      for (int i = part * (K / 8); i < (part + 1) * (K / 8); i += 8) {
-        const uint4 raw = *reinterpret_cast<const uint4*>(&sq[t][i]);
-        const __nv_bfloat162* q2 = reinterpret_cast<const __nv_bfloat162*>(&raw);
-        const float4 za = *reinterpret_cast<const float4*>(&sm.z[i]);
-        const float4 zb = *reinterpret_cast<const float4*>(&sm.z[i + 4]);
-        acc += __low2float(q2[0]) * za.x + __high2float(q2[0]) * za.y + __low2float(q2[1]) * za.z +
-               __high2float(q2[1]) * za.w + __low2float(q2[2]) * zb.x + __high2float(q2[2]) * zb.y +
-               __low2float(q2[3]) * zb.z + __high2float(q2[3]) * zb.w;
+        for (int i = slice * (K / 8); i < (slice + 1) * (K / 8); i += 8) {
+          const uint4 raw = *reinterpret_cast<const uint4*>(&sq[t][i]);
+          const __nv_bfloat162* q2 = reinterpret_cast<const __nv_bfloat162*>(&raw);
+          const float4 za = *reinterpret_cast<const float4*>(&sm.z[i]);
+          const float4 zb = *reinterpret_cast<const float4*>(&sm.z[i + 4]);
+          acc += __low2float(q2[0]) * za.x + __high2float(q2[0]) * za.y + __low2float(q2[1]) * za.z +
+                 __high2float(q2[1]) * za.w + __low2float(q2[2]) * zb.x + __high2float(q2[2]) * zb.y +
+                 __low2float(q2[3]) * zb.z + __high2float(q2[3]) * zb.w;
+        }
+        for (int o = 1; o < 8; o <<= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+        if (slice == 0) sm.qz[t] = acc;
       }
-      for (int o = 1; o < 8; o <<= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
-      if (part == 0) sm.qz[t] = acc;
     }
 
-    // P: warp w computes the 16x16 block (rows 16 (w % 4).., columns 16 (w / 4)..) of the
-    // 64x64 scores; blocks above the diagonal are zero.
-    {
-      const int tp0 = 16 * (warp & 3), sp0 = 16 * (warp >> 2);
+    // P: the 10 16x16 blocks of the 64x64 scores on or below the diagonal (the others are zero
+    // and never read), block b = rb (rb + 1) / 2 + cb at rows 16 rb.., columns 16 cb.. (cb <= rb),
+    // taken by warps b, b + kWarps, ... (at most 3 each).
+    for (int blk = warp; blk < 10; blk += kWarps) {
+      const int rb = (blk >= 1) + (blk >= 3) + (blk >= 6), cb = blk - rb * (rb + 1) / 2;
+      const int tp0 = 16 * rb, sp0 = 16 * cb;
       float pacc[2][4] = {};
-      if (sp0 <= tp0) {
 #pragma unroll
-        for (int kk = 0; kk < K; kk += 16) {
-          uint32_t af[4], bf[4];
-          Ldsm4(af, &sq[tp0 + (lane & 7) + ((lane >> 3) & 1) * 8][kk + (lane >> 4) * 8]);
-          Ldsm4(bf, &sk[sp0 + (lane & 7) + (lane >> 4) * 8][kk + ((lane >> 3) & 1) * 8]);
-          Mma(pacc[0], af, bf[0], bf[1]);
-          Mma(pacc[1], af, bf[2], bf[3]);
-        }
+      for (int kk = 0; kk < K; kk += 16) {
+        uint32_t af[4], bf[4];
+        Ldsm4(af, &sq[tp0 + (lane & 7) + ((lane >> 3) & 1) * 8][kk + (lane >> 4) * 8]);
+        Ldsm4(bf, &sk[sp0 + (lane & 7) + (lane >> 4) * 8][kk + ((lane >> 3) & 1) * 8]);
+        Mma(pacc[0], af, bf[0], bf[1]);
+        Mma(pacc[1], af, bf[2], bf[3]);
       }
       float rowsum[2] = {0.f, 0.f};
 #pragma unroll
@@ -220,7 +248,7 @@ __global__ void __launch_bounds__(kThreads, 1) ChunkedPrefillKernel(ChunkedPrefi
       for (int r = 0; r < 2; ++r) {
         rowsum[r] += __shfl_xor_sync(0xffffffffu, rowsum[r], 1);
         rowsum[r] += __shfl_xor_sync(0xffffffffu, rowsum[r], 2);
-        if (q == 0) sm.den_part[warp >> 2][tp0 + g + 8 * r] = rowsum[r];
+        if (q == 0) sm.den_part[cb][tp0 + g + 8 * r] = rowsum[r];
       }
     }
     __syncthreads();  // P, its row sums and fq . z
@@ -254,8 +282,9 @@ __global__ void __launch_bounds__(kThreads, 1) ChunkedPrefillKernel(ChunkedPrefi
       }
       if (warp == kDGroups && a.dims.normalize) {  // one warp: 1 / den for the 64 tokens
         for (int t = lane; t < kC; t += 32) {
-          const float den = sm.den_part[0][t] + sm.den_part[1][t] + sm.den_part[2][t] + sm.den_part[3][t] +
-                            sm.eb[t] * sm.qz[t] + 1e-6f;
+          float den = sm.den_part[0][t];  // + the blocks right of it up to the diagonal
+          for (int cb = 1; cb <= t / 16; ++cb) den += sm.den_part[cb][t];
+          den += sm.eb[t] * sm.qz[t] + 1e-6f;
           sm.inv_den[t] = 1.f / den;
         }
       }
@@ -285,6 +314,19 @@ __global__ void __launch_bounds__(kThreads, 1) ChunkedPrefillKernel(ChunkedPrefi
           cell = (oacc[nt][e] + cell) * (a.dims.normalize ? sm.inv_den[t] : 1.f);
         }
       }
+    }
+
+    // This thread's y_add cells of the output below (8 columns each), loaded now so that the
+    // state update hides their latency.
+    constexpr int kOutItems = kC * (kCols / 8) / kThreads;
+    float4 add[kOutItems][2] = {};
+#pragma unroll
+    for (int it = 0; it < kOutItems; ++it) {
+      const int idx = threadIdx.x + it * kThreads, t = idx / (kCols / 8), rel = token(c, t);
+      if (a.y_add == nullptr || !valid(rel)) continue;
+      const float* src = a.y_add + ((static_cast<int64_t>(first_row) + rel) * H + h) * kD + col0 + idx % (kCols / 8) * 8;
+      add[it][0] = *reinterpret_cast<const float4*>(src);
+      add[it][1] = *reinterpret_cast<const float4*>(src + 4);
     }
 
     // State update: S^T = e^B S^T + V^T diag(w) K, w_s = e^{B - b_s} folded into V^T.
@@ -323,19 +365,19 @@ __global__ void __launch_bounds__(kThreads, 1) ChunkedPrefillKernel(ChunkedPrefi
     }
     __syncthreads();  // the output rows are complete, and every warp is done with sv
 
-    // out = bf16(y + y_add), 8 columns per thread, for the tokens of the sequence.
-    for (int idx = threadIdx.x; idx < kC * (kD / 8); idx += kThreads) {
-      const int t = idx / (kD / 8), col = idx % (kD / 8) * 8, rel = token(c, t);
+    // out = bf16(y + y_add), 8 columns per thread, for the tokens of the sequence (y_add zero
+    // when absent).
+#pragma unroll
+    for (int it = 0; it < kOutItems; ++it) {
+      const int idx = threadIdx.x + it * kThreads, t = idx / (kCols / 8), col = idx % (kCols / 8) * 8;
+      const int rel = token(c, t);
       if (!valid(rel)) continue;
-      const int64_t off = ((static_cast<int64_t>(first_row) + rel) * H + h) * kD + col;
+      const int64_t off = ((static_cast<int64_t>(first_row) + rel) * H + h) * kD + col0 + col;
       float4 lo = *reinterpret_cast<const float4*>(&sm.out[t][col]);
       float4 hi = *reinterpret_cast<const float4*>(&sm.out[t][col + 4]);
-      if (a.y_add != nullptr) {
-        const float4 alo = *reinterpret_cast<const float4*>(a.y_add + off);
-        const float4 ahi = *reinterpret_cast<const float4*>(a.y_add + off + 4);
-        lo.x += alo.x, lo.y += alo.y, lo.z += alo.z, lo.w += alo.w;
-        hi.x += ahi.x, hi.y += ahi.y, hi.z += ahi.z, hi.w += ahi.w;
-      }
+      const float4 alo = add[it][0], ahi = add[it][1];
+      lo.x += alo.x, lo.y += alo.y, lo.z += alo.z, lo.w += alo.w;
+      hi.x += ahi.x, hi.y += ahi.y, hi.z += ahi.z, hi.w += ahi.w;
       const uint4 packed = {Pack(lo.x, lo.y), Pack(lo.z, lo.w), Pack(hi.x, hi.y), Pack(hi.z, hi.w)};
       *reinterpret_cast<uint4*>(a.y + off) = packed;
     }
@@ -344,29 +386,49 @@ __global__ void __launch_bounds__(kThreads, 1) ChunkedPrefillKernel(ChunkedPrefi
 
 #pragma unroll
   for (int j = 0; j < kTiles; ++j) {
-    const int i = i0 + 8 * j + 2 * q, d = d0 + g;
+    const int i = i0 + 8 * j + 2 * q, d = col0 + d0 + g;
     Store(s_glob, i * kD + d, st[j][0]);
     Store(s_glob, (i + 1) * kD + d, st[j][1]);
     Store(s_glob, i * kD + d + 8, st[j][2]);
     Store(s_glob, (i + 1) * kD + d + 8, st[j][3]);
   }
-  for (int i = threadIdx.x; i < K; i += kThreads) Store(z_glob, i, sm.z[i]);
+  if (part == 0) {  // every part holds the same z
+    for (int i = threadIdx.x; i < K; i += kThreads) Store(z_glob, i, sm.z[i]);
+  }
 }
 
-template <int K, typename TS>
+template <int K, int kSplit, typename TS>
 cudaError_t Launch(const ChunkedPrefillArgs& args, cudaStream_t stream) {
-  const int bytes = static_cast<int>(sizeof(Smem<K>));
-  const cudaError_t e =
-      cudaFuncSetAttribute(ChunkedPrefillKernel<K, TS>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+  const int bytes = static_cast<int>(sizeof(Smem<K, Part<kSplit>::kCols>));
+  const cudaError_t e = cudaFuncSetAttribute(ChunkedPrefillKernel<K, kSplit, TS>,
+                                             cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
   if (e != cudaSuccess) return e;
-  ChunkedPrefillKernel<K, TS><<<dim3(args.dims.heads, args.num_seqs), kThreads, bytes, stream>>>(args);
+  const dim3 grid(args.dims.heads * kSplit, args.num_seqs);
+  ChunkedPrefillKernel<K, kSplit, TS><<<grid, Part<kSplit>::kThreads, bytes, stream>>>(args);
   return cudaGetLastError();
 }
 
+template <int K, typename TS>
+cudaError_t LaunchSplit(const ChunkedPrefillArgs& args, int split, cudaStream_t stream) {
+  if (split == 4) return Launch<K, 4, TS>(args, stream);
+  if (split == 2) return Launch<K, 2, TS>(args, stream);
+  return Launch<K, 1, TS>(args, stream);
+}
+
 template <int K>
-cudaError_t LaunchFor(const ChunkedPrefillArgs& args, cudaStream_t stream) {
-  if (args.state.state_type == StoreType::kF32) return Launch<K, float>(args, stream);
-  return Launch<K, __nv_bfloat16>(args, stream);
+cudaError_t LaunchFor(const ChunkedPrefillArgs& args, int split, cudaStream_t stream) {
+  if (args.state.state_type == StoreType::kF32) return LaunchSplit<K, float>(args, split, stream);
+  return LaunchSplit<K, __nv_bfloat16>(args, split, stream);
+}
+
+// The most blocks per (sequence, head), of 4 and 2, that still fit the launch in one block per
+// SM; 1 for launches that fill the GPU anyway (a split repeats the scores in every block).
+cudaError_t SplitFor(int pairs, int& split) {
+  int device = 0, sms = 0;
+  cudaError_t e = cudaGetDevice(&device);
+  if (e == cudaSuccess) e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  split = pairs * 4 <= sms ? 4 : pairs * 2 <= sms ? 2 : 1;
+  return e;
 }
 
 }  // namespace
@@ -375,9 +437,15 @@ cudaError_t LizardChunkedPrefill(const ChunkedPrefillArgs& args, cudaStream_t st
   if (args.num_seqs == 0) return cudaSuccess;
   const LizardDims& d = args.dims;
   if (d.head_dim != kD || d.kv_heads <= 0 || d.heads % d.kv_heads != 0) return cudaErrorInvalidValue;
-  if (d.features == 64) return LaunchFor<128>(args, stream);
-  if (d.features == 128) return LaunchFor<256>(args, stream);
-  return cudaErrorInvalidValue;
+  if (d.features != 64 && d.features != 128) return cudaErrorInvalidValue;
+  int split = args.split;
+  if (split == 0) {
+    const cudaError_t e = SplitFor(d.heads * args.num_seqs, split);
+    if (e != cudaSuccess) return e;
+  } else if (split != 1 && split != 2 && split != 4) {
+    return cudaErrorInvalidValue;
+  }
+  return d.features == 64 ? LaunchFor<128>(args, split, stream) : LaunchFor<256>(args, split, stream);
 }
 
 }  // namespace lizard::kernels

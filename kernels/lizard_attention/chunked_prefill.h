@@ -24,8 +24,9 @@
 //           [H, 2F]; both stored as state.state_type (fp32 or bf16)
 //   y_add   [rows, H, D] fp32 or null;   y  [rows, H * D] bf16
 // Sequences with slot -1 (padding) write zero rows. Limits: D = 128, 2F = 128 or 256
-// (cudaErrorInvalidValue otherwise). Shared memory per block: 162 KB at 2F = 128, 226 KB at
-// 2F = 256 (of Hopper's 227 KB; an sm_80 GPU, 163 KB, runs 2F = 128 only).
+// (cudaErrorInvalidValue otherwise). Shared memory per block with one block per (sequence, head):
+// 162.25 KB at 2F = 128, 226.75 KB at 2F = 256 (of Hopper's 227 KB; an sm_80 GPU, 163 KB, runs
+// 2F = 128 only); with the value columns split over 4 blocks 102.25 / 166.75 KB.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -50,10 +51,15 @@ struct ChunkedPrefillArgs {
   LizardStateRef state;  // S and z (the window fields unused)
   const float* y_add = nullptr;
   __nv_bfloat16* y = nullptr;
+  // Blocks per (sequence, head), 1, 2 or 4, each owning D / split value columns; 0: chosen by
+  // the launch's size (more when there are few (sequence, head) pairs). Every split gives the
+  // same bits, so it is only a test and benchmark hook.
+  int split = 0;
 };
 
-// Grid (H, num_seqs): one block walks its sequence's blocks in order, the state in registers,
-// each block as bf16 tensor-core products with fp32 accumulators.
+// Grid (H * split, num_seqs): the split blocks of a (sequence, head) walk its blocks of tokens in
+// order, the state in registers, each block of tokens as bf16 tensor-core products with fp32
+// accumulators.
 cudaError_t LizardChunkedPrefill(const ChunkedPrefillArgs& args, cudaStream_t stream);
 
 // Whether a model's shapes fit the whole prefill path (these kernels and LizardWindowPrefill):

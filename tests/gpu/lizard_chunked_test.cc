@@ -2,7 +2,8 @@
 // LizardChunkedPrefill against its CPU reference (token by token, float64) on the state pool, many
 // sequences of different lengths and first positions in one launch, initial states, strong decay,
 // fp32 and bf16 state; a launch split at absolute chunk boundaries gives the bits of one launch;
-// other sequences in the launch change no sequence's bits; LizardPrefillFeatureMaps against
+// other sequences in the launch change no sequence's bits; 1, 2 or 4 blocks per (sequence, head)
+// give the same bits; one 2048-token sequence alone; LizardPrefillFeatureMaps against
 // cpu::FeatureMap.
 //
 // Tolerances: the kernel multiplies bf16 operands (the inputs, and the state, v and the scores
@@ -197,8 +198,9 @@ Result RunRef(const Problem& p) {
 // (the sequence's end after the last). The state stays in the device pool between launches.
 class Gpu {
  public:
-  explicit Gpu(const Problem& p)
-      : p_(p), fq_(p.fq), fk_(p.fk), qkvg_(p.qkvg), y_add_(p.y_add.empty() ? std::vector<float>{0.f} : p.y_add),
+  // split: ChunkedPrefillArgs::split (0: the kernel's choice).
+  explicit Gpu(const Problem& p, int split = 0)
+      : p_(p), split_(split), fq_(p.fq), fk_(p.fk), qkvg_(p.qkvg), y_add_(p.y_add.empty() ? std::vector<float>{0.f} : p.y_add),
         pool_(p.pool), y_(static_cast<size_t>(p.rows()) * p.heads * kD) {
     y_.Poison();  // NaN: a row the kernel does not write fails the comparison
   }
@@ -210,8 +212,9 @@ class Gpu {
     const Meta m = MakeMeta(p_, which, from, count);
     DeviceVec<int32_t> slot(m.slot), first_row(m.first_row), num_tokens(m.num_tokens), first_pos(m.first_pos);
     const SeqMeta seqs{slot.get(), first_row.get(), num_tokens.get(), first_pos.get()};
-    const ChunkedPrefillArgs a = Args(p_, fq_.get(), fk_.get(), qkvg_.get(), seqs, static_cast<int>(which.size()),
-                                      pool_.get(), p_.y_add.empty() ? nullptr : y_add_.get(), y_.get());
+    ChunkedPrefillArgs a = Args(p_, fq_.get(), fk_.get(), qkvg_.get(), seqs, static_cast<int>(which.size()),
+                                pool_.get(), p_.y_add.empty() ? nullptr : y_add_.get(), y_.get());
+    a.split = split_;
     ASSERT_EQ(LizardChunkedPrefill(a, nullptr), cudaSuccess);
     ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   }
@@ -237,14 +240,15 @@ class Gpu {
 
  private:
   const Problem& p_;
+  const int split_;
   DeviceVec<__nv_bfloat16> fq_, fk_;
   DeviceVec<float> qkvg_, y_add_;
   DeviceVec<char> pool_;
   DeviceVec<__nv_bfloat16> y_;
 };
 
-Result RunGpu(const Problem& p) {
-  Gpu gpu(p);
+Result RunGpu(const Problem& p, int split = 0) {
+  Gpu gpu(p, split);
   gpu.Run(All(p), std::vector<std::vector<int>>(p.seqs.size()));
   return gpu.Get();
 }
@@ -395,11 +399,44 @@ TEST(LizardChunkedTest, OtherSequencesChangeNoBits) {
   }
 }
 
+// y, S and z have the same bits with the value columns split over 1, 2 or 4 blocks per (sequence,
+// head), normalised or not.
+TEST(LizardChunkedTest, SplitsAreBitwiseEqual) {
+  for (Options o : F2AndStateTypes()) {
+    for (bool normalize : {true, false}) {
+      o.normalize = normalize, o.with_y_add = normalize;
+      const Problem p = MakeProblem(kVarlen, o, 700 + o.f2);
+      const Result one = RunGpu(p, 1);
+      for (int split : {2, 4}) {
+        const Result got = RunGpu(p, split);
+        EXPECT_EQ(std::memcmp(got.y.data(), one.y.data(), one.y.size() * sizeof(float)), 0)
+            << Name(o) << ", split " << split << ": y";
+        EXPECT_EQ(got.pool, one.pool) << Name(o) << ", split " << split << ": the stored states";
+      }
+    }
+  }
+}
+
+// One 2048-token prompt alone (the launch the backend splits most): within tolerance of the
+// reference, and the bits of one block per (sequence, head).
+TEST(LizardChunkedTest, OneLongSequence) {
+  for (const Options& o : F2AndStateTypes()) {
+    const Problem p = MakeProblem({{2048, 0, 0}}, o, 800 + o.f2);
+    const Result got = RunGpu(p);
+    ExpectClose(p, got, RunRef(p), "one 2048-token sequence, " + Name(o));
+    const Result one = RunGpu(p, 1);
+    EXPECT_EQ(std::memcmp(got.y.data(), one.y.data(), one.y.size() * sizeof(float)), 0) << Name(o) << ": y";
+    EXPECT_EQ(got.pool, one.pool) << Name(o) << ": the stored state";
+  }
+}
+
 TEST(LizardChunkedTest, RejectsUnsupportedShapes) {
   ChunkedPrefillArgs args;
   args.num_seqs = 1, args.dims.heads = 4, args.dims.kv_heads = 2, args.dims.head_dim = 128, args.dims.features = 48;
   EXPECT_EQ(LizardChunkedPrefill(args, nullptr), cudaErrorInvalidValue);
   args.dims.features = 64, args.dims.head_dim = 64;
+  EXPECT_EQ(LizardChunkedPrefill(args, nullptr), cudaErrorInvalidValue);
+  args.dims.head_dim = 128, args.split = 3;
   EXPECT_EQ(LizardChunkedPrefill(args, nullptr), cudaErrorInvalidValue);
 }
 

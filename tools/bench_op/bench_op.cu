@@ -4,7 +4,9 @@
 // normaliser over the state pool (kernels/lizard_attention/chunked_prefill.h), and the tensor-core
 // window attention with meta-memory sinks (kernels/lizard_attention/window_prefill.h) — each
 // timed alone, and their sum; beside them the token-parallel window kernel of the decode path
-// (LizardWindow in kernels/kernels.h), which prompts used before.
+// (LizardWindow in kernels/kernels.h), which prompts used before. Then the feature maps and the
+// chunked GLA once more for one sequence of T tokens (B = 1: the launch with the fewest blocks,
+// which the chunked kernel splits over more blocks per (sequence, head)).
 //
 // Times: cudaEvent pairs around each call, 3 warm-up calls, median (and min) of --iters calls.
 // Rates: the fewest bytes each kernel must move (inputs read once, outputs written once) and the
@@ -161,25 +163,27 @@ double BenchChunked(const Shape& s, int f2) {
 
   const Timing tm = Time(maps, s.iters);
   const double map_bytes = 4.0 * T * 2 * H * F + 2.0 * T * 2 * H * f2;
-  std::printf("feature maps              2F=%-3d  median %.3f ms  min %.3f ms  %.2f TB/s\n", f2, tm.median_ms,
-              tm.min_ms, map_bytes / tm.median_ms / 1e9);
+  std::printf("feature maps              2F=%-3d B=%-2d  median %.3f ms  min %.3f ms  %.2f TB/s\n", f2, s.batch,
+              tm.median_ms, tm.min_ms, map_bytes / tm.median_ms / 1e9);
   const Timing tg = Time(gla, s.iters);
   const double bytes = 2.0 * T * H * f2 * 2 + T * Hkv * D * 4 + T * H * 4 + T * H * D * (4 + 2) +
                        2.0 * s.batch * H * (f2 * D + f2) * 4;
   const double C = k::kGlaChunk;
   const double flops = static_cast<double>(T) * H * (2 * C * f2 + 2 * C * D + 4.0 * f2 * D);
-  std::printf("chunked GLA + normaliser  2F=%-3d  median %.3f ms  min %.3f ms  %.2f TB/s  %.1f TFLOP/s\n",
-              f2, tg.median_ms, tg.min_ms, bytes / tg.median_ms / 1e9, flops / tg.median_ms / 1e9);
+  std::printf("chunked GLA + normaliser  2F=%-3d B=%-2d  median %.3f ms  min %.3f ms  %.2f TB/s  %.1f TFLOP/s\n",
+              f2, s.batch, tg.median_ms, tg.min_ms, bytes / tg.median_ms / 1e9, flops / tg.median_ms / 1e9);
   Check(cudaMemset(state.pool, 0, s.batch * state.slot_bytes), "memset");  // valid bf16 (zeros)
   args.state.state_type = k::StoreType::kBF16;
   const Timing tb = Time(gla, s.iters);
-  std::printf("  (bf16 state)            2F=%-3d  median %.3f ms  min %.3f ms\n", f2, tb.median_ms, tb.min_ms);
+  std::printf("  (bf16 state)            2F=%-3d B=%-2d  median %.3f ms  min %.3f ms\n", f2, s.batch, tb.median_ms,
+              tb.min_ms);
   args.state.state_type = k::StoreType::kF32;
   const Timing both = Time([&] {
     const cudaError_t e = maps();
     return e != cudaSuccess ? e : gla();
   }, s.iters);
-  std::printf("maps + chunked GLA        2F=%-3d  median %.3f ms  min %.3f ms\n", f2, both.median_ms, both.min_ms);
+  std::printf("maps + chunked GLA        2F=%-3d B=%-2d  median %.3f ms  min %.3f ms\n", f2, s.batch, both.median_ms,
+              both.min_ms);
   for (const void* p : std::initializer_list<const void*>{seqs.slot, seqs.first_row, seqs.num_tokens, seqs.first_pos,
                                                           logits, fq, fk, qkvg, gates, y_add, y, state.pool}) {
     cudaFree(const_cast<void*>(p));
@@ -320,5 +324,9 @@ int main(int argc, char** argv) {
   std::printf("\n| 2F | feature maps + chunked GLA + normaliser (ms) | window + sinks, tensor cores (ms) | "
               "op total (ms) | decode-path window kernel (ms) |\n|---|---|---|---|---|\n");
   for (const std::string& r : rows) std::printf("%s\n", r.c_str());
+  Shape one = s;
+  one.batch = 1;
+  std::printf("\none sequence of %d tokens:\n", s.seq);
+  for (int f2 : s.f2s) BenchChunked(one, f2);
   return 0;
 }
