@@ -73,7 +73,7 @@ __global__ void __launch_bounds__(32 * kWarps, 2) PrefillFeatureMapsKernel(Prefi
   __syncthreads();
 
   const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3, r0 = 16 * (threadIdx.x >> 5);
-  constexpr int kN = F / 8;
+  constexpr int kN = F / 8, kGroup = 8;
   // acc[j]: logits of rows r0+g (0, 1) and r0+g+8 (2, 3), features 8j + 2q, +1.
   float acc[kN][4] = {};
 #pragma unroll 2
@@ -83,14 +83,22 @@ __global__ void __launch_bounds__(32 * kWarps, 2) PrefillFeatureMapsKernel(Prefi
     SplitTf32(sm.x[r0 + g + 8][k0 + q], ah[1], al[1]);
     SplitTf32(sm.x[r0 + g][k0 + q + 4], ah[2], al[2]);
     SplitTf32(sm.x[r0 + g + 8][k0 + q + 4], ah[3], al[3]);
+    // Per accumulator the small products first, then hi*hi; in groups of kGroup n-tiles so that
+    // consecutive MMAs are independent (one accumulator's three would wait on each other).
 #pragma unroll
-    for (int j = 0; j < kN; ++j) {
-      uint32_t bh0, bl0, bh1, bl1;
-      SplitTf32(sm.w[k0 + q][8 * j + g], bh0, bl0);
-      SplitTf32(sm.w[k0 + q + 4][8 * j + g], bh1, bl1);
-      MmaTf32(acc[j], al, bh0, bh1);  // the small products first
-      MmaTf32(acc[j], ah, bl0, bl1);
-      MmaTf32(acc[j], ah, bh0, bh1);
+    for (int j0 = 0; j0 < kN; j0 += kGroup) {
+      uint32_t bh[kGroup][2], bl[kGroup][2];
+#pragma unroll
+      for (int j = 0; j < kGroup; ++j) {
+        SplitTf32(sm.w[k0 + q][8 * (j0 + j) + g], bh[j][0], bl[j][0]);
+        SplitTf32(sm.w[k0 + q + 4][8 * (j0 + j) + g], bh[j][1], bl[j][1]);
+      }
+#pragma unroll
+      for (int j = 0; j < kGroup; ++j) MmaTf32(acc[j0 + j], al, bh[j][0], bh[j][1]);
+#pragma unroll
+      for (int j = 0; j < kGroup; ++j) MmaTf32(acc[j0 + j], ah, bl[j][0], bl[j][1]);
+#pragma unroll
+      for (int j = 0; j < kGroup; ++j) MmaTf32(acc[j0 + j], ah, bh[j][0], bh[j][1]);
     }
   }
 
