@@ -1,5 +1,5 @@
 // Tensor-core and asynchronous-copy helpers shared by the mma.sync kernels (internal to kernels/):
-// cp.async into shared memory, ldmatrix, the m16n8k16 bf16 MMA, bf16 packing.
+// cp.async into shared memory, ldmatrix, the m16n8k16 bf16 and m16n8k8 tf32 MMAs, bf16 packing.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -50,6 +50,23 @@ __device__ __forceinline__ void Mma(float (&c)[4], const uint32_t (&a)[4], uint3
       : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
+
+// c[16x8] += a[16x8] b[8x8], tf32 operands (fp32 bit patterns, see Tf32), fp32 accumulators.
+// Fragment layouts (g = lane/4, q = lane%4): a regs (row g, col q), (g+8, q), (g, q+4), (g+8, q+4);
+// b regs (row q, col g), (q+4, g); c as in Mma. Not volatile: a pure function of its operands,
+// which the compiler may interleave with independent MMAs.
+__device__ __forceinline__ void MmaTf32(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm(
+      "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// x rounded to nearest (ties away) tf32: the bits of an fp32 whose low 13 mantissa bits are zero.
+// The same bits as cvt.rna.tf32.f32 for finite x, in two integer operations (half a tf32 ulp
+// added to the magnitude, then truncated).
+__device__ __forceinline__ uint32_t Tf32(float x) { return (__float_as_uint(x) + 0x1000u) & 0xffffe000u; }
 
 __device__ __forceinline__ uint32_t Pack(float lo, float hi) {
   const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);

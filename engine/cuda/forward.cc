@@ -171,7 +171,9 @@ absl::Status ForwardPass::LizardLayer(const DeviceLayer& L, const StepShape& sha
   k::TokenMeta tokens{field(kTokSlot), field(kTokPos), field(kTokFirstRow), field(kTokFirstPos), field(kTokSingle)};
   k::SeqMeta seqs{field(kSeqSlot), field(kSeqFirstRow), field(kSeqNumTokens), field(kSeqFirstPos)};
   k::LizardScratch scratch{fq_.get<float>(), fk_.get<float>(), gamma_.get<float>(), den_.get<float>(), yw_.get<float>()};
-  LIZARD_CUDA_RETURN(k::FeatureMapLogits(qkvg, ld, shape.rows, H_, Hkv_, D_, F_, L.fmap_q.get<float>(),
+  // The logits of the rows the recurrent kernels read (the prefill path computes its own).
+  const int logit_rows = chunked_prefill_ ? shape.decode_rows : shape.rows;
+  LIZARD_CUDA_RETURN(k::FeatureMapLogits(qkvg, ld, logit_rows, H_, Hkv_, D_, F_, L.fmap_q.get<float>(),
                                          L.fmap_k.get<float>(), fmap_logits_.get<float>(), stream_));
   k::LizardParams params{fmap_logits_.get<float>(), L.fmap_q_bias.get<float>(), L.fmap_k_bias.get<float>(),
                          L.meta_logits.get<float>(), L.window_factor.get<float>()};
@@ -200,10 +202,13 @@ absl::Status ForwardPass::LizardLayer(const DeviceLayer& L, const StepShape& sha
   // The chunked form for the prompt rows: feature maps in bf16, the window part (written to
   // yw_), the gated linear attention adding it, then the ring takes the chunks' last keys.
   const int64_t F2 = 2 * static_cast<int64_t>(F_);
-  k::LizardParams prompt_params = params;
-  prompt_params.fmap_logits += static_cast<int64_t>(Td) * 2 * H_ * F_;
-  LIZARD_CUDA_RETURN(k::LizardPrefillFeatureMaps(dims_, prompt_params, Tp, fq16_.get<bf16>() + Td * H_ * F2,
-                                                 fk16_.get<bf16>() + Td * H_ * F2, stream_));
+  k::PrefillFeatureMapsArgs maps;
+  maps.dims = dims_;
+  maps.qkvg = qkvg + static_cast<int64_t>(Td) * ld, maps.ld = ld, maps.rows = Tp;
+  maps.fmap_q = L.fmap_q.get<float>(), maps.fmap_k = L.fmap_k.get<float>();
+  maps.q_bias = params.fmap_q_bias, maps.k_bias = params.fmap_k_bias;
+  maps.fq = fq16_.get<bf16>() + Td * H_ * F2, maps.fk = fk16_.get<bf16>() + Td * H_ * F2;
+  LIZARD_CUDA_RETURN(k::LizardPrefillFeatureMaps(maps, stream_));
   k::WindowPrefillArgs window;
   window.dims = dims_;
   window.q = qkvg, window.q_ld = ld;

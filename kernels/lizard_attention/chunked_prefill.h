@@ -70,12 +70,28 @@ inline bool PrefillPathSupports(const LizardDims& dims) {
          dims.window <= kMaxPrefillWindow;
 }
 
-// Token-parallel feature maps of `rows` prompt rows: for row r, head h,
-//   fq[r, h] = [softmax(a), softmax(-a)] with a = q logits of head h + fmap_q_bias[h]
-//   fk[r, h] = the same with the k logits and fmap_k_bias
-// from params.fmap_logits (layout in LizardParams; biases may be null), rounded to bf16 once,
-// computed as LizardWindow's HedgehogSoftmax does. One warp per (row, map); F <= 128.
-cudaError_t LizardPrefillFeatureMaps(const LizardDims& dims, const LizardParams& params, int rows,
-                                     __nv_bfloat16* fq, __nv_bfloat16* fk, cudaStream_t stream);
+// The feature maps of a step's prompt rows, from the qkvg rows (one kernel: the logits on the
+// tensor cores, then the softmaxes). For row r and head h (kv head h / (H / Hkv)):
+//   a_q = q_h(r) fmap_q[h] + fmap_q_bias[h],   a_k = k_{h/G}(r) fmap_k[h] + fmap_k_bias[h]
+//   fq[r, h] = [softmax(a_q), softmax(-a_q)],  fk[r, h] = the same with a_k      (bf16, [rows, H, 2F])
+// with the maps [H, D, F] and biases [H, F] (may be null) in fp32. The logits are summed in one
+// fixed order per output as 3xTF32 tensor-core products (fp32's accuracy, ~1e-6 relative), so a
+// row's bits depend only on its own inputs, never on `rows` or where the row sits in the launch.
+struct PrefillFeatureMapsArgs {
+  LizardDims dims;  // heads, kv_heads, head_dim (128), features (64 or 128)
+  const float* qkvg = nullptr;  // [rows, ld], layout of lizard_attention.h
+  int ld = 0;
+  int rows = 0;
+  const float* fmap_q = nullptr;
+  const float* fmap_k = nullptr;
+  const float* q_bias = nullptr;
+  const float* k_bias = nullptr;
+  __nv_bfloat16* fq = nullptr;  // 16-byte aligned
+  __nv_bfloat16* fk = nullptr;  // 16-byte aligned
+  float* logits = nullptr;  // null, or [rows, 2H, F]: a_q of the H heads, then a_k (for the tests)
+};
+
+// Grid (64-row tiles, 2H maps); cudaErrorInvalidValue for other shapes than the above.
+cudaError_t LizardPrefillFeatureMaps(const PrefillFeatureMapsArgs& args, cudaStream_t stream);
 
 }  // namespace lizard::kernels

@@ -1,5 +1,6 @@
 #include "kernels/lizard_attention/chunked_prefill_ref.h"
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -78,6 +79,31 @@ void LizardChunkedPrefillRef(const ChunkedPrefillArgs& a) {
       }
       for (int64_t i = 0; i < static_cast<int64_t>(K) * D; ++i) StoreState(s_io, type, s0 + i, s[i]);
       for (int i = 0; i < K; ++i) StoreState(z_io, type, z0 + i, z[i]);
+    }
+  }
+}
+
+void LizardPrefillFeatureMapsRef(const PrefillFeatureMapsArgs& a, double* logits, double* fq, double* fk) {
+  const int H = a.dims.heads, G = H / a.dims.kv_heads, D = a.dims.head_dim, F = a.dims.features;
+  for (int64_t r = 0; r < a.rows; ++r) {
+    for (int i = 0; i < 2 * H; ++i) {
+      const bool key = i >= H;
+      const int h = key ? i - H : i;
+      const float* x = a.qkvg + r * a.ld + (key ? H * D + (h / G) * D : h * D);
+      const float* w = (key ? a.fmap_k : a.fmap_q) + static_cast<int64_t>(h) * D * F;
+      const float* bias = key ? a.k_bias : a.q_bias;
+      double* l = logits + (r * 2 * H + i) * F;
+      for (int f = 0; f < F; ++f) {
+        double sum = bias != nullptr ? bias[h * F + f] : 0.0;
+        for (int d = 0; d < D; ++d) sum += static_cast<double>(x[d]) * w[d * F + f];
+        l[f] = sum;
+      }
+      // [softmax(a), softmax(-a)]
+      const double mx = *std::max_element(l, l + F), mn = *std::min_element(l, l + F);
+      double sp = 0.0, sn = 0.0;
+      for (int f = 0; f < F; ++f) sp += std::exp(l[f] - mx), sn += std::exp(mn - l[f]);
+      double* out = (key ? fk : fq) + (r * H + h) * 2 * F;
+      for (int f = 0; f < F; ++f) out[f] = std::exp(l[f] - mx) / sp, out[F + f] = std::exp(mn - l[f]) / sn;
     }
   }
 }

@@ -1,12 +1,12 @@
 // lizard-bench-op: the Lizard attention prefill op alone, at the shape of issue #12 (B sequences
 // of T tokens, H query heads, Hkv kv heads, D = 128, 2F = 128 and 256): the prefill path the
-// backend runs for prompt rows — the feature maps and the chunked gated linear attention with its
-// normaliser over the state pool (kernels/lizard_attention/chunked_prefill.h), and the tensor-core
-// window attention with meta-memory sinks (kernels/lizard_attention/window_prefill.h) — each
-// timed alone, and their sum; beside them the token-parallel window kernel of the decode path
-// (LizardWindow in kernels/kernels.h), which prompts used before. Then the feature maps and the
-// chunked GLA once more for one sequence of T tokens (B = 1: the launch with the fewest blocks,
-// which the chunked kernel splits over more blocks per (sequence, head)).
+// backend runs for prompt rows — the feature maps (logits included) and the chunked gated linear
+// attention with its normaliser over the state pool (kernels/lizard_attention/chunked_prefill.h),
+// and the tensor-core window attention with meta-memory sinks (kernels/lizard_attention/
+// window_prefill.h) — each timed alone, and their sum; beside them the token-parallel window
+// kernel of the decode path (LizardWindow in kernels/kernels.h), which prompts used before. Then
+// the feature maps and the chunked GLA once more for one sequence of T tokens (B = 1: the launch
+// with the fewest blocks, which the chunked kernel splits over more blocks per (sequence, head)).
 //
 // Times: cudaEvent pairs around each call, 3 warm-up calls, median (and min) of --iters calls.
 // Rates: the fewest bytes each kernel must move (inputs read once, outputs written once) and the
@@ -118,7 +118,8 @@ Shape ParseArgs(int argc, char** argv) {
   return s;
 }
 
-// The prefill path at one 2F: the feature maps of the prompt rows (LizardPrefillFeatureMaps), the
+// The prefill path at one 2F: the feature maps of the prompt rows from their q and k
+// (LizardPrefillFeatureMaps: the logits x W on the tensor cores, 3xTF32, and the softmaxes), the
 // chunked GLA + normaliser over the state pool (fp32 state; bf16 state once more, alone), and
 // both back to back. Prints their rows; returns the median ms of both together.
 double BenchChunked(const Shape& s, int f2) {
@@ -130,7 +131,8 @@ double BenchChunked(const Shape& s, int f2) {
   std::vector<int32_t> slot(s.batch), first_row(s.batch), num_tokens(s.batch, s.seq), first_pos(s.batch, 0);
   for (int n = 0; n < s.batch; ++n) slot[n] = n, first_row[n] = n * s.seq;
   const k::SeqMeta seqs{Upload(slot), Upload(first_row), Upload(num_tokens), Upload(first_pos)};
-  float* logits = Alloc<float>(T * 2 * H * F);
+  float* fmap_q = Alloc<float>(H * D * F);
+  float* fmap_k = Alloc<float>(H * D * F);
   bf16* fq = Alloc<bf16>(T * H * f2);
   bf16* fk = Alloc<bf16>(T * H * f2);
   float* qkvg = Alloc<float>(T * ld);
@@ -142,9 +144,10 @@ double BenchChunked(const Shape& s, int f2) {
   state.z_offset = H * f2 * D * 4;
   state.slot_bytes = state.z_offset + H * f2 * 4;
   state.pool = Alloc<char>(s.batch * state.slot_bytes);
-  // Logits like the feature-map GEMM's; v and the window part uniform; gates mostly near 1,
-  // some strong; a small initial state.
-  Check(k::RandomFillF32(logits, T * 2 * H * F, 1, 2.f, 0.f, nullptr), "fill");
+  // q, k, v and the window part uniform; maps giving logits of a few units; gates mostly near
+  // 1, some strong; a small initial state.
+  Check(k::RandomFillF32(fmap_q, H * D * F, 1, 0.3f, 0.f, nullptr), "fill");
+  Check(k::RandomFillF32(fmap_k, H * D * F, 2, 0.3f, 0.f, nullptr), "fill");
   Check(k::RandomFillF32(qkvg, T * ld, 3, 1.f, 0.f, nullptr), "fill");
   Check(k::RandomFillF32(y_add, T * H * D, 5, 0.5f, 0.f, nullptr), "fill");
   float* gates = Alloc<float>(T * H);
@@ -153,18 +156,22 @@ double BenchChunked(const Shape& s, int f2) {
                      cudaMemcpyDeviceToDevice), "gates");
   Check(k::RandomFillF32(reinterpret_cast<float*>(state.pool), s.batch * state.slot_bytes / 4, 6, 0.05f, 0.f,
                          nullptr), "fill");
-  const k::LizardParams params{logits, nullptr, nullptr, nullptr, nullptr};
+  k::PrefillFeatureMapsArgs map_args;
+  map_args.dims = dims, map_args.qkvg = qkvg, map_args.ld = ld, map_args.rows = static_cast<int>(T);
+  map_args.fmap_q = fmap_q, map_args.fmap_k = fmap_k, map_args.fq = fq, map_args.fk = fk;
   k::ChunkedPrefillArgs args;
   args.dims = dims, args.fq = fq, args.fk = fk, args.qkvg = qkvg, args.ld = ld;
   args.seqs = seqs, args.num_seqs = s.batch, args.state = state, args.y_add = y_add, args.y = y;
-  auto maps = [&] { return k::LizardPrefillFeatureMaps(dims, params, static_cast<int>(T), fq, fk, nullptr); };
+  auto maps = [&] { return k::LizardPrefillFeatureMaps(map_args, nullptr); };
   auto gla = [&] { return k::LizardChunkedPrefill(args, nullptr); };
   Check(maps(), "feature maps");
 
   const Timing tm = Time(maps, s.iters);
-  const double map_bytes = 4.0 * T * 2 * H * F + 2.0 * T * 2 * H * f2;
-  std::printf("feature maps              2F=%-3d B=%-2d  median %.3f ms  min %.3f ms  %.2f TB/s\n", f2, s.batch,
-              tm.median_ms, tm.min_ms, map_bytes / tm.median_ms / 1e9);
+  // Bytes: q and k read, the maps read, fq and fk written; FLOPs: the 2H maps' logits, 3 products each.
+  const double map_bytes = 4.0 * T * (H + Hkv) * D + 4.0 * 2 * H * D * F + 2.0 * T * 2 * H * f2;
+  const double map_flops = 3.0 * 2 * T * 2 * H * D * F;
+  std::printf("feature maps (+ logits)   2F=%-3d B=%-2d  median %.3f ms  min %.3f ms  %.2f TB/s  %.1f TFLOP/s (3xTF32)\n",
+              f2, s.batch, tm.median_ms, tm.min_ms, map_bytes / tm.median_ms / 1e9, map_flops / tm.median_ms / 1e9);
   const Timing tg = Time(gla, s.iters);
   const double bytes = 2.0 * T * H * f2 * 2 + T * Hkv * D * 4 + T * H * 4 + T * H * D * (4 + 2) +
                        2.0 * s.batch * H * (f2 * D + f2) * 4;
@@ -185,7 +192,7 @@ double BenchChunked(const Shape& s, int f2) {
   std::printf("maps + chunked GLA        2F=%-3d B=%-2d  median %.3f ms  min %.3f ms\n", f2, s.batch, both.median_ms,
               both.min_ms);
   for (const void* p : std::initializer_list<const void*>{seqs.slot, seqs.first_row, seqs.num_tokens, seqs.first_pos,
-                                                          logits, fq, fk, qkvg, gates, y_add, y, state.pool}) {
+                                                          fmap_q, fmap_k, fq, fk, qkvg, gates, y_add, y, state.pool}) {
     cudaFree(const_cast<void*>(p));
   }
   return both.median_ms;
