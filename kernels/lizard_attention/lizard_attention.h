@@ -109,6 +109,17 @@ cudaError_t LizardState(const LizardDims& dims, const float* qkvg, int ld, const
                         int num_seqs, const LizardStateRef& state, const LizardScratch& scratch,
                         __nv_bfloat16* y, cudaStream_t stream);
 
+// LizardState for decode rows (every sequence has exactly one token; padding sequences, slot -1,
+// write zero rows), made to stream S once at memory bandwidth: grid (D / slice, H, num_seqs),
+// each block a 128-byte column slice (32 fp32 or 64 bf16 columns) of all 2F rows, read and
+// written in 16-byte vectors, the readout reduced in a fixed order. The same S bits as
+// LizardState; y sums in another order. Each output depends only on its own sequence's data.
+// Shapes without whole 16-byte vectors (D not a multiple of 4 for fp32 S or of 8 for bf16 S, or
+// an S offset not 16-byte aligned) run LizardState.
+cudaError_t LizardDecodeState(const LizardDims& dims, const float* qkvg, int ld, const SeqMeta& seqs,
+                              int num_seqs, const LizardStateRef& state, const LizardScratch& scratch,
+                              __nv_bfloat16* y, cudaStream_t stream);
+
 // Writes the last min(n, w) keys (from krot) and values of each sequence into its ring rows
 // p % w. Runs after the window kernels, which still read the older ring rows.
 cudaError_t LizardRingWrite(const LizardDims& dims, const float* qkvg, int ld, const float* krot,

@@ -1,7 +1,9 @@
 // The recurrent half of a Lizard attention layer: S = gamma S + fk v^T and the readout
 // y_gate = fq S / den. Following the recurrent decode kernels of vLLM/SGLang, each block holds
-// the whole reduction dimension (all 2F rows of S) and a slice of 32 value columns, so the
-// readout reduces inside the block; the slice lives in registers across the sequence's tokens.
+// the whole reduction dimension (all 2F rows of S) and a slice of value columns, so the
+// readout reduces inside the block. LizardState keeps its slice in registers across a
+// sequence's tokens; LizardDecodeState (one token per sequence) is built to stream S once at
+// memory bandwidth.
 #include "kernels/common.cuh"
 #include "kernels/lizard_attention/lizard_attention.h"
 
@@ -99,7 +101,158 @@ __global__ void __launch_bounds__(kThreads, 2) LizardStateKernel(LizardDims dims
   }
 }
 
+// LizardDecodeState: a block of 256 threads owns all 2F rows of a 128-byte column slice of one
+// head's S (32 fp32 or 64 bf16 columns). 8 threads cover a row's slice with 16-byte vectors and
+// the 32 row groups of 8 take rows group, group + 32, ...: each thread keeps its 8 vectors in
+// flight at once and the block moves 32 KiB; 3 resident blocks per SM (<= 80 registers, no
+// spills) keep HBM busy.
+constexpr int kDecodeThreads = 256;
+constexpr int kDecodeWarps = kDecodeThreads / 32;
+constexpr int kLanesPerRow = 8;
+constexpr int kRowGroups = kDecodeThreads / kLanesPerRow;
+constexpr int kDecodeRows = kMaxRows / kRowGroups;  // rows per thread
+
+// 16 bytes of S as floats (4 fp32 or 8 bf16) and back.
+template <typename TS>
+constexpr int kVec = 16 / sizeof(TS);
+template <typename TS>
+__device__ __forceinline__ void Unpack(const uint4& raw, float (&x)[kVec<TS>]) {
+  const uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    if constexpr (sizeof(TS) == 4) {
+      x[i] = __uint_as_float(w[i]);
+    } else {  // the low half holds the lower column
+      x[2 * i] = __uint_as_float(w[i] << 16);
+      x[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+    }
+  }
+}
+// x holds values already Rounded<TS>, so the bf16 packing only drops zero bits.
+template <typename TS>
+__device__ __forceinline__ uint4 Pack(const float (&x)[kVec<TS>]) {
+  uint32_t w[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    if constexpr (sizeof(TS) == 4) {
+      w[i] = __float_as_uint(x[i]);
+    } else {
+      w[i] = (__float_as_uint(x[2 * i]) >> 16) | (__float_as_uint(x[2 * i + 1]) & 0xffff0000u);
+    }
+  }
+  return make_uint4(w[0], w[1], w[2], w[3]);
+}
+
+template <typename TS>
+__global__ void __launch_bounds__(kDecodeThreads, 3) LizardDecodeStateKernel(LizardDims dims, const float* qkvg,
+                                                                           int ld, SeqMeta seqs,
+                                                                           LizardStateRef state,
+                                                                           LizardScratch scratch,
+                                                                           __nv_bfloat16* y) {
+  constexpr int V = kVec<TS>, kSliceCols = kLanesPerRow * V;
+  // Grid (slices, H, seqs) as LizardState's: a head's slices in consecutive blocks.
+  const int s = blockIdx.z, h = blockIdx.y;
+  const int H = dims.heads, Hkv = dims.kv_heads, D = dims.head_dim, F2 = 2 * dims.features;
+  const int g = h / (H / Hkv);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, group = threadIdx.x / kLanesPerRow;
+  const int col = (blockIdx.x * kLanesPerRow + threadIdx.x % kLanesPerRow) * V;  // D % V == 0
+  const bool active = col < D;
+  // Thread t < kSliceCols finishes column out_col of y.
+  const int out_col = blockIdx.x * kSliceCols + threadIdx.x;
+  const bool writes_y = threadIdx.x < kSliceCols && out_col < D;
+  const int slot = seqs.slot[s];
+  const int64_t th = static_cast<int64_t>(seqs.first_row[s]) * H + h;
+  if (slot < 0) {  // padding: zero rows so the output projection sees no garbage
+    if (writes_y) y[th * D + out_col] = __float2bfloat16(0.f);
+    return;
+  }
+
+  // Every load before any use: the S vectors, then the small operands.
+  TS* S = reinterpret_cast<TS*>(state.pool + slot * state.slot_bytes + state.s_offset) +
+          static_cast<int64_t>(h) * F2 * D + col;
+  uint4 raw[kDecodeRows];
+#pragma unroll
+  for (int k = 0; k < kDecodeRows; ++k) {
+    const int row = group + k * kRowGroups;
+    raw[k] = (active && row < F2) ? *reinterpret_cast<const uint4*>(S + static_cast<int64_t>(row) * D)
+                                  : make_uint4(0, 0, 0, 0);
+  }
+  // fq and fk go through shared memory (registers are kept for the S vectors).
+  __shared__ float sfq[kMaxRows], sfk[kMaxRows];
+  if (threadIdx.x < F2) {
+    sfq[threadIdx.x] = scratch.fq[th * F2 + threadIdx.x];
+    sfk[threadIdx.x] = scratch.fk[th * F2 + threadIdx.x];
+  }
+  float v[V];
+  const float* vrow = qkvg + static_cast<int64_t>(seqs.first_row[s]) * ld + H * D + Hkv * D + g * D + col;
+#pragma unroll
+  for (int i = 0; i < V; ++i) v[i] = active ? vrow[i] : 0.f;
+  const float gamma = scratch.gamma[th];
+  const float den = writes_y ? scratch.den[th] : 1.f;
+  const float y_window = writes_y ? scratch.y[th * D + out_col] : 0.f;
+  __syncthreads();
+
+  // S' = gamma S + fk v^T as LizardState computes it (rounded as stored); the thread's part of
+  // fq . S' over its rows in row order.
+  float acc[V] = {};
+#pragma unroll
+  for (int k = 0; k < kDecodeRows; ++k) {
+    const int row = group + k * kRowGroups;
+    if (!active || row >= F2) continue;
+    float x[V];
+    Unpack<TS>(raw[k], x);
+#pragma unroll
+    for (int i = 0; i < V; ++i) {
+      x[i] = Rounded<TS>(fmaf(gamma, x[i], sfk[row] * v[i]));
+      acc[i] = fmaf(sfq[row], x[i], acc[i]);
+    }
+    *reinterpret_cast<uint4*>(S + static_cast<int64_t>(row) * D) = Pack<TS>(x);
+  }
+
+  // Readout in a fixed order: the 4 row groups of a warp by butterfly (the same sum in every
+  // lane), then the warps in order through shared memory.
+  __shared__ float part[kDecodeWarps][kLanesPerRow * kVec<__nv_bfloat16>];
+#pragma unroll
+  for (int i = 0; i < V; ++i) {
+    acc[i] += __shfl_xor_sync(0xffffffffu, acc[i], 8);
+    acc[i] += __shfl_xor_sync(0xffffffffu, acc[i], 16);
+    if (lane < kLanesPerRow) part[warp][lane * V + i] = acc[i];
+  }
+  __syncthreads();
+  if (writes_y) {
+    float num = 0.f;
+#pragma unroll
+    for (int w = 0; w < kDecodeWarps; ++w) num += part[w][threadIdx.x];
+    y[th * D + out_col] = __float2bfloat16(num / den + y_window);
+  }
+}
+
+template <typename TS>
+cudaError_t LaunchDecodeState(const LizardDims& dims, const float* qkvg, int ld, const SeqMeta& seqs,
+                              int num_seqs, const LizardStateRef& state, const LizardScratch& scratch,
+                              __nv_bfloat16* y, cudaStream_t stream) {
+  const dim3 grid(CeilDiv(dims.head_dim, kLanesPerRow * kVec<TS>), dims.heads, num_seqs);
+  LizardDecodeStateKernel<TS><<<grid, kDecodeThreads, 0, stream>>>(dims, qkvg, ld, seqs, state, scratch, y);
+  return cudaGetLastError();
+}
+
 }  // namespace
+
+cudaError_t LizardDecodeState(const LizardDims& dims, const float* qkvg, int ld, const SeqMeta& seqs,
+                              int num_seqs, const LizardStateRef& state, const LizardScratch& scratch,
+                              __nv_bfloat16* y, cudaStream_t stream) {
+  if (num_seqs == 0) return cudaSuccess;
+  if (2 * dims.features > kMaxRows) return cudaErrorInvalidValue;
+  // 16-byte vectors need S rows that split into whole vectors at 16-byte addresses.
+  const bool f32 = state.state_type == StoreType::kF32;
+  const int vec = f32 ? kVec<float> : kVec<__nv_bfloat16>;
+  const bool aligned = (reinterpret_cast<uintptr_t>(state.pool) | state.slot_bytes | state.s_offset) % 16 == 0;
+  if (dims.head_dim % vec != 0 || !aligned) {
+    return LizardState(dims, qkvg, ld, seqs, num_seqs, state, scratch, y, stream);
+  }
+  return f32 ? LaunchDecodeState<float>(dims, qkvg, ld, seqs, num_seqs, state, scratch, y, stream)
+             : LaunchDecodeState<__nv_bfloat16>(dims, qkvg, ld, seqs, num_seqs, state, scratch, y, stream);
+}
 
 cudaError_t LizardState(const LizardDims& dims, const float* qkvg, int ld, const SeqMeta& seqs,
                         int num_seqs, const LizardStateRef& state, const LizardScratch& scratch,
