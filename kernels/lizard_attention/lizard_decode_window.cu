@@ -15,9 +15,9 @@ namespace lizard::kernels {
 namespace {
 
 constexpr int kMaxWarps = 16;  // one per query head of the group (more: LizardWindow runs)
-constexpr int kMaxPairs = 4;  // value columns per lane, in pairs: D <= 64 * kMaxPairs
+constexpr int kKeysPerLane = 4;  // ring keys a lane scores at once
 
-// kVec ring elements copied and read as one unit: 16 bytes when the ring rows allow it, else 2.
+// kVec ring elements copied and read as one unit: 16 bytes when the ring rows allow it, else a pair.
 template <typename TW, int kVec>
 struct alignas(kVec * sizeof(TW)) RingVec {
   TW v[kVec];
@@ -52,6 +52,10 @@ __global__ void __maxnreg__(65536 / (32 * kMaxWarps)) LizardDecodeWindowKernel(
     LizardDims dims, const float* qkvg, int ld, const float* krot, int krot_ld, const double* inv_freq,
     TokenMeta tokens, int row0, LizardParams params, LizardStateRef state, LizardScratch scratch) {
   using Vec = RingVec<TW, kVec>;
+  // The weighted sum reads kPv values per lane and key (8 bytes; the pair layout: a pair), so
+  // 32 lanes cover D = 128 in one bf16 row; kMaxChunks chunks per lane for D <= 256.
+  constexpr int kPv = kVec >= 4 ? kVec / 2 : 2;
+  constexpr int kMaxChunks = 256 / (32 * kPv);
   // Grid (Hkv, rows): consecutive blocks work on the same token, so on the same slot's memory.
   const int g = blockIdx.x, r = row0 + blockIdx.y;
   const int H = dims.heads, Hkv = dims.kv_heads, D = dims.head_dim, F = dims.features;
@@ -160,74 +164,101 @@ __global__ void __maxnreg__(65536 / (32 * kMaxWarps)) LizardDecodeWindowKernel(
     Store(ring_v, static_cast<int64_t>(pos % w) * D + d, own_v[d]);
   }
 
-  // Scores: lane per key, the dot product in d order. The sinks join the max and the sum only.
+  // Scores of the ring keys: a lane per key, kKeysPerLane keys at once (independent chains; the
+  // query is loaded once for them), each dot product in d order. The own key's score in a warp
+  // reduction. The sinks join the max and the sum only.
   const float scale = rsqrtf(static_cast<float>(D));
   float* sc = reinterpret_cast<float*>(smem + L.scores) + warp * w;
+  const int nring = nkeys - 1;
   float mx = -INFINITY;
-  for (int kk = lane; kk < nkeys; kk += 32) {
-    const int j = lo + kk;
-    float dot = 0.f;
-    if (j == pos) {
-      for (int d = 0; d < D; ++d) dot = fmaf(q[d], own_k[d], dot);
-    } else {
-      const Vec* key = reinterpret_cast<const Vec*>(smem + L.k + (j % w) * L.row_bytes);
-      for (int c = 0; c < vecs; ++c) {
-        const Vec x = key[c];
-        // The query in float4 (or float2) broadcasts: D % kVec == 0 keeps them aligned.
-        if constexpr (kVec % 4 == 0) {
+  for (int base = 0; base < nring; base += 32 * kKeysPerLane) {
+    const Vec* key[kKeysPerLane];
+    float dot[kKeysPerLane];
 #pragma unroll
-          for (int e = 0; e < kVec; e += 4) {
-            const float4 qq = *reinterpret_cast<const float4*>(q + c * kVec + e);
-            dot = fmaf(qq.x, Load(x.v, e), dot);
-            dot = fmaf(qq.y, Load(x.v, e + 1), dot);
-            dot = fmaf(qq.z, Load(x.v, e + 2), dot);
-            dot = fmaf(qq.w, Load(x.v, e + 3), dot);
-          }
-        } else {
-          const float2 qq = *reinterpret_cast<const float2*>(q + c * kVec);
-          dot = fmaf(qq.x, Load(x.v, 0), dot);
-          dot = fmaf(qq.y, Load(x.v, 1), dot);
+    for (int u = 0; u < kKeysPerLane; ++u) {
+      const int kk = min(base + lane + 32 * u, nring - 1);  // past the end: a copy, not stored
+      key[u] = reinterpret_cast<const Vec*>(smem + L.k + ((lo + kk) % w) * L.row_bytes);
+      dot[u] = 0.f;
+    }
+    for (int c = 0; c < vecs; ++c) {
+      // The query in float4 (or float2) broadcasts: D % kVec == 0 keeps them aligned.
+      float qc[kVec];
+      if constexpr (kVec % 4 == 0) {
+#pragma unroll
+        for (int e = 0; e < kVec; e += 4) {
+          const float4 qq = *reinterpret_cast<const float4*>(q + c * kVec + e);
+          qc[e] = qq.x, qc[e + 1] = qq.y, qc[e + 2] = qq.z, qc[e + 3] = qq.w;
         }
+      } else {
+        const float2 qq = *reinterpret_cast<const float2*>(q + c * kVec);
+        qc[0] = qq.x, qc[1] = qq.y;
+      }
+#pragma unroll
+      for (int u = 0; u < kKeysPerLane; ++u) {
+        const Vec x = key[u][c];
+#pragma unroll
+        for (int e = 0; e < kVec; ++e) dot[u] = fmaf(qc[e], Load(x.v, e), dot[u]);
       }
     }
-    sc[kk] = dot * scale;
-    mx = fmaxf(mx, dot * scale);
+#pragma unroll
+    for (int u = 0; u < kKeysPerLane; ++u) {
+      const int kk = base + lane + 32 * u;
+      if (kk < nring) {
+        sc[kk] = dot[u] * scale;
+        mx = fmaxf(mx, dot[u] * scale);
+      }
+    }
   }
+  float own = 0.f;
+  for (int d = lane; d < D; d += 32) own = fmaf(q[d], own_k[d], own);
+  own = WarpSum(own) * scale;
   for (int i = lane; i < m; i += 32) mx = fmaxf(mx, sinks[i]);
-  mx = WarpMax(mx);  // finite: the token's own key is always in the window
+  mx = fmaxf(WarpMax(mx), own);  // finite: the token's own key is always in the window
   float sum = 0.f;
-  for (int kk = lane; kk < nkeys; kk += 32) {
+  for (int kk = lane; kk < nring; kk += 32) {
     const float p = __expf(sc[kk] - mx);
     sc[kk] = p;
     sum += p;
   }
   for (int i = lane; i < m; i += 32) sum += __expf(sinks[i] - mx);
-  sum = WarpSum(sum);
+  const float p_own = __expf(own - mx);
+  sum = WarpSum(sum) + p_own;
   __syncwarp();  // every lane reads every key's weight below
 
-  // y = window_factor * sum_j p_j v_j / sum: lane holds value column pairs lane + 32 i.
-  float2 acc[kMaxPairs];
+  // y = window_factor * sum_j p_j v_j / sum, keys in order: lane holds value columns
+  // kPv c .. kPv c + kPv - 1 for c = lane + 32 i.
+  using PvVec = RingVec<TW, kPv>;
+  const int chunks = D / kPv;
+  float acc[kMaxChunks][kPv];
 #pragma unroll
-  for (int i = 0; i < kMaxPairs; ++i) acc[i] = make_float2(0.f, 0.f);
-  for (int kk = 0; kk + 1 < nkeys; ++kk) {
+  for (int i = 0; i < kMaxChunks; ++i) {
+#pragma unroll
+    for (int e = 0; e < kPv; ++e) acc[i][e] = 0.f;
+  }
+  int ring_row = lo % w;
+#pragma unroll 4
+  for (int kk = 0; kk < nring; ++kk) {
     const float p = sc[kk];
-    const RingVec<TW, 2>* val = reinterpret_cast<const RingVec<TW, 2>*>(smem + L.v + ((lo + kk) % w) * L.row_bytes);
+    const PvVec* val = reinterpret_cast<const PvVec*>(smem + L.v + ring_row * L.row_bytes);
 #pragma unroll
-    for (int i = 0; i < kMaxPairs; ++i) {
-      if (lane + 32 * i < half) {
-        const RingVec<TW, 2> x = val[lane + 32 * i];
-        acc[i].x = fmaf(p, Load(x.v, 0), acc[i].x);
-        acc[i].y = fmaf(p, Load(x.v, 1), acc[i].y);
+    for (int i = 0; i < kMaxChunks; ++i) {
+      if (lane + 32 * i < chunks) {
+        const PvVec x = val[lane + 32 * i];
+#pragma unroll
+        for (int e = 0; e < kPv; ++e) acc[i][e] = fmaf(p, Load(x.v, e), acc[i][e]);
       }
     }
+    ring_row = ring_row + 1 == w ? 0 : ring_row + 1;
   }
-  const float p_own = sc[nkeys - 1], factor = params.window_factor[h] / sum;
+  const float factor = params.window_factor[h] / sum;
 #pragma unroll
-  for (int i = 0; i < kMaxPairs; ++i) {
-    const int d = 2 * (lane + 32 * i);
-    if (d < D) {
-      y[d] = factor * fmaf(p_own, own_v[d], acc[i].x);
-      y[d + 1] = factor * fmaf(p_own, own_v[d + 1], acc[i].y);
+  for (int i = 0; i < kMaxChunks; ++i) {
+    if (lane + 32 * i < chunks) {
+#pragma unroll
+      for (int e = 0; e < kPv; ++e) {
+        const int d = (lane + 32 * i) * kPv + e;
+        y[d] = factor * fmaf(p_own, own_v[d], acc[i][e]);
+      }
     }
   }
 }
