@@ -183,8 +183,8 @@ absl::Status ForwardPass::LizardLayer(const DeviceLayer& L, const StepShape& sha
 
   // Decode rows (one token per sequence) take the recurrent form, whatever else shares the step.
   if (Td > 0) {
-    LIZARD_CUDA_RETURN(k::LizardWindow(dims_, qkvg, ld, krot, krot_ld, inv_freq_.get<double>(), tokens, 0, Td,
-                                       params, state, scratch, stream_));
+    LIZARD_CUDA_RETURN(k::LizardDecodeWindow(dims_, qkvg, ld, krot, krot_ld, inv_freq_.get<double>(), tokens, 0, Td,
+                                             params, state, scratch, stream_));
     LIZARD_CUDA_RETURN(k::LizardDecodeState(dims_, qkvg, ld, seqs, Sd, state, scratch, y, stream_));
   }
   if (Tp == 0) return absl::OkStatus();

@@ -1,6 +1,7 @@
 // The Lizard attention op on the GPU: the launch wrappers of the kernels in this folder
-// (feature_map.cu, lizard_window.cu, lizard_normalizer.cu, lizard_state.cu, lizard_ring_write.cu)
-// that the CUDA backend runs for a lizard layer, in that order (docs/cuda.md). Conventions as in
+// (feature_map.cu, lizard_window.cu or for decode rows lizard_decode_window.cu, lizard_normalizer.cu,
+// lizard_state.cu, lizard_ring_write.cu) that the CUDA backend runs for a lizard layer, in that
+// order (docs/cuda.md). Conventions as in
 // kernels/kernels.h, which includes this header. Their CPU reference is the token-by-token
 // recurrence of engine/cpu/ops.h (tests/gpu/lizard_attention_test.cc ties the two together). The
 // backend runs them for decode rows (and for prompt rows of models the chunked kernels do not
@@ -93,6 +94,15 @@ cudaError_t LizardWindow(const LizardDims& dims, const float* qkvg, int ld, cons
                          int krot_ld, const double* inv_freq, const TokenMeta& tokens, int row0,
                          int rows, const LizardParams& params, const LizardStateRef& state,
                          const LizardScratch& scratch, cudaStream_t stream);
+
+// LizardWindow for decode rows [row0, row0 + rows): every row is its sequence's only token
+// (`single`) or padding (slot -1). Same outputs, z update and ring write; grid (Hkv, rows), one
+// warp per query head, the group's ring rows read once into shared memory
+// (lizard_decode_window.cu). Windows too long for one block's shared memory run LizardWindow.
+cudaError_t LizardDecodeWindow(const LizardDims& dims, const float* qkvg, int ld, const float* krot,
+                               int krot_ld, const double* inv_freq, const TokenMeta& tokens, int row0,
+                               int rows, const LizardParams& params, const LizardStateRef& state,
+                               const LizardScratch& scratch, cudaStream_t stream);
 
 // Sequential normaliser for multi-token sequences, grid (H, num_seqs): z advances token by token,
 // den[t] = fq_t . z_t + 1e-6 (1 when not normalizing). One-token sequences are skipped

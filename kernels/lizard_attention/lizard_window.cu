@@ -5,17 +5,13 @@
 // K/V into the ring here; see lizard_attention.h for the split of work.
 #include "kernels/common.cuh"
 #include "kernels/lizard_attention/lizard_attention.h"
+#include "kernels/lizard_attention/lizard_device.cuh"
 
 namespace lizard::kernels {
 namespace {
 
 constexpr int kThreads = 512;
 constexpr int kKeyLanes = 4;  // lanes sharing one key's dot product
-
-template <typename T>
-__device__ __forceinline__ T* SlotPart(const LizardStateRef& st, int slot, int64_t offset) {
-  return reinterpret_cast<T*>(st.pool + slot * st.slot_bytes + offset);
-}
 
 // out[0..F) = softmax(a), out[F..2F) = softmax(-a) for a[0..F) in shared memory. The max and
 // the min, then the two sums, are reduced together (fewer barriers: this runs per token).
@@ -234,11 +230,10 @@ cudaError_t LizardWindow(const LizardDims& dims, const float* qkvg, int ld, cons
                          int rows, const LizardParams& params, const LizardStateRef& state,
                          const LizardScratch& scratch, cudaStream_t stream) {
   if (rows == 0) return cudaSuccess;
-  const bool s32 = state.state_type == StoreType::kF32, w32 = state.window_type == StoreType::kF32;
-  if (s32 && w32) return Launch<float, float>(dims, qkvg, ld, krot, krot_ld, inv_freq, tokens, row0, rows, params, state, scratch, stream);
-  if (s32) return Launch<float, __nv_bfloat16>(dims, qkvg, ld, krot, krot_ld, inv_freq, tokens, row0, rows, params, state, scratch, stream);
-  if (w32) return Launch<__nv_bfloat16, float>(dims, qkvg, ld, krot, krot_ld, inv_freq, tokens, row0, rows, params, state, scratch, stream);
-  return Launch<__nv_bfloat16, __nv_bfloat16>(dims, qkvg, ld, krot, krot_ld, inv_freq, tokens, row0, rows, params, state, scratch, stream);
+  return WithStoreTypes(state, [&](auto ts, auto tw) {
+    return Launch<decltype(ts), decltype(tw)>(dims, qkvg, ld, krot, krot_ld, inv_freq, tokens, row0, rows, params,
+                                              state, scratch, stream);
+  });
 }
 
 }  // namespace lizard::kernels

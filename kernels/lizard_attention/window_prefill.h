@@ -1,5 +1,5 @@
 // The anchor window attention with meta-memory sinks for prompt rows (the prefill path), on
-// tensor cores. The decode path keeps LizardWindow (lizard_attention.h); the two agree within
+// tensor cores. The decode path takes LizardDecodeWindow (lizard_attention.h); the two agree within
 // bf16 tolerance, not bitwise (prompt tokens always take this path, decodes the other).
 //
 // For the token at position p of a sequence, query head h (kv head g = h / (H / Hkv)):
