@@ -4,7 +4,8 @@
 # benchmarks. Everything is logged under $OUT (at most a few files: the device tool returns 8).
 #
 #   bash tools/gpu/on_device.sh [tests] [memcheck] [server] [ncu] [ncu-prefill] [bench] [bench-full]
-#                                [load] [load-small] [drift] [bin:NAME,ARG,...]
+#                                [load] [load-small] [drift] [bench-quick]
+#                                [bin:NAME,ARG,...]
 # (bench runs lizard-bench-op too: the chunked Lizard attention op alone)
 # (default: tests memcheck bench-full; ncu: per-kernel times of llama3-8b decode steps at batch
 # 1, 64 and 256)
@@ -57,6 +58,14 @@ print("%s: %.3f ms in %d kernels" % (sys.argv[2], all_ns / 1e6, sum(count.values
 for key, t in total.most_common(14):
     print("  %-60s %8.3f ms %5.1f%% (%d launches)" % (key, t / 1e6, 100 * t / all_ns, count[key]))
 PY
+}
+
+bench() {  # label, args...: lizard-cli bench on the CUDA backend, logged to bench.log
+  local label=$1; shift
+  local t0=$SECONDS
+  echo "### $label: lizard-cli bench $*" >> "$OUT/bench.log"
+  timeout 240 "$bundle/libexec/lizard-cli" bench --backend cuda "$@" >> "$OUT/bench.log" 2>&1
+  note "bench $label: exit $? in $((SECONDS - t0)) s"
 }
 
 load_run() {  # name, --max-batch-tokens, --max-running, requests per second
@@ -128,15 +137,16 @@ for phase in $phases; do
       done
       grep -E "ERROR SUMMARY|Invalid|out of bounds" "$OUT/memcheck.log" | sort | uniq -c | head -20 >> "$summary"
       ;;
+    bench-quick)
+      # Issue #12's headline figures only: decode 1/8/64/256, prefill 2K/8K, spill, and the op.
+      bench 8b-lizard --shape llama3-8b --batch-sizes 1,8,64,256 --context 1024 --prompt-lengths 2048,8192 --steps 10
+      t0=$SECONDS
+      timeout 120 "$bundle/libexec/lizard-bench-op" --iters 50 > "$OUT/bench-op.txt" 2>&1
+      note "lizard-bench-op: exit $? in $((SECONDS - t0)) s"
+      grep -E "^(###|backend|weights|copy bw|state spill| +[0-9]+ )" "$OUT/bench.log" >> "$summary"
+      grep -E "median" "$OUT/bench-op.txt" >> "$summary"
+      ;;
     bench|bench-full)
-      cli=$bundle/libexec/lizard-cli
-      bench() {  # label, args...
-        local label=$1; shift
-        local t0=$SECONDS
-        echo "### $label: lizard-cli bench $*" >> "$OUT/bench.log"
-        timeout 240 "$cli" bench --backend cuda "$@" >> "$OUT/bench.log" 2>&1
-        note "bench $label: exit $? in $((SECONDS - t0)) s"
-      }
       bench 8b-lizard --shape llama3-8b --batch-sizes 1,8,32,64,128,256 --context 1024 --prompt-lengths 512,2048,8192,32768
       # What sampling on the device costs (top-p: the dearest path) and what copying the logits
       # back would cost instead; the same steps with cuBLAS projections.
