@@ -57,6 +57,29 @@ class SavedSlot {
   Bytes bytes_;
 };
 
+// A slot being loaded from spilled bytes (Backend::RestoreSlot). The slot must not be used by
+// any other backend call until Finish has returned.
+class SlotRestore {
+ public:
+  virtual ~SlotRestore() = default;
+  // Whether Finish would return without waiting (never blocks).
+  virtual bool ready() = 0;
+  // Waits for the load; OK: every later backend call sees the restored state in the slot. An
+  // error leaves the slot's contents undefined (reset or load it before use). Called once.
+  virtual absl::Status Finish() = 0;
+};
+
+// A restore that was done when it was made.
+class FinishedRestore final : public SlotRestore {
+ public:
+  explicit FinishedRestore(absl::Status status) : status_(std::move(status)) {}
+  bool ready() override { return true; }
+  absl::Status Finish() override { return status_; }
+
+ private:
+  absl::Status status_;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -86,6 +109,13 @@ class Backend {
     absl::StatusOr<std::string> bytes = SaveSlot(slot);
     if (!bytes.ok()) return bytes.status();
     return SavedSlot(*std::move(bytes));
+  }
+  // LoadSlot of a spill for the host tier, without the engine waiting: checking the bytes and
+  // uploading them may run off the caller's thread (the CUDA backend's do) while steps on other
+  // slots go on. The default loads at once.
+  virtual absl::StatusOr<std::unique_ptr<SlotRestore>> RestoreSlot(SlotId slot, const SavedSlot& saved) {
+    absl::StatusOr<std::string_view> bytes = saved.bytes();
+    return std::make_unique<FinishedRestore>(bytes.ok() ? LoadSlot(slot, *bytes) : bytes.status());
   }
 
   // --- compute ---

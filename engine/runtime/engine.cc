@@ -499,10 +499,14 @@ class EngineImpl : public Engine {
   }
 
   // Admits a waiting sequence: its state gets a slot, and a copy of its cached prefix if it has
-  // one. Called with backend_mu_ and mu_ held.
+  // one. A state coming back from the host tier is restored in the background while other
+  // sequences run (UNAVAILABLE until it is done: the scheduler asks again next step), and at once
+  // when nothing runs, since then no step would go on meanwhile. Called with backend_mu_ and mu_
+  // held.
   absl::Status AdmitLocked(RequestId id) {
     Sequence& seq = *sequences_.at(id);
-    if (absl::Status s = states_.Admit(seq.state, seq.cache_entry); !s.ok()) return s;
+    const bool background = scheduler_.num_running() > 0;
+    if (absl::Status s = states_.Admit(seq.state, seq.cache_entry, background); !s.ok()) return s;
     if (seq.cache_entry != 0) cache_.Unpin(std::exchange(seq.cache_entry, 0));
     return absl::OkStatus();
   }

@@ -79,8 +79,9 @@ class Scheduler {
   void Remove(RequestId id);
 
   // Asked once per waiting sequence being admitted. OK: the sequence has a slot now. Any error:
-  // no slot for now; if nothing is running (so no slot will ever free up by waiting) the
-  // sequence fails with that error, otherwise it waits for a later step.
+  // no slot for now (or its state is still being restored from the host); if nothing is
+  // running (so no slot will ever free up by waiting) the sequence fails with that error,
+  // otherwise it waits for a later step.
   using SlotProvider = absl::FunctionRef<absl::Status(RequestId)>;
   ScheduledStep Schedule(SlotProvider provide_slot);
 

@@ -139,8 +139,8 @@ std::vector<int32_t> StateManager::Attach(StateId id) {
   return std::exchange(state.pending, {});
 }
 
-absl::Status StateManager::Admit(StateId id, StateId seed) {
-  if (absl::Status s = MakeResident(id); !s.ok()) return s;
+absl::Status StateManager::Admit(StateId id, StateId seed, bool background) {
+  if (absl::Status s = MakeResident(id, background); !s.ok()) return s;
   SequenceState& state = states_.at(id);
   if (seed != 0) {
     // Read the seed after MakeResident, which may have moved it to the host.
@@ -160,6 +160,9 @@ void StateManager::Consume(StateId id, int64_t tokens) { states_.at(id).consumed
 int64_t StateManager::Detach(StateId id, std::span<const int32_t> unfed,
                              std::span<const int32_t> turn, int64_t turn_input) {
   SequenceState& state = states_.at(id);
+  // A request cancelled while its state was being restored: finish now, so the reserved slot
+  // becomes the state's (or free again) and can be spilled like any other.
+  if (state.restore != nullptr) FinishRestore(state).IgnoreError();  // failed: still on the host
   state.pending.assign(unfed.begin(), unfed.end());
   state.last_turn.assign(turn.begin(), turn.end());
   state.last_turn_input = turn_input;
@@ -171,25 +174,47 @@ int64_t StateManager::Detach(StateId id, std::span<const int32_t> unfed,
   return tokens;
 }
 
-absl::Status StateManager::MakeResident(StateId id) {
+absl::Status StateManager::MakeResident(StateId id, bool background) {
   SequenceState* state = Record(id);
   if (state == nullptr) return absl::NotFoundError(absl::StrCat("unknown state ", id));
   if (state->slot.has_value()) return absl::OkStatus();
 
-  const int64_t own_host_bytes = state->host.has_value() ? state->host->size() : 0;
-  absl::StatusOr<SlotId> slot = AcquireSlot(id, own_host_bytes);
-  if (!slot.ok()) return slot.status();
-  absl::Status loaded = state->host.has_value() ? LoadSaved(*slot, *state->host) : backend_->ResetSlot(*slot);
+  if (state->restore == nullptr) {
+    const int64_t own_host_bytes = state->host.has_value() ? state->host->size() : 0;
+    absl::StatusOr<SlotId> slot = AcquireSlot(id, own_host_bytes);
+    if (!slot.ok()) return slot.status();
+    if (!state->host.has_value()) {
+      if (absl::Status s = backend_->ResetSlot(*slot); !s.ok()) {
+        free_slots_.push_back(*slot);
+        return s;
+      }
+      state->slot = *slot;
+      return absl::OkStatus();
+    }
+    absl::StatusOr<std::unique_ptr<SlotRestore>> restore = backend_->RestoreSlot(*slot, *state->host);
+    if (!restore.ok()) {
+      free_slots_.push_back(*slot);
+      return restore.status();
+    }
+    state->restore = *std::move(restore);
+    state->restore_slot = *slot;
+  }
+  if (background && !state->restore->ready()) {
+    return absl::UnavailableError("the state is being restored from the host tier");
+  }
+  return FinishRestore(*state);
+}
+
+absl::Status StateManager::FinishRestore(SequenceState& state) {
+  const absl::Status loaded = std::exchange(state.restore, nullptr)->Finish();
   if (!loaded.ok()) {
-    free_slots_.push_back(*slot);
+    free_slots_.push_back(state.restore_slot);
     return loaded;
   }
-  if (state->host.has_value()) {
-    host_bytes_used_ -= state->host->size();
-    state->host.reset();
-    ++restores_;
-  }
-  state->slot = *slot;
+  host_bytes_used_ -= state.host->size();
+  state.host.reset();
+  state.slot = state.restore_slot;
+  ++restores_;
   return absl::OkStatus();
 }
 

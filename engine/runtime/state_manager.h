@@ -11,7 +11,9 @@
 // when none is free, the least recently used state that is not running is spilled to host bytes
 // (Backend::SpillSlot: the engine does not wait for the host-side serialization; a restore
 // waits for it if it is still running), bounded by host_capacity_bytes. Nothing is ever dropped: when neither tier
-// has room the caller gets RESOURCE_EXHAUSTED.
+// has room the caller gets RESOURCE_EXHAUSTED. A restore (Backend::RestoreSlot) may run in the
+// background while steps go on: the state then holds a reserved slot and its host bytes until
+// the restore is finished (so the host tier may exceed its capacity by the states in flight).
 //
 // Prefix-cache entries (see prefix_cache.h) are states too, made by Snapshot: they take a device
 // slot only when one is free, are the first to leave the device when a slot is needed (moved to
@@ -22,6 +24,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <span>
 #include <string>
@@ -40,6 +43,10 @@ namespace lizard {
 struct SequenceState {
   std::optional<SlotId> slot;       // resident in this device slot
   std::optional<SavedSlot> host;    // or spilled here (never both; maybe still being made)
+  // A restore of `host` into `restore_slot` in flight (MakeResident with background set; only
+  // while a request is attached: Detach finishes it).
+  std::shared_ptr<SlotRestore> restore;
+  SlotId restore_slot = 0;
   int64_t consumed = 0;             // tokens the model state has consumed
   std::vector<int32_t> pending;     // tokens of the conversation not fed yet
   // What the last request added to the conversation (its kept input, then its generated tokens),
@@ -86,15 +93,18 @@ class StateManager {
   // pending).
   // Admit with `seed` (a cache entry, 0 = none) copies the seed's memory into the state first:
   // the state must not have consumed anything yet, and then has consumed what the seed has.
+  // Admit's `background`: as MakeResident's (UNAVAILABLE while the state's restore runs).
   std::vector<int32_t> Attach(StateId id);
-  absl::Status Admit(StateId id, StateId seed = 0);
+  absl::Status Admit(StateId id, StateId seed = 0, bool background = false);
   void Consume(StateId id, int64_t tokens);
   int64_t Detach(StateId id, std::span<const int32_t> unfed, std::span<const int32_t> turn,
                  int64_t turn_input);
 
   // Gives the state a device slot: a free one, or one spilled from the LRU non-running state;
   // restores spilled bytes into it, or resets it for a state that has consumed nothing.
-  absl::Status MakeResident(StateId id);
+  // With `background`, a restore that is not done at once keeps running and MakeResident returns
+  // UNAVAILABLE: call it again (a later step) to finish it. Without, it waits for the restore.
+  absl::Status MakeResident(StateId id, bool background = false);
   // Marks a state as just used (LRU).
   void Touch(StateId id) { Touch(states_.at(id)); }
 
@@ -120,6 +130,8 @@ class StateManager {
   absl::Status Spill(SequenceState& state, int64_t host_room_bonus);
   // Moves a cache entry's slot to host bytes (outside host_capacity_bytes: the cache counts it).
   absl::Status Demote(SequenceState& entry);
+  // Ends the state's restore in flight: resident on success, still on the host on failure.
+  absl::Status FinishRestore(SequenceState& state);
   void Release(SequenceState& state);  // returns its slot / host bytes
   // Loads spilled bytes into `slot` (waiting for them if they are still being made).
   absl::Status LoadSaved(SlotId slot, const SavedSlot& saved);

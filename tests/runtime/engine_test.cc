@@ -470,6 +470,37 @@ TEST(EngineTest, SpillAndRestoreGiveIdenticalTokens) {
   EXPECT_EQ(run_sessions(2, true, &concurrent), expected);
 }
 
+// A state coming back from the host tier is restored in the background: the running sequence
+// keeps decoding meanwhile, and the restored session's tokens are those of an uninterrupted one.
+TEST(EngineTest, RestoreRunsWhileOthersDecode) {
+  Harness h({.num_slots = 2});
+  const StateId s1 = *h.engine->CreateState(), s2 = *h.engine->CreateState(), s3 = *h.engine->CreateState();
+  const Result r1 = RunRequest(*h.engine, Greedy({1, 2}, 2, s1));
+  RunRequest(*h.engine, Greedy({3}, 2, s2));
+  auto long_sink = std::make_shared<RecordingSink>();
+  const RequestId long_id = *h.engine->Submit(Greedy({4}, 100000, s3), long_sink);  // spills s1
+  ASSERT_TRUE(long_sink->WaitTokens(1));
+  ASSERT_EQ(h.engine->GetStateInfo(s1)->location, StateLocation::kHost);
+
+  h.control->HoldRestores();
+  auto sink = std::make_shared<RecordingSink>();
+  ASSERT_TRUE(h.engine->Submit(Greedy({7}, 3, s1), sink).ok());
+  // The restore is held, and s3 goes on: 50 more tokens while s1 has none.
+  const size_t before = long_sink->result().tokens.size();
+  ASSERT_TRUE(long_sink->WaitTokens(before + 50));
+  EXPECT_TRUE(sink->result().tokens.empty());
+  EXPECT_GT(h.control->forwards_during_restore(), 0);
+
+  h.control->ReleaseRestores();
+  ASSERT_TRUE(sink->WaitFinished());
+  const Result r = sink->result();
+  ASSERT_TRUE(r.status.ok()) << r.status;
+  EXPECT_EQ(r.tokens, FakeGreedy(Concat({{1, 2}, r1.tokens, {7}}), kVocab, 3));
+  EXPECT_EQ(h.engine->Stats().restores_total, 1);
+  h.engine->Cancel(long_id);
+  ASSERT_TRUE(long_sink->WaitFinished());
+}
+
 // When both tiers are full nothing is dropped: the request that needs room fails with
 // RESOURCE_EXHAUSTED and every existing state keeps its tokens.
 TEST(EngineTest, BothTiersFullFailsTheRequestNotAState) {

@@ -82,6 +82,42 @@ int64_t FakeControl::max_step_sequences() const {
   return max_step_sequences_;
 }
 
+void FakeControl::HoldRestores() {
+  std::lock_guard lock(mu_);
+  restores_held_ = true;
+}
+
+void FakeControl::ReleaseRestores() {
+  std::lock_guard lock(mu_);
+  restores_held_ = false;
+  cv_.notify_all();
+}
+
+int64_t FakeControl::forwards_during_restore() const {
+  std::lock_guard lock(mu_);
+  return forwards_during_restore_;
+}
+
+void FakeControl::StartRestore() {
+  std::lock_guard lock(mu_);
+  ++restores_in_flight_;
+}
+
+bool FakeControl::restores_held() const {
+  std::lock_guard lock(mu_);
+  return restores_held_;
+}
+
+void FakeControl::WaitRestoresReleased() {
+  std::unique_lock lock(mu_);
+  cv_.wait(lock, [&] { return !restores_held_; });
+}
+
+void FakeControl::EndRestore() {
+  std::lock_guard lock(mu_);
+  --restores_in_flight_;
+}
+
 void FakeControl::EnterForward(const StepPlan& plan) {
   std::unique_lock lock(mu_);
   ++blocked_;
@@ -89,6 +125,7 @@ void FakeControl::EnterForward(const StepPlan& plan) {
   cv_.wait(lock, [&] { return !paused_; });
   --blocked_;
   ++forward_calls_;
+  if (restores_in_flight_ > 0) ++forwards_during_restore_;
   max_step_tokens_ = std::max(max_step_tokens_, plan.num_tokens());
   max_step_sequences_ =
       std::max<int64_t>(max_step_sequences_, static_cast<int64_t>(plan.chunks.size()));
@@ -140,6 +177,38 @@ absl::StatusOr<SavedSlot> FakeBackend::SpillSlot(SlotId slot) {
     return made;
   };
   return SavedSlot(size, std::async(std::launch::async, std::move(later)).share());
+}
+
+// A restore that loads its bytes when finished, once FakeControl lets it.
+class FakeRestore final : public SlotRestore {
+ public:
+  FakeRestore(FakeBackend* backend, FakeControl* control, SlotId slot, SavedSlot saved)
+      : backend_(backend), control_(control), slot_(slot), saved_(std::move(saved)) {
+    control_->StartRestore();
+  }
+  ~FakeRestore() override {
+    if (!finished_) Finish().IgnoreError();
+  }
+  bool ready() override { return !control_->restores_held(); }
+  absl::Status Finish() override {
+    control_->WaitRestoresReleased();
+    finished_ = true;
+    control_->EndRestore();
+    absl::StatusOr<std::string_view> bytes = saved_.bytes();
+    return bytes.ok() ? backend_->LoadSlot(slot_, *bytes) : bytes.status();
+  }
+
+ private:
+  FakeBackend* backend_;
+  FakeControl* control_;
+  SlotId slot_;
+  SavedSlot saved_;
+  bool finished_ = false;
+};
+
+absl::StatusOr<std::unique_ptr<SlotRestore>> FakeBackend::RestoreSlot(SlotId slot, const SavedSlot& saved) {
+  if (absl::Status s = CheckSlot(slot); !s.ok()) return s;
+  return std::make_unique<FakeRestore>(this, control_.get(), slot, saved);
 }
 
 absl::Status FakeBackend::LoadSlot(SlotId slot, std::string_view bytes) {

@@ -37,13 +37,25 @@ class FakeControl {
   // True once a Forward call is blocked by Pause, false on timeout.
   bool WaitUntilBlocked(absl::Duration timeout);
 
+  // While restores are held, RestoreSlot's loads are not done: ready() is false and Finish
+  // waits for ReleaseRestores.
+  void HoldRestores();
+  void ReleaseRestores();
+  // Forward calls made while a restore was in flight (started, not finished).
+  int64_t forwards_during_restore() const;
+
   int64_t forward_calls() const;
   int64_t max_step_tokens() const;     // the most tokens any plan carried
   int64_t max_step_sequences() const;  // the most slots any plan advanced
 
  private:
   friend class FakeBackend;
+  friend class FakeRestore;
   void EnterForward(const StepPlan& plan);
+  void StartRestore();
+  bool restores_held() const;
+  void WaitRestoresReleased();
+  void EndRestore();
 
   mutable std::mutex mu_;
   std::condition_variable cv_;
@@ -52,6 +64,9 @@ class FakeControl {
   int64_t forward_calls_ = 0;
   int64_t max_step_tokens_ = 0;
   int64_t max_step_sequences_ = 0;
+  bool restores_held_ = false;
+  int64_t restores_in_flight_ = 0;
+  int64_t forwards_during_restore_ = 0;
 };
 
 struct FakeBackendOptions {
@@ -79,6 +94,8 @@ class FakeBackend : public Backend {
   absl::StatusOr<std::string> SaveSlot(SlotId slot) override;
   absl::Status LoadSlot(SlotId slot, std::string_view bytes) override;
   absl::StatusOr<SavedSlot> SpillSlot(SlotId slot) override;
+  // LoadSlot when finished, gated by FakeControl::HoldRestores (as a background load would be).
+  absl::StatusOr<std::unique_ptr<SlotRestore>> RestoreSlot(SlotId slot, const SavedSlot& saved) override;
   absl::Status Forward(const StepPlan& plan, StepOutput* out) override;
 
  private:

@@ -9,7 +9,7 @@ namespace {
 
 struct Fixture {
   explicit Fixture(int32_t slots, int64_t host_bytes = 1 << 20, bool slow_spill = false)
-      : backend({.num_slots = slots, .slot_bytes = 100, .slow_spill = slow_spill}, std::make_shared<FakeControl>()),
+      : backend({.num_slots = slots, .slot_bytes = 100, .slow_spill = slow_spill}, control),
         states(&backend, /*max_states=*/16, host_bytes) {}
   // Puts some distinct content into a resident state's slot.
   void Advance(StateId id, int32_t token) {
@@ -20,6 +20,7 @@ struct Fixture {
     ASSERT_TRUE(backend.Forward(plan, &out).ok());
     states.Consume(id, 1);
   }
+  std::shared_ptr<FakeControl> control = std::make_shared<FakeControl>();
   FakeBackend backend;
   StateManager states;
 };
@@ -75,6 +76,65 @@ TEST(StateManagerTest, RestoreWaitsForSpillStillBeingMade) {
   EXPECT_EQ(*f.backend.SaveSlot(*f.states.Find(copy)->slot), a_bytes);
   EXPECT_EQ(f.states.evictions(), 3);
   EXPECT_EQ(f.states.restores(), 2);
+}
+
+// A restore in the background (Admit while other sequences run) keeps its slot reserved and its
+// host bytes until it is done; asking again finishes it, with the state as it was spilled.
+TEST(StateManagerTest, BackgroundRestoreReservesItsSlotUntilDone) {
+  Fixture f(2);
+  const StateId a = *f.states.Create(false), b = *f.states.Create(false), c = *f.states.Create(false);
+  ASSERT_TRUE(f.states.MakeResident(a).ok());
+  f.Advance(a, 5);
+  const std::string a_bytes = *f.backend.SaveSlot(*f.states.Find(a)->slot);
+  ASSERT_TRUE(f.states.MakeResident(b).ok());
+  f.Advance(b, 6);
+  ASSERT_TRUE(f.states.MakeResident(c).ok());  // spills a, the least recently used
+  ASSERT_TRUE(f.states.Find(a)->host.has_value());
+
+  f.control->HoldRestores();
+  f.states.Attach(a);
+  EXPECT_EQ(f.states.Admit(a, 0, /*background=*/true).code(), absl::StatusCode::kUnavailable);
+  const SequenceState& state = *f.states.Find(a);
+  EXPECT_FALSE(state.slot.has_value());
+  EXPECT_TRUE(state.host.has_value());
+  EXPECT_NE(state.restore, nullptr);
+  EXPECT_FALSE(state.running);
+  EXPECT_TRUE(f.states.Find(b)->host.has_value());  // b made room (LRU)
+  EXPECT_EQ(f.states.free_slots(), 0);
+  EXPECT_EQ(f.states.host_bytes_used(), 200);  // a's bytes stay until the restore is done
+  EXPECT_EQ(f.states.restores(), 0);
+  // Still running: asking again changes nothing.
+  EXPECT_EQ(f.states.Admit(a, 0, /*background=*/true).code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(f.states.evictions(), 2);
+
+  f.control->ReleaseRestores();
+  ASSERT_TRUE(f.states.Admit(a, 0, /*background=*/true).ok());
+  EXPECT_TRUE(state.running);
+  EXPECT_EQ(state.restore, nullptr);
+  EXPECT_FALSE(state.host.has_value());
+  EXPECT_EQ(*f.backend.SaveSlot(*state.slot), a_bytes);
+  EXPECT_EQ(f.states.host_bytes_used(), 100);
+  EXPECT_EQ(f.states.restores(), 1);
+}
+
+// A request cancelled while its state was being restored: Detach finishes the restore, so the
+// slot is the state's and can be spilled again (a restore never outlives its request).
+TEST(StateManagerTest, DetachFinishesARestoreInFlight) {
+  Fixture f(1);
+  const StateId a = *f.states.Create(false), b = *f.states.Create(false);
+  ASSERT_TRUE(f.states.MakeResident(a).ok());
+  f.Advance(a, 5);
+  ASSERT_TRUE(f.states.MakeResident(b).ok());  // spills a
+  f.states.Attach(a);
+  f.control->HoldRestores();
+  EXPECT_EQ(f.states.Admit(a, 0, /*background=*/true).code(), absl::StatusCode::kUnavailable);
+  f.control->ReleaseRestores();
+  f.states.Detach(a, {}, {}, 0);
+  EXPECT_TRUE(f.states.Find(a)->slot.has_value());
+  EXPECT_EQ(f.states.Find(a)->restore, nullptr);
+  EXPECT_EQ(f.states.restores(), 1);
+  ASSERT_TRUE(f.states.MakeResident(b).ok());  // a is an ordinary resident state: it spills
+  EXPECT_TRUE(f.states.Find(a)->host.has_value());
 }
 
 TEST(StateManagerTest, ForkCopiesAndFallsBackToHost) {
