@@ -35,6 +35,9 @@ class CudaBackend : public Backend {
   absl::StatusOr<std::string> SaveSlot(SlotId slot) override { return state_.Save(slot); }
   absl::Status LoadSlot(SlotId slot, std::string_view bytes) override { return state_.Load(slot, bytes); }
   absl::StatusOr<SavedSlot> SpillSlot(SlotId slot) override { return state_.Spill(slot); }
+  absl::StatusOr<std::unique_ptr<SlotRestore>> RestoreSlot(SlotId slot, const SavedSlot& saved) override {
+    return state_.Restore(slot, saved);
+  }
   absl::Status Forward(const StepPlan& plan, StepOutput* out) override;
 
  private:

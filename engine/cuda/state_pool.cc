@@ -2,6 +2,7 @@
 #include "engine/cuda/state_pool.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <future>
 #include <limits>
@@ -15,8 +16,8 @@ namespace {
 constexpr int64_t kMinMaxContext = 132 * 1024;
 // Device memory left free after the KV page pool (cuBLAS, graphs, fragmentation).
 constexpr int64_t kReserveBytes = int64_t{1} << 30;
-// Load copies a slot into the staging buffer in pieces of this size, each piece's upload running
-// while the next one is copied.
+// UploadSlot copies a slot into a pinned buffer in pieces of this size, each piece's upload
+// running while the next one is copied.
 constexpr int64_t kUploadPieceBytes = int64_t{8} << 20;
 
 }  // namespace
@@ -47,21 +48,21 @@ absl::Status StatePool::Init(const ModelConfig& config, const StateLayout& layou
   // Pinned buffers written once here, so no save, load or spill pays for faulting them in.
   LIZARD_RETURN_IF_ERROR(staging_.Allocate(layout_.slot_bytes));
   std::memset(staging_.get(), 0, staging_.bytes());
-  for (SpillBuffer& spill : spill_) {
-    LIZARD_RETURN_IF_ERROR(spill.host.Allocate(layout_.slot_bytes));
-    std::memset(spill.host.get(), 0, spill.host.bytes());
+  for (HostBuffer& buffer : host_buffers_) {
+    LIZARD_RETURN_IF_ERROR(buffer.host.Allocate(layout_.slot_bytes));
+    std::memset(buffer.host.get(), 0, buffer.host.bytes());
     cudaEvent_t e = nullptr;
-    // A blocking-sync event: the worker waiting for the download sleeps instead of spinning.
+    // A blocking-sync event: a thread waiting for the copy sleeps instead of spinning.
     LIZARD_CUDA_RETURN(cudaEventCreateWithFlags(&e, cudaEventDisableTiming | cudaEventBlockingSync));
-    spill.downloaded.reset(e);
+    buffer.copied.reset(e);
   }
   return absl::OkStatus();
 }
 
 StatePool::~StatePool() {
-  std::unique_lock lock(spill_mu_);
-  spill_done_.wait(lock, [&] {
-    return std::none_of(spill_.begin(), spill_.end(), [](const SpillBuffer& b) { return b.busy; });
+  std::unique_lock lock(host_mu_);
+  host_free_.wait(lock, [&] {
+    return std::none_of(host_buffers_.begin(), host_buffers_.end(), [](const HostBuffer& b) { return b.busy; });
   });
 }
 
@@ -225,17 +226,8 @@ absl::StatusOr<SavedSlot> StatePool::Spill(SlotId slot) {
   }
   LIZARD_RETURN_IF_ERROR(CheckSlot(slot));
   const int64_t pos = positions_[slot];
-  int k = 0;
-  {
-    std::unique_lock lock(spill_mu_);
-    spill_done_.wait(lock, [&] {
-      for (k = 0; k < kSpillBuffers && spill_[k].busy; ++k) {
-      }
-      return k < kSpillBuffers;
-    });
-    spill_[k].busy = true;
-  }
-  SpillBuffer& buffer = spill_[k];
+  const int k = AcquireHostBuffer();
+  HostBuffer& buffer = host_buffers_[k];
   // Whatever the compute stream runs next (a step, a reset or a copy into the slot) waits for the
   // download on the device, not on the engine's thread.
   absl::Status queued = CopiesAfterCompute();
@@ -244,32 +236,117 @@ absl::StatusOr<SavedSlot> StatePool::Spill(SlotId slot) {
                                         cudaMemcpyDeviceToHost, copy_stream_.get()),
                         "spill download");
   }
-  if (queued.ok()) queued = CudaStatus(cudaEventRecord(buffer.downloaded.get(), copy_stream_.get()), "spill event");
-  if (queued.ok()) queued = CudaStatus(cudaStreamWaitEvent(stream_, buffer.downloaded.get()), "spill wait");
+  if (queued.ok()) queued = CudaStatus(cudaEventRecord(buffer.copied.get(), copy_stream_.get()), "spill event");
+  if (queued.ok()) queued = CudaStatus(cudaStreamWaitEvent(stream_, buffer.copied.get()), "spill wait");
   if (!queued.ok()) {
-    ReleaseSpillBuffer(k);
+    ReleaseHostBuffer(k);
     return queued;
   }
   SavedSlot::Bytes bytes = std::async(std::launch::async, [this, k, pos]() -> absl::StatusOr<std::string> {
     absl::StatusOr<std::string> out = SerializeSpill(k, pos);
-    ReleaseSpillBuffer(k);
+    ReleaseHostBuffer(k);
     return out;
   }).share();
   return SavedSlot(SerializedStateBytes(layout_, pos), std::move(bytes));
 }
 
 absl::StatusOr<std::string> StatePool::SerializeSpill(int k, int64_t position) {
-  SpillBuffer& buffer = spill_[k];
+  HostBuffer& buffer = host_buffers_[k];
   LIZARD_CUDA_RETURN(cudaSetDevice(device_));
-  LIZARD_CUDA_RETURN(cudaEventSynchronize(buffer.downloaded.get()));
+  LIZARD_CUDA_RETURN(cudaEventSynchronize(buffer.copied.get()));
   WriteSlotPosition(layout_, buffer.host.get(), position);  // the device copy keeps positions on the host only
   return SerializeState(layout_, std::string_view(buffer.host.get<char>(), layout_.slot_bytes), {});
 }
 
-void StatePool::ReleaseSpillBuffer(int k) {
-  std::lock_guard lock(spill_mu_);
-  spill_[k].busy = false;
-  spill_done_.notify_all();
+absl::Status StatePool::UploadSlot(SlotId slot, const char* bytes, char* pinned) {
+  for (int64_t at = 0; at < layout_.slot_bytes; at += kUploadPieceBytes) {
+    const int64_t n = std::min(kUploadPieceBytes, layout_.slot_bytes - at);
+    std::memcpy(pinned + at, bytes + at, n);
+    LIZARD_CUDA_RETURN(
+        cudaMemcpyAsync(SlotAddress(slot) + at, pinned + at, n, cudaMemcpyHostToDevice, copy_stream_.get()));
+  }
+  return absl::OkStatus();
+}
+
+int StatePool::AcquireHostBuffer() {
+  std::unique_lock lock(host_mu_);
+  int k = 0;
+  host_free_.wait(lock, [&] {
+    for (k = 0; k < kHostBuffers && host_buffers_[k].busy; ++k) {
+    }
+    return k < kHostBuffers;
+  });
+  host_buffers_[k].busy = true;
+  return k;
+}
+
+void StatePool::ReleaseHostBuffer(int k) {
+  std::lock_guard lock(host_mu_);
+  host_buffers_[k].busy = false;
+  host_free_.notify_all();
+}
+
+// A Restore in flight: ready once the worker has queued the upload and the upload is done.
+class StatePool::BackgroundRestore final : public SlotRestore {
+ public:
+  BackgroundRestore(StatePool* pool, SlotId slot, int k, std::future<absl::StatusOr<int64_t>> staged)
+      : pool_(pool), slot_(slot), k_(k), staged_(std::move(staged)) {}
+  ~BackgroundRestore() override {
+    if (staged_.valid()) Finish().IgnoreError();  // the buffer and the slot must be let go
+  }
+  bool ready() override {
+    return staged_.wait_for(std::chrono::seconds(0)) == std::future_status::ready &&
+           cudaEventQuery(pool_->host_buffers_[k_].copied.get()) != cudaErrorNotReady;
+  }
+  absl::Status Finish() override { return pool_->FinishRestore(slot_, k_, staged_.get()); }
+
+ private:
+  StatePool* pool_;
+  SlotId slot_;
+  int k_;
+  std::future<absl::StatusOr<int64_t>> staged_;
+};
+
+absl::StatusOr<std::unique_ptr<SlotRestore>> StatePool::Restore(SlotId slot, const SavedSlot& saved) {
+  LIZARD_RETURN_IF_ERROR(CheckSlot(slot));
+  if (layout_.num_softmax_layers > 0) {
+    absl::StatusOr<std::string_view> bytes = saved.bytes();
+    return std::make_unique<FinishedRestore>(bytes.ok() ? Load(slot, *bytes) : bytes.status());
+  }
+  const int k = AcquireHostBuffer();
+  positions_[slot] = 0;
+  // The upload, queued later by the worker, comes after the compute work queued so far (the
+  // slot's previous owner's steps; its spill download is on the copy stream already).
+  if (absl::Status s = CopiesAfterCompute(); !s.ok()) {
+    ReleaseHostBuffer(k);
+    return s;
+  }
+  std::future<absl::StatusOr<int64_t>> staged =
+      std::async(std::launch::async, [this, slot, k, saved] { return StageRestore(slot, k, saved); });
+  return std::make_unique<BackgroundRestore>(this, slot, k, std::move(staged));
+}
+
+absl::StatusOr<int64_t> StatePool::StageRestore(SlotId slot, int k, const SavedSlot& saved) {
+  LIZARD_CUDA_RETURN(cudaSetDevice(device_));
+  absl::StatusOr<std::string_view> bytes = saved.bytes();
+  if (!bytes.ok()) return bytes.status();
+  std::string converted;
+  auto view = ParseOrConvertSerializedState(config_, layout_, *bytes, &converted);
+  if (!view.ok()) return view.status();
+  HostBuffer& buffer = host_buffers_[k];
+  LIZARD_RETURN_IF_ERROR(UploadSlot(slot, view->slot.data(), buffer.host.get<char>()));
+  LIZARD_CUDA_RETURN(cudaEventRecord(buffer.copied.get(), copy_stream_.get()));
+  return view->position;
+}
+
+absl::Status StatePool::FinishRestore(SlotId slot, int k, absl::StatusOr<int64_t> position) {
+  // Done at once when ready() said so. After a failed worker the event is an earlier, finished copy's.
+  const absl::Status uploaded = CudaStatus(cudaEventSynchronize(host_buffers_[k].copied.get()), "restore upload");
+  ReleaseHostBuffer(k);
+  if (!position.ok()) return position.status();
+  LIZARD_RETURN_IF_ERROR(uploaded);
+  positions_[slot] = *position;
+  return absl::OkStatus();
 }
 
 absl::Status StatePool::Load(SlotId slot, std::string_view bytes) {
@@ -285,12 +362,7 @@ absl::Status StatePool::Load(SlotId slot, std::string_view bytes) {
   // written by queued compute work.
   LIZARD_CUDA_RETURN(cudaStreamSynchronize(copy));
   LIZARD_RETURN_IF_ERROR(CopiesAfterCompute());
-  char* h = staging_.get<char>();
-  for (int64_t at = 0; at < layout_.slot_bytes; at += kUploadPieceBytes) {
-    const int64_t n = std::min(kUploadPieceBytes, layout_.slot_bytes - at);
-    std::memcpy(h + at, view->slot.data() + at, n);
-    LIZARD_CUDA_RETURN(cudaMemcpyAsync(SlotAddress(slot) + at, h + at, n, cudaMemcpyHostToDevice, copy));
-  }
+  LIZARD_RETURN_IF_ERROR(UploadSlot(slot, view->slot.data(), staging_.get<char>()));
   // The softmax KV straight from `bytes` (or `converted`): pageable memory the driver may still
   // read after a call returns, so these wait for their copies.
   LIZARD_RETURN_IF_ERROR(ForEachKvRun(slot, view->position, [&](const KvRun& run) {

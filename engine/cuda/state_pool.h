@@ -10,6 +10,7 @@
 #include <array>
 #include <condition_variable>
 #include <cstdint>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <string_view>
@@ -35,7 +36,8 @@ kernels::StoreType StoreTypeOf(DType d);
 class StatePool {
  public:
   StatePool() = default;
-  // Waits for the spills still being serialized (they read this pool's pinned buffers).
+  // Waits for the spills still being serialized (they read this pool's pinned buffers). Every
+  // Restore must be finished or destroyed first.
   ~StatePool();
 
   // Allocates `num_slots` zeroed slots of `layout` on the current device; compute is ordered on
@@ -63,9 +65,15 @@ class StatePool {
   // Save for the host tier, without the engine waiting: queues the slot's download into a pinned
   // buffer of its own (later compute on the stream, which may overwrite the slot, waits for it on
   // the device) and returns; a worker thread serializes the bytes when the download is done.
-  // At most kSpillBuffers spills are in the making; one more waits for a buffer. States with
-  // softmax KV (unbounded, pageable) are saved by Save.
+  // At most kHostBuffers spills and restores are in the making; one more waits for a buffer.
+  // States with softmax KV (unbounded, pageable) are saved by Save.
   absl::StatusOr<SavedSlot> Spill(SlotId slot);
+  // Load for the host tier, without the engine waiting (Backend::RestoreSlot): a worker thread
+  // waits for the spilled bytes, checks them (the checksum of a 145 MiB state alone takes ~36 ms
+  // of a core), stages them in a pinned buffer and queues their upload on the copy stream after
+  // the compute work queued so far; the restore is ready once the upload is done. States with
+  // softmax KV are loaded at once by Load.
+  absl::StatusOr<std::unique_ptr<SlotRestore>> Restore(SlotId slot, const SavedSlot& saved);
   // A state saved under other dtypes (the CPU backend's float32 window) is re-encoded first.
   // Returns once the bytes are staged and their upload is queued; the compute stream waits for
   // the upload, so every later step, reset, copy and save sees the restored state. `bytes` may be
@@ -104,9 +112,20 @@ class StatePool {
   // Makes the copy stream wait for the work queued on the compute stream so far.
   absl::Status CopiesAfterCompute();
   absl::Status UploadPageTable(SlotId slot);
-  // Spill's worker: waits for spill buffer k's download, then serializes it.
+  class BackgroundRestore;
+  // Queues the upload of a slot's serialized bytes on the copy stream, through `pinned` (slot
+  // bytes of pinned memory, copied into piece by piece while earlier pieces upload).
+  absl::Status UploadSlot(SlotId slot, const char* bytes, char* pinned);
+  // A free host buffer, marked busy (waits for one if all are).
+  int AcquireHostBuffer();
+  void ReleaseHostBuffer(int k);
+  // Spill's worker: waits for host buffer k's download, then serializes it.
   absl::StatusOr<std::string> SerializeSpill(int k, int64_t position);
-  void ReleaseSpillBuffer(int k);
+  // Restore's worker: the bytes checked, staged in host buffer k and their upload queued; returns
+  // the restored position.
+  absl::StatusOr<int64_t> StageRestore(SlotId slot, int k, const SavedSlot& saved);
+  // Restore's end on the engine's thread, once the worker is done: waits for the upload.
+  absl::Status FinishRestore(SlotId slot, int k, absl::StatusOr<int64_t> position);
 
   ModelConfig config_;
   StateLayout layout_;
@@ -133,17 +152,18 @@ class StatePool {
   PinnedBuffer staging_;
   OwnedEvent compute_queued_;  // recorded on the compute stream, waited for by the copy stream
   OwnedEvent restored_;        // the last Load's upload, waited for by the compute stream
-  // Spill: one pinned buffer per spill in the making, busy from the download's start to the end
-  // of its serialization (on a worker thread).
-  static constexpr int kSpillBuffers = 2;
-  struct SpillBuffer {
+  // Spill and Restore: one pinned buffer per transfer in the making, busy from a spill's
+  // download to the end of its serialization (on a worker thread), or from a restore's start to
+  // the end of its upload.
+  static constexpr int kHostBuffers = 3;
+  struct HostBuffer {
     PinnedBuffer host;
-    OwnedEvent downloaded;
+    OwnedEvent copied;  // the buffer's last download or upload
     bool busy = false;
   };
-  std::array<SpillBuffer, kSpillBuffers> spill_;
-  std::mutex spill_mu_;
-  std::condition_variable spill_done_;
+  std::array<HostBuffer, kHostBuffers> host_buffers_;
+  std::mutex host_mu_;
+  std::condition_variable host_free_;
   int device_ = 0;  // the workers' CUDA calls run on it
   OwnedStream copy_stream_;
 };
