@@ -8,6 +8,8 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "kernels/kernels.h"
+
 namespace lizard::kernels {
 
 __device__ __forceinline__ float WarpSum(float v) {
@@ -116,6 +118,46 @@ __device__ __forceinline__ float NormalizerDenominator(const float* warp_sums, b
   float dot = 0.f;
   for (int w = 0; w < kNormalizerThreads / 32; ++w) dot += warp_sums[w];
   return normalize ? dot + 1e-6f : 1.f;
+}
+
+// kWidth (1 or 4) neighbouring floats at p (16-byte aligned for 4).
+template <int kWidth>
+__device__ __forceinline__ void LoadFloats(const float* p, float (&v)[kWidth]) {
+  static_assert(kWidth == 1 || kWidth == 4, "width");
+  if constexpr (kWidth == 4) {
+    *reinterpret_cast<float4*>(v) = *reinterpret_cast<const float4*>(p);
+  } else {
+    v[0] = *p;
+  }
+}
+
+// The kWidth values of a GemmOutput at flat index i = r * cols + c (c % kWidth == 0; for 4,
+// 16-byte aligned in y / each split / bias). The one place split partials are added, so
+// GemmBf16's reduce kernel and the consumers that take the partials give the same bits.
+template <int kWidth>
+__device__ __forceinline__ void LoadGemmOutput(const GemmOutput& o, int64_t i, int c, float (&v)[kWidth]) {
+  LoadFloats<kWidth>((o.splits > 0 ? o.partials : o.y) + i, v);
+#pragma unroll 4  // lets the loads of several splits be in flight together; the adds keep their order
+  for (int p = 1; p < o.splits; ++p) {
+    float t[kWidth];
+    LoadFloats<kWidth>(o.partials + p * o.stride + i, t);
+#pragma unroll
+    for (int k = 0; k < kWidth; ++k) v[k] += t[k];
+  }
+  if (o.bias != nullptr) {
+    float b[kWidth];
+    LoadFloats<kWidth>(o.bias + c, b);
+#pragma unroll
+    for (int k = 0; k < kWidth; ++k) v[k] += b[k];
+  }
+}
+
+// Whether every address LoadGemmOutput<4> reads is 16-byte aligned, given cols % 4 == 0. The
+// consumers refuse other outputs rather than fall back to a width of 1: their reductions'
+// order follows the width, which must stay a function of the shape alone.
+inline bool Aligned16(const GemmOutput& o) {
+  auto ok = [](const float* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+  return ok(o.y) && ok(o.partials) && o.stride % 4 == 0 && ok(o.bias);
 }
 
 inline int CeilDiv(int64_t a, int64_t b) { return static_cast<int>((a + b - 1) / b); }

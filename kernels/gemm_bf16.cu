@@ -11,8 +11,9 @@
 // of the tile (other sequences, zero padding) never change it. Every launch configuration below
 // runs this same sequence: they differ only in how many rows a block holds and in who adds the
 // split partials (the block itself, adding each into y in split order, or one block per split
-// writing to the workspace and GemmReduceKernel adding them), so the choice may depend on `rows`
-// without changing a bit.
+// writing to the workspace and GemmReduceKernel adding them, or the output's consumer adding them
+// (GemmBf16Partials) with the same LoadGemmOutput), so the choice may depend on `rows` without
+// changing a bit.
 //
 // Orientation: W is the MMA's A operand (16 outputs per MMA) and x its B operand (8 rows per
 // MMA), so a decode step of one row wastes 7/8 of the MMA, not 15/16, and both operands are
@@ -230,13 +231,13 @@ __global__ void __launch_bounds__(THREADS, MINB) GemmKernel(const bf16* __restri
   if constexpr (MODE == kPartial) store(acc, true);
 }
 
-// y[i] = ws[0][i] + ws[1][i] + ... + ws[s-1][i], left to right, for n = rows * out values.
-__global__ void GemmReduceKernel(const float* __restrict__ ws, int s, int64_t n, float* __restrict__ y) {
+// y[i] = the n = rows * out values of `partials` (no bias), split partials added left to right.
+__global__ void GemmReduceKernel(GemmOutput partials, int64_t n, float* __restrict__ y) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    float v = ws[i];
-    for (int p = 1; p < s; ++p) v += ws[p * n + i];
-    y[i] = v;
+    float v[1];
+    LoadGemmOutput<1>(partials, i, 0, v);
+    y[i] = v[0];
   }
 }
 
@@ -282,12 +283,16 @@ size_t GemmBf16WorkspaceBytes(int in, int out) {
 
 int GemmBf16Splits(int in, int out) { return in <= 0 || out <= 0 ? 0 : GemmSplits(in, out).s; }
 
-cudaError_t GemmBf16(const __nv_bfloat16* x, int rows, int in, const __nv_bfloat16* w, int out, float* y,
-                     void* workspace, cudaStream_t stream) {
+namespace {
+
+// GemmBf16 and, with `result`, GemmBf16Partials.
+cudaError_t Gemm(const bf16* x, int rows, int in, const bf16* w, int out, float* y, void* workspace,
+                 GemmOutput* result, cudaStream_t stream) {
   if (rows < 0 || in <= 0 || out <= 0 || in % 8 != 0) return cudaErrorInvalidValue;
   if (reinterpret_cast<uintptr_t>(x) % 16 != 0 || reinterpret_cast<uintptr_t>(w) % 16 != 0) {
     return cudaErrorInvalidValue;
   }
+  if (result != nullptr) *result = GemmOutput{.y = y};
   if (rows == 0) return cudaSuccess;
   const Splits sp = GemmSplits(in, out);
   if (sp.s == 1) return LaunchPartial(x, rows, in, w, out, y, sp, stream);
@@ -296,6 +301,10 @@ cudaError_t GemmBf16(const __nv_bfloat16* x, int rows, int in, const __nv_bfloat
   if (rows > 64 && tiles >= 132) return LaunchAccumulate(x, rows, in, w, out, y, sp, stream);
   if (workspace == nullptr) return cudaErrorInvalidValue;
   float* ws = static_cast<float*>(workspace);
+  if (result != nullptr && rows <= kSplitRows) {
+    *result = GemmOutput{.partials = ws, .splits = sp.s, .stride = static_cast<int64_t>(rows) * out};
+    return LaunchPartial(x, rows, in, w, out, ws, sp, stream);
+  }
   for (int r = 0; r < rows; r += kSplitRows) {
     const int n = std::min(kSplitRows, rows - r);
     const int64_t in_off = static_cast<int64_t>(r) * in, out_off = static_cast<int64_t>(r) * out;
@@ -303,11 +312,24 @@ cudaError_t GemmBf16(const __nv_bfloat16* x, int rows, int in, const __nv_bfloat
     if (err != cudaSuccess) return err;
     const int64_t count = static_cast<int64_t>(n) * out;
     const int blocks = static_cast<int>(std::min<int64_t>(CeilDiv(count, 256), 4096));
-    GemmReduceKernel<<<blocks, 256, 0, stream>>>(ws, sp.s, count, y + out_off);
+    const GemmOutput partials{.partials = ws, .splits = sp.s, .stride = count};
+    GemmReduceKernel<<<blocks, 256, 0, stream>>>(partials, count, y + out_off);
     err = cudaGetLastError();
     if (err != cudaSuccess) return err;
   }
   return cudaSuccess;
+}
+
+}  // namespace
+
+cudaError_t GemmBf16(const __nv_bfloat16* x, int rows, int in, const __nv_bfloat16* w, int out, float* y,
+                     void* workspace, cudaStream_t stream) {
+  return Gemm(x, rows, in, w, out, y, workspace, nullptr, stream);
+}
+
+cudaError_t GemmBf16Partials(const __nv_bfloat16* x, int rows, int in, const __nv_bfloat16* w, int out,
+                             float* y, void* workspace, GemmOutput* result, cudaStream_t stream) {
+  return Gemm(x, rows, in, w, out, y, workspace, result, stream);
 }
 
 }  // namespace lizard::kernels

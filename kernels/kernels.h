@@ -26,10 +26,25 @@ cudaError_t EmbeddingGather(const __nv_bfloat16* table, const int32_t* ids, int 
 cudaError_t GatherRowsBf16(const __nv_bfloat16* src, const int32_t* ids, int n, int cols,
                            __nv_bfloat16* out, cudaStream_t stream);
 
+// A projection's fp32 output [rows, cols] as its consumer (AddRmsNorm, SwiGlu) reads it: y, or
+// the split-K partial sums GemmBf16Partials left in its workspace, which the consumer adds in
+// GemmBf16's order; then an optional bias. Value (r, c) =
+//   splits == 0: y[r * cols + c]                                        (+ bias[c])
+//   splits >= 1: ((p_0 + p_1) + ...) + p_(splits-1),  p_i = partials[i * stride + r * cols + c]
+//                                                                       (+ bias[c])
+// i.e. the bits GemmBf16 (and AddBias after it) would have stored in y. {} is no value at all.
+struct GemmOutput {
+  const float* y = nullptr;
+  const float* partials = nullptr;
+  int splits = 0;
+  int64_t stride = 0;           // floats from one split's partials to the next's
+  const float* bias = nullptr;  // [cols], may be null
+};
+
 // ---- add_rmsnorm.cu ----
-// For each of `rows` rows: x += delta (when delta is not null), then
+// For each of `rows` rows: x += delta (unless delta is {}), then
 // out = x / sqrt(mean(x^2) + eps) * weight in bf16 (the next GEMM's input).
-cudaError_t AddRmsNorm(float* x, const float* delta, const float* weight, int rows, int cols,
+cudaError_t AddRmsNorm(float* x, const GemmOutput& delta, const float* weight, int rows, int cols,
                        float eps, __nv_bfloat16* out, cudaStream_t stream);
 
 // ---- add_bias.cu ----
@@ -45,7 +60,7 @@ cudaError_t Rope(const float* src, int src_ld, float* dst, int dst_ld, const int
 
 // ---- swiglu.cu ----
 // out[r, i] = silu(gate_up[r, i]) * gate_up[r, I + i], for rows of 2I inputs, I outputs.
-cudaError_t SwiGlu(const float* gate_up, int rows, int inter, __nv_bfloat16* out,
+cudaError_t SwiGlu(const GemmOutput& gate_up, int rows, int inter, __nv_bfloat16* out,
                    cudaStream_t stream);
 
 // ---- convert.cu ----
@@ -139,5 +154,13 @@ size_t GemmBf16WorkspaceBytes(int in, int out);
 int GemmBf16Splits(int in, int out);
 cudaError_t GemmBf16(const __nv_bfloat16* x, int rows, int in, const __nv_bfloat16* w, int out,
                      float* y, void* workspace, cudaStream_t stream);
+// GemmBf16 for an output read only through a GemmOutput: where the split-K partials fit the
+// workspace in one pass (splits > 1, rows <= 256, not the one-block-per-tile path) they are left
+// there for the consumer to add (which saves the reduce kernel's launch) and y is not written;
+// otherwise y is written as GemmBf16 does. *result (bias null) says which. The workspace then
+// holds the output until the consumer has run: no GemmBf16 call sharing it may come between.
+cudaError_t GemmBf16Partials(const __nv_bfloat16* x, int rows, int in, const __nv_bfloat16* w,
+                             int out, float* y, void* workspace, GemmOutput* result,
+                             cudaStream_t stream);
 
 }  // namespace lizard::kernels

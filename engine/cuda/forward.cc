@@ -142,10 +142,16 @@ absl::Status ForwardPass::AllocateActivations() {
 }
 
 absl::Status ForwardPass::Project(const bf16* x, const StepShape& shape, int in, const DeviceBuffer& w, int out,
-                                  float* y) {
+                                  float* y, k::GemmOutput* result) {
   const int rows = shape.rows, drows = shape.decode_rows;
+  if (result != nullptr) *result = k::GemmOutput{.y = y};
   if (batch_invariant_) {
     const int gemm_rows = use_prefill_gemm_ ? drows : rows;
+    if (gemm_rows == rows && result != nullptr) {
+      LIZARD_CUDA_RETURN(
+          k::GemmBf16Partials(x, rows, in, w.get<bf16>(), out, y, gemm_workspace_.get(), result, stream_));
+      return absl::OkStatus();
+    }
     if (gemm_rows > 0) {
       LIZARD_CUDA_RETURN(k::GemmBf16(x, gemm_rows, in, w.get<bf16>(), out, y, gemm_workspace_.get(), stream_));
     }
@@ -246,11 +252,14 @@ absl::Status ForwardPass::EnqueueModel(const StepShape& shape) {
   const int qd = H_ * D_, kd = Hkv_ * D_;
 
   LIZARD_CUDA_RETURN(k::EmbeddingGather(weights_->embed.get<bf16>(), field(kTokIds), T, Hd_, x, stream_));
+  // The residual branch's last output (o, then down projection): in delta_ or still as split
+  // partials in the GEMM workspace (Project); nothing before the first layer.
+  k::GemmOutput branch;
   for (size_t l = 0; l < weights_->layers.size(); ++l) {
     const DeviceLayer& L = weights_->layers[l];
     const bool liz = L.type == LayerType::kLizard;
     const int ld = n_qkv_ + (liz ? H_ : 0);
-    LIZARD_CUDA_RETURN(k::AddRmsNorm(x, l == 0 ? nullptr : delta, L.input_norm.get<float>(), T, Hd_, eps, u, stream_));
+    LIZARD_CUDA_RETURN(k::AddRmsNorm(x, branch, L.input_norm.get<float>(), T, Hd_, eps, u, stream_));
     LIZARD_RETURN_IF_ERROR(Project(u, shape, Hd_, L.w_qkvg, ld, qkvg));
     if (L.b_qkvg.bytes() > 0) LIZARD_CUDA_RETURN(k::AddBias(qkvg, ld, L.b_qkvg.get<float>(), T, ld, stream_));
 
@@ -272,14 +281,15 @@ absl::Status ForwardPass::EnqueueModel(const StepShape& shape) {
       LIZARD_CUDA_RETURN(k::PagedAttention(qrot_.get<float>(), qd, field(kTokSlot), field(kTokPos), T, H_,
                                            shape.max_keys, kv, partial_.get<float>(), partial_entries_, y, stream_));
     }
-    LIZARD_RETURN_IF_ERROR(Project(y, shape, qd, L.w_o, Hd_, delta));
-    if (L.b_o.bytes() > 0) LIZARD_CUDA_RETURN(k::AddBias(delta, Hd_, L.b_o.get<float>(), T, Hd_, stream_));
-    LIZARD_CUDA_RETURN(k::AddRmsNorm(x, delta, L.post_norm.get<float>(), T, Hd_, eps, u, stream_));
-    LIZARD_RETURN_IF_ERROR(Project(u, shape, Hd_, L.w_gate_up, 2 * I_, gate_up_.get<float>()));
-    LIZARD_CUDA_RETURN(k::SwiGlu(gate_up_.get<float>(), T, I_, act_.get<bf16>(), stream_));
-    LIZARD_RETURN_IF_ERROR(Project(act_.get<bf16>(), shape, I_, L.w_down, Hd_, delta));
+    LIZARD_RETURN_IF_ERROR(Project(y, shape, qd, L.w_o, Hd_, delta, &branch));
+    if (L.b_o.bytes() > 0) branch.bias = L.b_o.get<float>();  // added by AddRmsNorm after the sum
+    LIZARD_CUDA_RETURN(k::AddRmsNorm(x, branch, L.post_norm.get<float>(), T, Hd_, eps, u, stream_));
+    k::GemmOutput gate_up;
+    LIZARD_RETURN_IF_ERROR(Project(u, shape, Hd_, L.w_gate_up, 2 * I_, gate_up_.get<float>(), &gate_up));
+    LIZARD_CUDA_RETURN(k::SwiGlu(gate_up, T, I_, act_.get<bf16>(), stream_));
+    LIZARD_RETURN_IF_ERROR(Project(act_.get<bf16>(), shape, I_, L.w_down, Hd_, delta, &branch));
   }
-  LIZARD_CUDA_RETURN(k::AddRmsNorm(x, delta, weights_->final_norm.get<float>(), T, Hd_, eps, u, stream_));
+  LIZARD_CUDA_RETURN(k::AddRmsNorm(x, branch, weights_->final_norm.get<float>(), T, Hd_, eps, u, stream_));
   return absl::OkStatus();
 }
 

@@ -68,8 +68,12 @@ class ForwardPass {
   absl::Status AllocateActivations();
   // y = x w^T for the step's rows: decode rows by kernels::GemmBf16, prompt rows by PrefillGemm
   // (each batch invariant on its own), or all rows by cuBLAS when !batch_invariant.
+  // With `result`, for an output read only by a kernel that takes a kernels::GemmOutput
+  // (AddRmsNorm, SwiGlu) before the next projection: when GemmBf16 takes all the rows (decode-only
+  // steps) it may leave its split partials in the workspace for that kernel to add (one launch
+  // fewer) instead of writing y; *result says where the output is.
   absl::Status Project(const __nv_bfloat16* x, const StepShape& shape, int in, const DeviceBuffer& w, int out,
-                       float* y);
+                       float* y, kernels::GemmOutput* result = nullptr);
   // The Lizard attention of one layer over the step's rows (qkvg, krot as EnqueueModel has them).
   absl::Status LizardLayer(const DeviceLayer& L, const StepShape& shape, const float* krot, int krot_ld);
   // Runs the sequences of one internal step (at most kMaxStepTokens tokens) and appends their

@@ -3,6 +3,7 @@
 // Tolerance vs the reference (double accumulation of the same bf16-rounded inputs), as
 // ||gpu - cpu|| / ||cpu|| per GEMM: 1e-3 (fp32 accumulation gives about 1e-6).
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <random>
@@ -150,6 +151,66 @@ TEST(GemmBf16Test, WorkspaceContract) {
   EXPECT_EQ(k::GemmBf16(d.get(), 1, 12, d.get(), 4, y.get(), nullptr, nullptr), cudaErrorInvalidValue);
   EXPECT_EQ(k::GemmBf16(d.get() + 1, 1, 16, d.get(), 4, y.get(), nullptr, nullptr), cudaErrorInvalidValue);
   EXPECT_EQ(k::GemmBf16(d.get(), 0, 16, d.get(), 4, y.get(), nullptr, nullptr), cudaSuccess);
+}
+
+// GemmBf16Partials: left in the workspace, the split partials added left to right give GemmBf16's
+// y bit for bit, and so does a consumer fed them (AddRmsNorm); where they are not left (one
+// split, rows > 256, the one-block-per-tile path) y is GemmBf16's.
+TEST(GemmBf16Test, PartialsGiveGemmBits) {
+  std::mt19937 rng(14);
+  struct Case {
+    int in, out, rows;
+    bool partials;  // expected to be left in the workspace
+  };
+  const Case cases[] = {{4096, 4096, 1, true},    {4096, 4096, 7, true},    {14336, 4096, 3, true},
+                        {4096, 6176, 64, true},   {4096, 4096, 256, true},  {4096, 4096, 300, false},
+                        {128, 260, 5, false},     {136, 100, 2, false},     {4096, 4096, 600, false}};
+  for (const Case& c : cases) {
+    SCOPED_TRACE(testing::Message() << "in " << c.in << " out " << c.out << " rows " << c.rows);
+    const std::vector<float> x = RandomBf16(rng, static_cast<size_t>(c.rows) * c.in);
+    DeviceVec<bf16> d_w(ToBf16(RandomBf16(rng, static_cast<size_t>(c.out) * c.in)));
+    const std::vector<float> ref = RunGemm(x, c.rows, c.in, d_w, c.out);
+
+    const size_t n = static_cast<size_t>(c.rows) * c.out;
+    DeviceVec<bf16> d_x(ToBf16(x));
+    DeviceVec<float> d_y(n), ws(std::max<size_t>(k::GemmBf16WorkspaceBytes(c.in, c.out) / sizeof(float), 1));
+    d_y.Poison();
+    k::GemmOutput result{.bias = d_y.get()};  // overwritten whole
+    CUDA_OK(k::GemmBf16Partials(d_x.get(), c.rows, c.in, d_w.get(), c.out, d_y.get(), ws.get(), &result, nullptr));
+    CUDA_OK(cudaDeviceSynchronize());
+    EXPECT_EQ(result.bias, nullptr);
+    const std::vector<float> y = d_y.Download();
+    ASSERT_EQ(result.splits > 0, c.partials);
+    if (c.partials) {
+      EXPECT_EQ(result.y, nullptr);
+      EXPECT_EQ(result.partials, ws.get());
+      EXPECT_EQ(result.splits, k::GemmBf16Splits(c.in, c.out));
+      EXPECT_EQ(result.stride, static_cast<int64_t>(n));
+      for (float v : y) ASSERT_TRUE(std::isnan(v)) << "y written";
+      const std::vector<float> parts = ws.Download();
+      std::vector<float> summed(n);
+      for (size_t i = 0; i < n; ++i) {
+        float v = parts[i];
+        for (int p = 1; p < result.splits; ++p) v += parts[p * n + i];
+        summed[i] = v;
+      }
+      EXPECT_EQ(std::memcmp(summed.data(), ref.data(), n * sizeof(float)), 0);
+    } else {
+      EXPECT_EQ(result.y, d_y.get());
+      EXPECT_EQ(std::memcmp(y.data(), ref.data(), n * sizeof(float)), 0);
+    }
+
+    // A consumer of the result, against the same consumer of GemmBf16's y.
+    const std::vector<float> res = Uniform(rng, n, -2, 2), norm = Uniform(rng, c.out, 0.5, 1.5);
+    DeviceVec<float> d_ref(ref), d_norm(norm), x1(res), x2(res);
+    DeviceVec<bf16> u1(n), u2(n);
+    CUDA_OK(k::AddRmsNorm(x1.get(), result, d_norm.get(), c.rows, c.out, 1e-5f, u1.get(), nullptr));
+    CUDA_OK(k::AddRmsNorm(x2.get(), {.y = d_ref.get()}, d_norm.get(), c.rows, c.out, 1e-5f, u2.get(), nullptr));
+    const std::vector<float> h1 = x1.Download(), h2 = x2.Download();
+    const std::vector<bf16> b1 = u1.Download(), b2 = u2.Download();
+    EXPECT_EQ(std::memcmp(h1.data(), h2.data(), n * sizeof(float)), 0);
+    EXPECT_EQ(std::memcmp(b1.data(), b2.data(), n * sizeof(bf16)), 0);
+  }
 }
 
 // ---- PrefillGemm ----

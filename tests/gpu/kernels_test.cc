@@ -6,6 +6,7 @@
 // processed logits, same tokens.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <map>
 #include <numeric>
 #include <random>
@@ -58,7 +59,7 @@ TEST(KernelsTest, AddRmsNorm) {
     std::vector<float> w = Uniform(rng, cols, 0.5, 1.5);
     DeviceVec<float> d_x(x), d_delta(delta), d_w(w);
     DeviceVec<bf16> d_out(rows * cols);
-    CUDA_OK(k::AddRmsNorm(d_x.get(), d_delta.get(), d_w.get(), rows, cols, 1e-5f, d_out.get(), nullptr));
+    CUDA_OK(k::AddRmsNorm(d_x.get(), {.y = d_delta.get()}, d_w.get(), rows, cols, 1e-5f, d_out.get(), nullptr));
     for (size_t i = 0; i < x.size(); ++i) x[i] += delta[i];
     std::vector<float> ref(rows * cols);
     cpu::RmsNorm(x.data(), w.data(), rows, cols, 1e-5, ref.data());
@@ -76,7 +77,7 @@ TEST(KernelsTest, AddBiasAndSwiGlu) {
     DeviceVec<float> d_gu(gu), d_bias(bias);
     DeviceVec<bf16> d_out(rows * inter);
     CUDA_OK(k::AddBias(d_gu.get(), 2 * inter, d_bias.get(), rows, 2 * inter, nullptr));
-    CUDA_OK(k::SwiGlu(d_gu.get(), rows, inter, d_out.get(), nullptr));
+    CUDA_OK(k::SwiGlu({.y = d_gu.get()}, rows, inter, d_out.get(), nullptr));
     std::vector<float> ref(rows * inter);
     for (int r = 0; r < rows; ++r) {
       for (int i = 0; i < 2 * inter; ++i) gu[r * 2 * inter + i] += bias[i];
@@ -85,6 +86,57 @@ TEST(KernelsTest, AddBiasAndSwiGlu) {
     EXPECT_LE(RelError(d_gu.Download(), gu), kF32Tol);
     EXPECT_LE(RelError(ToFloat(d_out.Download()), ref), kBf16Tol);
   }
+}
+
+// A GEMM output given as split partials (and a bias): AddRmsNorm and SwiGlu must give the bits
+// of the same op on the output summed first, p0 + p1 + ... + p(S-1) + bias (GemmBf16's reduce,
+// then AddBias), for the 4-wide and the 1-wide kernels.
+TEST(KernelsTest, ConsumersAddSplitPartials) {
+  std::mt19937 rng(9);
+  const int rows = 5;
+  for (int cols : {48, 50, 4096}) {  // AddRmsNorm 4-wide and 1-wide; SwiGlu's inter = cols / 2 both
+    for (int splits : {1, 2, 4}) {
+      for (bool bias : {false, true}) {
+        SCOPED_TRACE(testing::Message() << "cols " << cols << " splits " << splits << " bias " << bias);
+        const int64_t n = int64_t{rows} * cols, stride = n + 12;  // a gap between the splits
+        const std::vector<float> parts = Uniform(rng, splits * stride, -1, 1);
+        const std::vector<float> b = Uniform(rng, cols, -1, 1);
+        std::vector<float> summed(n);
+        for (int64_t i = 0; i < n; ++i) {
+          float v = parts[i];
+          for (int p = 1; p < splits; ++p) v += parts[p * stride + i];
+          summed[i] = bias ? v + b[i % cols] : v;
+        }
+        DeviceVec<float> d_parts(parts), d_b(b), d_summed(summed);
+        const k::GemmOutput from_parts{.partials = d_parts.get(), .splits = splits, .stride = stride,
+                                       .bias = bias ? d_b.get() : nullptr};
+        const k::GemmOutput from_y{.y = d_summed.get()};
+
+        const std::vector<float> x = Uniform(rng, n, -2, 2), w = Uniform(rng, cols, 0.5, 1.5);
+        DeviceVec<float> d_w(w), x1(x), x2(x);
+        DeviceVec<bf16> out1(n), out2(n);
+        CUDA_OK(k::AddRmsNorm(x1.get(), from_parts, d_w.get(), rows, cols, 1e-5f, out1.get(), nullptr));
+        CUDA_OK(k::AddRmsNorm(x2.get(), from_y, d_w.get(), rows, cols, 1e-5f, out2.get(), nullptr));
+        const std::vector<float> hx1 = x1.Download(), hx2 = x2.Download();
+        const std::vector<bf16> h1 = out1.Download(), h2 = out2.Download();
+        EXPECT_EQ(std::memcmp(hx1.data(), hx2.data(), n * sizeof(float)), 0) << "AddRmsNorm x";
+        EXPECT_EQ(std::memcmp(h1.data(), h2.data(), n * sizeof(bf16)), 0) << "AddRmsNorm out";
+
+        const int inter = cols / 2;
+        DeviceVec<bf16> act1(n / 2), act2(n / 2);
+        CUDA_OK(k::SwiGlu(from_parts, rows, inter, act1.get(), nullptr));
+        CUDA_OK(k::SwiGlu(from_y, rows, inter, act2.get(), nullptr));
+        const std::vector<bf16> a1 = act1.Download(), a2 = act2.Download();
+        EXPECT_EQ(std::memcmp(a1.data(), a2.data(), n / 2 * sizeof(bf16)), 0) << "SwiGlu";
+      }
+    }
+  }
+  // 4-wide loads need 16-byte aligned splits: refused, not run 1-wide (other bits).
+  DeviceVec<float> d(64), x(8);
+  DeviceVec<bf16> out(8);
+  const k::GemmOutput odd{.partials = d.get(), .splits = 2, .stride = 10};
+  EXPECT_EQ(k::AddRmsNorm(x.get(), odd, d.get(), 1, 8, 1e-5f, out.get(), nullptr), cudaErrorInvalidValue);
+  EXPECT_EQ(k::SwiGlu(odd, 1, 4, out.get(), nullptr), cudaErrorInvalidValue);
 }
 
 TEST(KernelsTest, Rope) {
