@@ -334,13 +334,17 @@ absl::StatusOr<int64_t> StatePool::StageRestore(SlotId slot, int k, const SavedS
   auto view = ParseOrConvertSerializedState(config_, layout_, *bytes, &converted);
   if (!view.ok()) return view.status();
   HostBuffer& buffer = host_buffers_[k];
-  LIZARD_RETURN_IF_ERROR(UploadSlot(slot, view->slot.data(), buffer.host.get<char>()));
+  const absl::Status queued = UploadSlot(slot, view->slot.data(), buffer.host.get<char>());
+  // Recorded also when a piece failed to queue: FinishRestore waits on this event before the
+  // buffer is reused, and the pieces queued before may still be reading it.
   LIZARD_CUDA_RETURN(cudaEventRecord(buffer.copied.get(), copy_stream_.get()));
+  LIZARD_RETURN_IF_ERROR(queued);
   return view->position;
 }
 
 absl::Status StatePool::FinishRestore(SlotId slot, int k, absl::StatusOr<int64_t> position) {
-  // Done at once when ready() said so. After a failed worker the event is an earlier, finished copy's.
+  // Done at once when ready() said so. After a worker that failed before queuing any piece, the
+  // event is an earlier, finished copy's.
   const absl::Status uploaded = CudaStatus(cudaEventSynchronize(host_buffers_[k].copied.get()), "restore upload");
   ReleaseHostBuffer(k);
   if (!position.ok()) return position.status();
