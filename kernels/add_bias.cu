@@ -7,6 +7,7 @@ namespace {
 
 // grid (column blocks, rows)
 __global__ void AddBiasKernel(float* y, int ld, const float* bias, int cols) {
+  WaitForPrevious();
   const int c = blockIdx.x * blockDim.x + threadIdx.x;
   if (c < cols) y[static_cast<int64_t>(blockIdx.y) * ld + c] += bias[c];
 }
@@ -15,8 +16,7 @@ __global__ void AddBiasKernel(float* y, int ld, const float* bias, int cols) {
 
 cudaError_t AddBias(float* y, int ld, const float* bias, int rows, int cols, cudaStream_t stream) {
   if (rows == 0) return cudaSuccess;
-  AddBiasKernel<<<dim3(CeilDiv(cols, 256), rows), 256, 0, stream>>>(y, ld, bias, cols);
-  return cudaGetLastError();
+  return LaunchDependent(AddBiasKernel, dim3(CeilDiv(cols, 256), rows), 256, 0, stream, y, ld, bias, cols);
 }
 
 }  // namespace lizard::kernels

@@ -15,6 +15,7 @@ __global__ void AddRmsNormKernel(float* x, GemmOutput delta, const float* weight
                                  __nv_bfloat16* out) {
   using Vec = std::conditional_t<kWidth == 4, float4, float>;
   __shared__ float red[32];
+  WaitForPrevious();
   const int64_t base = static_cast<int64_t>(blockIdx.x) * cols;
   Vec* xv = reinterpret_cast<Vec*>(x + base);
   const bool has_delta = delta.y != nullptr || delta.splits > 0;
@@ -59,12 +60,10 @@ cudaError_t AddRmsNorm(float* x, const GemmOutput& delta, const float* weight, i
   if (cols % 4 == 0) {
     if (!Aligned16(delta)) return cudaErrorInvalidValue;
     const int threads = cols >= 4096 ? 512 : cols >= 1024 ? 256 : 128;
-    AddRmsNormKernel<4><<<rows, threads, 0, stream>>>(x, delta, weight, cols, eps, out);
-  } else {
-    const int threads = cols >= 4096 ? 1024 : cols >= 1024 ? 512 : 128;
-    AddRmsNormKernel<1><<<rows, threads, 0, stream>>>(x, delta, weight, cols, eps, out);
+    return LaunchDependent(AddRmsNormKernel<4>, rows, threads, 0, stream, x, delta, weight, cols, eps, out);
   }
-  return cudaGetLastError();
+  const int threads = cols >= 4096 ? 1024 : cols >= 1024 ? 512 : 128;
+  return LaunchDependent(AddRmsNormKernel<1>, rows, threads, 0, stream, x, delta, weight, cols, eps, out);
 }
 
 }  // namespace lizard::kernels

@@ -12,6 +12,33 @@
 
 namespace lizard::kernels {
 
+// Programmatic dependent launch (Hopper; a no-op before sm_90). A kernel started with
+// LaunchDependent may begin while the kernel before it in the stream is still running, so that its
+// launch, its blocks' start and any reads of weights overlap that kernel's tail (~420 kernels in a
+// decode step). Every block of such a kernel must call WaitForPrevious() before it touches memory
+// that earlier work in the stream writes or reads (activations, state, workspace): the wait returns
+// once the previous kernel has finished and its writes are visible. Since every kernel waits, the
+// order of the stream is kept transitively. After the wait a kernel lets the next one start.
+__device__ __forceinline__ void WaitForPrevious() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+  asm volatile("griddepcontrol.launch_dependents;\n" :::);
+#endif
+}
+
+template <typename... Params, typename... Args>
+cudaError_t LaunchDependent(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                            Args... args) {
+  cudaLaunchAttribute attribute{};
+  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute.val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t config{};
+  config.gridDim = grid, config.blockDim = block, config.dynamicSmemBytes = smem, config.stream = stream;
+  config.attrs = &attribute, config.numAttrs = 1;
+  const cudaError_t e = cudaLaunchKernelEx(&config, kernel, static_cast<Params>(args)...);
+  return e != cudaSuccess ? e : cudaGetLastError();
+}
+
 __device__ __forceinline__ float WarpSum(float v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;

@@ -148,10 +148,9 @@ __global__ void __launch_bounds__(THREADS, MINB) GemmKernel(const bf16* __restri
     }
   };
 
-  auto load_chunk = [&](int kc, int stage) {
+  auto load_w = [&](int kc, int stage) {
     const int k0 = kc * kChunk;
     bf16* sw = smem_w + stage * kStageW;
-    bf16* sx = smem_x + stage * kStageX;
 #pragma unroll
     for (int i = 0; i < kBlockOut * 8 / kThreads; ++i) {
       const int idx = tid + i * kThreads, r = idx >> 3, c = idx & 7;
@@ -159,6 +158,10 @@ __global__ void __launch_bounds__(THREADS, MINB) GemmKernel(const bf16* __restri
       const bool ok = o < out && k < in;
       CpAsync16(SmemAddr(sw + Swz(r, c)), ok ? w + static_cast<int64_t>(o) * in + k : w, ok ? 16 : 0);
     }
+  };
+  auto load_x = [&](int kc, int stage) {
+    const int k0 = kc * kChunk;
+    bf16* sx = smem_x + stage * kStageX;
 #pragma unroll
     for (int i = 0; i < (BR * 8 + kThreads - 1) / kThreads; ++i) {
       const int idx = tid + i * kThreads;
@@ -182,9 +185,16 @@ __global__ void __launch_bounds__(THREADS, MINB) GemmKernel(const bf16* __restri
   };
   zero_acc();
 
+  // The weights do not depend on earlier kernels: the first stages' copies start before the
+  // wait (they join the first commit group, so chunk kc_begin's wait covers them).
 #pragma unroll
   for (int s = 0; s < STAGES - 1; ++s) {
-    if (kc_begin + s < kc_end) load_chunk(kc_begin + s, s);
+    if (kc_begin + s < kc_end) load_w(kc_begin + s, s);
+  }
+  WaitForPrevious();
+#pragma unroll
+  for (int s = 0; s < STAGES - 1; ++s) {
+    if (kc_begin + s < kc_end) load_x(kc_begin + s, s);
     CpAsyncCommit();
   }
 
@@ -193,7 +203,10 @@ __global__ void __launch_bounds__(THREADS, MINB) GemmKernel(const bf16* __restri
     __syncthreads();  // chunk kc has landed for all threads; the stage refilled below is free
     {
       const int next = kc + STAGES - 1;
-      if (next < kc_end) load_chunk(next, (next - kc_begin) % STAGES);
+      if (next < kc_end) {
+        load_w(next, (next - kc_begin) % STAGES);
+        load_x(next, (next - kc_begin) % STAGES);
+      }
       CpAsyncCommit();
     }
     const int stage = (kc - kc_begin) % STAGES;
@@ -233,6 +246,7 @@ __global__ void __launch_bounds__(THREADS, MINB) GemmKernel(const bf16* __restri
 
 // y[i] = the n = rows * out values of `partials` (no bias), split partials added left to right.
 __global__ void GemmReduceKernel(GemmOutput partials, int64_t n, float* __restrict__ y) {
+  WaitForPrevious();
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     float v[1];
@@ -251,8 +265,7 @@ cudaError_t Launch(const bf16* x, int rows, int in, const bf16* w, int out, floa
   const cudaError_t attr = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
   if (attr != cudaSuccess) return attr;
   const dim3 grid(CeilDiv(rows, BR), CeilDiv(out, kBlockOut), MODE == kAccumulate ? 1 : sp.s);
-  kernel<<<grid, THREADS, kSmem, stream>>>(x, rows, in, w, out, dst, sp.nk, sp.cps);
-  return cudaGetLastError();
+  return LaunchDependent(kernel, grid, THREADS, kSmem, stream, x, rows, in, w, out, dst, sp.nk, sp.cps);
 }
 
 // The block shapes (measured on an H100). All shapes and modes give the same bits (see the top
@@ -313,8 +326,7 @@ cudaError_t Gemm(const bf16* x, int rows, int in, const bf16* w, int out, float*
     const int64_t count = static_cast<int64_t>(n) * out;
     const int blocks = static_cast<int>(std::min<int64_t>(CeilDiv(count, 256), 4096));
     const GemmOutput partials{.partials = ws, .splits = sp.s, .stride = count};
-    GemmReduceKernel<<<blocks, 256, 0, stream>>>(partials, count, y + out_off);
-    err = cudaGetLastError();
+    err = LaunchDependent(GemmReduceKernel, blocks, 256, 0, stream, partials, count, y + out_off);
     if (err != cudaSuccess) return err;
   }
   return cudaSuccess;

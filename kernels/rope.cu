@@ -9,6 +9,7 @@ namespace {
 __global__ void RopeKernel(const float* src, int src_ld, float* dst, int dst_ld,
                            const int32_t* positions, int heads, int head_dim,
                            const double* inv_freq) {
+  WaitForPrevious();
   const int row = blockIdx.x;
   const int half = head_dim / 2;
   const int pos = positions[row];
@@ -33,8 +34,8 @@ __global__ void RopeKernel(const float* src, int src_ld, float* dst, int dst_ld,
 cudaError_t Rope(const float* src, int src_ld, float* dst, int dst_ld, const int32_t* positions,
                  int rows, int heads, int head_dim, const double* inv_freq, cudaStream_t stream) {
   if (rows == 0) return cudaSuccess;
-  RopeKernel<<<dim3(rows, heads), 64, 0, stream>>>(src, src_ld, dst, dst_ld, positions, heads, head_dim, inv_freq);
-  return cudaGetLastError();
+  return LaunchDependent(RopeKernel, dim3(rows, heads), 64, 0, stream, src, src_ld, dst, dst_ld, positions, heads,
+                         head_dim, inv_freq);
 }
 
 }  // namespace lizard::kernels

@@ -10,6 +10,7 @@ namespace {
 // gate_up may be the GEMM's split partials (GemmOutput): added here, the reduce kernel is not run.
 template <int kWidth>
 __global__ void SwiGluKernel(GemmOutput gate_up, int inter, __nv_bfloat16* out) {
+  WaitForPrevious();
   const int64_t row = static_cast<int64_t>(blockIdx.y) * 2 * inter;
   __nv_bfloat16* o = out + static_cast<int64_t>(blockIdx.y) * inter;
   const int i = (blockIdx.x * blockDim.x + threadIdx.x) * kWidth;
@@ -35,11 +36,11 @@ cudaError_t SwiGlu(const GemmOutput& gate_up, int rows, int inter, __nv_bfloat16
   constexpr int kThreads = 256;
   if (inter % 4 == 0) {
     if (!Aligned16(gate_up)) return cudaErrorInvalidValue;
-    SwiGluKernel<4><<<dim3(CeilDiv(inter / 4, kThreads), rows), kThreads, 0, stream>>>(gate_up, inter, out);
-  } else {
-    SwiGluKernel<1><<<dim3(CeilDiv(inter, kThreads), rows), kThreads, 0, stream>>>(gate_up, inter, out);
+    return LaunchDependent(SwiGluKernel<4>, dim3(CeilDiv(inter / 4, kThreads), rows), kThreads, 0, stream, gate_up,
+                           inter, out);
   }
-  return cudaGetLastError();
+  return LaunchDependent(SwiGluKernel<1>, dim3(CeilDiv(inter, kThreads), rows), kThreads, 0, stream, gate_up, inter,
+                         out);
 }
 
 }  // namespace lizard::kernels

@@ -86,10 +86,15 @@ struct PrefillFeatureMapsArgs {
   const float* fmap_k = nullptr;
   const float* q_bias = nullptr;
   const float* k_bias = nullptr;
-  __nv_bfloat16* fq = nullptr;  // 16-byte aligned
+  __nv_bfloat16* fq = nullptr;  // 16-byte aligned; fq and fk both null: the logits only
   __nv_bfloat16* fk = nullptr;  // 16-byte aligned
-  float* logits = nullptr;  // null, or [rows, 2H, F]: a_q of the H heads, then a_k (for the tests)
+  float* logits = nullptr;  // null, or [rows, 2H, F]: a_q of the H heads, then a_k
 };
+
+// The shapes LizardPrefillFeatureMaps takes: head_dim 128, F 64 or 128.
+inline bool PrefillFeatureMapsSupport(const LizardDims& d) {
+  return d.head_dim == 128 && (d.features == 64 || d.features == 128) && d.kv_heads > 0 && d.heads % d.kv_heads == 0;
+}
 
 // Grid (64-row tiles, 2H maps); cudaErrorInvalidValue for other shapes than the above.
 cudaError_t LizardPrefillFeatureMaps(const PrefillFeatureMapsArgs& args, cudaStream_t stream);

@@ -1,9 +1,12 @@
 // Feature-map logits of the Lizard layers: each of the 2H maps multiplies a head vector (a query
 // head, or the kv head of a query head) by that map's [D, F] matrix, for every token. Each output
-// is summed over d in an order fixed by D alone (16 runs, then the runs in order), whatever the
-// tokens sharing the launch (batch invariance; a library GEMM may pick another kernel, hence
-// another summation order, for another T).
+// is summed over d in an order fixed by the shape alone, whatever the tokens sharing the launch
+// (batch invariance; a library GEMM may pick another kernel, hence another summation order, for
+// another T). The shapes of the prefill path (D 128, F 64 or 128) take its 3xTF32 tensor-core
+// logits (prefill_feature_maps.cu: a row's bits depend on its own inputs only); every other shape
+// runs the fp32 kernel below.
 #include "kernels/common.cuh"
+#include "kernels/lizard_attention/chunked_prefill.h"
 #include "kernels/lizard_attention/lizard_attention.h"
 
 namespace lizard::kernels {
@@ -66,7 +69,16 @@ cudaError_t FeatureMapLogits(const float* qkvg, int ld, int T, int heads, int kv
                              int features, const float* fmap_q, const float* fmap_k, float* logits,
                              cudaStream_t stream) {
   if (T == 0) return cudaSuccess;
-  if (head_dim > kMaxHeadDim || heads % kv_heads != 0) return cudaErrorInvalidValue;
+  if (head_dim > kMaxHeadDim || kv_heads <= 0 || heads % kv_heads != 0) return cudaErrorInvalidValue;
+  const LizardDims dims{.heads = heads, .kv_heads = kv_heads, .head_dim = head_dim, .features = features};
+  if (PrefillFeatureMapsSupport(dims)) {
+    PrefillFeatureMapsArgs maps;
+    maps.dims = dims;
+    maps.qkvg = qkvg, maps.ld = ld, maps.rows = T;
+    maps.fmap_q = fmap_q, maps.fmap_k = fmap_k;
+    maps.logits = logits;
+    return LizardPrefillFeatureMaps(maps, stream);
+  }
   const int tile = std::min(features, kFeatureTile);
   const auto launch = [&](auto kernel, int tokens_per_block) {
     const dim3 grid(2 * heads, CeilDiv(features, tile), CeilDiv(T, tokens_per_block));

@@ -80,7 +80,8 @@ struct LizardScratch {
 // Feature-map logits (feature_map.cu), the input of LizardWindow's LizardParams::fmap_logits:
 // logits[t, i*F + f] = sum_d x_i[t, d] * W_i[d, f] for the 2H maps i: x_i is query head i of
 // qkvg row t with W_i = fmap_q[i] (i < H), or the kv head of query head i - H with
-// W_i = fmap_k[i - H]; maps are [H, D, F]. Summed over d in an order fixed by D (batch invariant).
+// W_i = fmap_k[i - H]; maps are [H, D, F]. Summed over d in an order fixed by the shape (batch
+// invariant): 3xTF32 tensor-core products for D 128 and F 64 or 128, fp32 FMAs otherwise.
 cudaError_t FeatureMapLogits(const float* qkvg, int ld, int T, int heads, int kv_heads, int head_dim,
                              int features, const float* fmap_q, const float* fmap_k, float* logits,
                              cudaStream_t stream);

@@ -70,6 +70,7 @@ __global__ void __maxnreg__(80) LizardDecodeWindowKernel(
   // 32 lanes cover D = 128 in one bf16 row; kMaxChunks chunks per lane for D <= 256.
   constexpr int kPv = kVec >= 4 ? kVec / 2 : 2;
   constexpr int kMaxChunks = kMaxHeadDim / (32 * kPv);
+  WaitForPrevious();
   // Grid (Hkv, rows): consecutive blocks work on the same token, so on the same slot's memory.
   const int g = blockIdx.x, r = row0 + blockIdx.y;
   const int H = dims.heads, Hkv = dims.kv_heads, D = dims.head_dim, F = dims.features;
@@ -370,9 +371,8 @@ cudaError_t Launch(const LizardDims& dims, const float* qkvg, int ld, const floa
     if (e != cudaSuccess) return e;
   }
   const int G = dims.heads / dims.kv_heads;
-  LizardDecodeWindowKernel<TS, TW, kVec><<<dim3(dims.kv_heads, rows), 32 * G * KeySplits(G), shmem, stream>>>(
-      dims, qkvg, ld, krot, krot_ld, inv_freq, tokens, row0, params, state, scratch);
-  return cudaGetLastError();
+  return LaunchDependent(LizardDecodeWindowKernel<TS, TW, kVec>, dim3(dims.kv_heads, rows), 32 * G * KeySplits(G),
+                         shmem, stream, dims, qkvg, ld, krot, krot_ld, inv_freq, tokens, row0, params, state, scratch);
 }
 
 // 16-byte ring copies when every ring row starts on 16 bytes, else one column pair at a time.

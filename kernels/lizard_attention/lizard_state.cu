@@ -149,6 +149,7 @@ __global__ void __launch_bounds__(kDecodeThreads, 3) LizardDecodeStateKernel(Liz
                                                                            LizardStateRef state,
                                                                            LizardScratch scratch,
                                                                            __nv_bfloat16* y) {
+  WaitForPrevious();
   constexpr int V = kVec<TS>, kSliceCols = kLanesPerRow * V;
   // Grid (slices, H, seqs) as LizardState's: a head's slices in consecutive blocks.
   const int s = blockIdx.z, h = blockIdx.y;
@@ -232,8 +233,8 @@ cudaError_t LaunchDecodeState(const LizardDims& dims, const float* qkvg, int ld,
                               int num_seqs, const LizardStateRef& state, const LizardScratch& scratch,
                               __nv_bfloat16* y, cudaStream_t stream) {
   const dim3 grid(CeilDiv(dims.head_dim, kLanesPerRow * kVec<TS>), dims.heads, num_seqs);
-  LizardDecodeStateKernel<TS><<<grid, kDecodeThreads, 0, stream>>>(dims, qkvg, ld, seqs, state, scratch, y);
-  return cudaGetLastError();
+  return LaunchDependent(LizardDecodeStateKernel<TS>, grid, kDecodeThreads, 0, stream, dims, qkvg, ld, seqs, state,
+                         scratch, y);
 }
 
 }  // namespace

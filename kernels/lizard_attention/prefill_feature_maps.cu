@@ -63,6 +63,7 @@ __global__ void __launch_bounds__(32 * kWarps, 2) PrefillFeatureMapsKernel(Prefi
     const int d = idx / (F / 4), f = idx % (F / 4) * 4;
     Copy4(&sm.w[d][f], w + d * F + f, true, vec);
   }
+  WaitForPrevious();  // the map above is a weight; the head vectors come from the step
   for (int idx = threadIdx.x; idx < kTileRows * kD / 4; idx += blockDim.x) {
     const int t = idx / (kD / 4), d = idx % (kD / 4) * 4;
     const bool valid = row0 + t < a.rows;  // rows past the launch are zeros (never written)
@@ -124,6 +125,7 @@ __global__ void __launch_bounds__(32 * kWarps, 2) PrefillFeatureMapsKernel(Prefi
       for (int j = 0; j < kN; ++j) *reinterpret_cast<float2*>(out + 8 * j) = make_float2(acc[j][2 * half], acc[j][2 * half + 1]);
     }
   }
+  if (a.fq == nullptr) return;  // logits only (FeatureMapLogits for decode rows); uniform per launch
   // A row lives in the four lanes of a quad.
   float sp[2] = {0.f, 0.f}, sn[2] = {0.f, 0.f};
 #pragma unroll
@@ -180,16 +182,15 @@ cudaError_t Launch(const PrefillFeatureMapsArgs& a, cudaStream_t stream) {
   if (e != cudaSuccess) return e;
   const bool vec = a.ld % 4 == 0 && Aligned16(a.qkvg) && Aligned16(a.fmap_q) && Aligned16(a.fmap_k);
   const dim3 grid(CeilDiv(a.rows, kTileRows), 2 * a.dims.heads);
-  PrefillFeatureMapsKernel<F><<<grid, 32 * kWarps, bytes, stream>>>(a, vec);
-  return cudaGetLastError();
+  return LaunchDependent(PrefillFeatureMapsKernel<F>, grid, 32 * kWarps, bytes, stream, a, vec);
 }
 
 }  // namespace
 
 cudaError_t LizardPrefillFeatureMaps(const PrefillFeatureMapsArgs& args, cudaStream_t stream) {
   const LizardDims& d = args.dims;
-  if (d.head_dim != kD || (d.features != 64 && d.features != 128) || d.kv_heads <= 0 || d.heads % d.kv_heads != 0 ||
-      !Aligned16(args.fq) || !Aligned16(args.fk)) {
+  if (!PrefillFeatureMapsSupport(d) || !Aligned16(args.fq) || !Aligned16(args.fk) ||
+      (args.fq == nullptr) != (args.fk == nullptr) || (args.fq == nullptr && args.logits == nullptr)) {
     return cudaErrorInvalidValue;
   }
   if (args.rows == 0) return cudaSuccess;

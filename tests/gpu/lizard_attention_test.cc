@@ -277,36 +277,41 @@ INSTANTIATE_TEST_SUITE_P(
 // ---------------------------------------------------------------- feature-map logits
 
 // Against a plain double loop (float32 output, 1e-5), and batch invariant: a token's logits are
-// bitwise the same alone and among 299 others (long steps take bigger token blocks).
+// bitwise the same alone and among 299 others (long steps take bigger token blocks). D 128 takes
+// the tensor-core kernel, D 64 the fp32 one.
 TEST(KernelsTest, FeatureMapLogits) {
-  std::mt19937 rng(13);
-  const int H = 8, Hkv = 2, D = 128, F = 64, T = 300, G = H / Hkv;
-  const int ld = (H + 2 * Hkv) * D + H + 3;  // qkvg rows with a gate part and padding
-  const std::vector<float> qkvg = Uniform(rng, static_cast<size_t>(T) * ld, -1, 1);
-  const std::vector<float> wq = Uniform(rng, H * D * F, -0.1f, 0.1f), wk = Uniform(rng, H * D * F, -0.1f, 0.1f);
-  DeviceVec<float> d_qkvg(qkvg), d_wq(wq), d_wk(wk), d_out(static_cast<size_t>(T) * 2 * H * F), d_one(2 * H * F);
-  CUDA_OK(k::FeatureMapLogits(d_qkvg.get(), ld, T, H, Hkv, D, F, d_wq.get(), d_wk.get(), d_out.get(), nullptr));
-  const std::vector<float> out = d_out.Download();
-  std::vector<float> ref(out.size());
-  for (int t = 0; t < T; ++t) {
-    for (int i = 0; i < 2 * H; ++i) {
-      const bool key = i >= H;
-      const int h = key ? i - H : i;
-      const float* x = qkvg.data() + static_cast<size_t>(t) * ld + (key ? H * D + (h / G) * D : h * D);
-      const float* w = (key ? wk : wq).data() + static_cast<size_t>(h) * D * F;
-      for (int f = 0; f < F; ++f) {
-        double acc = 0;
-        for (int d = 0; d < D; ++d) acc += static_cast<double>(x[d]) * w[d * F + f];
-        ref[(static_cast<size_t>(t) * 2 * H + i) * F + f] = static_cast<float>(acc);
+  for (const auto [D, F] : {std::pair{128, 64}, std::pair{128, 128}, std::pair{64, 32}}) {
+    SCOPED_TRACE(testing::Message() << "D " << D << ", F " << F);
+    std::mt19937 rng(13);
+    const int H = 8, Hkv = 2, T = 300, G = H / Hkv;
+    const int ld = (H + 2 * Hkv) * D + H + 3;  // qkvg rows with a gate part and padding
+    const std::vector<float> qkvg = Uniform(rng, static_cast<size_t>(T) * ld, -1, 1);
+    const std::vector<float> wq = Uniform(rng, H * D * F, -0.1f, 0.1f), wk = Uniform(rng, H * D * F, -0.1f, 0.1f);
+    DeviceVec<float> d_qkvg(qkvg), d_wq(wq), d_wk(wk), d_out(static_cast<size_t>(T) * 2 * H * F), d_one(2 * H * F);
+    CUDA_OK(k::FeatureMapLogits(d_qkvg.get(), ld, T, H, Hkv, D, F, d_wq.get(), d_wk.get(), d_out.get(), nullptr));
+    const std::vector<float> out = d_out.Download();
+    std::vector<float> ref(out.size());
+    for (int t = 0; t < T; ++t) {
+      for (int i = 0; i < 2 * H; ++i) {
+        const bool key = i >= H;
+        const int h = key ? i - H : i;
+        const float* x = qkvg.data() + static_cast<size_t>(t) * ld + (key ? H * D + (h / G) * D : h * D);
+        const float* w = (key ? wk : wq).data() + static_cast<size_t>(h) * D * F;
+        for (int f = 0; f < F; ++f) {
+          double acc = 0;
+          for (int d = 0; d < D; ++d) acc += static_cast<double>(x[d]) * w[d * F + f];
+          ref[(static_cast<size_t>(t) * 2 * H + i) * F + f] = static_cast<float>(acc);
+        }
       }
     }
-  }
-  EXPECT_LT(RelError(out, ref), kF32Tol);
-  for (int t : {0, 17, 40, 299}) {
-    CUDA_OK(k::FeatureMapLogits(d_qkvg.get() + static_cast<size_t>(t) * ld, ld, 1, H, Hkv, D, F, d_wq.get(), d_wk.get(),
-                                d_one.get(), nullptr));
-    const std::vector<float> one = d_one.Download();
-    EXPECT_EQ(std::memcmp(one.data(), out.data() + static_cast<size_t>(t) * 2 * H * F, one.size() * sizeof(float)), 0) << t;
+    EXPECT_LT(RelError(out, ref), kF32Tol);
+    for (int t : {0, 17, 40, 299}) {
+      CUDA_OK(k::FeatureMapLogits(d_qkvg.get() + static_cast<size_t>(t) * ld, ld, 1, H, Hkv, D, F, d_wq.get(),
+                                  d_wk.get(), d_one.get(), nullptr));
+      const std::vector<float> one = d_one.Download();
+      EXPECT_EQ(std::memcmp(one.data(), out.data() + static_cast<size_t>(t) * 2 * H * F, one.size() * sizeof(float)), 0)
+          << t;
+    }
   }
 }
 
