@@ -7,6 +7,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
+#include <string_view>
 
 #include "kernels/kernels.h"
 
@@ -19,11 +21,20 @@ namespace lizard::kernels {
 // that earlier work in the stream writes or reads (activations, state, workspace): the wait returns
 // once the previous kernel has finished and its writes are visible. Since every kernel waits, the
 // order of the stream is kept transitively. After the wait a kernel lets the next one start.
+// LIZARD_PDL=0 in the environment launches them the plain way (for A/B measurements).
 __device__ __forceinline__ void WaitForPrevious() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;\n" ::: "memory");
   asm volatile("griddepcontrol.launch_dependents;\n" :::);
 #endif
+}
+
+inline bool DependentLaunchEnabled() {
+  static const bool enabled = [] {
+    const char* v = std::getenv("LIZARD_PDL");
+    return v == nullptr || std::string_view(v) != "0";
+  }();
+  return enabled;
 }
 
 template <typename... Params, typename... Args>
@@ -34,7 +45,7 @@ cudaError_t LaunchDependent(void (*kernel)(Params...), dim3 grid, dim3 block, si
   attribute.val.programmaticStreamSerializationAllowed = 1;
   cudaLaunchConfig_t config{};
   config.gridDim = grid, config.blockDim = block, config.dynamicSmemBytes = smem, config.stream = stream;
-  config.attrs = &attribute, config.numAttrs = 1;
+  config.attrs = &attribute, config.numAttrs = DependentLaunchEnabled() ? 1 : 0;
   const cudaError_t e = cudaLaunchKernelEx(&config, kernel, static_cast<Params>(args)...);
   return e != cudaSuccess ? e : cudaGetLastError();
 }

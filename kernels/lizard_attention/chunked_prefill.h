@@ -96,7 +96,8 @@ inline bool PrefillFeatureMapsSupport(const LizardDims& d) {
   return d.head_dim == 128 && (d.features == 64 || d.features == 128) && d.kv_heads > 0 && d.heads % d.kv_heads == 0;
 }
 
-// Grid (64-row tiles, 2H maps); cudaErrorInvalidValue for other shapes than the above.
+// Grid (64-row tiles, 2H maps); with fq and fk null (the logits only) (64-row tiles, 2H, F / 32).
+// cudaErrorInvalidValue for other shapes than the above.
 cudaError_t LizardPrefillFeatureMaps(const PrefillFeatureMapsArgs& args, cudaStream_t stream);
 
 }  // namespace lizard::kernels

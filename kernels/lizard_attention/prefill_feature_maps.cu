@@ -20,12 +20,14 @@ constexpr int kD = 128;
 constexpr int kWarps = 4;
 constexpr int kTileRows = 16 * kWarps;  // token rows per block: 16 per warp
 constexpr int kXStride = kD + 4;        // floats; 4 mod 32 keeps the A-fragment loads conflict-free
+constexpr int kLogitCols = 32;          // features per block when only the logits are wanted
 
-template <int F>
+// kCols: the features of the map a block holds (all F for the maps: a softmax spans them).
+template <int kCols>
 struct Smem {
   // The tile's head vectors; afterwards each warp stages its 16 bf16 output rows in its own rows.
   float x[kTileRows][kXStride];
-  float w[kD][F + 8];  // the map; 8 mod 32 keeps the B-fragment loads conflict-free
+  float w[kD][kCols + 8];  // the map; 8 mod 32 keeps the B-fragment loads conflict-free
 };
 
 // x = hi + lo in tf32.
@@ -45,22 +47,25 @@ __device__ __forceinline__ void Copy4(float* dst, const float* src, bool valid, 
   }
 }
 
-// Block (tile of 64 rows, map i): i < H is the q map of head i, else the k map of head i - H.
-// Warp w computes rows 16w .. 16w + 15 of the tile for all F features.
-template <int F>
+// Block (tile of 64 rows, map i, feature block): i < H is the q map of head i, else the k map of
+// head i - H. Warp w computes rows 16w .. 16w + 15 of the tile for the block's kCols features: all
+// F for the maps (kMaps), else kLogitCols of them (more blocks for the few rows of a decode step;
+// an output's products and their order do not depend on which block computes it).
+template <int F, bool kMaps>
 __global__ void __launch_bounds__(32 * kWarps, 2) PrefillFeatureMapsKernel(PrefillFeatureMapsArgs a, bool vec) {
+  constexpr int kCols = kMaps ? F : kLogitCols;
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  Smem<F>& sm = *reinterpret_cast<Smem<F>*>(smem_raw);
+  Smem<kCols>& sm = *reinterpret_cast<Smem<kCols>*>(smem_raw);
   const int H = a.dims.heads, group = H / a.dims.kv_heads;
-  const int i = blockIdx.y;
+  const int i = blockIdx.y, f0 = blockIdx.z * kCols;
   const bool key = i >= H;
   const int h = key ? i - H : i;
   const int column = key ? H * kD + (h / group) * kD : h * kD;  // the head vector in a qkvg row
-  const float* w = (key ? a.fmap_k : a.fmap_q) + static_cast<int64_t>(h) * kD * F;
+  const float* w = (key ? a.fmap_k : a.fmap_q) + static_cast<int64_t>(h) * kD * F + f0;
   const int row0 = blockIdx.x * kTileRows;
 
-  for (int idx = threadIdx.x; idx < kD * F / 4; idx += blockDim.x) {
-    const int d = idx / (F / 4), f = idx % (F / 4) * 4;
+  for (int idx = threadIdx.x; idx < kD * kCols / 4; idx += blockDim.x) {
+    const int d = idx / (kCols / 4), f = idx % (kCols / 4) * 4;
     Copy4(&sm.w[d][f], w + d * F + f, true, vec);
   }
   WaitForPrevious();  // the map above is a weight; the head vectors come from the step
@@ -74,7 +79,7 @@ __global__ void __launch_bounds__(32 * kWarps, 2) PrefillFeatureMapsKernel(Prefi
   __syncthreads();
 
   const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3, r0 = 16 * (threadIdx.x >> 5);
-  constexpr int kN = F / 8, kGroup = 8;
+  constexpr int kN = kCols / 8, kGroup = kN < 8 ? kN : 8;
   // acc[j]: logits of rows r0+g (0, 1) and r0+g+8 (2, 3), features 8j + 2q, +1.
   float acc[kN][4] = {};
 #pragma unroll 2
@@ -104,6 +109,21 @@ __global__ void __launch_bounds__(32 * kWarps, 2) PrefillFeatureMapsKernel(Prefi
   }
 
   const float* bias = key ? a.k_bias : a.q_bias;
+  if constexpr (!kMaps) {  // the logits only (FeatureMapLogits for decode rows)
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int row = row0 + r0 + g + 8 * half;
+      if (row >= a.rows) continue;
+      float* out = a.logits + (static_cast<int64_t>(row) * 2 * H + i) * F + f0 + 2 * q;
+#pragma unroll
+      for (int j = 0; j < kN; ++j) {
+        float2 v = make_float2(acc[j][2 * half], acc[j][2 * half + 1]);
+        if (bias != nullptr) v.x += bias[h * F + f0 + 8 * j + 2 * q], v.y += bias[h * F + f0 + 8 * j + 2 * q + 1];
+        *reinterpret_cast<float2*>(out + 8 * j) = v;
+      }
+    }
+    return;
+  }
   float mx[2] = {-INFINITY, -INFINITY}, mn[2] = {INFINITY, INFINITY};
 #pragma unroll
   for (int j = 0; j < kN; ++j) {
@@ -125,7 +145,6 @@ __global__ void __launch_bounds__(32 * kWarps, 2) PrefillFeatureMapsKernel(Prefi
       for (int j = 0; j < kN; ++j) *reinterpret_cast<float2*>(out + 8 * j) = make_float2(acc[j][2 * half], acc[j][2 * half + 1]);
     }
   }
-  if (a.fq == nullptr) return;  // logits only (FeatureMapLogits for decode rows); uniform per launch
   // A row lives in the four lanes of a quad.
   float sp[2] = {0.f, 0.f}, sn[2] = {0.f, 0.f};
 #pragma unroll
@@ -174,15 +193,16 @@ __global__ void __launch_bounds__(32 * kWarps, 2) PrefillFeatureMapsKernel(Prefi
   }
 }
 
-template <int F>
+template <int F, bool kMaps>
 cudaError_t Launch(const PrefillFeatureMapsArgs& a, cudaStream_t stream) {
-  const int bytes = static_cast<int>(sizeof(Smem<F>));
-  const cudaError_t e =
-      cudaFuncSetAttribute(PrefillFeatureMapsKernel<F>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+  constexpr int kCols = kMaps ? F : kLogitCols;
+  const int bytes = static_cast<int>(sizeof(Smem<kCols>));
+  const auto kernel = PrefillFeatureMapsKernel<F, kMaps>;
+  const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
   if (e != cudaSuccess) return e;
   const bool vec = a.ld % 4 == 0 && Aligned16(a.qkvg) && Aligned16(a.fmap_q) && Aligned16(a.fmap_k);
-  const dim3 grid(CeilDiv(a.rows, kTileRows), 2 * a.dims.heads);
-  return LaunchDependent(PrefillFeatureMapsKernel<F>, grid, 32 * kWarps, bytes, stream, a, vec);
+  const dim3 grid(CeilDiv(a.rows, kTileRows), 2 * a.dims.heads, F / kCols);
+  return LaunchDependent(kernel, grid, 32 * kWarps, bytes, stream, a, vec);
 }
 
 }  // namespace
@@ -194,7 +214,8 @@ cudaError_t LizardPrefillFeatureMaps(const PrefillFeatureMapsArgs& args, cudaStr
     return cudaErrorInvalidValue;
   }
   if (args.rows == 0) return cudaSuccess;
-  return d.features == 64 ? Launch<64>(args, stream) : Launch<128>(args, stream);
+  if (args.fq == nullptr) return d.features == 64 ? Launch<64, false>(args, stream) : Launch<128, false>(args, stream);
+  return d.features == 64 ? Launch<64, true>(args, stream) : Launch<128, true>(args, stream);
 }
 
 }  // namespace lizard::kernels

@@ -14,6 +14,7 @@
 
 #include "engine/cpu/ops.h"
 #include "engine/model/rope.h"
+#include "kernels/lizard_attention/chunked_prefill.h"
 #include "kernels/lizard_attention/lizard_attention.h"
 #include "tests/gpu/gpu_test_util.h"
 
@@ -312,6 +313,17 @@ TEST(KernelsTest, FeatureMapLogits) {
       EXPECT_EQ(std::memcmp(one.data(), out.data() + static_cast<size_t>(t) * 2 * H * F, one.size() * sizeof(float)), 0)
           << t;
     }
+    if (D != 128) continue;
+    // A decode row's logits are bitwise those the prefill path computes with its feature maps.
+    k::PrefillFeatureMapsArgs maps;
+    maps.dims = k::LizardDims{.heads = H, .kv_heads = Hkv, .head_dim = D, .features = F};
+    maps.qkvg = d_qkvg.get(), maps.ld = ld, maps.rows = T;
+    maps.fmap_q = d_wq.get(), maps.fmap_k = d_wk.get();
+    DeviceVec<__nv_bfloat16> fq(static_cast<size_t>(T) * H * 2 * F), fk(static_cast<size_t>(T) * H * 2 * F);
+    DeviceVec<float> prefill_logits(out.size());
+    maps.fq = fq.get(), maps.fk = fk.get(), maps.logits = prefill_logits.get();
+    CUDA_OK(k::LizardPrefillFeatureMaps(maps, nullptr));
+    EXPECT_EQ(std::memcmp(prefill_logits.Download().data(), out.data(), out.size() * sizeof(float)), 0);
   }
 }
 
