@@ -4,7 +4,7 @@
 # benchmarks. Everything is logged under $OUT (at most a few files: the device tool returns 8).
 #
 #   bash tools/gpu/on_device.sh [tests] [memcheck] [server] [ncu] [ncu-prefill] [bench] [bench-full]
-#                                [load] [load-small] [drift] [bench-quick]
+#                                [load] [load-small] [drift] [bench-quick] [bench-pdl]
 #                                [bin:NAME,ARG,...]
 # (bench runs lizard-bench-op too: the chunked Lizard attention op alone)
 # (default: tests memcheck bench-full; ncu: per-kernel times of llama3-8b decode steps at batch
@@ -213,6 +213,16 @@ for phase in $phases; do
         --prompt-lengths 2048 > "$OUT/ncu-prefill.csv" 2>&1
       note "ncu prefill: exit $? in $((SECONDS - t0)) s"
       ncu_summary "$OUT/ncu-prefill.csv" "ncu prefill"
+      ;;
+    bench-pdl)
+      # Decode steps with programmatic dependent launches off and on, alternating (A/B in one run).
+      for round in 1 2; do
+        for pdl in 0 1; do
+          LIZARD_PDL=$pdl bench "decode-pdl$pdl-round$round" --shape llama3-8b --batch-sizes 1,8,64,256 \
+            --context 1024 --prompt-lengths 512 --steps 20
+        done
+      done
+      grep -E "^(###| +[0-9]+ )" "$OUT/bench.log" | grep -v "^ *512 " >> "$summary"
       ;;
     load-small)
       # The same with a step budget of 128 tokens (decodes first, prompt chunks get the rest).
