@@ -142,29 +142,38 @@ absl::Status ForwardPass::AllocateActivations() {
 }
 
 absl::Status ForwardPass::Project(const bf16* x, const StepShape& shape, int in, const DeviceBuffer& w, int out,
-                                  float* y, k::GemmOutput* result) {
+                                  float* y, k::GemmOutput* result, const float* bias) {
   const int rows = shape.rows, drows = shape.decode_rows;
   if (result != nullptr) *result = k::GemmOutput{.y = y};
-  if (batch_invariant_) {
-    const int gemm_rows = use_prefill_gemm_ ? drows : rows;
-    if (gemm_rows == rows && result != nullptr) {
-      LIZARD_CUDA_RETURN(
-          k::GemmBf16Partials(x, rows, in, w.get<bf16>(), out, y, gemm_workspace_.get(), result, stream_));
-      return absl::OkStatus();
-    }
-    if (gemm_rows > 0) {
-      LIZARD_CUDA_RETURN(k::GemmBf16(x, gemm_rows, in, w.get<bf16>(), out, y, gemm_workspace_.get(), stream_));
-    }
-    if (rows == gemm_rows) return absl::OkStatus();
-    return prefill_gemm_.Run(x + static_cast<int64_t>(drows) * in, rows - drows, in, w.get<bf16>(), out,
-                             y + static_cast<int64_t>(drows) * out);
+  if (!batch_invariant_) {
+    // Row-major y[rows, out] = x[rows, in] w[out, in]^T, i.e. column-major y^T = w^T' x^T'.
+    const float one = 1.f, zero = 0.f;
+    LIZARD_RETURN_IF_ERROR(CublasStatus(cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, out, rows, in, &one, w.get(),
+                                                     CUDA_R_16BF, in, x, CUDA_R_16BF, in, &zero, y, CUDA_R_32F, out,
+                                                     CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                                        "cublasGemmEx"));
+    if (bias != nullptr) LIZARD_CUDA_RETURN(k::AddBias(y, out, bias, rows, out, stream_));
+    return absl::OkStatus();
   }
-  // Row-major y[rows, out] = x[rows, in] w[out, in]^T, i.e. column-major y^T = w^T' x^T'.
-  const float one = 1.f, zero = 0.f;
-  return CublasStatus(cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, out, rows, in, &one, w.get(), CUDA_R_16BF, in,
-                                   x, CUDA_R_16BF, in, &zero, y, CUDA_R_32F, out, CUBLAS_COMPUTE_32F,
-                                   CUBLAS_GEMM_DEFAULT),
-                      "cublasGemmEx");
+  const int gemm_rows = use_prefill_gemm_ ? drows : rows;
+  if (gemm_rows == rows && result != nullptr) {
+    LIZARD_CUDA_RETURN(k::GemmBf16Partials(x, rows, in, w.get<bf16>(), out, y, gemm_workspace_.get(), result, stream_));
+    return absl::OkStatus();
+  }
+  if (gemm_rows > 0) {
+    LIZARD_CUDA_RETURN(k::GemmBf16(x, gemm_rows, in, w.get<bf16>(), out, y, gemm_workspace_.get(), stream_));
+  }
+  // The prompt rows' bias in PrefillGemm's epilogue (one pass over y fewer), else with the others.
+  const bool epilogue_bias = bias != nullptr && rows > gemm_rows && prefill_gemm_.SupportsBias(in, out);
+  if (rows > gemm_rows) {
+    LIZARD_RETURN_IF_ERROR(prefill_gemm_.Run(x + static_cast<int64_t>(drows) * in, rows - drows, in, w.get<bf16>(),
+                                             out, y + static_cast<int64_t>(drows) * out,
+                                             epilogue_bias ? bias : nullptr));
+  }
+  if (bias != nullptr) {
+    LIZARD_CUDA_RETURN(k::AddBias(y, out, bias, epilogue_bias ? gemm_rows : rows, out, stream_));
+  }
+  return absl::OkStatus();
 }
 
 absl::Status ForwardPass::LizardLayer(const DeviceLayer& L, const StepShape& shape, const float* krot, int krot_ld) {
@@ -260,8 +269,8 @@ absl::Status ForwardPass::EnqueueModel(const StepShape& shape) {
     const bool liz = L.type == LayerType::kLizard;
     const int ld = n_qkv_ + (liz ? H_ : 0);
     LIZARD_CUDA_RETURN(k::AddRmsNorm(x, branch, L.input_norm.get<float>(), T, Hd_, eps, u, stream_));
-    LIZARD_RETURN_IF_ERROR(Project(u, shape, Hd_, L.w_qkvg, ld, qkvg));
-    if (L.b_qkvg.bytes() > 0) LIZARD_CUDA_RETURN(k::AddBias(qkvg, ld, L.b_qkvg.get<float>(), T, ld, stream_));
+    LIZARD_RETURN_IF_ERROR(
+        Project(u, shape, Hd_, L.w_qkvg, ld, qkvg, nullptr, L.b_qkvg.bytes() > 0 ? L.b_qkvg.get<float>() : nullptr));
 
     // Keys after RoPE (or the raw keys when the window has no RoPE).
     const float* krot = qkvg + qd;

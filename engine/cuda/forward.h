@@ -71,9 +71,11 @@ class ForwardPass {
   // With `result`, for an output read only by a kernel that takes a kernels::GemmOutput
   // (AddRmsNorm, SwiGlu) before the next projection: when GemmBf16 takes all the rows (decode-only
   // steps) it may leave its split partials in the workspace for that kernel to add (one launch
-  // fewer) instead of writing y; *result says where the output is.
+  // fewer) instead of writing y; *result says where the output is. A `bias` (device, [out], or
+  // null; not with `result`) is added to every row: PrefillGemm adds it to the prompt rows in its
+  // epilogue where it can, AddBias to the rest.
   absl::Status Project(const __nv_bfloat16* x, const StepShape& shape, int in, const DeviceBuffer& w, int out,
-                       float* y, kernels::GemmOutput* result = nullptr);
+                       float* y, kernels::GemmOutput* result = nullptr, const float* bias = nullptr);
   // The Lizard attention of one layer over the step's rows (qkvg, krot as EnqueueModel has them).
   absl::Status LizardLayer(const DeviceLayer& L, const StepShape& shape, const float* krot, int krot_ld);
   // Runs the sequences of one internal step (at most kMaxStepTokens tokens) and appends their

@@ -53,7 +53,9 @@ PrefillGemm::~PrefillGemm() { Release(); }
 
 void PrefillGemm::Release() {
   for (Plan& p : plans_) {
-    if (p.op != nullptr) cublasLtMatmulDescDestroy(p.op);
+    for (cublasLtMatmulDesc_t op : {p.op, p.op_bias}) {
+      if (op != nullptr) cublasLtMatmulDescDestroy(op);
+    }
     for (cublasLtMatrixLayout_t l : {p.w_layout, p.x_layout, p.y_layout}) {
       if (l != nullptr) cublasLtMatrixLayoutDestroy(l);
     }
@@ -96,11 +98,19 @@ absl::Status PrefillGemm::Init(std::span<const std::pair<int, int>> shapes, int 
 absl::Status PrefillGemm::InitPlan(Plan& plan) {
   plan.x_align = Alignment(int64_t{plan.in} * sizeof(__nv_bfloat16));
   plan.y_align = Alignment(int64_t{plan.out} * sizeof(float));
-  LIZARD_CUBLAS_RETURN(cublasLtMatmulDescCreate(&plan.op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
   const cublasOperation_t transpose = CUBLAS_OP_T, none = CUBLAS_OP_N;
+  for (cublasLtMatmulDesc_t* op : {&plan.op, &plan.op_bias}) {
+    LIZARD_CUBLAS_RETURN(cublasLtMatmulDescCreate(op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    LIZARD_CUBLAS_RETURN(cublasLtMatmulDescSetAttribute(*op, CUBLASLT_MATMUL_DESC_TRANSA, &transpose, sizeof(transpose)));
+    LIZARD_CUBLAS_RETURN(cublasLtMatmulDescSetAttribute(*op, CUBLASLT_MATMUL_DESC_TRANSB, &none, sizeof(none)));
+  }
+  // y^T's rows are the outputs: the epilogue's bias vector has one fp32 value per output.
+  const cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_BIAS;
+  const cudaDataType_t bias_type = CUDA_R_32F;
   LIZARD_CUBLAS_RETURN(
-      cublasLtMatmulDescSetAttribute(plan.op, CUBLASLT_MATMUL_DESC_TRANSA, &transpose, sizeof(transpose)));
-  LIZARD_CUBLAS_RETURN(cublasLtMatmulDescSetAttribute(plan.op, CUBLASLT_MATMUL_DESC_TRANSB, &none, sizeof(none)));
+      cublasLtMatmulDescSetAttribute(plan.op_bias, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof(epilogue)));
+  LIZARD_CUBLAS_RETURN(cublasLtMatmulDescSetAttribute(plan.op_bias, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type,
+                                                      sizeof(bias_type)));
   LIZARD_CUBLAS_RETURN(cublasLtMatrixLayoutCreate(&plan.w_layout, CUDA_R_16BF, plan.in, plan.out, plan.in));
   LIZARD_CUBLAS_RETURN(cublasLtMatrixLayoutCreate(&plan.x_layout, CUDA_R_16BF, plan.in, kHeuristicRows, plan.in));
   LIZARD_CUBLAS_RETURN(cublasLtMatrixLayoutCreate(&plan.y_layout, CUDA_R_32F, plan.out, kHeuristicRows, plan.out));
@@ -120,7 +130,7 @@ absl::Status PrefillGemm::InitPlan(Plan& plan) {
       continue;
     }
     std::string why;
-    const absl::StatusOr<int> rows = SmallestRows(plan, algo, why);
+    const absl::StatusOr<int> rows = SmallestRows(plan, plan.op, algo, why);
     if (!rows.ok()) return rows.status();
     notes.push_back(absl::StrCat("  #", i, " ", AlgoName(algo), ": ", why, "\n"));
     if (*rows <= kMaxPadRows || *rows < best_rows) {
@@ -137,6 +147,11 @@ absl::Status PrefillGemm::InitPlan(Plan& plan) {
   plan.algo = candidates[best];
   plan.pad_rows = best_rows;
   plan.passed_over = absl::StrJoin(notes.begin(), notes.begin() + best, "");
+  // The same kernel with the bias in its epilogue (the bias changes no summation).
+  std::string why;
+  const absl::StatusOr<int> bias_rows = SmallestRows(plan, plan.op_bias, plan.algo, why);
+  if (!bias_rows.ok()) return bias_rows.status();
+  plan.bias = *bias_rows <= plan.pad_rows;
   return absl::OkStatus();
 }
 
@@ -173,12 +188,13 @@ absl::Status PrefillGemm::AddCandidates(Plan& plan, int rows, std::vector<cublas
   return absl::OkStatus();
 }
 
-absl::StatusOr<int> PrefillGemm::SmallestRows(Plan& plan, const cublasLtMatmulAlgo_t& algo, std::string& why) {
+absl::StatusOr<int> PrefillGemm::SmallestRows(Plan& plan, cublasLtMatmulDesc_t op, const cublasLtMatmulAlgo_t& algo,
+                                              std::string& why) {
   // Downwards from max_rows: the count under the first refusal.
   for (int rows = max_rows_; rows >= 1; --rows) {
     LIZARD_RETURN_IF_ERROR(SetRows(plan, rows));
     cublasLtMatmulHeuristicResult_t check{};
-    const cublasStatus_t s = cublasLtMatmulAlgoCheck(handle_, plan.op, plan.w_layout, plan.x_layout, plan.y_layout,
+    const cublasStatus_t s = cublasLtMatmulAlgoCheck(handle_, op, plan.w_layout, plan.x_layout, plan.y_layout,
                                                      plan.y_layout, &algo, &check);
     if (s != CUBLAS_STATUS_SUCCESS || check.workspaceSize > kMaxWorkspace) {
       why = absl::StrCat("at ", rows, " rows ",
@@ -198,25 +214,45 @@ absl::Status PrefillGemm::SetRows(Plan& plan, int rows) {
   return absl::OkStatus();
 }
 
-PrefillGemm::Plan* PrefillGemm::Find(int in, int out) {
-  for (Plan& p : plans_) {
+const PrefillGemm::Plan* PrefillGemm::Find(int in, int out) const {
+  for (const Plan& p : plans_) {
     if (p.in == in && p.out == out) return &p;
   }
   return nullptr;
 }
 
-absl::Status PrefillGemm::Matmul(Plan& plan, const __nv_bfloat16* x, int rows, const __nv_bfloat16* w, float* y) {
+PrefillGemm::Plan* PrefillGemm::Find(int in, int out) {
+  return const_cast<Plan*>(static_cast<const PrefillGemm*>(this)->Find(in, out));
+}
+
+bool PrefillGemm::SupportsBias(int in, int out) const {
+  const Plan* plan = Find(in, out);
+  return plan != nullptr && plan->bias;
+}
+
+absl::Status PrefillGemm::Matmul(Plan& plan, const __nv_bfloat16* x, int rows, const __nv_bfloat16* w, float* y,
+                                 const float* bias) {
   LIZARD_RETURN_IF_ERROR(SetRows(plan, rows));
+  if (bias != nullptr) {
+    LIZARD_CUBLAS_RETURN(
+        cublasLtMatmulDescSetAttribute(plan.op_bias, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
+  }
   const float one = 1.f, zero = 0.f;
-  LIZARD_CUBLAS_RETURN(cublasLtMatmul(handle_, plan.op, &one, w, plan.w_layout, x, plan.x_layout, &zero, y, plan.y_layout,
-                                  y, plan.y_layout, &plan.algo, workspace_.get(), kMaxWorkspace, stream_));
+  LIZARD_CUBLAS_RETURN(cublasLtMatmul(handle_, bias != nullptr ? plan.op_bias : plan.op, &one, w, plan.w_layout, x,
+                                      plan.x_layout, &zero, y, plan.y_layout, y, plan.y_layout, &plan.algo,
+                                      workspace_.get(), kMaxWorkspace, stream_));
   return absl::OkStatus();
 }
 
-absl::Status PrefillGemm::Run(const __nv_bfloat16* x, int rows, int in, const __nv_bfloat16* w, int out, float* y) {
+absl::Status PrefillGemm::Run(const __nv_bfloat16* x, int rows, int in, const __nv_bfloat16* w, int out, float* y,
+                              const float* bias) {
   Plan* plan = Find(in, out);
   if (plan == nullptr) {
     return absl::InvalidArgumentError(absl::StrCat("PrefillGemm: shape ", in, " -> ", out, " was not given to Init"));
+  }
+  if (bias != nullptr && !plan->bias) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("PrefillGemm: the algorithm of ", in, " -> ", out, " has no bias epilogue"));
   }
   if (rows < 0 || rows > max_rows_) {
     return absl::InvalidArgumentError(absl::StrCat("PrefillGemm: ", rows, " rows, at most ", max_rows_));
@@ -227,12 +263,12 @@ absl::Status PrefillGemm::Run(const __nv_bfloat16* x, int rows, int in, const __
     return absl::InvalidArgumentError(absl::StrCat("PrefillGemm: x and w must be ", plan->x_align,
                                                    "-byte aligned, y ", plan->y_align, "-byte aligned"));
   }
-  if (rows >= plan->pad_rows) return Matmul(*plan, x, rows, w, y);
+  if (rows >= plan->pad_rows) return Matmul(*plan, x, rows, w, y, bias);
   // Too few rows for the algorithm: the rows into the padding buffer, the product of pad_rows
   // rows, the rows' outputs back.
   LIZARD_CUDA_RETURN(cudaMemcpyAsync(x_pad_.get(), x, sizeof(__nv_bfloat16) * rows * in, cudaMemcpyDeviceToDevice,
                                      stream_));
-  LIZARD_RETURN_IF_ERROR(Matmul(*plan, x_pad_.get<__nv_bfloat16>(), plan->pad_rows, w, y_pad_.get<float>()));
+  LIZARD_RETURN_IF_ERROR(Matmul(*plan, x_pad_.get<__nv_bfloat16>(), plan->pad_rows, w, y_pad_.get<float>(), bias));
   LIZARD_CUDA_RETURN(cudaMemcpyAsync(y, y_pad_.get(), sizeof(float) * rows * out, cudaMemcpyDeviceToDevice, stream_));
   return absl::OkStatus();
 }
@@ -241,7 +277,8 @@ std::string PrefillGemm::Describe() const {
   std::string s;
   for (const Plan& p : plans_) {
     absl::StrAppend(&s, p.in, " -> ", p.out, ": ", AlgoName(p.algo), ", align x/w ", p.x_align, " y ", p.y_align,
-                    p.pad_rows > 1 ? absl::StrCat(", padded below ", p.pad_rows, " rows") : "", "\n");
+                    p.pad_rows > 1 ? absl::StrCat(", padded below ", p.pad_rows, " rows") : "",
+                    p.bias ? ", bias epilogue" : ", no bias epilogue", "\n");
     if (!p.passed_over.empty()) absl::StrAppend(&s, " passed over:\n", p.passed_over);
   }
   return s;

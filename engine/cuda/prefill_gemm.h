@@ -59,10 +59,14 @@ class PrefillGemm {
   // cuBLASLt has no algorithm that qualifies.
   absl::Status Init(std::span<const std::pair<int, int>> shapes, int max_rows, cudaStream_t stream);
 
-  // y = x w^T for 0 <= rows <= max_rows on a shape given to Init (rows == 0 does nothing).
-  // x, w and y must be aligned as the shape's rows are (Describe shows the alignments). Not
-  // thread-safe: calls set the row count in the shape's descriptors.
-  absl::Status Run(const __nv_bfloat16* x, int rows, int in, const __nv_bfloat16* w, int out, float* y);
+  // y = x w^T (+ bias[out], fp32, added in the GEMM's epilogue) for 0 <= rows <= max_rows on a
+  // shape given to Init (rows == 0 does nothing). x, w and y must be aligned as the shape's rows
+  // are (Describe shows the alignments); a bias only where SupportsBias. Not thread-safe: calls
+  // set the row count in the shape's descriptors.
+  absl::Status Run(const __nv_bfloat16* x, int rows, int in, const __nv_bfloat16* w, int out, float* y,
+                   const float* bias = nullptr);
+  // Whether the shape's algorithm also runs with the bias epilogue at every row count it takes.
+  bool SupportsBias(int in, int out) const;
 
   // The chosen algorithm of each shape (config ids of cublasLt.h) and its padding, and the
   // faster candidates passed over, for logs and benchmarks.
@@ -75,6 +79,8 @@ class PrefillGemm {
     int x_align = 0, y_align = 0;  // bytes, as guaranteed for any row of x (and w) and of y
     int pad_rows = 1;              // calls of fewer rows run padded to this many
     cublasLtMatmulDesc_t op = nullptr;
+    cublasLtMatmulDesc_t op_bias = nullptr;  // the same with the bias epilogue
+    bool bias = false;                       // `algo` runs with op_bias from pad_rows rows
     cublasLtMatrixLayout_t w_layout = nullptr, x_layout = nullptr, y_layout = nullptr;
     cublasLtMatmulAlgo_t algo{};
     std::string passed_over;  // the better-ranked candidates that did not qualify, and why
@@ -85,13 +91,16 @@ class PrefillGemm {
   absl::Status InitPlan(Plan& plan);
   // The heuristic's candidates for `rows` rows, best first, that need at most kMaxWorkspace.
   absl::Status AddCandidates(Plan& plan, int rows, std::vector<cublasLtMatmulAlgo_t>& candidates);
-  // The smallest n such that `algo` runs within kMaxWorkspace at every row count n..max_rows
-  // (max_rows + 1 when not even at max_rows); `why` tells what failed below it.
-  absl::StatusOr<int> SmallestRows(Plan& plan, const cublasLtMatmulAlgo_t& algo, std::string& why);
+  // The smallest n such that `algo` runs with `op` within kMaxWorkspace at every row count
+  // n..max_rows (max_rows + 1 when not even at max_rows); `why` tells what failed below it.
+  absl::StatusOr<int> SmallestRows(Plan& plan, cublasLtMatmulDesc_t op, const cublasLtMatmulAlgo_t& algo,
+                                   std::string& why);
   // Sets the row count of the plan's x and y layouts.
   absl::Status SetRows(Plan& plan, int rows);
-  absl::Status Matmul(Plan& plan, const __nv_bfloat16* x, int rows, const __nv_bfloat16* w, float* y);
+  absl::Status Matmul(Plan& plan, const __nv_bfloat16* x, int rows, const __nv_bfloat16* w, float* y,
+                      const float* bias);
   Plan* Find(int in, int out);
+  const Plan* Find(int in, int out) const;
 
   cublasLtHandle_t handle_ = nullptr;
   cudaStream_t stream_ = nullptr;

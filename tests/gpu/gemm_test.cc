@@ -232,9 +232,10 @@ void InitPrefill(PrefillGemm& gemm) {
 }
 
 // Runs PrefillGemm on `rows` host rows x placed after `lead` rows of x and y (prompt rows follow
-// the decode rows of a step); returns their outputs (unwritten ones stay NaN).
+// the decode rows of a step), with an optional device bias[out]; returns their outputs (unwritten
+// ones stay NaN).
 std::vector<float> RunPrefill(PrefillGemm& gemm, const std::vector<float>& x, int rows, int in,
-                              const DeviceVec<bf16>& w, int out, int lead = 0) {
+                              const DeviceVec<bf16>& w, int out, int lead = 0, const float* bias = nullptr) {
   DeviceVec<bf16> d_x(static_cast<size_t>(lead + rows) * in);
   DeviceVec<float> d_y(static_cast<size_t>(lead + rows) * out);
   bf16* const x_rows = d_x.get() + static_cast<size_t>(lead) * in;
@@ -242,7 +243,7 @@ std::vector<float> RunPrefill(PrefillGemm& gemm, const std::vector<float>& x, in
   const std::vector<bf16> x16 = ToBf16(x);
   EXPECT_EQ(cudaMemcpy(x_rows, x16.data(), x16.size() * sizeof(bf16), cudaMemcpyHostToDevice), cudaSuccess);
   d_y.Poison();
-  const absl::Status status = gemm.Run(x_rows, rows, in, w.get(), out, y_rows);
+  const absl::Status status = gemm.Run(x_rows, rows, in, w.get(), out, y_rows, bias);
   EXPECT_TRUE(status.ok()) << status;
   EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   const std::vector<float> y = d_y.Download();
@@ -318,6 +319,40 @@ TEST(PrefillGemmTest, RowsAreBatchInvariant) {
     }
     std::printf("prefill in %5d out %5d: rows bit-identical at %zu row counts and %d placements\n", s.in, s.out,
                 std::size(kRows), placements);
+  }
+}
+
+// The bias in the epilogue: y + bias within fp32 rounding of the plain call (bitwise, where the
+// epilogue adds as AddBias does), and a row's bits still independent of the call's other rows.
+// The engine's q|k|v|gate shape must have it.
+TEST(PrefillGemmTest, BiasEpilogue) {
+  PrefillGemm gemm;
+  ASSERT_NO_FATAL_FAILURE(InitPrefill(gemm));
+  EXPECT_TRUE(gemm.SupportsBias(4096, 6176));
+  std::mt19937 rng(23);
+  for (const PrefillShape& s : kPrefillShapes) {
+    if (!gemm.SupportsBias(s.in, s.out)) {
+      std::printf("prefill in %5d out %5d: no bias epilogue\n", s.in, s.out);
+      continue;
+    }
+    DeviceVec<bf16> d_w(ToBf16(RandomBf16(rng, static_cast<size_t>(s.out) * s.in)));
+    const std::vector<float> bias = RandomBf16(rng, s.out);
+    DeviceVec<float> d_bias(bias);
+    const int rows = 300;
+    const std::vector<float> x = RandomBf16(rng, static_cast<size_t>(rows) * s.in);
+    const std::vector<float> plain = RunPrefill(gemm, x, rows, s.in, d_w, s.out);
+    const std::vector<float> biased = RunPrefill(gemm, x, rows, s.in, d_w, s.out, 3, d_bias.get());
+    std::vector<float> want(plain.size());
+    for (size_t i = 0; i < plain.size(); ++i) want[i] = plain[i] + bias[i % s.out];
+    EXPECT_LE(RelError(biased, want), 1e-6) << "in " << s.in << " out " << s.out;
+    const bool bitwise = FirstDifferentRow(biased.data(), want.data(), rows, s.out) == -1;
+    for (int few : {1, 17}) {
+      const std::vector<float> part(x.begin(), x.begin() + static_cast<size_t>(few) * s.in);
+      const std::vector<float> y = RunPrefill(gemm, part, few, s.in, d_w, s.out, 0, d_bias.get());
+      ASSERT_EQ(FirstDifferentRow(y.data(), biased.data(), few, s.out), -1) << "in " << s.in << " rows " << few;
+    }
+    std::printf("prefill in %5d out %5d: bias epilogue %s y + bias, rows invariant\n", s.in, s.out,
+                bitwise ? "bitwise" : "within 1e-6 of");
   }
 }
 
