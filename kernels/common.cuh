@@ -20,11 +20,19 @@ namespace lizard::kernels {
 // decode step). Every block of such a kernel must call WaitForPrevious() before it touches memory
 // that earlier work in the stream writes or reads (activations, state, workspace): the wait returns
 // once the previous kernel has finished and its writes are visible. Since every kernel waits, the
-// order of the stream is kept transitively. After the wait a kernel lets the next one start.
+// order of the stream is kept transitively. The next kernel starts when every block of this one
+// has called LetNextStart() or exited: the GEMMs call it after their main loop, so the next
+// kernel's start overlaps their epilogue; earlier, its blocks would take SMs the GEMM's
+// one-block-per-SM grid needs.
 // LIZARD_PDL=0 in the environment launches them the plain way (for A/B measurements).
 __device__ __forceinline__ void WaitForPrevious() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void LetNextStart() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.launch_dependents;\n" :::);
 #endif
 }

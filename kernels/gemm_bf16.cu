@@ -241,6 +241,7 @@ __global__ void __launch_bounds__(THREADS, MINB) GemmKernel(const bf16* __restri
     }
   }
   CpAsyncWait<0>();
+  LetNextStart();
   if constexpr (MODE == kPartial) store(acc, true);
 }
 
