@@ -245,13 +245,14 @@ __global__ void __launch_bounds__(THREADS, MINB) GemmKernel(const bf16* __restri
   if constexpr (MODE == kPartial) store(acc, true);
 }
 
-// y[i] = the n = rows * out values of `partials` (no bias), split partials added left to right.
-__global__ void GemmReduceKernel(GemmOutput partials, int64_t n, float* __restrict__ y) {
+// y[i] = the n = rows * out values of `partials`, split partials added left to right, then the
+// bias (if any) of column i % out.
+__global__ void GemmReduceKernel(GemmOutput partials, int64_t n, int out, float* __restrict__ y) {
   WaitForPrevious();
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     float v[1];
-    LoadGemmOutput<1>(partials, i, 0, v);
+    LoadGemmOutput<1>(partials, i, static_cast<int>(i % out), v);
     y[i] = v[0];
   }
 }
@@ -299,24 +300,29 @@ int GemmBf16Splits(int in, int out) { return in <= 0 || out <= 0 ? 0 : GemmSplit
 
 namespace {
 
-// GemmBf16 and, with `result`, GemmBf16Partials.
+// GemmBf16 and, with `result`, GemmBf16Partials; `bias` as GemmBf16 has it.
 cudaError_t Gemm(const bf16* x, int rows, int in, const bf16* w, int out, float* y, void* workspace,
-                 GemmOutput* result, cudaStream_t stream) {
+                 GemmOutput* result, cudaStream_t stream, const float* bias) {
   if (rows < 0 || in <= 0 || out <= 0 || in % 8 != 0) return cudaErrorInvalidValue;
   if (reinterpret_cast<uintptr_t>(x) % 16 != 0 || reinterpret_cast<uintptr_t>(w) % 16 != 0) {
     return cudaErrorInvalidValue;
   }
-  if (result != nullptr) *result = GemmOutput{.y = y};
+  if (result != nullptr) *result = GemmOutput{.y = y, .bias = bias};
   if (rows == 0) return cudaSuccess;
   const Splits sp = GemmSplits(in, out);
-  if (sp.s == 1) return LaunchPartial(x, rows, in, w, out, y, sp, stream);
   // One block per tile when the output tiles alone fill the GPU once (one 128-row block per SM).
   const int tiles = CeilDiv(out, kBlockOut) * CeilDiv(rows, 128);
-  if (rows > 64 && tiles >= 132) return LaunchAccumulate(x, rows, in, w, out, y, sp, stream);
+  if (sp.s == 1 || (rows > 64 && tiles >= 132)) {
+    cudaError_t err = sp.s == 1 ? LaunchPartial(x, rows, in, w, out, y, sp, stream)
+                                : LaunchAccumulate(x, rows, in, w, out, y, sp, stream);
+    // With a consumer (result) it adds the bias; else a pass over y of its own.
+    if (err == cudaSuccess && bias != nullptr && result == nullptr) err = AddBias(y, out, bias, rows, out, stream);
+    return err;
+  }
   if (workspace == nullptr) return cudaErrorInvalidValue;
   float* ws = static_cast<float*>(workspace);
   if (result != nullptr && rows <= kSplitRows) {
-    *result = GemmOutput{.partials = ws, .splits = sp.s, .stride = static_cast<int64_t>(rows) * out};
+    *result = GemmOutput{.partials = ws, .splits = sp.s, .stride = static_cast<int64_t>(rows) * out, .bias = bias};
     return LaunchPartial(x, rows, in, w, out, ws, sp, stream);
   }
   for (int r = 0; r < rows; r += kSplitRows) {
@@ -326,8 +332,8 @@ cudaError_t Gemm(const bf16* x, int rows, int in, const bf16* w, int out, float*
     if (err != cudaSuccess) return err;
     const int64_t count = static_cast<int64_t>(n) * out;
     const int blocks = static_cast<int>(std::min<int64_t>(CeilDiv(count, 256), 4096));
-    const GemmOutput partials{.partials = ws, .splits = sp.s, .stride = count};
-    err = LaunchDependent(GemmReduceKernel, blocks, 256, 0, stream, partials, count, y + out_off);
+    const GemmOutput partials{.partials = ws, .splits = sp.s, .stride = count, .bias = bias};
+    err = LaunchDependent(GemmReduceKernel, blocks, 256, 0, stream, partials, count, out, y + out_off);
     if (err != cudaSuccess) return err;
   }
   return cudaSuccess;
@@ -336,13 +342,13 @@ cudaError_t Gemm(const bf16* x, int rows, int in, const bf16* w, int out, float*
 }  // namespace
 
 cudaError_t GemmBf16(const __nv_bfloat16* x, int rows, int in, const __nv_bfloat16* w, int out, float* y,
-                     void* workspace, cudaStream_t stream) {
-  return Gemm(x, rows, in, w, out, y, workspace, nullptr, stream);
+                     void* workspace, cudaStream_t stream, const float* bias) {
+  return Gemm(x, rows, in, w, out, y, workspace, nullptr, stream, bias);
 }
 
 cudaError_t GemmBf16Partials(const __nv_bfloat16* x, int rows, int in, const __nv_bfloat16* w, int out,
                              float* y, void* workspace, GemmOutput* result, cudaStream_t stream) {
-  return Gemm(x, rows, in, w, out, y, workspace, result, stream);
+  return Gemm(x, rows, in, w, out, y, workspace, result, stream, nullptr);
 }
 
 }  // namespace lizard::kernels

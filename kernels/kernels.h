@@ -152,8 +152,10 @@ cudaError_t TopLogprobs(const float* logits, int rows, int vocab, const Sampling
 size_t GemmBf16WorkspaceBytes(int in, int out);
 // The fixed split-K count of a shape (informational: tests and benchmarks).
 int GemmBf16Splits(int in, int out);
+// With `bias` ([out] fp32) y[r, :] += bias after the sum, the bits of AddBias after GemmBf16, in
+// the split-K reduce kernel where there is one (no launch of its own).
 cudaError_t GemmBf16(const __nv_bfloat16* x, int rows, int in, const __nv_bfloat16* w, int out,
-                     float* y, void* workspace, cudaStream_t stream);
+                     float* y, void* workspace, cudaStream_t stream, const float* bias = nullptr);
 // GemmBf16 for an output read only through a GemmOutput: where the split-K partials fit the
 // workspace in one pass (splits > 1, rows <= 256, not the one-block-per-tile path) they are left
 // there for the consumer to add (which saves the reduce kernel's launch) and y is not written;

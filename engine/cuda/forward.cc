@@ -160,19 +160,17 @@ absl::Status ForwardPass::Project(const bf16* x, const StepShape& shape, int in,
     LIZARD_CUDA_RETURN(k::GemmBf16Partials(x, rows, in, w.get<bf16>(), out, y, gemm_workspace_.get(), result, stream_));
     return absl::OkStatus();
   }
+  // The bias goes with the sums (GemmBf16's split-K reduce, PrefillGemm's epilogue) where it can:
+  // no pass over y of its own.
   if (gemm_rows > 0) {
-    LIZARD_CUDA_RETURN(k::GemmBf16(x, gemm_rows, in, w.get<bf16>(), out, y, gemm_workspace_.get(), stream_));
+    LIZARD_CUDA_RETURN(k::GemmBf16(x, gemm_rows, in, w.get<bf16>(), out, y, gemm_workspace_.get(), stream_, bias));
   }
-  // The prompt rows' bias in PrefillGemm's epilogue (one pass over y fewer), else with the others.
-  const bool epilogue_bias = bias != nullptr && rows > gemm_rows && prefill_gemm_.SupportsBias(in, out);
-  if (rows > gemm_rows) {
-    LIZARD_RETURN_IF_ERROR(prefill_gemm_.Run(x + static_cast<int64_t>(drows) * in, rows - drows, in, w.get<bf16>(),
-                                             out, y + static_cast<int64_t>(drows) * out,
-                                             epilogue_bias ? bias : nullptr));
-  }
-  if (bias != nullptr) {
-    LIZARD_CUDA_RETURN(k::AddBias(y, out, bias, epilogue_bias ? gemm_rows : rows, out, stream_));
-  }
+  if (rows == gemm_rows) return absl::OkStatus();
+  float* prompt_y = y + static_cast<int64_t>(drows) * out;
+  const bool epilogue_bias = bias != nullptr && prefill_gemm_.SupportsBias(in, out);
+  LIZARD_RETURN_IF_ERROR(prefill_gemm_.Run(x + static_cast<int64_t>(drows) * in, rows - drows, in, w.get<bf16>(), out,
+                                           prompt_y, epilogue_bias ? bias : nullptr));
+  if (bias != nullptr && !epilogue_bias) LIZARD_CUDA_RETURN(k::AddBias(prompt_y, out, bias, rows - drows, out, stream_));
   return absl::OkStatus();
 }
 

@@ -72,8 +72,8 @@ class ForwardPass {
   // (AddRmsNorm, SwiGlu) before the next projection: when GemmBf16 takes all the rows (decode-only
   // steps) it may leave its split partials in the workspace for that kernel to add (one launch
   // fewer) instead of writing y; *result says where the output is. A `bias` (device, [out], or
-  // null; not with `result`) is added to every row: PrefillGemm adds it to the prompt rows in its
-  // epilogue where it can, AddBias to the rest.
+  // null; not with `result`) is added to every row, where it can with the sums (GemmBf16's
+  // split-K reduce, PrefillGemm's epilogue).
   absl::Status Project(const __nv_bfloat16* x, const StepShape& shape, int in, const DeviceBuffer& w, int out,
                        float* y, kernels::GemmOutput* result = nullptr, const float* bias = nullptr);
   // The Lizard attention of one layer over the step's rows (qkvg, krot as EnqueueModel has them).

@@ -156,6 +156,31 @@ TEST(GemmBf16Test, WorkspaceContract) {
 // GemmBf16Partials: left in the workspace, the split partials added left to right give GemmBf16's
 // y bit for bit, and so does a consumer fed them (AddRmsNorm); where they are not left (one
 // split, rows > 256, the one-block-per-tile path) y is GemmBf16's.
+// A bias given to GemmBf16 (added in the split-K reduce, or by AddBias after the one-split and
+// one-block-per-tile launches) gives the bits of GemmBf16 then AddBias, on every path.
+TEST(GemmBf16Test, BiasGivesAddBiasBits) {
+  std::mt19937 rng(15);
+  struct Case {
+    int in, out, rows;
+  };
+  const Case cases[] = {{4096, 6176, 1},   {4096, 6176, 64}, {4096, 4096, 300},  // split-K reduce (two passes)
+                        {4096, 6176, 300}, {4096, 4096, 600}, {128, 260, 5}};  // one block per tile; one split
+  for (const Case& c : cases) {
+    SCOPED_TRACE(testing::Message() << "in " << c.in << " out " << c.out << " rows " << c.rows);
+    const std::vector<float> x = RandomBf16(rng, static_cast<size_t>(c.rows) * c.in);
+    DeviceVec<bf16> d_w(ToBf16(RandomBf16(rng, static_cast<size_t>(c.out) * c.in)));
+    DeviceVec<float> d_bias(RandomBf16(rng, c.out));
+    DeviceVec<bf16> d_x(ToBf16(x));
+    DeviceVec<float> plain(static_cast<size_t>(c.rows) * c.out), biased(static_cast<size_t>(c.rows) * c.out);
+    DeviceVec<char> ws(k::GemmBf16WorkspaceBytes(c.in, c.out));
+    CUDA_OK(k::GemmBf16(d_x.get(), c.rows, c.in, d_w.get(), c.out, plain.get(), ws.get(), nullptr));
+    CUDA_OK(k::AddBias(plain.get(), c.out, d_bias.get(), c.rows, c.out, nullptr));
+    CUDA_OK(k::GemmBf16(d_x.get(), c.rows, c.in, d_w.get(), c.out, biased.get(), ws.get(), nullptr, d_bias.get()));
+    const std::vector<float> want = plain.Download(), got = biased.Download();
+    EXPECT_EQ(std::memcmp(got.data(), want.data(), got.size() * sizeof(float)), 0);
+  }
+}
+
 TEST(GemmBf16Test, PartialsGiveGemmBits) {
   std::mt19937 rng(14);
   struct Case {
