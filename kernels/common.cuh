@@ -22,8 +22,9 @@ namespace lizard::kernels {
 // once the previous kernel has finished and its writes are visible. Since every kernel waits, the
 // order of the stream is kept transitively. The next kernel starts when every block of this one
 // has called LetNextStart() or exited: the GEMMs call it after their main loop, so the next
-// kernel's start overlaps their epilogue; earlier, its blocks would take SMs the GEMM's
-// one-block-per-SM grid needs.
+// kernel's start overlaps their epilogue. Letting it start as soon as a kernel runs was measured
+// (H200) 9% slower at decode batch 64 and 5% at 256: the waiting blocks of the next kernel sat on
+// the SMs the GEMMs' one-block-per-SM grids are spread over.
 // LIZARD_PDL=0 in the environment launches them the plain way (for A/B measurements).
 __device__ __forceinline__ void WaitForPrevious() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
