@@ -110,6 +110,10 @@ absl::Status ForwardPass::AllocateActivations() {
     if (chunked_prefill_) {
       LIZARD_RETURN_IF_ERROR(fq16_.Allocate(T * H_ * F2 * b));
       LIZARD_RETURN_IF_ERROR(fk16_.Allocate(T * H_ * F2 * b));
+      // The two-pass form's chunk states: a step's prompt rows in at most kTwoPassMaxSeqs
+      // sequences (launches with more take the one-pass form).
+      scan_chunks_ = k::TwoPassChunks(kMaxStepTokens, k::kTwoPassMaxSeqs);
+      LIZARD_RETURN_IF_ERROR(scan_scratch_.Allocate(k::TwoPassScratchBytes(dims_, scan_chunks_)));
     }
   }
   if (config_.num_softmax_layers() > 0) {
@@ -241,6 +245,7 @@ absl::Status ForwardPass::LizardLayer(const DeviceLayer& L, const StepShape& sha
   gla.state = state;
   gla.y_add = yw_.get<float>();
   gla.y = y;
+  gla.scratch = scan_scratch_.get(), gla.scratch_chunks = scan_chunks_, gla.total_tokens = Tp;
   LIZARD_CUDA_RETURN(k::LizardChunkedPrefill(gla, stream_));
   LIZARD_CUDA_RETURN(k::LizardRingWrite(dims_, qkvg, ld, krot, krot_ld, prompts, Sp, state, stream_));
   return absl::OkStatus();

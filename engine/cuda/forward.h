@@ -111,6 +111,8 @@ class ForwardPass {
   DeviceBuffer x_, delta_, u_, qkvg_, krot_, qrot_, y_, gate_up_, act_;
   DeviceBuffer fq_, fk_, gamma_, den_, yw_, partial_, fmap_logits_;
   DeviceBuffer fq16_, fk16_;  // prompt rows' feature maps in bf16 (the chunked kernels' operands)
+  DeviceBuffer scan_scratch_;  // the two-pass chunked form's chunk states (chunked_prefill.h)
+  int scan_chunks_ = 0;        // ... their capacity in chunks
   int64_t partial_entries_ = 0;
   DeviceBuffer logit_in_, logits_;
   DeviceBuffer meta_;

@@ -27,10 +27,27 @@
 // (cudaErrorInvalidValue otherwise). Shared memory per block with one block per (sequence, head):
 // 162.25 KB at 2F = 128, 226.75 KB at 2F = 256 (of Hopper's 227 KB; an sm_80 GPU, 163 KB, runs
 // 2F = 128 only); with the value columns split over 4 blocks 102.25 / 166.75 KB.
+//
+// Two forms, the same bits (y, S, z): the one-pass form walks each (sequence, head)'s chunks in
+// one launch; the two-pass form, for launches of few (sequence, head) pairs (one long prompt),
+// first scans the state alone (the gates, the state update, the rounding) and keeps every chunk's
+// starting state in `scratch`, then computes the chunks' outputs in parallel, a block per (head,
+// chunk), with the same operations in the same order.
+//
+// Two-pass scratch layout (TwoPassScratchBytes): the launch's chunks are numbered in sequence
+// order, sequence n's chunks (none for padding or empty ones) after those of sequences < n; for
+// chunk c and head h, the state at the chunk's start:
+//   S  at scratch + (c * H + h) * 2F * D * 2 bytes: S^T as the bf16 A fragments of the
+//      inter-chunk product (m16n8k16), uint4 [D/16 column groups][2 feature halves][2F/32 k steps]
+//      [32 lanes], so a warp reads its fragments in 512 coalesced bytes per k step
+//   z  at scratch + chunks * H * 2F * D * 2 bytes + (c * H + h) * 2F * 4 bytes: fp32 [2F]
+// where chunks = scratch_chunks (the capacity).
 #pragma once
 
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
+
+#include <cstdint>
 
 #include "kernels/lizard_attention/lizard_attention.h"
 #include "kernels/lizard_attention/window_prefill.h"
@@ -39,6 +56,21 @@ namespace lizard::kernels {
 
 // Tokens per block of the chunked form; blocks start at absolute multiples of it.
 constexpr int kGlaChunk = 64;
+
+// Which form a launch takes; kAuto picks by the launch's size (both give the same bits).
+enum class ChunkedForm { kAuto, kOnePass, kTwoPass };
+
+// The two-pass form takes launches of at most this many sequences (engine scratch is sized for it).
+constexpr int kTwoPassMaxSeqs = 4;
+
+// An upper bound of the chunks of `seqs` sequences of `tokens` tokens in all: a sequence of L
+// tokens from position p spans ceil((p % 64 + L) / 64) <= (L + 126) / 64 chunks.
+constexpr int TwoPassChunks(int tokens, int seqs) { return (tokens + (2 * kGlaChunk - 2) * seqs) / kGlaChunk; }
+
+// Bytes of two-pass scratch for `chunks` chunks (layout above).
+inline int64_t TwoPassScratchBytes(const LizardDims& dims, int chunks) {
+  return int64_t{chunks} * dims.heads * 2 * dims.features * (dims.head_dim * 2 + 4);
+}
 
 struct ChunkedPrefillArgs {
   LizardDims dims;  // heads, kv_heads, head_dim, features (F), normalize; the window fields unused
@@ -51,15 +83,24 @@ struct ChunkedPrefillArgs {
   LizardStateRef state;  // S and z (the window fields unused)
   const float* y_add = nullptr;
   __nv_bfloat16* y = nullptr;
-  // Blocks per (sequence, head), 1, 2 or 4, each owning D / split value columns; 0: chosen by
-  // the launch's size (more when there are few (sequence, head) pairs). Every split gives the
-  // same bits, so it is only a test and benchmark hook.
+  // Blocks per (sequence, head) of the one-pass form, 1, 2 or 4, each owning D / split value
+  // columns; 0: chosen by the launch's size (more when there are few (sequence, head) pairs).
+  // Every split gives the same bits, so it is only a test and benchmark hook.
   int split = 0;
+  // The two-pass form's scratch (16-byte aligned, null: one-pass only) and its capacity in chunks;
+  // total_tokens: the launch's tokens (sum of num_tokens, or more), which bounds its chunks
+  // (TwoPassChunks) on the host. A launch whose bound exceeds scratch_chunks runs one-pass.
+  void* scratch = nullptr;
+  int scratch_chunks = 0;
+  int total_tokens = 0;
+  // A test and benchmark hook like split: kTwoPass fails (cudaErrorInvalidValue) without room.
+  ChunkedForm form = ChunkedForm::kAuto;
 };
 
-// Grid (H * split, num_seqs): the split blocks of a (sequence, head) walk its blocks of tokens in
-// order, the state in registers, each block of tokens as bf16 tensor-core products with fp32
-// accumulators.
+// One-pass: grid (H * split, num_seqs): the split blocks of a (sequence, head) walk its blocks of
+// tokens in order, the state in registers, each block of tokens as bf16 tensor-core products with
+// fp32 accumulators. Two-pass: the state scan, grid (H * 4, num_seqs), then the outputs, grid
+// (H, TwoPassChunks(total_tokens, num_seqs)).
 cudaError_t LizardChunkedPrefill(const ChunkedPrefillArgs& args, cudaStream_t stream);
 
 // Whether a model's shapes fit the whole prefill path (these kernels and LizardWindowPrefill):

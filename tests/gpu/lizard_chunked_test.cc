@@ -3,7 +3,8 @@
 // sequences of different lengths and first positions in one launch, initial states, strong decay,
 // fp32 and bf16 state; a launch split at absolute chunk boundaries gives the bits of one launch;
 // other sequences in the launch change no sequence's bits; 1, 2 or 4 blocks per (sequence, head)
-// give the same bits; one 2048-token sequence alone; LizardPrefillFeatureMaps against its float64
+// give the same bits, and so does the two-pass form (state scan, then the chunks' outputs in
+// parallel); one 2048-token sequence alone; LizardPrefillFeatureMaps against its float64
 // reference (logits and maps), a row's bits alike in launches of any size.
 //
 // Tolerances: the kernel multiplies bf16 operands (the inputs, and the state, v and the scores
@@ -200,11 +201,15 @@ Result RunRef(const Problem& p) {
 // (the sequence's end after the last). The state stays in the device pool between launches.
 class Gpu {
  public:
-  // split: ChunkedPrefillArgs::split (0: the kernel's choice).
-  explicit Gpu(const Problem& p, int split = 0)
-      : p_(p), split_(split), fq_(p.fq), fk_(p.fk), qkvg_(p.qkvg), y_add_(p.y_add.empty() ? std::vector<float>{0.f} : p.y_add),
-        pool_(p.pool), y_(static_cast<size_t>(p.rows()) * p.heads * kD) {
+  // split, form: ChunkedPrefillArgs::split and form (0, kAuto: the kernel's choice). Two-pass
+  // scratch for any launch of the problem's sequences is always there.
+  explicit Gpu(const Problem& p, int split = 0, ChunkedForm form = ChunkedForm::kAuto)
+      : p_(p), split_(split), form_(form), scratch_chunks_(TwoPassChunks(p.rows(), static_cast<int>(p.seqs.size()))),
+        fq_(p.fq), fk_(p.fk), qkvg_(p.qkvg), y_add_(p.y_add.empty() ? std::vector<float>{0.f} : p.y_add),
+        pool_(p.pool), y_(static_cast<size_t>(p.rows()) * p.heads * kD),
+        scratch_(TwoPassScratchBytes(p.dims(), scratch_chunks_)) {
     y_.Poison();  // NaN: a row the kernel does not write fails the comparison
+    scratch_.Poison();  // and so does a chunk state the scan does not write
   }
 
   // One launch over tokens [from[i], to[i]) of sequence which[i].
@@ -216,7 +221,9 @@ class Gpu {
     const SeqMeta seqs{slot.get(), first_row.get(), num_tokens.get(), first_pos.get()};
     ChunkedPrefillArgs a = Args(p_, fq_.get(), fk_.get(), qkvg_.get(), seqs, static_cast<int>(which.size()),
                                 pool_.get(), p_.y_add.empty() ? nullptr : y_add_.get(), y_.get());
-    a.split = split_;
+    a.split = split_, a.form = form_;
+    a.scratch = scratch_.get(), a.scratch_chunks = scratch_chunks_;
+    for (int c : count) a.total_tokens += c;
     ASSERT_EQ(LizardChunkedPrefill(a, nullptr), cudaSuccess);
     ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   }
@@ -243,14 +250,17 @@ class Gpu {
  private:
   const Problem& p_;
   const int split_;
+  const ChunkedForm form_;
+  const int scratch_chunks_;
   DeviceVec<__nv_bfloat16> fq_, fk_;
   DeviceVec<float> qkvg_, y_add_;
   DeviceVec<char> pool_;
   DeviceVec<__nv_bfloat16> y_;
+  DeviceVec<char> scratch_;
 };
 
-Result RunGpu(const Problem& p, int split = 0) {
-  Gpu gpu(p, split);
+Result RunGpu(const Problem& p, int split = 0, ChunkedForm form = ChunkedForm::kAuto) {
+  Gpu gpu(p, split, form);
   gpu.Run(All(p), std::vector<std::vector<int>>(p.seqs.size()));
   return gpu.Get();
 }
@@ -408,9 +418,9 @@ TEST(LizardChunkedTest, SplitsAreBitwiseEqual) {
     for (bool normalize : {true, false}) {
       o.normalize = normalize, o.with_y_add = normalize;
       const Problem p = MakeProblem(kVarlen, o, 700 + o.f2);
-      const Result one = RunGpu(p, 1);
+      const Result one = RunGpu(p, 1, ChunkedForm::kOnePass);
       for (int split : {2, 4}) {
-        const Result got = RunGpu(p, split);
+        const Result got = RunGpu(p, split, ChunkedForm::kOnePass);
         EXPECT_EQ(std::memcmp(got.y.data(), one.y.data(), one.y.size() * sizeof(float)), 0)
             << Name(o) << ", split " << split << ": y";
         EXPECT_EQ(got.pool, one.pool) << Name(o) << ", split " << split << ": the stored states";
@@ -419,16 +429,74 @@ TEST(LizardChunkedTest, SplitsAreBitwiseEqual) {
   }
 }
 
-// One 2048-token prompt alone (the launch the backend splits most): within tolerance of the
-// reference, and the bits of one block per (sequence, head).
+// One 2048-token prompt alone (the launch the backend splits most, two-pass by the kernel's
+// choice): within tolerance of the reference, and the bits of one block per (sequence, head).
 TEST(LizardChunkedTest, OneLongSequence) {
   for (const Options& o : F2AndStateTypes()) {
     const Problem p = MakeProblem({{2048, 0, 0}}, o, 800 + o.f2);
     const Result got = RunGpu(p);
     ExpectClose(p, got, RunRef(p), "one 2048-token sequence, " + Name(o));
-    const Result one = RunGpu(p, 1);
+    const Result one = RunGpu(p, 1, ChunkedForm::kOnePass);
     EXPECT_EQ(std::memcmp(got.y.data(), one.y.data(), one.y.size() * sizeof(float)), 0) << Name(o) << ": y";
     EXPECT_EQ(got.pool, one.pool) << Name(o) << ": the stored state";
+  }
+}
+
+// The two-pass form gives the one-pass form's bits: y, and S and z in the pool. `what` names the case.
+void ExpectFormsEqual(const Problem& p, const std::string& what) {
+  const Result one = RunGpu(p, 0, ChunkedForm::kOnePass);
+  const Result two = RunGpu(p, 0, ChunkedForm::kTwoPass);
+  EXPECT_EQ(std::memcmp(two.y.data(), one.y.data(), one.y.size() * sizeof(float)), 0) << what << ": y";
+  EXPECT_EQ(two.pool, one.pool) << what << ": the stored states";
+}
+
+// Random sequences: 1-4 of 1-700 tokens from positions 0-300 (mostly mid-chunk), sometimes
+// a padding one.
+std::vector<Seq> RandomSeqs(std::mt19937& rng) {
+  std::uniform_int_distribution<int> count(1, 4), len(1, 700), pos(0, 300), coin(0, 3);
+  std::vector<Seq> seqs;
+  const int n = count(rng);
+  for (int i = 0; i < n; ++i) seqs.push_back({len(rng), pos(rng), i});
+  std::shuffle(seqs.begin(), seqs.end(), rng);  // slots out of order
+  if (coin(rng) == 0) seqs.insert(seqs.begin() + coin(rng) % (n + 1), Seq{len(rng) % 100 + 1, 0, -1});
+  return seqs;
+}
+
+// Two-pass == one-pass bit for bit: fp32 and bf16 state, 2F = 128 and 256, normalised or not,
+// G = 4 and 1, gates from mild to strong decay, on kVarlen and random varlen problems; a
+// 2048-token sequence from mid-chunk; H = 6 (v copied 4 bytes at a time); and a problem cut into
+// launches at chunk boundaries with the two-pass form against one one-pass launch.
+TEST(LizardChunkedTest, TwoPassIsBitwiseEqual) {
+  struct Gates {
+    float lo, hi;
+  };
+  std::mt19937 rng(1000);
+  uint32_t seed = 1000;
+  for (Options o : F2AndStateTypes()) {
+    for (const Gates& gates : {Gates{-2.f, 6.f}, Gates{-8.f, 8.f}, Gates{-8.f, -8.f}}) {
+      for (bool normalize : {true, false}) {
+        o.normalize = normalize, o.with_y_add = normalize, o.gate_lo = gates.lo, o.gate_hi = gates.hi;
+        o.kv_heads = normalize ? 2 : 8;
+        const std::string name = Name(o) + ", gates [" + std::to_string(gates.lo) + ", " + std::to_string(gates.hi) + "]";
+        ExpectFormsEqual(MakeProblem(kVarlen, o, ++seed), "kVarlen, " + name);
+        const std::vector<Seq> seqs = RandomSeqs(rng);
+        std::string lens;
+        for (const Seq& q : seqs) lens += " " + std::to_string(q.len) + "@" + std::to_string(q.pos);
+        ExpectFormsEqual(MakeProblem(seqs, o, ++seed), "random" + lens + ", " + name);
+      }
+    }
+  }
+  for (const Options& o : F2AndStateTypes()) {
+    ExpectFormsEqual(MakeProblem({{2048, 37, 0}}, o, ++seed), "2048 tokens from 37, " + Name(o));
+    Options h6 = o;
+    h6.heads = 6, h6.kv_heads = 2;
+    ExpectFormsEqual(MakeProblem(kVarlen, h6, ++seed), "H=6, " + Name(h6));
+    const Problem p = MakeProblem(kVarlen, o, ++seed);
+    Gpu gpu(p, 0, ChunkedForm::kTwoPass);
+    gpu.Run(All(p), {{}, {}, {28}, {64}, {27, 91, 219}, {}, {28, 156, 284}});
+    const Result cut = gpu.Get(), one = RunGpu(p, 0, ChunkedForm::kOnePass);
+    EXPECT_EQ(std::memcmp(cut.y.data(), one.y.data(), one.y.size() * sizeof(float)), 0) << Name(o) << ": cut, y";
+    EXPECT_EQ(cut.pool, one.pool) << Name(o) << ": cut, the stored states";
   }
 }
 
@@ -447,6 +515,9 @@ TEST(LizardChunkedTest, RejectsUnsupportedShapes) {
   ChunkedPrefillArgs args;  // and a column split other than 1, 2 or 4
   args.num_seqs = 1, args.dims.heads = 4, args.dims.kv_heads = 2, args.dims.head_dim = 128, args.dims.features = 64;
   args.split = 3;
+  EXPECT_EQ(LizardChunkedPrefill(args, nullptr), cudaErrorInvalidValue);
+  args.split = 0, args.form = ChunkedForm::kTwoPass;  // and the two-pass form without scratch
+  args.total_tokens = 64;
   EXPECT_EQ(LizardChunkedPrefill(args, nullptr), cudaErrorInvalidValue);
 }
 

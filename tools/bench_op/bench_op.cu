@@ -6,7 +6,8 @@
 // window_prefill.h) — each timed alone, and their sum; beside them the token-parallel window
 // kernel of the decode path (LizardWindow in kernels/kernels.h), which prompts used before. Then
 // the feature maps and the chunked GLA once more for one sequence of T tokens (B = 1: the launch
-// with the fewest blocks, which the chunked kernel splits over more blocks per (sequence, head)).
+// with the fewest blocks, which the chunked kernel splits over more blocks per (sequence, head)),
+// and for 2 and 4; each chunked GLA row is followed by the one-pass and two-pass forms forced.
 //
 // Times: cudaEvent pairs around each call, 3 warm-up calls, median (and min) of --iters calls.
 // Rates: the fewest bytes each kernel must move (inputs read once, outputs written once) and the
@@ -162,6 +163,10 @@ double BenchChunked(const Shape& s, int f2) {
   k::ChunkedPrefillArgs args;
   args.dims = dims, args.fq = fq, args.fk = fk, args.qkvg = qkvg, args.ld = ld;
   args.seqs = seqs, args.num_seqs = s.batch, args.state = state, args.y_add = y_add, args.y = y;
+  // Two-pass scratch for the whole launch (the form the kernel picks for few sequences).
+  args.scratch_chunks = k::TwoPassChunks(static_cast<int>(T), s.batch);
+  args.scratch = Alloc<char>(k::TwoPassScratchBytes(dims, args.scratch_chunks));
+  args.total_tokens = static_cast<int>(T);
   auto maps = [&] { return k::LizardPrefillFeatureMaps(map_args, nullptr); };
   auto gla = [&] { return k::LizardChunkedPrefill(args, nullptr); };
   Check(maps(), "feature maps");
@@ -179,6 +184,15 @@ double BenchChunked(const Shape& s, int f2) {
   const double flops = static_cast<double>(T) * H * (2 * C * f2 + 2 * C * D + 4.0 * f2 * D);
   std::printf("chunked GLA + normaliser  2F=%-3d B=%-2d  median %.3f ms  min %.3f ms  %.2f TB/s  %.1f TFLOP/s\n",
               f2, s.batch, tg.median_ms, tg.min_ms, bytes / tg.median_ms / 1e9, flops / tg.median_ms / 1e9);
+  // Each form forced (the line above: the kernel's choice).
+  Timing forms[2];
+  for (k::ChunkedForm form : {k::ChunkedForm::kOnePass, k::ChunkedForm::kTwoPass}) {
+    args.form = form;
+    forms[form == k::ChunkedForm::kTwoPass] = Time(gla, s.iters);
+  }
+  args.form = k::ChunkedForm::kAuto;
+  std::printf("  (one-pass | two-pass)   2F=%-3d B=%-2d  median %.3f | %.3f ms  min %.3f | %.3f ms\n", f2, s.batch,
+              forms[0].median_ms, forms[1].median_ms, forms[0].min_ms, forms[1].min_ms);
   Check(cudaMemset(state.pool, 0, s.batch * state.slot_bytes), "memset");  // valid bf16 (zeros)
   args.state.state_type = k::StoreType::kBF16;
   const Timing tb = Time(gla, s.iters);
@@ -192,7 +206,8 @@ double BenchChunked(const Shape& s, int f2) {
   std::printf("maps + chunked GLA        2F=%-3d B=%-2d  median %.3f ms  min %.3f ms\n", f2, s.batch, both.median_ms,
               both.min_ms);
   for (const void* p : std::initializer_list<const void*>{seqs.slot, seqs.first_row, seqs.num_tokens, seqs.first_pos,
-                                                          fmap_q, fmap_k, fq, fk, qkvg, gates, y_add, y, state.pool}) {
+                                                          fmap_q, fmap_k, fq, fk, qkvg, gates, y_add, y, state.pool,
+                                                          args.scratch}) {
     cudaFree(const_cast<void*>(p));
   }
   return both.median_ms;
@@ -335,5 +350,10 @@ int main(int argc, char** argv) {
   one.batch = 1;
   std::printf("\none sequence of %d tokens:\n", s.seq);
   for (int f2 : s.f2s) BenchChunked(one, f2);
+  for (int batch : {2, 4}) {  // where the two forms cross
+    one.batch = batch;
+    std::printf("\n%d sequences of %d tokens:\n", batch, s.seq);
+    for (int f2 : s.f2s) BenchChunked(one, f2);
+  }
   return 0;
 }
