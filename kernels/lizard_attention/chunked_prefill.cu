@@ -725,9 +725,10 @@ int SplitFor(int pairs, int sms) { return pairs * 4 <= sms ? 4 : pairs * 2 <= sm
 
 // Two-pass when the scan's blocks fit one per SM (few pairs, so a one-pass walk leaves the GPU
 // mostly idle) and the sequences average 4 chunks or more (the output pass's parallelism); it
-// costs a second launch and a round trip of every chunk's state through the scratch. Measured on
-// the H200 at 32 heads, 2048 tokens each: 1 sequence 0.238 ms vs 0.338 one-pass (2F = 256),
-// 0.177 vs 0.227 (2F = 128); 2 sequences already 0.347 vs 0.331 and 0.250 vs 0.219.
+// costs a round trip of every chunk's state through the scratch; its output pass runs beside the
+// scan only where an output block fits next to the scan blocks of an SM. Measured on the H200 at
+// 32 heads, 2048 tokens each: 1 sequence 0.198 ms vs 0.338 one-pass (2F = 256), 0.113 vs 0.228
+// (2F = 128); 2 sequences 0.372 vs 0.332 (2F = 128: 0.198 vs 0.221, fp32 state only measured).
 bool TwoPassFor(const ChunkedPrefillArgs& args, int sms) {
   const int pairs = args.dims.heads * args.num_seqs;
   return args.num_seqs <= kTwoPassMaxSeqs && pairs * kScanSplit <= sms && args.total_tokens >= 4 * kC * args.num_seqs;
