@@ -23,6 +23,8 @@
 // The next chunk's q, k, v and gate logits are copied into shared memory (cp.async) while this one
 // computes; v comes as fp32 straight from the qkvg rows (no packing kernel) and is converted to
 // bf16 at the end of the chunk.
+#include <type_traits>
+
 #include "kernels/common.cuh"
 #include "kernels/lizard_attention/chunked_prefill.h"
 #include "kernels/mma.cuh"
@@ -47,12 +49,31 @@ struct Part {
   static constexpr int kThreads = kWarps * 32;
 };
 
+// The next chunk's v as copied from qkvg (fp32); with the output rows (fp32, the second feature
+// half's share of y^T, then the normalised rows) for the kernels that compute y.
+template <int kCols>
+struct VIn {
+  alignas(16) float v_in[kC][kCols];
+};
+template <int kCols>
+struct VInOut : VIn<kCols> {
+  alignas(16) float out[kC][kCols + kOutPad];
+};
+// The output pass converts its one chunk's v before it writes any row: one room for both, which
+// leaves the room of a scan block beside it on the SM.
+template <int kCols>
+struct alignas(16) VInOrOut {
+  union {
+    float v_in[kC][kCols];
+    float out[kC][kCols + kOutPad];
+  };
+};
+
 // What carries the state: k, v and the gates of a chunk (kStages: this chunk and the next), z.
-template <int K, int kCols, int kStages>
-struct StateSmem {
+template <int K, int kCols, int kStages, class Rows = VIn<kCols>>
+struct StateSmem : Rows {
   alignas(16) __nv_bfloat16 k[kStages][kC][K + kPad];
   alignas(16) __nv_bfloat16 v[kC][kCols + kPad];  // one stage, converted from v_in
-  alignas(16) float v_in[kC][kCols];               // the next chunk's v as copied from qkvg (fp32)
   alignas(16) float z[K];
   float gate[kStages][kC];  // gate logits
   float b[kC];              // cumulative log gate within the chunk
@@ -62,11 +83,9 @@ struct StateSmem {
 
 // ... and what the output adds.
 template <int K, int kCols, int kStages>
-struct Smem : StateSmem<K, kCols, kStages> {
+struct Smem : StateSmem<K, kCols, kStages, std::conditional_t<kStages == 1, VInOrOut<kCols>, VInOut<kCols>>> {
   alignas(16) __nv_bfloat16 q[kStages][kC][K + kPad];
   alignas(16) __nv_bfloat16 p[kC][kC + kPad];  // masked, decayed scores
-  // The second feature half's share of y^T, then the normalised output rows (fp32).
-  alignas(16) float out[kC][kCols + kOutPad];
   float qz[kC];           // fq_t . z (z at the chunk's start)
   float den_part[4][kC];  // row sums of P, one per 16-column block on or left of the diagonal
   float inv_den[kC];
@@ -82,6 +101,19 @@ __device__ __forceinline__ int SeqChunks(const SeqMeta& seqs, int n) {
   const int len = seqs.num_tokens[n];
   return seqs.slot[n] < 0 || len <= 0 ? 0 : (seqs.first_pos[n] % kC + len + kC - 1) / kC;
 }
+
+// The two passes overlap (programmatic dependent launch): the scan releases each chunk's start
+// state with a flag, the output block acquires it (gpu scope: the blocks run on other SMs).
+__device__ __forceinline__ uint32_t LoadAcquire(const uint32_t* p) {
+  uint32_t v;
+  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+__device__ __forceinline__ void StoreRelease(uint32_t* p, uint32_t v) {
+  asm volatile("st.release.gpu.global.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
+}
+__device__ __forceinline__ void LaunchDependents() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
+__device__ __forceinline__ void WaitPrerequisite() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
 
 // One block's share of a (sequence, head) and the steps of a chunk, written once for every form
 // and kernel so that all of them run the same operations in the same order.
@@ -178,6 +210,12 @@ struct Block {
   __device__ float* scratch_z(int gc) const {
     const int64_t s_bytes = static_cast<int64_t>(a.scratch_chunks) * H * K * kD * 2;
     return reinterpret_cast<float*>(static_cast<char*>(a.scratch) + s_bytes) + (static_cast<int64_t>(gc) * H + h) * K;
+  }
+  // ... and its ready flags, one per scan block of the head.
+  __device__ uint32_t* scratch_ready(int gc) const {
+    const int64_t sz_bytes = static_cast<int64_t>(a.scratch_chunks) * H * K * (kD * 2 + 4);
+    return reinterpret_cast<uint32_t*>(static_cast<char*>(a.scratch) + sz_bytes) +
+           (static_cast<int64_t>(gc) * H + h) * kTwoPassScanParts;
   }
 
   // z[first .. first + count), one feature per thread: from the pool, to the pool, and the z
@@ -516,6 +554,14 @@ __global__ void __launch_bounds__(Part<kSplit>::kThreads) StateScanKernel(Chunke
   for (int m = 0; m < n; ++m) base += SeqChunks(a.seqs, m);
   constexpr int kZ = K / kSplit;  // this block's features of z
   const int z0 = part * kZ;
+  static_assert(kSplit == kTwoPassScanParts && kZ < B::kThreads);
+  // This block's ready flags start clear (whatever the scratch held) before the output pass may
+  // start: it starts once every scan block has passed LaunchDependents, so every scan block is
+  // resident by then and a waiting output block never holds an SM a scan block needs.
+  for (int c = threadIdx.x; c < b.num_chunks; c += B::kThreads) b.scratch_ready(base + c)[part] = 0;
+  __threadfence();
+  __syncthreads();
+  LaunchDependents();
 
   float st[B::kTiles][4];
   b.LoadState(st);
@@ -544,6 +590,9 @@ __global__ void __launch_bounds__(Part<kSplit>::kThreads) StateScanKernel(Chunke
     __syncthreads();  // the gates, v, and every thread's copies of this chunk
     b.UpdateState(st, sm, sm.k[stage]);
     b.UpdateZ(sm, sm.k[stage], z0, kZ);
+    // Chunk c's start state is out (every thread wrote its share before the barrier above); a
+    // thread UpdateZ leaves idle says so, late enough that its fence finds the writes done.
+    if (threadIdx.x == B::kThreads - 1) StoreRelease(b.scratch_ready(base + c) + part, 1);
     __syncthreads();  // every warp is done with sm.v and this stage
     if (c + 1 < b.num_chunks) b.ConvertV(sm);
   }
@@ -552,49 +601,81 @@ __global__ void __launch_bounds__(Part<kSplit>::kThreads) StateScanKernel(Chunke
 }
 
 // Two-pass, second pass: block (h, gc) computes chunk gc's output from its starting state, with
-// the one-pass form's warps of split 1 (the whole D; halves added in the same order).
+// the one-pass form's warps of split 1 (the whole D; halves added in the same order). Launched as
+// a dependent of the scan, it first computes P (no state needed), then waits for the chunk's
+// ready flags. 88 registers a thread (512 threads) leave room for a scan block (<= 152) on the SM.
 template <int K, typename TS>
-__global__ void __launch_bounds__(Part<1>::kThreads, 1) ChunkOutputKernel(ChunkedPrefillArgs a) {
+__global__ void __maxnreg__(88) ChunkOutputKernel(ChunkedPrefillArgs a) {
   using B = Block<K, 1, TS>;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   Smem<K, kD, 1>& sm = *reinterpret_cast<Smem<K, kD, 1>*>(smem_raw);
+  // The grid's last block waits for the whole scan, so that the launch ends after it (the work
+  // after it reads the pool's final state).
+  const bool last = blockIdx.x == gridDim.x - 1 && blockIdx.y == gridDim.y - 1;
   int n = 0, c = blockIdx.y;  // the chunk's sequence, and its chunk there
   for (; n < a.num_seqs; ++n) {
     const int chunks = SeqChunks(a.seqs, n);
     if (c < chunks) break;
     c -= chunks;
   }
-  if (n == a.num_seqs) return;  // past the launch's chunks (the grid is a bound)
+  if (n == a.num_seqs) {  // past the launch's chunks (the grid is a bound)
+    if (last) WaitPrerequisite();
+    return;
+  }
   const B b(a, blockIdx.x, 0, n);
   const int gc = blockIdx.y;
   b.template LoadChunk<true>(sm, c, 0);
+  b.ConvertV(sm);
+  b.GateScan(sm, c, 0);
+  __syncthreads();  // the gates, v and every thread's copies
+  b.Scores(sm, sm.q[0], sm.k[0]);
+  if (threadIdx.x == B::kThreads - 1) {  // a warp Scores leaves idle (10 blocks, 16 warps)
+    const uint32_t* ready = b.scratch_ready(gc);
+    for (int p = 0; p < kTwoPassScanParts; ++p) {
+      while (LoadAcquire(ready + p) != 1) __nanosleep(256);
+    }
+  }
+  __syncthreads();  // P, its row sums, and the chunk's start state
+  // From L2 (ld.global.cg): the scan wrote them during this launch.
   uint4 sf[B::kTiles / 2];
   const uint4* s_in = b.scratch_s(gc);
 #pragma unroll
-  for (int j = 0; j < B::kTiles / 2; ++j) sf[j] = s_in[j * 32];
-  const float* z_in = b.scratch_z(gc);
-  for (int i = threadIdx.x; i < K; i += B::kThreads) sm.z[i] = z_in[i];
+  for (int j = 0; j < B::kTiles / 2; ++j) sf[j] = __ldcg(s_in + j * 32);
   float4 add[B::kOutItems][2];
   b.LoadYAdd(c, add);
-  b.ConvertV(sm);
-  b.GateScan(sm, c, 0);
-  __syncthreads();  // the gates, v, z and every thread's copies
-  if (a.dims.normalize) b.QDotZ(sm, sm.q[0]);
-  b.Scores(sm, sm.q[0], sm.k[0]);
-  __syncthreads();  // P, its row sums and fq . z
+  if (a.dims.normalize) {
+    const float* z_in = b.scratch_z(gc);
+    for (int i = threadIdx.x; i < K; i += B::kThreads) sm.z[i] = __ldcg(z_in + i);
+    __syncthreads();  // z
+    b.QDotZ(sm, sm.q[0]);
+  }
+  __syncthreads();  // fq . z
   b.Output(sm, [&](int j, uint32_t(&af)[4]) { af[0] = sf[j].x, af[1] = sf[j].y, af[2] = sf[j].z, af[3] = sf[j].w; },
            sm.q[0]);
   __syncthreads();  // the output rows are complete
   b.StoreY(sm, c, add);
+  if (last) WaitPrerequisite();
 }
 
+// dependent: a programmatic dependent launch, which may start as soon as every block of the
+// kernel before it has called LaunchDependents (or ended).
 template <class Kernel>
 cudaError_t Start(Kernel kernel, dim3 grid, int threads, int bytes, const ChunkedPrefillArgs& args,
-                  cudaStream_t stream) {
-  const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+                  cudaStream_t stream, bool dependent = false) {
+  cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+  // All the SM's room as shared memory (an SM's split is set when it is idle): an output block
+  // then fits beside a scan block whichever started first.
+  if (e == cudaSuccess) {
+    e = cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared);
+  }
   if (e != cudaSuccess) return e;
-  kernel<<<grid, threads, bytes, stream>>>(args);
-  return cudaGetLastError();
+  cudaLaunchAttribute attr{};
+  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr.val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t config{};
+  config.gridDim = grid, config.blockDim = dim3(threads), config.dynamicSmemBytes = bytes, config.stream = stream;
+  config.attrs = &attr, config.numAttrs = dependent ? 1 : 0;
+  return cudaLaunchKernelEx(&config, kernel, args);
 }
 
 template <int K, int kSplit, typename TS>
@@ -605,7 +686,7 @@ cudaError_t OnePass(const ChunkedPrefillArgs& args, cudaStream_t stream) {
 
 // The scan's blocks per (sequence, head): its blocks are latency bound, so more of them, each
 // with fewer columns, shorten the walk.
-constexpr int kScanSplit = 4;
+constexpr int kScanSplit = kTwoPassScanParts;
 
 template <int K, typename TS>
 cudaError_t TwoPass(const ChunkedPrefillArgs& args, cudaStream_t stream) {
@@ -614,7 +695,7 @@ cudaError_t TwoPass(const ChunkedPrefillArgs& args, cudaStream_t stream) {
                               stream);
   if (e != cudaSuccess) return e;
   return Start(ChunkOutputKernel<K, TS>, dim3(args.dims.heads, TwoPassChunks(args.total_tokens, args.num_seqs)),
-               Part<1>::kThreads, sizeof(Smem<K, kD, 1>), args, stream);
+               Part<1>::kThreads, sizeof(Smem<K, kD, 1>), args, stream, /*dependent=*/true);
 }
 
 template <int K, typename TS>
@@ -644,9 +725,10 @@ int SplitFor(int pairs, int sms) { return pairs * 4 <= sms ? 4 : pairs * 2 <= sm
 
 // Two-pass when the scan's blocks fit one per SM (few pairs, so a one-pass walk leaves the GPU
 // mostly idle) and the sequences average 4 chunks or more (the output pass's parallelism); it
-// costs a second launch and a round trip of every chunk's state through the scratch. Measured on
-// the H200 at 32 heads, 2048 tokens each: 1 sequence 0.238 ms vs 0.338 one-pass (2F = 256),
-// 0.177 vs 0.227 (2F = 128); 2 sequences already 0.347 vs 0.331 and 0.250 vs 0.219.
+// costs a round trip of every chunk's state through the scratch; its output pass runs beside the
+// scan only where an output block fits next to the scan blocks of an SM. Measured on the H200 at
+// 32 heads, 2048 tokens each: 1 sequence 0.198 ms vs 0.338 one-pass (2F = 256), 0.113 vs 0.228
+// (2F = 128); 2 sequences 0.372 vs 0.332 (2F = 128: 0.198 vs 0.221, fp32 state only measured).
 bool TwoPassFor(const ChunkedPrefillArgs& args, int sms) {
   const int pairs = args.dims.heads * args.num_seqs;
   return args.num_seqs <= kTwoPassMaxSeqs && pairs * kScanSplit <= sms && args.total_tokens >= 4 * kC * args.num_seqs;

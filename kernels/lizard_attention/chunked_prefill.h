@@ -41,7 +41,11 @@
 //      inter-chunk product (m16n8k16), uint4 [D/16 column groups][2 feature halves][2F/32 k steps]
 //      [32 lanes], so a warp reads its fragments in 512 coalesced bytes per k step
 //   z  at scratch + chunks * H * 2F * D * 2 bytes + (c * H + h) * 2F * 4 bytes: fp32 [2F]
-// where chunks = scratch_chunks (the capacity).
+//   ready flags at scratch + chunks * H * 2F * (D * 2 + 4) bytes + (c * H + h) * 16 bytes: uint32
+//      [kTwoPassScanParts], one per scan block of the head, 1 once it wrote its part of the chunk
+//      (the scan clears them first: the scratch needs no initial contents)
+// where chunks = scratch_chunks (the capacity). The output pass is a programmatic dependent launch
+// that starts while the scan runs, and each of its blocks waits for its chunk's flags.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -67,9 +71,12 @@ constexpr int kTwoPassMaxSeqs = 4;
 // tokens from position p spans ceil((p % 64 + L) / 64) <= (L + 126) / 64 chunks.
 constexpr int TwoPassChunks(int tokens, int seqs) { return (tokens + (2 * kGlaChunk - 2) * seqs) / kGlaChunk; }
 
+// The two-pass scan's blocks per (sequence, head), each a quarter of the value columns.
+constexpr int kTwoPassScanParts = 4;
+
 // Bytes of two-pass scratch for `chunks` chunks (layout above).
 inline int64_t TwoPassScratchBytes(const LizardDims& dims, int chunks) {
-  return int64_t{chunks} * dims.heads * 2 * dims.features * (dims.head_dim * 2 + 4);
+  return int64_t{chunks} * dims.heads * (2 * dims.features * (dims.head_dim * 2 + 4) + kTwoPassScanParts * 4);
 }
 
 struct ChunkedPrefillArgs {
