@@ -34,7 +34,7 @@ __device__ __forceinline__ void WaitForPrevious() {
 
 __device__ __forceinline__ void LetNextStart() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;\n" :::);
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
 #endif
 }
 

@@ -112,8 +112,6 @@ __device__ __forceinline__ uint32_t LoadAcquire(const uint32_t* p) {
 __device__ __forceinline__ void StoreRelease(uint32_t* p, uint32_t v) {
   asm volatile("st.release.gpu.global.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
 }
-__device__ __forceinline__ void LaunchDependents() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
-__device__ __forceinline__ void WaitPrerequisite() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
 
 // One block's share of a (sequence, head) and the steps of a chunk, written once for every form
 // and kernel so that all of them run the same operations in the same order.
@@ -556,12 +554,12 @@ __global__ void __launch_bounds__(Part<kSplit>::kThreads) StateScanKernel(Chunke
   const int z0 = part * kZ;
   static_assert(kSplit == kTwoPassScanParts && kZ < B::kThreads);
   // This block's ready flags start clear (whatever the scratch held) before the output pass may
-  // start: it starts once every scan block has passed LaunchDependents, so every scan block is
+  // start: it starts once every scan block has passed LetNextStart, so every scan block is
   // resident by then and a waiting output block never holds an SM a scan block needs.
   for (int c = threadIdx.x; c < b.num_chunks; c += B::kThreads) b.scratch_ready(base + c)[part] = 0;
   __threadfence();
   __syncthreads();
-  LaunchDependents();
+  LetNextStart();
 
   float st[B::kTiles][4];
   b.LoadState(st);
@@ -619,7 +617,7 @@ __global__ void __maxnreg__(88) ChunkOutputKernel(ChunkedPrefillArgs a) {
     c -= chunks;
   }
   if (n == a.num_seqs) {  // past the launch's chunks (the grid is a bound)
-    if (last) WaitPrerequisite();
+    if (last) WaitForPrevious();
     return;
   }
   const B b(a, blockIdx.x, 0, n);
@@ -654,11 +652,11 @@ __global__ void __maxnreg__(88) ChunkOutputKernel(ChunkedPrefillArgs a) {
            sm.q[0]);
   __syncthreads();  // the output rows are complete
   b.StoreY(sm, c, add);
-  if (last) WaitPrerequisite();
+  if (last) WaitForPrevious();
 }
 
-// dependent: a programmatic dependent launch, which may start as soon as every block of the
-// kernel before it has called LaunchDependents (or ended).
+// dependent: a programmatic dependent launch (common.cuh's LaunchDependent), which may start as
+// soon as every block of the kernel before it has called LetNextStart (or ended).
 template <class Kernel>
 cudaError_t Start(Kernel kernel, dim3 grid, int threads, int bytes, const ChunkedPrefillArgs& args,
                   cudaStream_t stream, bool dependent = false) {
@@ -669,13 +667,9 @@ cudaError_t Start(Kernel kernel, dim3 grid, int threads, int bytes, const Chunke
     e = cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared);
   }
   if (e != cudaSuccess) return e;
-  cudaLaunchAttribute attr{};
-  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr.val.programmaticStreamSerializationAllowed = 1;
-  cudaLaunchConfig_t config{};
-  config.gridDim = grid, config.blockDim = dim3(threads), config.dynamicSmemBytes = bytes, config.stream = stream;
-  config.attrs = &attr, config.numAttrs = dependent ? 1 : 0;
-  return cudaLaunchKernelEx(&config, kernel, args);
+  if (dependent) return LaunchDependent(kernel, grid, threads, bytes, stream, args);
+  kernel<<<grid, threads, bytes, stream>>>(args);
+  return cudaGetLastError();
 }
 
 template <int K, int kSplit, typename TS>
