@@ -112,7 +112,8 @@ class Backend {
   }
   // LoadSlot of a spill for the host tier, without the engine waiting: checking the bytes and
   // uploading them may run off the caller's thread (the CUDA backend's do) while steps on other
-  // slots go on. The default loads at once.
+  // slots go on; the restore keeps its own copy of `saved` (a prefix-cache entry may be freed
+  // meanwhile). The default loads at once.
   virtual absl::StatusOr<std::unique_ptr<SlotRestore>> RestoreSlot(SlotId slot, const SavedSlot& saved) {
     absl::StatusOr<std::string_view> bytes = saved.bytes();
     return std::make_unique<FinishedRestore>(bytes.ok() ? LoadSlot(slot, *bytes) : bytes.status());

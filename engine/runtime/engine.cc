@@ -469,7 +469,7 @@ class EngineImpl : public Engine {
     scheduler_.Remove(seq->id);
     cancels_.erase(seq->id);
     if (seq->cache_entry != 0) {
-      // Never admitted: the cached prefix was not copied, so the state consumed nothing.
+      // Never admitted: the state consumed nothing (Detach drops a copy of the prefix in flight).
       cache_.Unpin(seq->cache_entry);
       seq->cache_entry = 0;
       seq->fed = 0;
@@ -499,10 +499,10 @@ class EngineImpl : public Engine {
   }
 
   // Admits a waiting sequence: its state gets a slot, and a copy of its cached prefix if it has
-  // one. A state coming back from the host tier is restored in the background while other
-  // sequences run (UNAVAILABLE until it is done: the scheduler asks again next step), and at once
-  // when nothing runs, since then no step would go on meanwhile. Called with backend_mu_ and mu_
-  // held.
+  // one. A state (or cached prefix) coming back from the host tier is restored in the background
+  // while other sequences run (UNAVAILABLE until it is done: the scheduler asks again next step),
+  // and at once when nothing runs, since then no step would go on meanwhile. Called with
+  // backend_mu_ and mu_ held.
   absl::Status AdmitLocked(RequestId id) {
     Sequence& seq = *sequences_.at(id);
     const bool background = scheduler_.num_running() > 0;

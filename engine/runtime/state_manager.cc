@@ -140,18 +140,31 @@ std::vector<int32_t> StateManager::Attach(StateId id) {
 }
 
 absl::Status StateManager::Admit(StateId id, StateId seed, bool background) {
-  if (absl::Status s = MakeResident(id, background); !s.ok()) return s;
   SequenceState& state = states_.at(id);
-  if (seed != 0) {
-    // Read the seed after MakeResident, which may have moved it to the host.
-    SequenceState& from = states_.at(seed);
-    absl::Status copied = from.slot.has_value() ? backend_->CopySlot(*from.slot, *state.slot)
-                                                : LoadSaved(*state.slot, *from.host);
-    if (!copied.ok()) return copied;
-    state.consumed = from.consumed;
-    Touch(from);
+  // A seed from the host is restored like the state's own bytes: MakeResident finishes it.
+  if (seed != 0 && state.restore == nullptr) {
+    if (absl::Status s = Seed(id, seed); !s.ok()) return s;
   }
+  if (absl::Status s = MakeResident(id, background); !s.ok()) return s;
   state.running = true;
+  return absl::OkStatus();
+}
+
+absl::Status StateManager::Seed(StateId id, StateId seed_id) {
+  SequenceState& state = states_.at(id);
+  SequenceState& seed = states_.at(seed_id);
+  Release(state);  // it consumed nothing: no contents worth keeping
+  absl::StatusOr<SlotId> slot = AcquireSlot(id);
+  if (!slot.ok()) return slot.status();
+  Touch(seed);
+  // Read the seed after AcquireSlot, which may have moved it to the host.
+  if (seed.host.has_value()) return StartRestore(state, *slot, *seed.host, seed.consumed);
+  if (absl::Status s = backend_->CopySlot(*seed.slot, *slot); !s.ok()) {
+    free_slots_.push_back(*slot);
+    return s;
+  }
+  state.slot = *slot;
+  state.consumed = seed.consumed;
   return absl::OkStatus();
 }
 
@@ -160,6 +173,12 @@ void StateManager::Consume(StateId id, int64_t tokens) { states_.at(id).consumed
 int64_t StateManager::Detach(StateId id, std::span<const int32_t> unfed,
                              std::span<const int32_t> turn, int64_t turn_input) {
   SequenceState& state = states_.at(id);
+  if (state.restore != nullptr && state.restore_seed.has_value()) {
+    // A seed's copy for a request never admitted is dropped: the engine takes it that the state
+    // consumed nothing, and a slot is reset only when a state gets it.
+    std::exchange(state.restore, nullptr)->Finish().IgnoreError();
+    free_slots_.push_back(state.restore_slot);
+  }
   // A request cancelled while its state was being restored: finish now, so the reserved slot
   // becomes the state's (or free again) and can be spilled like any other.
   if (state.restore != nullptr) FinishRestore(state).IgnoreError();  // failed: still on the host
@@ -191,13 +210,7 @@ absl::Status StateManager::MakeResident(StateId id, bool background) {
       state->slot = *slot;
       return absl::OkStatus();
     }
-    absl::StatusOr<std::unique_ptr<SlotRestore>> restore = backend_->RestoreSlot(*slot, *state->host);
-    if (!restore.ok()) {
-      free_slots_.push_back(*slot);
-      return restore.status();
-    }
-    state->restore = *std::move(restore);
-    state->restore_slot = *slot;
+    if (absl::Status s = StartRestore(*state, *slot, *state->host, std::nullopt); !s.ok()) return s;
   }
   if (background && !state->restore->ready()) {
     return absl::UnavailableError("the state is being restored from the host tier");
@@ -205,15 +218,32 @@ absl::Status StateManager::MakeResident(StateId id, bool background) {
   return FinishRestore(*state);
 }
 
+absl::Status StateManager::StartRestore(SequenceState& state, SlotId slot, const SavedSlot& saved,
+                                        std::optional<int64_t> seed_consumed) {
+  absl::StatusOr<std::unique_ptr<SlotRestore>> restore = backend_->RestoreSlot(slot, saved);
+  if (!restore.ok()) {
+    free_slots_.push_back(slot);
+    return restore.status();
+  }
+  state.restore = *std::move(restore);
+  state.restore_slot = slot;
+  state.restore_seed = seed_consumed;
+  return absl::OkStatus();
+}
+
 absl::Status StateManager::FinishRestore(SequenceState& state) {
   const absl::Status loaded = std::exchange(state.restore, nullptr)->Finish();
   if (!loaded.ok()) {
-    free_slots_.push_back(state.restore_slot);
+    free_slots_.push_back(state.restore_slot);  // its contents are undefined
     return loaded;
+  }
+  state.slot = state.restore_slot;
+  if (state.restore_seed.has_value()) {
+    state.consumed = *state.restore_seed;  // the bytes stay the cache entry's
+    return absl::OkStatus();
   }
   host_bytes_used_ -= state.host->size();
   state.host.reset();
-  state.slot = state.restore_slot;
   ++restores_;
   return absl::OkStatus();
 }
@@ -286,12 +316,6 @@ void StateManager::Release(SequenceState& state) {
   }
   state.slot.reset();
   state.host.reset();
-}
-
-absl::Status StateManager::LoadSaved(SlotId slot, const SavedSlot& saved) {
-  absl::StatusOr<std::string_view> bytes = saved.bytes();
-  if (!bytes.ok()) return bytes.status();
-  return backend_->LoadSlot(slot, *bytes);
 }
 
 }  // namespace lizard

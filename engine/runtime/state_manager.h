@@ -14,6 +14,7 @@
 // has room the caller gets RESOURCE_EXHAUSTED. A restore (Backend::RestoreSlot) may run in the
 // background while steps go on: the state then holds a reserved slot and its host bytes until
 // the restore is finished (so the host tier may exceed its capacity by the states in flight).
+// So may the copy of a prefix-cache entry on the host into a new state (Admit's seed).
 //
 // Prefix-cache entries (see prefix_cache.h) are states too, made by Snapshot: they take a device
 // slot only when one is free, are the first to leave the device when a slot is needed (moved to
@@ -44,9 +45,11 @@ struct SequenceState {
   std::optional<SlotId> slot;       // resident in this device slot
   std::optional<SavedSlot> host;    // or spilled here (never both; maybe still being made)
   // A restore of `host` into `restore_slot` in flight (MakeResident with background set; only
-  // while a request is attached: Detach finishes it).
+  // while a request is attached: Detach finishes it), or of a seed's bytes (Admit) when
+  // `restore_seed` holds what the seed consumed.
   std::shared_ptr<SlotRestore> restore;
   SlotId restore_slot = 0;
+  std::optional<int64_t> restore_seed;
   int64_t consumed = 0;             // tokens the model state has consumed
   std::vector<int32_t> pending;     // tokens of the conversation not fed yet
   // What the last request added to the conversation (its kept input, then its generated tokens),
@@ -93,7 +96,9 @@ class StateManager {
   // pending).
   // Admit with `seed` (a cache entry, 0 = none) copies the seed's memory into the state first:
   // the state must not have consumed anything yet, and then has consumed what the seed has.
-  // Admit's `background`: as MakeResident's (UNAVAILABLE while the state's restore runs).
+  // Admit's `background`: as MakeResident's (UNAVAILABLE while the state's restore, or that of a
+  // seed on the host, runs). Detach before that is done drops the seed's copy: the state has
+  // consumed nothing.
   std::vector<int32_t> Attach(StateId id);
   absl::Status Admit(StateId id, StateId seed = 0, bool background = false);
   void Consume(StateId id, int64_t tokens);
@@ -130,11 +135,16 @@ class StateManager {
   absl::Status Spill(SequenceState& state, int64_t host_room_bonus);
   // Moves a cache entry's slot to host bytes (outside host_capacity_bytes: the cache counts it).
   absl::Status Demote(SequenceState& entry);
-  // Ends the state's restore in flight: resident on success, still on the host on failure.
+  // Admit's copy of a seed into a new slot: at once from the device, else a restore in flight.
+  absl::Status Seed(StateId id, StateId seed);
+  // Starts loading `saved` into `slot` (taken for `state`; given back if that fails).
+  // `seed_consumed`: the bytes are a seed's, not the state's own `host`.
+  absl::Status StartRestore(SequenceState& state, SlotId slot, const SavedSlot& saved,
+                            std::optional<int64_t> seed_consumed);
+  // Ends the state's restore in flight: resident on success, still on the host (or, for a seed,
+  // without a slot) on failure.
   absl::Status FinishRestore(SequenceState& state);
   void Release(SequenceState& state);  // returns its slot / host bytes
-  // Loads spilled bytes into `slot` (waiting for them if they are still being made).
-  absl::Status LoadSaved(SlotId slot, const SavedSlot& saved);
 
   Backend* backend_;
   int64_t max_states_;

@@ -4,7 +4,9 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <chrono>
 #include <random>
+#include <thread>
 
 #include "absl/strings/match.h"
 #include "tests/runtime/engine_test_util.h"
@@ -497,6 +499,57 @@ TEST(EngineTest, RestoreRunsWhileOthersDecode) {
   ASSERT_TRUE(r.status.ok()) << r.status;
   EXPECT_EQ(r.tokens, FakeGreedy(Concat({{1, 2}, r1.tokens, {7}}), kVocab, 3));
   EXPECT_EQ(h.engine->Stats().restores_total, 1);
+  h.engine->Cancel(long_id);
+  ASSERT_TRUE(long_sink->WaitFinished());
+}
+
+// A cached prefix on the host is copied into a new state in the background: the running sequence
+// keeps decoding meanwhile, and the tokens are those of an uncached request. A request cancelled
+// during that copy leaves its session as if nothing had been copied.
+TEST(EngineTest, CachedPrefixOnTheHostIsRestoredWhileOthersDecode) {
+  // Room for one cache entry (64 bytes), so a later snapshot evicts it.
+  Harness h({.num_slots = 2}, {.prefix_cache_bytes = 64});
+  const std::vector<int32_t> prefix = RandomTokens(6, 40), turn = Concat({prefix, {9}});
+  const StateId busy = *h.engine->CreateState(), s = *h.engine->CreateState();
+  RunRequest(*h.engine, Greedy({4}, 1, busy));  // its snapshot comes before the prefix's
+  RunRequest(*h.engine, Greedy(prefix, 1));     // both slots taken: the prefix's entry is on the host
+  auto long_sink = std::make_shared<RecordingSink>();
+  const RequestId long_id = *h.engine->Submit(Greedy({5}, 100000, busy), long_sink);
+  ASSERT_TRUE(long_sink->WaitTokens(1));
+  ASSERT_EQ(h.engine->Stats().prefix_cache_host_entries, 1);
+
+  h.control->HoldRestores();
+  auto cancelled = std::make_shared<RecordingSink>();
+  const RequestId c = *h.engine->Submit(Greedy(turn, 3, s), cancelled);
+  size_t before = long_sink->result().tokens.size();
+  ASSERT_TRUE(long_sink->WaitTokens(before + 20));
+  EXPECT_GT(h.control->forwards_during_restore(), 0);
+  h.engine->Cancel(c);
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));  // most often Detach waits for it
+  h.control->ReleaseRestores();
+  ASSERT_TRUE(cancelled->WaitFinished());
+  EXPECT_EQ(cancelled->result().reason, FinishReason::kCancelled);
+  EXPECT_TRUE(cancelled->result().tokens.empty());
+  EXPECT_EQ(cancelled->result().usage.cached_tokens, 0);
+  EXPECT_EQ(cancelled->result().usage.state_tokens, 7);  // its input, pending
+
+  h.control->HoldRestores();
+  auto hit = std::make_shared<RecordingSink>();
+  ASSERT_TRUE(h.engine->Submit(Greedy(Concat({prefix, {8}}), 3), hit).ok());
+  before = long_sink->result().tokens.size();
+  ASSERT_TRUE(long_sink->WaitTokens(before + 50));
+  EXPECT_TRUE(hit->result().tokens.empty());
+  h.control->ReleaseRestores();
+  ASSERT_TRUE(hit->WaitFinished());
+  ASSERT_TRUE(hit->result().status.ok()) << hit->result().status;
+  EXPECT_EQ(hit->result().tokens, FakeGreedy(Concat({prefix, {8}}), kVocab, 3));
+  EXPECT_EQ(hit->result().usage.cached_tokens, 6);
+
+  // The hit's snapshots evicted the prefix: nothing seeds the session, which starts empty.
+  const Result next = RunRequest(*h.engine, Greedy({3}, 3, s));
+  EXPECT_EQ(next.usage.cached_tokens, 0);
+  EXPECT_EQ(next.tokens, FakeGreedy(Concat({turn, {3}}), kVocab, 3));
+  EXPECT_EQ(h.engine->Stats().restores_total, 0);  // copies of cached prefixes are not restores
   h.engine->Cancel(long_id);
   ASSERT_TRUE(long_sink->WaitFinished());
 }

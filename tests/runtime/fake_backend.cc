@@ -93,6 +93,16 @@ void FakeControl::ReleaseRestores() {
   cv_.notify_all();
 }
 
+void FakeControl::FailRestores(bool fail) {
+  std::lock_guard lock(mu_);
+  restores_fail_ = fail;
+}
+
+bool FakeControl::restores_fail() const {
+  std::lock_guard lock(mu_);
+  return restores_fail_;
+}
+
 int64_t FakeControl::forwards_during_restore() const {
   std::lock_guard lock(mu_);
   return forwards_during_restore_;
@@ -194,6 +204,10 @@ class FakeRestore final : public SlotRestore {
     control_->WaitRestoresReleased();
     finished_ = true;
     control_->EndRestore();
+    if (control_->restores_fail()) {
+      backend_->LoadSlot(slot_, std::string(backend_->slot_bytes(), '\x5a')).IgnoreError();
+      return absl::DataLossError("corrupt state bytes");
+    }
     absl::StatusOr<std::string_view> bytes = saved_.bytes();
     return bytes.ok() ? backend_->LoadSlot(slot_, *bytes) : bytes.status();
   }

@@ -41,6 +41,8 @@ class FakeControl {
   // waits for ReleaseRestores.
   void HoldRestores();
   void ReleaseRestores();
+  // While set, a restore's Finish fails and leaves garbage in the slot (as corrupt bytes would).
+  void FailRestores(bool fail);
   // Forward calls made while a restore was in flight (started, not finished).
   int64_t forwards_during_restore() const;
 
@@ -54,6 +56,7 @@ class FakeControl {
   void EnterForward(const StepPlan& plan);
   void StartRestore();
   bool restores_held() const;
+  bool restores_fail() const;
   void WaitRestoresReleased();
   void EndRestore();
 
@@ -65,6 +68,7 @@ class FakeControl {
   int64_t max_step_tokens_ = 0;
   int64_t max_step_sequences_ = 0;
   bool restores_held_ = false;
+  bool restores_fail_ = false;
   int64_t restores_in_flight_ = 0;
   int64_t forwards_during_restore_ = 0;
 };

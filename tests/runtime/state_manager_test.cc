@@ -2,6 +2,9 @@
 
 #include <gtest/gtest.h>
 
+#include <chrono>
+#include <thread>
+
 #include "tests/runtime/fake_backend.h"
 
 namespace lizard::testing {
@@ -135,6 +138,98 @@ TEST(StateManagerTest, DetachFinishesARestoreInFlight) {
   EXPECT_EQ(f.states.restores(), 1);
   ASSERT_TRUE(f.states.MakeResident(b).ok());  // a is an ordinary resident state: it spills
   EXPECT_TRUE(f.states.Find(a)->host.has_value());
+}
+
+// A seed on the host is copied like a restore: in the background, its slot reserved until it is
+// done, its bytes still the cache entry's (not the host tier's). A request cancelled meanwhile
+// leaves a state that consumed nothing and starts from an empty one.
+TEST(StateManagerTest, SeedFromTheHostIsRestoredInTheBackground) {
+  Fixture f(1);
+  const StateId a = *f.states.Create(false), b = *f.states.Create(false), c = *f.states.Create(false);
+  f.states.Attach(a);
+  ASSERT_TRUE(f.states.Admit(a).ok());
+  f.Advance(a, 5);
+  f.Advance(a, 6);
+  const std::string a_bytes = *f.backend.SaveSlot(*f.states.Find(a)->slot);
+  const StateId seed = *f.states.Snapshot(a);  // no free slot: on the host
+  f.states.Detach(a, {}, {}, 0);
+  ASSERT_TRUE(f.states.Find(seed)->host.has_value());
+
+  f.control->HoldRestores();
+  f.states.Attach(b);
+  EXPECT_EQ(f.states.Admit(b, seed, /*background=*/true).code(), absl::StatusCode::kUnavailable);
+  const SequenceState& state = *f.states.Find(b);
+  EXPECT_FALSE(state.slot.has_value());
+  EXPECT_NE(state.restore, nullptr);
+  EXPECT_FALSE(state.running);
+  EXPECT_EQ(state.consumed, 0);
+  EXPECT_TRUE(f.states.Find(a)->host.has_value());  // a made room
+  EXPECT_EQ(f.states.free_slots(), 0);
+  EXPECT_EQ(f.states.Admit(b, seed, /*background=*/true).code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(f.states.evictions(), 1);
+  f.control->ReleaseRestores();
+  ASSERT_TRUE(f.states.Admit(b, seed, /*background=*/true).ok());
+  EXPECT_TRUE(state.running);
+  EXPECT_EQ(state.restore, nullptr);
+  EXPECT_EQ(state.consumed, 2);
+  EXPECT_EQ(*f.backend.SaveSlot(*state.slot), a_bytes);
+  EXPECT_TRUE(f.states.Find(seed)->host.has_value());
+  EXPECT_EQ(f.states.host_bytes_used(), 100);  // a's only
+  EXPECT_EQ(f.states.restores(), 0);           // no state came back from the host
+  f.states.Detach(b, {}, {}, 0);
+
+  // Cancelled while the copy is held: Detach waits for it, then drops it with the slot.
+  f.control->HoldRestores();
+  f.states.Attach(c);
+  EXPECT_EQ(f.states.Admit(c, seed, /*background=*/true).code(), absl::StatusCode::kUnavailable);
+  std::thread release([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    f.control->ReleaseRestores();
+  });
+  const std::vector<int32_t> unfed = {7};
+  EXPECT_EQ(f.states.Detach(c, unfed, unfed, 1), 1);
+  release.join();
+  const SequenceState& cancelled = *f.states.Find(c);
+  EXPECT_EQ(cancelled.restore, nullptr);
+  EXPECT_FALSE(cancelled.slot.has_value());
+  EXPECT_EQ(cancelled.consumed, 0);
+  EXPECT_EQ(f.states.free_slots(), 1);
+  EXPECT_EQ(f.states.host_bytes_used(), 200);  // a's and b's
+  f.states.Attach(c);
+  ASSERT_TRUE(f.states.Admit(c).ok());
+  f.Advance(c, 5);
+  f.Advance(c, 6);
+  EXPECT_EQ(*f.backend.SaveSlot(*cancelled.slot), a_bytes);  // from an empty state
+  f.states.Detach(c, {}, {}, 0);
+}
+
+// A seed that fails to load (corrupt bytes) leaves the slot free, its contents untrusted, and
+// the state as one that consumed nothing.
+TEST(StateManagerTest, FailedSeedRestoreLeavesAStateThatConsumedNothing) {
+  Fixture f(1);
+  const StateId a = *f.states.Create(false), b = *f.states.Create(false);
+  f.states.Attach(a);
+  ASSERT_TRUE(f.states.Admit(a).ok());
+  f.Advance(a, 5);
+  const std::string a_bytes = *f.backend.SaveSlot(*f.states.Find(a)->slot);
+  const StateId seed = *f.states.Snapshot(a);  // on the host
+  f.states.Detach(a, {}, {}, 0);
+
+  f.control->FailRestores(true);
+  f.states.Attach(b);
+  EXPECT_EQ(f.states.Admit(b, seed, /*background=*/true).code(), absl::StatusCode::kDataLoss);
+  const SequenceState& state = *f.states.Find(b);
+  EXPECT_FALSE(state.slot.has_value());
+  EXPECT_EQ(state.restore, nullptr);
+  EXPECT_EQ(state.consumed, 0);
+  EXPECT_EQ(f.states.free_slots(), 1);
+  f.states.Detach(b, {}, {}, 0);
+  f.control->FailRestores(false);
+  f.states.Attach(b);
+  ASSERT_TRUE(f.states.Admit(b).ok());
+  f.Advance(b, 5);
+  EXPECT_EQ(*f.backend.SaveSlot(*state.slot), a_bytes);  // from an empty state
+  EXPECT_EQ(f.states.restores(), 0);
 }
 
 TEST(StateManagerTest, ForkCopiesAndFallsBackToHost) {
