@@ -64,6 +64,9 @@ ABSL_FLAG(int64_t, host_state_bytes, Defaults().host_state_bytes,
 ABSL_FLAG(int64_t, prefix_cache_bytes, Defaults().prefix_cache_bytes,
           "bytes of recurrent-state snapshots kept to skip prefilling repeated prompt prefixes "
           "(device slots that are free, then host memory); 0 disables the prefix cache");
+ABSL_FLAG(int, spill_ahead_slots, Defaults().spill_ahead_slots,
+          "device state slots kept free by spilling idle states to the host between steps, one "
+          "a step (0: spill only when a slot is needed)");
 ABSL_FLAG(absl::Duration, session_ttl, Defaults().session_ttl,
           "idle time before a session expires");
 ABSL_FLAG(absl::Duration, max_session_ttl, Defaults().max_session_ttl,
@@ -178,6 +181,7 @@ int main(int argc, char** argv) {
   options.device_state_slots = absl::GetFlag(FLAGS_device_state_slots);
   options.host_state_bytes = absl::GetFlag(FLAGS_host_state_bytes);
   options.prefix_cache_bytes = absl::GetFlag(FLAGS_prefix_cache_bytes);
+  options.spill_ahead_slots = absl::GetFlag(FLAGS_spill_ahead_slots);
   options.session_ttl = absl::GetFlag(FLAGS_session_ttl);
   options.max_session_ttl = absl::GetFlag(FLAGS_max_session_ttl);
   options.default_max_new_tokens = absl::GetFlag(FLAGS_default_max_new_tokens);

@@ -121,6 +121,7 @@ absl::Status ValidateServerOptions(const ServerOptions& o) {
            in_range(o.device_state_slots, 1, 1 << 20, "device-state-slots"),
            in_range(o.host_state_bytes, 0, kBig, "host-state-bytes"),
            in_range(o.prefix_cache_bytes, 0, kBig, "prefix-cache-bytes"),
+           in_range(o.spill_ahead_slots, 0, o.device_state_slots, "spill-ahead-slots"),
            in_range(o.max_new_tokens_limit, 1, 1 << 24, "max-new-tokens-limit"),
            in_range(o.default_max_new_tokens, 0, 1 << 24, "default-max-new-tokens"),
            in_range(o.max_input_tokens, 1, 1 << 30, "max-input-tokens"),
@@ -203,6 +204,7 @@ absl::StatusOr<std::unique_ptr<LizardServer>> LizardServer::Start(const ServerOp
   engine_options.max_states = options.max_sessions + options.max_running + options.max_queue;
   engine_options.host_state_bytes = options.host_state_bytes;
   engine_options.prefix_cache_bytes = options.prefix_cache_bytes;
+  engine_options.spill_ahead_slots = options.spill_ahead_slots;
   engine_options.observer = &server->metrics_;
   absl::StatusOr<std::unique_ptr<Engine>> engine =
       Engine::Create(*std::move(backend), engine_options);

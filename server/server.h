@@ -50,6 +50,7 @@ struct ServerOptions {
   int32_t device_state_slots = 64;
   int64_t host_state_bytes = int64_t{4} << 30;
   int64_t prefix_cache_bytes = int64_t{1} << 30;  // automatic prefix cache; 0 = off
+  int32_t spill_ahead_slots = 0;  // EngineOptions::spill_ahead_slots
   absl::Duration session_ttl = absl::Minutes(10);
   absl::Duration max_session_ttl = absl::Hours(24);
   int32_t max_new_tokens_limit = 4096;

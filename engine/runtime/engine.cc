@@ -375,6 +375,12 @@ class EngineImpl : public Engine {
       if (!status.ok()) FailStep(advances, status, finished);
       if (status.ok()) Consume(advances);
     }
+    if (options_.spill_ahead_slots > 0) {
+      // One spill a step at most: its bytes are made in the background, and a burst of them
+      // would wait for the backend's few host transfer buffers.
+      std::lock_guard lock(mu_);
+      states_.SpillAhead(options_.spill_ahead_slots, /*max_spills=*/1);
+    }
     backend_lock.unlock();
 
     if (!advances.empty()) {
@@ -575,9 +581,10 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::unique_ptr<Backend> 
   if (backend->num_slots() < 1) return absl::InvalidArgumentError("backend has no state slots");
   // Decodes and the oldest prompt must always fit the token budget (nothing starves).
   if (absl::Status s = ValidateSchedulerOptions(SchedulerOptionsOf(options)); !s.ok()) return s;
-  if (options.max_states < 1 || options.host_state_bytes < 0 || options.prefix_cache_bytes < 0) {
+  if (options.max_states < 1 || options.host_state_bytes < 0 || options.prefix_cache_bytes < 0 ||
+      options.spill_ahead_slots < 0) {
     return absl::InvalidArgumentError(
-        "max_states, host_state_bytes or prefix_cache_bytes out of range");
+        "max_states, host_state_bytes, prefix_cache_bytes or spill_ahead_slots out of range");
   }
   return std::unique_ptr<Engine>(new EngineImpl(std::move(backend), options));
 }

@@ -134,6 +134,10 @@ struct EngineOptions {
   // Automatic prefix cache (engine/runtime/prefix_cache.h): states snapshotted after each prompt
   // and generation, in free device slots or host bytes, within this many bytes; 0 = off.
   int64_t prefix_cache_bytes = int64_t{1} << 30;
+  // Spill ahead of need: after each step, while fewer device slots than this are free, one idle
+  // state (a prefix-cache entry first) moves to the host tier in the background, so admissions
+  // rarely spill. 0 = spill only when a slot is needed.
+  int32_t spill_ahead_slots = 0;
   EngineObserver* observer = nullptr;  // not owned, may be null
 };
 

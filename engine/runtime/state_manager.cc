@@ -257,21 +257,12 @@ int64_t StateManager::host_states() const {
 absl::StatusOr<SlotId> StateManager::AcquireSlot(StateId keep, int64_t host_room_bonus) {
   if (free_slots_.empty()) {
     // A cache entry leaves the device before any conversation does.
-    SequenceState* entry = nullptr;
-    for (auto& [id, state] : states_) {
-      if (!state.cache_entry || !state.slot.has_value()) continue;
-      if (entry == nullptr || state.last_used < entry->last_used) entry = &state;
-    }
-    if (entry != nullptr) {
+    if (SequenceState* entry = LruDeviceCacheEntry(); entry != nullptr) {
       if (absl::Status s = Demote(*entry); !s.ok()) return s;
     }
   }
   if (free_slots_.empty()) {
-    SequenceState* victim = nullptr;
-    for (auto& [id, state] : states_) {
-      if (id == keep || !state.slot.has_value() || state.running) continue;
-      if (victim == nullptr || state.last_used < victim->last_used) victim = &state;
-    }
+    SequenceState* victim = LruVictim(keep, /*idle_only=*/false);
     if (victim == nullptr) {
       return absl::ResourceExhaustedError(absl::StrCat(
           "all ", backend_->num_slots(), " device state slots are used by running sequences"));
@@ -281,6 +272,42 @@ absl::StatusOr<SlotId> StateManager::AcquireSlot(StateId keep, int64_t host_room
   const SlotId slot = free_slots_.back();
   free_slots_.pop_back();
   return slot;
+}
+
+SequenceState* StateManager::LruDeviceCacheEntry() {
+  SequenceState* entry = nullptr;
+  for (auto& [id, state] : states_) {
+    if (!state.cache_entry || !state.slot.has_value()) continue;
+    if (entry == nullptr || state.last_used < entry->last_used) entry = &state;
+  }
+  return entry;
+}
+
+SequenceState* StateManager::LruVictim(StateId keep, bool idle_only) {
+  SequenceState* victim = nullptr;
+  for (auto& [id, state] : states_) {
+    if (id == keep || !state.slot.has_value() || state.running || state.cache_entry) continue;
+    if (idle_only && state.busy) continue;
+    if (victim == nullptr || state.last_used < victim->last_used) victim = &state;
+  }
+  return victim;
+}
+
+int StateManager::SpillAhead(int32_t free_target, int max_spills) {
+  int moved = 0;
+  while (moved < max_spills && free_slots() < free_target) {
+    if (SequenceState* entry = LruDeviceCacheEntry(); entry != nullptr) {
+      if (!Demote(*entry).ok()) break;
+    } else {
+      // Only while the host tier keeps room for this state and one more: ahead of need, a spill
+      // must not take the room a state spilled at need (or a restore's swap) will want.
+      SequenceState* victim = LruVictim(/*keep=*/0, /*idle_only=*/true);
+      if (victim == nullptr || host_bytes_used_ + 2 * BytesOf(*victim) > host_capacity_bytes_) break;
+      if (!Spill(*victim, 0).ok()) break;
+    }
+    ++moved;
+  }
+  return moved;
 }
 
 absl::Status StateManager::Spill(SequenceState& state, int64_t host_room_bonus) {

@@ -112,6 +112,12 @@ class StateManager {
   absl::Status MakeResident(StateId id, bool background = false);
   // Marks a state as just used (LRU).
   void Touch(StateId id) { Touch(states_.at(id)); }
+  // Spill ahead of need: while fewer than `free_target` slots are free, moves one idle resident
+  // state to the host (a device cache entry first, else the least recently used state that no
+  // request holds), so that a coming admission finds a free slot. At most `max_spills` moves, and
+  // none that would fill the host tier (a state that must come back would then have no room).
+  // Returns how many it moved.
+  int SpillAhead(int32_t free_target, int max_spills);
 
   // Slot bytes plus the softmax KV bytes of what it consumed.
   int64_t BytesOf(const SequenceState& state) const;
@@ -132,6 +138,11 @@ class StateManager {
   // A free slot, spilling the LRU non-running resident state (other than `keep`) if needed.
   // `host_room_bonus`: host bytes about to be freed (a restore swaps its bytes for the victim's).
   absl::StatusOr<SlotId> AcquireSlot(StateId keep, int64_t host_room_bonus = 0);
+  // The least recently used prefix-cache entry on the device, or nullptr.
+  SequenceState* LruDeviceCacheEntry();
+  // The least recently used resident state other than `keep` that no running request holds (with
+  // `idle_only`, that no request holds at all), or nullptr.
+  SequenceState* LruVictim(StateId keep, bool idle_only);
   absl::Status Spill(SequenceState& state, int64_t host_room_bonus);
   // Moves a cache entry's slot to host bytes (outside host_capacity_bytes: the cache counts it).
   absl::Status Demote(SequenceState& entry);

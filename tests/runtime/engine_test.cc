@@ -503,6 +503,30 @@ TEST(EngineTest, RestoreRunsWhileOthersDecode) {
   ASSERT_TRUE(long_sink->WaitFinished());
 }
 
+// Spill ahead of need: once a request takes the last free slot, the least recently used idle
+// session moves to the host between steps (nothing asked for its slot), one a step, and comes back
+// with its tokens intact.
+TEST(EngineTest, SpillAheadKeepsASlotFree) {
+  Harness h({.num_slots = 3}, {.prefix_cache_bytes = 0, .spill_ahead_slots = 1});
+  const StateId s1 = *h.engine->CreateState(), s2 = *h.engine->CreateState(), s3 = *h.engine->CreateState();
+  const Result r1 = RunRequest(*h.engine, Greedy({1, 2}, 2, s1));
+  RunRequest(*h.engine, Greedy({3}, 2, s2));
+  EXPECT_EQ(h.engine->Stats().evictions_total, 0);  // one slot is still free
+  auto long_sink = std::make_shared<RecordingSink>();
+  const RequestId long_id = *h.engine->Submit(Greedy({4}, 100000, s3), long_sink);
+  ASSERT_TRUE(long_sink->WaitTokens(3));
+  EXPECT_EQ(h.engine->GetStateInfo(s1)->location, StateLocation::kHost);
+  EXPECT_EQ(h.engine->GetStateInfo(s2)->location, StateLocation::kDevice);
+  EXPECT_EQ(h.engine->Stats().evictions_total, 1);
+  EXPECT_EQ(h.engine->Stats().device_slots_free, 1);
+
+  const Result r = RunRequest(*h.engine, Greedy({7}, 3, s1));
+  ASSERT_TRUE(r.status.ok()) << r.status;
+  EXPECT_EQ(r.tokens, FakeGreedy(Concat({{1, 2}, r1.tokens, {7}}), kVocab, 3));
+  h.engine->Cancel(long_id);
+  ASSERT_TRUE(long_sink->WaitFinished());
+}
+
 // A cached prefix on the host is copied into a new state in the background: the running sequence
 // keeps decoding meanwhile, and the tokens are those of an uncached request. A request cancelled
 // during that copy leaves its session as if nothing had been copied.

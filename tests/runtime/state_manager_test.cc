@@ -356,5 +356,51 @@ TEST(StateManagerTest, CacheEntriesTakeFreeSlotsOnlyAndSeedNewStates) {
   EXPECT_EQ(f.states.num_states(), 1);
 }
 
+// Spill ahead of need: idle states leave the device until `free_target` slots are free, least
+// recently used first; a state a request holds (running or queued) never does, and no spill ahead
+// takes the host tier's last room.
+TEST(StateManagerTest, SpillAheadFreesSlotsFromIdleStates) {
+  Fixture f(4, /*host_bytes=*/250);  // slots of 100 bytes
+  StateId ids[4];
+  for (StateId& id : ids) {
+    id = *f.states.Create(false);
+    ASSERT_TRUE(f.states.MakeResident(id).ok());
+    f.Advance(id, 7);
+  }
+  f.states.Attach(ids[0]);  // running
+  ASSERT_TRUE(f.states.Admit(ids[0]).ok());
+  f.states.Attach(ids[1]);  // held by a queued request
+  f.states.Touch(ids[2]);   // ids[3] is the least recently used idle state
+  EXPECT_EQ(f.states.free_slots(), 0);
+  EXPECT_EQ(f.states.SpillAhead(1, 1), 1);
+  EXPECT_TRUE(f.states.Find(ids[3])->host.has_value());
+  EXPECT_EQ(f.states.free_slots(), 1);
+  EXPECT_EQ(f.states.evictions(), 1);
+  EXPECT_EQ(f.states.SpillAhead(1, 1), 0);  // the target is met
+  // ids[2] would leave 50 host bytes, less than a state: it stays; ids[0], ids[1] are held.
+  EXPECT_EQ(f.states.SpillAhead(4, 4), 0);
+  for (StateId id : {ids[0], ids[1], ids[2]}) EXPECT_TRUE(f.states.Find(id)->slot.has_value());
+  // The spilled state comes back as it was.
+  ASSERT_TRUE(f.states.MakeResident(ids[3]).ok());
+  EXPECT_EQ(f.backend.SlotPosition(*f.states.Find(ids[3])->slot), 1);
+}
+
+// A prefix-cache entry on the device leaves before any session (its bytes are the cache's).
+TEST(StateManagerTest, SpillAheadMovesCacheEntriesFirst) {
+  Fixture f(2);
+  const StateId a = *f.states.Create(false);
+  ASSERT_TRUE(f.states.MakeResident(a).ok());
+  f.Advance(a, 5);
+  const StateId entry = *f.states.Snapshot(a);  // the last free slot
+  EXPECT_EQ(f.states.free_slots(), 0);
+  EXPECT_EQ(f.states.SpillAhead(1, 1), 1);
+  EXPECT_TRUE(f.states.Find(entry)->host.has_value());
+  EXPECT_TRUE(f.states.Find(a)->slot.has_value());
+  EXPECT_EQ(f.states.host_bytes_used(), 0);
+  EXPECT_EQ(f.states.SpillAhead(2, 1), 1);  // then the idle session
+  EXPECT_TRUE(f.states.Find(a)->host.has_value());
+  EXPECT_EQ(f.states.host_bytes_used(), 100);
+}
+
 }  // namespace
 }  // namespace lizard::testing

@@ -280,7 +280,8 @@ class StartupTest(unittest.TestCase):
                             ("--device-state-slots=10000000", "--device-state-slots"),
                             ("--max-running=0", "--max-running"),
                             ("--max-batch-tokens=100", "--max-running (64) + 63 = 127"),
-                            ("--stream-buffer-bytes=10", "--stream-buffer-bytes")]:
+                            ("--stream-buffer-bytes=10", "--stream-buffer-bytes"),
+                            ("--spill-ahead-slots=65", "--spill-ahead-slots")]:
             code, output = run_server("--port", "0", flag)
             self.assertNotEqual(code, 0, flag)
             self.assertIn(words, output, flag)
