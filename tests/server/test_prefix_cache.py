@@ -1,8 +1,9 @@
 #!/usr/bin/python3
 """The automatic prefix cache through the real server: a request that re-sends an earlier
 conversation (gRPC Generate, OpenAI completions and chat without a session) reports the tokens it
-did not prefill as cached_tokens, gets the same tokens as a server without the cache, and the
-cache's Prometheus metrics count it. Usage:
+did not prefill as cached_tokens, gets the same tokens as a server without the cache (also when
+the entry is on the host tier and is restored into the new state while another stream decodes),
+and the cache's Prometheus metrics count it. Usage:
 
   /usr/bin/python3 test_prefix_cache.py --server BIN --model DIR --proto-dir DIR
 """
@@ -41,8 +42,12 @@ class PrefixCacheTest(unittest.TestCase):
         cls.servers = {}
         chatml = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "server",
                               "chat_templates", "chatml.jinja")
+        # "small": two device slots, so while a long stream holds one, every cache entry is on the
+        # host and each hit is copied into the new state by a restore beside that stream.
         for name, flags in [("on", ["--chat-template", chatml]),
-                            ("off", ["--prefix-cache-bytes", "0"])]:
+                            ("off", ["--prefix-cache-bytes", "0"]),
+                            ("small", ["--device-state-slots", "2", "--spill-ahead-slots", "1",
+                                       "--max-new-tokens-limit", "1000000"])]:
             server = server_testing.HttpServer(ARGS.server, ARGS.model, *flags)
             server.channel = grpc.insecure_channel(server.address)
             server.stub = pbg.LizardStub(server.channel)
@@ -92,6 +97,33 @@ class PrefixCacheTest(unittest.TestCase):
         off_page = off.metrics()
         self.assertEqual(metric(off_page, "lizard_prefix_cache_queries_total"), 0)
         self.assertEqual(metric(off_page, "lizard_prefix_cache_entries"), 0)
+
+    def test_hits_from_the_host_tier_match_a_server_without_cache(self):
+        small, off = self.servers["small"], self.servers["off"]
+        # A long stream on one slot for the whole conversation (cancelled at the end).
+        long_stream = small.stub.Generate(
+            pb.GenerateRequest(token_ids=pb.TokenIds(ids=[5, 6, 7]),
+                               stopping=pb.StoppingCriteria(max_new_tokens=1000000, ignore_eos=True)),
+            timeout=120)
+        next(long_stream)
+        history = list(range(10, 50))
+        stopping = pb.StoppingCriteria(max_new_tokens=6, ignore_eos=True)
+        for turn in range(4):
+            history += [120 + turn, 9]
+            tokens, last = generate(small.stub, token_ids=pb.TokenIds(ids=history), stopping=stopping)
+            cold, _ = generate(off.stub, token_ids=pb.TokenIds(ids=history), stopping=stopping)
+            self.assertEqual(tokens, cold, "turn %d" % turn)
+            if turn > 0:
+                # All but the previous turn's last token (pending) and the 2 new ones.
+                self.assertEqual(last.usage.cached_tokens, len(history) - 3, "turn %d" % turn)
+            history += tokens
+        self.assertTrue(long_stream.running())  # so every hit above came from the host tier
+        long_stream.cancel()
+        page = small.metrics()
+        self.assertGreaterEqual(metric(page, "lizard_prefix_cache_hits_total"), 3)
+        host = re.search(r'^lizard_prefix_cache_entries\{tier="host"\} (\S+)$', page, re.M)
+        self.assertIsNotNone(host)
+        self.assertGreater(float(host.group(1)), 0)
 
     def test_openai_usage_reports_cached_tokens(self):
         on = self.servers["on"]

@@ -121,6 +121,11 @@ for phase in $phases; do
         --server "$LIZARD_SERVER_BIN" --model "$LIZARD_TEST_MODEL_DIR" --proto-dir "$repo/proto" \
         >> "$OUT/tests.log" 2>&1
       note "test_server.py --backend cuda: exit $? in $((SECONDS - t0)) s"
+      t0=$SECONDS
+      LIZARD_TEST_SERVER_FLAGS="--backend cuda" timeout 300 python3 "$repo/tests/server/test_prefix_cache.py" \
+        --server "$LIZARD_SERVER_BIN" --model "$LIZARD_TEST_MODEL_DIR" --proto-dir "$repo/proto" \
+        >> "$OUT/tests.log" 2>&1
+      note "test_prefix_cache.py --backend cuda: exit $? in $((SECONDS - t0)) s"
       timeout 300 python3 "$repo/tools/gpu/compare_backends.py" --server "$LIZARD_SERVER_BIN" \
         --model "$LIZARD_TEST_MODEL_DIR" --proto-dir "$repo/proto" --requests 16 > "$OUT/compare.log" 2>&1
       note "compare_backends (CPU vs CUDA greedy): exit $? -- $(tail -n 1 "$OUT/compare.log")"
