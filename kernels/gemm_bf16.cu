@@ -307,7 +307,7 @@ cudaError_t Gemm(const bf16* x, int rows, int in, const bf16* w, int out, float*
   if (reinterpret_cast<uintptr_t>(x) % 16 != 0 || reinterpret_cast<uintptr_t>(w) % 16 != 0) {
     return cudaErrorInvalidValue;
   }
-  if (result != nullptr) *result = GemmOutput{.y = y, .bias = bias};
+  if (result != nullptr) *result = GemmOutput{.y = y};
   if (rows == 0) return cudaSuccess;
   const Splits sp = GemmSplits(in, out);
   // One block per tile when the output tiles alone fill the GPU once (one 128-row block per SM).
@@ -315,8 +315,8 @@ cudaError_t Gemm(const bf16* x, int rows, int in, const bf16* w, int out, float*
   if (sp.s == 1 || (rows > 64 && tiles >= 132)) {
     cudaError_t err = sp.s == 1 ? LaunchPartial(x, rows, in, w, out, y, sp, stream)
                                 : LaunchAccumulate(x, rows, in, w, out, y, sp, stream);
-    // With a consumer (result) it adds the bias; else a pass over y of its own.
-    if (err == cudaSuccess && bias != nullptr && result == nullptr) err = AddBias(y, out, bias, rows, out, stream);
+    // No reduce kernel to add the bias in: a pass over y of its own.
+    if (err == cudaSuccess && bias != nullptr) err = AddBias(y, out, bias, rows, out, stream);
     return err;
   }
   if (workspace == nullptr) return cudaErrorInvalidValue;

@@ -109,27 +109,12 @@ __global__ void __launch_bounds__(32 * kWarps, 2) PrefillFeatureMapsKernel(Prefi
   }
 
   const float* bias = key ? a.k_bias : a.q_bias;
-  if constexpr (!kMaps) {  // the logits only (FeatureMapLogits for decode rows)
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const int row = row0 + r0 + g + 8 * half;
-      if (row >= a.rows) continue;
-      float* out = a.logits + (static_cast<int64_t>(row) * 2 * H + i) * F + f0 + 2 * q;
-#pragma unroll
-      for (int j = 0; j < kN; ++j) {
-        float2 v = make_float2(acc[j][2 * half], acc[j][2 * half + 1]);
-        if (bias != nullptr) v.x += bias[h * F + f0 + 8 * j + 2 * q], v.y += bias[h * F + f0 + 8 * j + 2 * q + 1];
-        *reinterpret_cast<float2*>(out + 8 * j) = v;
-      }
-    }
-    return;
-  }
   float mx[2] = {-INFINITY, -INFINITY}, mn[2] = {INFINITY, INFINITY};
 #pragma unroll
   for (int j = 0; j < kN; ++j) {
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
-      const int f = 8 * j + 2 * q + (e & 1);
+      const int f = f0 + 8 * j + 2 * q + (e & 1);
       if (bias != nullptr) acc[j][e] += bias[h * F + f];
       mx[e >> 1] = fmaxf(mx[e >> 1], acc[j][e]);
       mn[e >> 1] = fminf(mn[e >> 1], acc[j][e]);
@@ -140,11 +125,12 @@ __global__ void __launch_bounds__(32 * kWarps, 2) PrefillFeatureMapsKernel(Prefi
     for (int half = 0; half < 2; ++half) {
       const int row = row0 + r0 + g + 8 * half;
       if (row >= a.rows) continue;
-      float* out = a.logits + (static_cast<int64_t>(row) * 2 * H + i) * F + 2 * q;
+      float* out = a.logits + (static_cast<int64_t>(row) * 2 * H + i) * F + f0 + 2 * q;
 #pragma unroll
       for (int j = 0; j < kN; ++j) *reinterpret_cast<float2*>(out + 8 * j) = make_float2(acc[j][2 * half], acc[j][2 * half + 1]);
     }
   }
+  if constexpr (!kMaps) return;  // the logits only (FeatureMapLogits for decode rows)
   // A row lives in the four lanes of a quad.
   float sp[2] = {0.f, 0.f}, sn[2] = {0.f, 0.f};
 #pragma unroll
