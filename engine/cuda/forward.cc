@@ -73,6 +73,14 @@ absl::Status ForwardPass::Init(const ModelConfig& config, const DeviceWeights& w
   dims_.window_rope = config_.window_rope;
   dims_.normalize = config_.gla_normalize;
 
+  cudaStream_t side = nullptr;
+  LIZARD_CUDA_RETURN(cudaStreamCreateWithFlags(&side, cudaStreamNonBlocking));
+  side_stream_.reset(side);
+  for (OwnedEvent* event : {&fork_, &window_done_, &ring_done_}) {
+    cudaEvent_t e = nullptr;
+    LIZARD_CUDA_RETURN(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+    event->reset(e);
+  }
   LIZARD_RETURN_IF_ERROR(CublasStatus(cublasCreate(&cublas_), "cublasCreate"));
   LIZARD_RETURN_IF_ERROR(CublasStatus(cublasSetStream(cublas_, stream_), "cublasSetStream"));
   // A fixed workspace keeps cuBLAS from allocating during graph capture.
@@ -216,8 +224,12 @@ absl::Status ForwardPass::LizardLayer(const DeviceLayer& L, const StepShape& sha
     return absl::OkStatus();
   }
 
-  // The chunked form for the prompt rows: feature maps in bf16, the window part (written to
-  // yw_), the gated linear attention adding it, then the ring takes the chunks' last keys.
+  // The chunked form for the prompt rows: feature maps in bf16 and, beside them on the side
+  // stream, the window part (written to yw_) then the ring write of the chunks' last keys (after
+  // the window read the ring); the gated linear attention adds yw_ once the window part is done.
+  cudaStream_t side = side_stream_.get();
+  LIZARD_CUDA_RETURN(cudaEventRecord(fork_.get(), stream_));
+  LIZARD_CUDA_RETURN(cudaStreamWaitEvent(side, fork_.get()));
   const int64_t F2 = 2 * static_cast<int64_t>(F_);
   k::PrefillFeatureMapsArgs maps;
   maps.dims = dims_;
@@ -225,7 +237,6 @@ absl::Status ForwardPass::LizardLayer(const DeviceLayer& L, const StepShape& sha
   maps.fmap_q = L.fmap_q.get<float>(), maps.fmap_k = L.fmap_k.get<float>();
   maps.q_bias = params.fmap_q_bias, maps.k_bias = params.fmap_k_bias;
   maps.fq = fq16_.get<bf16>() + Td * H_ * F2, maps.fk = fk16_.get<bf16>() + Td * H_ * F2;
-  LIZARD_CUDA_RETURN(k::LizardPrefillFeatureMaps(maps, stream_));
   k::WindowPrefillArgs window;
   window.dims = dims_;
   window.q = qkvg, window.q_ld = ld;
@@ -236,7 +247,11 @@ absl::Status ForwardPass::LizardLayer(const DeviceLayer& L, const StepShape& sha
   window.meta_logits = params.meta_logits, window.window_factor = params.window_factor;
   window.state = state;
   window.y = yw_.get<float>();
-  LIZARD_CUDA_RETURN(k::LizardWindowPrefill(window, stream_));
+  LIZARD_CUDA_RETURN(k::LizardWindowPrefill(window, side));
+  LIZARD_CUDA_RETURN(cudaEventRecord(window_done_.get(), side));
+  LIZARD_CUDA_RETURN(k::LizardRingWrite(dims_, qkvg, ld, krot, krot_ld, prompts, Sp, state, side));
+  LIZARD_CUDA_RETURN(cudaEventRecord(ring_done_.get(), side));
+  LIZARD_CUDA_RETURN(k::LizardPrefillFeatureMaps(maps, stream_));
   k::ChunkedPrefillArgs gla;
   gla.dims = dims_;
   gla.fq = fq16_.get<bf16>(), gla.fk = fk16_.get<bf16>();
@@ -246,8 +261,9 @@ absl::Status ForwardPass::LizardLayer(const DeviceLayer& L, const StepShape& sha
   gla.y_add = yw_.get<float>();
   gla.y = y;
   gla.scratch = scan_scratch_.get(), gla.scratch_chunks = scan_chunks_, gla.total_tokens = Tp;
+  LIZARD_CUDA_RETURN(cudaStreamWaitEvent(stream_, window_done_.get()));
   LIZARD_CUDA_RETURN(k::LizardChunkedPrefill(gla, stream_));
-  LIZARD_CUDA_RETURN(k::LizardRingWrite(dims_, qkvg, ld, krot, krot_ld, prompts, Sp, state, stream_));
+  LIZARD_CUDA_RETURN(cudaStreamWaitEvent(stream_, ring_done_.get()));
   return absl::OkStatus();
 }
 

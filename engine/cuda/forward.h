@@ -91,6 +91,11 @@ class ForwardPass {
   const DeviceWeights* weights_ = nullptr;
   StatePool* state_ = nullptr;
   cudaStream_t stream_ = nullptr;
+  // Prompt rows' window attention and ring write run here beside the feature maps and the gated
+  // linear attention on stream_ (neither kernel fills the GPU on one long prompt); the events
+  // fork from stream_ and join back (LizardLayer).
+  OwnedStream side_stream_;
+  OwnedEvent fork_, window_done_, ring_done_;
   cublasHandle_t cublas_ = nullptr;
   DeviceBuffer cublas_workspace_;
   bool batch_invariant_ = true;  // projections by kernels::GemmBf16 / PrefillGemm, else cuBLAS

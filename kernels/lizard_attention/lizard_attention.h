@@ -97,10 +97,11 @@ cudaError_t LizardWindow(const LizardDims& dims, const float* qkvg, int ld, cons
                          const LizardScratch& scratch, cudaStream_t stream);
 
 // LizardWindow for decode rows [row0, row0 + rows): every row is its sequence's only token
-// (`single`) or padding (slot -1). Same outputs, z update and ring write; grid (Hkv, rows),
-// 8 / G warps per query head each on fixed key stripes, the group's ring rows read once into
-// shared memory (lizard_decode_window.cu). Windows too long for one block's shared memory (and
-// other shapes the block does not take) run LizardWindow.
+// (`single`) or padding (slot -1). Same outputs, z update and ring write; grid (Hkv, rows), one
+// block of 8 warps per (token, kv head) with the group's ring rows in shared memory, scores and
+// weighted values on tensor cores with the group's query heads as the MMA rows
+// (lizard_decode_window.cu). Other shapes (fp32 rings, D not a multiple of 16, more than 8 query
+// heads per kv head, windows over 256) run LizardWindow.
 cudaError_t LizardDecodeWindow(const LizardDims& dims, const float* qkvg, int ld, const float* krot,
                                int krot_ld, const double* inv_freq, const TokenMeta& tokens, int row0,
                                int rows, const LizardParams& params, const LizardStateRef& state,

@@ -1,186 +1,225 @@
 // The token-parallel half of a Lizard attention layer for decode rows (one token per sequence),
-// the same outputs as LizardWindow with `single` set: one block per (token, kv head) serves the
-// G = H / Hkv query heads of the group with KS = KeySplits(G) warps per query head, each taking
-// a fixed set of 32-key stripes of the window. The work is latency-bound, so the kernel is laid out
-// to wait on memory twice: every load that needs neither the slot nor the position (query, own
-// key and value, feature-map logits, biases, gate, sinks, window factor) is issued together with
-// the slot and position; then the group's K/V ring rows (asynchronous 16-byte copies into shared
-// memory, read by all the group's warps) and z. The split warps of a head share the max over the
-// whole window, so each key's weight is the same as with one warp; their sums and weighted values
-// are added in split order through shared memory. KS depends only on the model's shape, so a
-// row's bits do not depend on what shares the step. LizardWindow needed ~15 barriers per (token,
-// head) block and read the ring once per query head.
-#include <cuda_pipeline.h>
-
+// the same outputs as LizardWindow with `single` set: one block of 8 warps per (token, kv head)
+// serves the G <= 8 query heads of the group on tensor cores, the heads as the rows of
+// m16n8k16 MMAs. The group's K/V ring rows go to shared memory with asynchronous 16-byte copies
+// (keys and values in two groups, so the scores run while the values arrive); each warp scores
+// a 16-key chunk of the ring for all heads, then sums the weighted values of a 16-column group.
+// The queries and the weights enter the MMAs as bf16 pairs (hi + lo, ~16 bits of mantissa) and
+// the ring is bf16, so the products are those of fp32 to ~1e-5 with fp32 sums. Meanwhile warp h
+// does head h's scalar work: RoPE of the query, the own key's score (fp32, unrounded), the
+// feature maps and z. Every sum runs in an order fixed by the shape, so a row's bits do not
+// depend on what shares the step. (The scalar form this replaces issued ~4.7K instructions a
+// warp: 18 us a layer at batch 1 and 117 us at batch 256, compute-bound at 1.6 TB/s.)
 #include "kernels/common.cuh"
 #include "kernels/lizard_attention/lizard_attention.h"
 #include "kernels/lizard_attention/lizard_device.cuh"
+#include "kernels/mma.cuh"
 
 namespace lizard::kernels {
 namespace {
 
-constexpr int kMaxWarps = 8;        // per block: G <= 8 query heads per kv head (more: LizardWindow runs)
-constexpr int kMaxMeta = 32;        // sinks, one per lane (more: LizardWindow runs)
-constexpr int kMaxHeadDim = 256;    // register arrays below (more: LizardWindow runs)
-constexpr int kKeysPerLane = 2;     // ring keys a lane scores at once
-constexpr int kMaxHalf = kMaxHeadDim / 2 / 32;  // RoPE pairs (i, i + D/2) per lane
+using bf16 = __nv_bfloat16;
 
-// Warps per query head: as many as fill kMaxWarps warps, from the shape alone.
-__host__ __device__ inline int KeySplits(int G) { return G >= kMaxWarps ? 1 : kMaxWarps / G; }
+constexpr int kWarps = 8;
+constexpr int kMaxGroup = 8;       // query heads per kv head: a warp each, the MMA rows 0..7
+constexpr int kMaxMeta = 32;       // sinks, one per lane
+constexpr int kMaxHeadDim = 256;   // D <= 256, a multiple of 16
+constexpr int kMaxWindow = 256;    // ring rows: at most 2 chunks of 16 keys per warp
+constexpr int kMaxHalf = kMaxHeadDim / 2 / 32;                   // RoPE pairs (i, i + D/2) per lane
+constexpr int kMaxKeyChunks = kMaxWindow / 16 / kWarps;          // 16-key chunks a warp scores
+constexpr int kMaxColGroups = kMaxHeadDim / 16 / kWarps;         // 16-column groups a warp sums
+constexpr int kMaxOwnKv = 2 * kMaxHeadDim / (32 * kWarps);       // own K/V values a thread writes
 
-// kVec ring elements copied and read as one unit: 16 bytes when the ring rows allow it, else a pair.
-template <typename TW, int kVec>
-struct alignas(kVec * sizeof(TW)) RingVec {
-  TW v[kVec];
-};
-
-// The block's shared memory, byte offsets. Staged ring rows are padded to an odd number of
-// vectors: in the score loop each lane reads its own key's row, and an odd stride puts the rows
-// of a (quarter-, half-) warp in distinct banks. The splits' weighted values reuse the staged
-// keys' space (no key is read after the scores), which keeps 3 blocks per SM at llama3-8b's shape.
+// The block's shared memory, byte offsets. Rows of bf16 (ring keys and values, queries, weights)
+// are padded to an odd number of 16-byte units, so the 8 rows an ldmatrix (or the 8 fragment
+// rows of a 32-bit load) reads fall in distinct banks.
 struct DecodeLayout {
-  int row_bytes, k, part_acc, v, q, scores, part_max, part_sum, total;
+  int rows;       // ring rows staged: w rounded up to 16 (the rest zeros)
+  int row_bytes;  // a key, value or query row: D bf16 + padding
+  int p_bytes;    // a weight row: `rows` bf16 + padding
+  int k, v, qh, ql, ph, pl, part_max, part_sum, head, total;
 };
 
-template <typename TW, int kVec>
-__host__ __device__ DecodeLayout MakeLayout(const LizardDims& dims) {
-  const int vecs = dims.head_dim / kVec, G = dims.heads / dims.kv_heads, KS = KeySplits(G);
+__host__ __device__ inline int PaddedRow(int elems) {
+  const int units = elems / 8;
+  return (units % 2 == 0 ? units + 1 : units) * 16;
+}
+
+__host__ __device__ inline DecodeLayout MakeLayout(const LizardDims& dims) {
+  const int G = dims.heads / dims.kv_heads;
   DecodeLayout l;
-  l.row_bytes = (vecs + (vecs % 2 == 0 ? 1 : 0)) * static_cast<int>(sizeof(RingVec<TW, kVec>));
+  l.rows = (dims.window + 15) / 16 * 16;
+  l.row_bytes = PaddedRow(dims.head_dim);
+  l.p_bytes = PaddedRow(l.rows);
   l.k = 0;
-  l.part_acc = 0;                                                    // [G, KS, D] per split warp
-  const int keys_bytes = dims.window * l.row_bytes, acc_bytes = 4 * G * KS * dims.head_dim;
-  l.v = ((keys_bytes > acc_bytes ? keys_bytes : acc_bytes) + 15) / 16 * 16;
-  l.q = (l.v + dims.window * l.row_bytes + 15) / 16 * 16;            // [G, D] queries after RoPE
-  l.scores = l.q + 4 * G * dims.head_dim;                            // [G, w] scores, then exps
-  l.part_max = l.scores + 4 * G * dims.window;                       // [G, KS]
-  l.part_sum = l.part_max + 4 * G * KS;                              // [G, KS]
-  l.total = l.part_sum + 4 * G * KS;
+  l.v = l.k + l.rows * l.row_bytes;
+  l.qh = l.v + l.rows * l.row_bytes;  // [G] rotated queries, bf16 hi and lo parts
+  l.ql = l.qh + G * l.row_bytes;
+  l.ph = l.ql + G * l.row_bytes;      // [G] weights of the ring keys, hi and lo
+  l.pl = l.ph + G * l.p_bytes;
+  l.part_max = l.pl + G * l.p_bytes;  // [kWarps, G] the warps' maxima of their keys' scores
+  l.part_sum = l.part_max + 4 * kWarps * G;  // [kWarps, G] their sums of weights
+  l.head = l.part_sum + 4 * kWarps * G;      // [3, G] own scores, sinks' maxima, sinks' + own weights
+  l.total = l.head + 4 * 3 * G;
   return l;
 }
 
-// At most 80 registers, so 3 blocks of kMaxWarps warps fit an SM (as many as shared memory takes
-// at w = 128, D = 128, bf16).
-template <typename TS, typename TW, int kVec>
-__global__ void __maxnreg__(80) LizardDecodeWindowKernel(
+// x as bf16 hi + lo: hi = bf16(x), lo = bf16(x - hi), a pair for 2 consecutive values.
+__device__ __forceinline__ void SplitPair(float x0, float x1, uint32_t& hi, uint32_t& lo) {
+  hi = Pack(x0, x1);
+  const __nv_bfloat162 h = *reinterpret_cast<const __nv_bfloat162*>(&hi);
+  lo = Pack(x0 - __low2float(h), x1 - __high2float(h));
+}
+
+template <typename TS>
+__global__ void __launch_bounds__(32 * kWarps, 3) LizardDecodeWindowKernel(
     LizardDims dims, const float* qkvg, int ld, const float* krot, int krot_ld, const double* inv_freq,
     TokenMeta tokens, int row0, LizardParams params, LizardStateRef state, LizardScratch scratch) {
-  using Vec = RingVec<TW, kVec>;
-  // The weighted sum reads kPv values per lane and key (8 bytes; the pair layout: a pair), so
-  // 32 lanes cover D = 128 in one bf16 row; kMaxChunks chunks per lane for D <= 256.
-  constexpr int kPv = kVec >= 4 ? kVec / 2 : 2;
-  constexpr int kMaxChunks = kMaxHeadDim / (32 * kPv);
   WaitForPrevious();
   // Grid (Hkv, rows): consecutive blocks work on the same token, so on the same slot's memory.
   const int g = blockIdx.x, r = row0 + blockIdx.y;
   const int H = dims.heads, Hkv = dims.kv_heads, D = dims.head_dim, F = dims.features;
-  const int w = dims.window, m = dims.meta, F2 = 2 * F, G = H / Hkv, KS = KeySplits(G);
-  // Warp (hl, s): query head hl of the group, key split s.
-  const int lane = threadIdx.x & 31, hl = (threadIdx.x >> 5) / KS, s = (threadIdx.x >> 5) % KS;
-  const int h = g * G + hl;
-  const int64_t th = static_cast<int64_t>(r) * H + h;  // (token, head) index
-  const int half = D / 2, chunks = D / kPv;
+  const int w = dims.window, m = dims.meta, F2 = 2 * F, G = H / Hkv, half = D / 2;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int fr = lane >> 2, fc = lane & 3;  // fragment row (a head) and column pair
+  const bool head_warp = warp < G;          // warp h does head g G + h's scalar work
+  const int h = g * G + warp;
+  const int64_t th = static_cast<int64_t>(r) * H + h;  // (token, head) index of a head warp
 
   // Round trip 1: slot and position, and every input that needs neither, into registers.
   const int slot = tokens.slot[r], pos = tokens.position[r];
   const float* row = qkvg + static_cast<int64_t>(r) * ld;
   const float* kown = krot + static_cast<int64_t>(r) * krot_ld + g * D;
   const float* vown = row + H * D + Hkv * D + g * D;
-  // Lane holds the RoPE pairs (i, i + D/2) of the query and the own key for i = lane + 32 j ...
+  // Head warps: lane holds the RoPE pairs (i, i + D/2) of the query and the own key for
+  // i = lane + 32 j, the feature-map logits of features lane + 32 e, sink `lane`, the gate.
   float qa[kMaxHalf], qb[kMaxHalf], ka[kMaxHalf], kb[kMaxHalf];
   double freq[kMaxHalf];
-#pragma unroll
-  for (int j = 0; j < kMaxHalf; ++j) {
-    const int i = lane + 32 * j;
-    qa[j] = qb[j] = ka[j] = kb[j] = 0.f, freq[j] = 0.0;
-    if (i < half) {
-      qa[j] = row[h * D + i], qb[j] = row[h * D + i + half];
-      ka[j] = kown[i], kb[j] = kown[i + half];
-      if (dims.window_rope) freq[j] = inv_freq[i];
-    }
-  }
-  // ... the own value's columns kPv c .. kPv c + kPv - 1 for c = lane + 32 i (the weighted sum's
-  // layout), sink `lane`, and feature f and F + f for f = lane + 32 e.
-  float own_v[kMaxChunks][kPv];
-#pragma unroll
-  for (int i = 0; i < kMaxChunks; ++i) {
-#pragma unroll
-    for (int e = 0; e < kPv; ++e) own_v[i][e] = lane + 32 * i < chunks ? vown[(lane + 32 * i) * kPv + e] : 0.f;
-  }
-  const float sink = lane < m ? params.meta_logits[static_cast<int64_t>(h) * m + lane] : -INFINITY;
-  const float* logits = params.fmap_logits + static_cast<int64_t>(r) * 2 * H * F + h * F;
   float aq[kHedgehogPerLane], ak[kHedgehogPerLane];
+  float sink = -INFINITY, gate = 0.f;
+  if (head_warp) {
 #pragma unroll
-  for (int e = 0; e < kHedgehogPerLane; ++e) {
-    const int f = lane + 32 * e;
-    aq[e] = ak[e] = 0.f;
-    if (s == 0 && f < F) {
-      aq[e] = logits[f] + (params.fmap_q_bias ? params.fmap_q_bias[h * F + f] : 0.f);
-      ak[e] = logits[H * F + f] + (params.fmap_k_bias ? params.fmap_k_bias[h * F + f] : 0.f);
+    for (int j = 0; j < kMaxHalf; ++j) {
+      const int i = lane + 32 * j;
+      qa[j] = qb[j] = ka[j] = kb[j] = 0.f, freq[j] = 0.0;
+      if (i < half) {
+        qa[j] = row[h * D + i], qb[j] = row[h * D + i + half];
+        ka[j] = kown[i], kb[j] = kown[i + half];
+        if (dims.window_rope) freq[j] = inv_freq[i];
+      }
+    }
+    const float* logits = params.fmap_logits + static_cast<int64_t>(r) * 2 * H * F + h * F;
+#pragma unroll
+    for (int e = 0; e < kHedgehogPerLane; ++e) {
+      const int f = lane + 32 * e;
+      aq[e] = ak[e] = 0.f;
+      if (f < F) {
+        aq[e] = logits[f] + (params.fmap_q_bias ? params.fmap_q_bias[h * F + f] : 0.f);
+        ak[e] = logits[H * F + f] + (params.fmap_k_bias ? params.fmap_k_bias[h * F + f] : 0.f);
+      }
+    }
+    if (lane < m) sink = params.meta_logits[static_cast<int64_t>(h) * m + lane];
+    gate = row[H * D + 2 * Hkv * D + h];
+  }
+  // Threads of fragment rows fr < G: their head's window factor, ...
+  const bool row_valid = fr < G;
+  const float window_factor = row_valid ? params.window_factor[g * G + fr] : 0.f;
+  // ... and every thread: the own value's columns of its output fragments (16 cg + 8 t + 2 fc, +1 for
+  // column groups cg = warp + 8 c), and the own key and value elements it writes to the ring.
+  float own_v[kMaxColGroups][2][2];
+#pragma unroll
+  for (int c = 0; c < kMaxColGroups; ++c) {
+#pragma unroll
+    for (int t = 0; t < 2; ++t) {
+      const int d = 16 * (warp + kWarps * c) + 8 * t + 2 * fc;
+      own_v[c][t][0] = d < D ? vown[d] : 0.f;
+      own_v[c][t][1] = d < D ? vown[d + 1] : 0.f;
     }
   }
-  const float gate = row[H * D + 2 * Hkv * D + h], window_factor = params.window_factor[h];
+  float own_kv[kMaxOwnKv];
+#pragma unroll
+  for (int e = 0; e < kMaxOwnKv; ++e) {
+    const int i = threadIdx.x + 32 * kWarps * e;
+    own_kv[e] = i < D ? kown[i] : i < 2 * D ? vown[i - D] : 0.f;
+  }
 
-  float* y = scratch.y + th * D;
-  if (slot < 0) {  // padding row: split 0 zeroes its head
-    if (s == 0) {
+  if (slot < 0) {  // padding row: the head warps zero their heads
+    if (head_warp) {
+      float* y = scratch.y + th * D;
       for (int d = lane; d < D; d += 32) y[d] = 0.f;
       for (int f = lane; f < F2; f += 32) scratch.fq[th * F2 + f] = scratch.fk[th * F2 + f] = 0.f;
       if (lane == 0) scratch.gamma[th] = 0.f, scratch.den[th] = 1.f;
     }
     return;
   }
-  const int lo = max(0, pos - w + 1), nring = pos - lo;  // window lo..pos; ring keys lo..pos-1
 
   extern __shared__ __align__(16) char smem[];
-  const DecodeLayout L = MakeLayout<TW, kVec>(dims);
+  const DecodeLayout L = MakeLayout(dims);
 
-  // Round trip 2: ring rows of positions lo..pos-1 (row j % w): rows 0..pos-1 while the ring
-  // fills, then all (the extra one, pos % w, holds position pos - w and is not read); and z.
-  TW* ring_k = SlotPart<TW>(state, slot, state.k_offset) + static_cast<int64_t>(g) * w * D;
-  TW* ring_v = SlotPart<TW>(state, slot, state.v_offset) + static_cast<int64_t>(g) * w * D;
-  const int vecs = D / kVec;
-  for (int i = threadIdx.x; i < min(pos, w) * vecs; i += blockDim.x) {
-    const int ring_row = i / vecs, c = i % vecs;
-    const int64_t from = static_cast<int64_t>(ring_row) * D + c * kVec;
-    const int to = ring_row * L.row_bytes + c * static_cast<int>(sizeof(Vec));
-    __pipeline_memcpy_async(smem + L.k + to, ring_k + from, sizeof(Vec));
-    __pipeline_memcpy_async(smem + L.v + to, ring_v + from, sizeof(Vec));
+  // Round trip 2: the ring rows 0..min(pos, w) - 1 hold positions (the rest, and the padding to
+  // 16 rows, become zeros: a weight of 0 must not meet a NaN); keys and values in two groups.
+  // Then z (head warps).
+  bf16* ring_k = SlotPart<bf16>(state, slot, state.k_offset) + static_cast<int64_t>(g) * w * D;
+  bf16* ring_v = SlotPart<bf16>(state, slot, state.v_offset) + static_cast<int64_t>(g) * w * D;
+  const int filled = min(pos, w), vecs = D / 8;
+  for (int which = 0; which < 2; ++which) {
+    const bf16* from = which == 0 ? ring_k : ring_v;
+    char* to = smem + (which == 0 ? L.k : L.v);
+    int rr = threadIdx.x / vecs, c = threadIdx.x % vecs;  // (row, 16-byte unit), stepped below
+    const int step_r = 32 * kWarps / vecs, step_c = 32 * kWarps % vecs;
+    for (; rr < L.rows; rr += step_r) {
+      const bool valid = rr < filled;
+      CpAsync16(to + rr * L.row_bytes + 16 * c, from + (valid ? static_cast<int64_t>(rr) * D + 8 * c : 0), valid);
+      c += step_c;
+      if (c >= vecs) c -= vecs, ++rr;
+    }
+    CpAsyncCommit();
   }
-  __pipeline_commit();
   TS* z = SlotPart<TS>(state, slot, state.z_offset) + static_cast<int64_t>(h) * F2;
   float zp[kHedgehogPerLane], zn[kHedgehogPerLane];
 #pragma unroll
   for (int e = 0; e < kHedgehogPerLane; ++e) {
     const int f = lane + 32 * e;
     zp[e] = zn[e] = 0.f;
-    if (s == 0 && f < F) zp[e] = Load(z, f), zn[e] = Load(z, F + f);
+    if (head_warp && f < F) zp[e] = Load(z, f), zn[e] = Load(z, F + f);
   }
 
-  // The query after RoPE (angles reduced in double, as the CPU reference), in shared memory for
-  // the score loop, and the own key's score (the token's own key, fp32 and unrounded).
-  float* q = reinterpret_cast<float*>(smem + L.q) + hl * D;
-  float own = 0.f;
-#pragma unroll
-  for (int j = 0; j < kMaxHalf; ++j) {
-    const int i = lane + 32 * j;
-    if (i < half) {
-      float c = 1.f, sn = 0.f;
-      if (dims.window_rope) {
-        const double angle = fmod(static_cast<double>(pos) * freq[j], 2.0 * 3.14159265358979323846);
-        sincosf(static_cast<float>(angle), &sn, &c);
-      }
-      const float ra = qa[j] * c - qb[j] * sn, rb = qb[j] * c + qa[j] * sn;
-      if (s == 0) q[i] = ra, q[i + half] = rb;
-      own = fmaf(rb, kb[j], fmaf(ra, ka[j], own));
-    }
-  }
   const float scale = rsqrtf(static_cast<float>(D));
-  own = WarpSum(own) * scale;
+  float* part_max = reinterpret_cast<float*>(smem + L.part_max);
+  float* part_sum = reinterpret_cast<float*>(smem + L.part_sum);
+  float* own_score = reinterpret_cast<float*>(smem + L.head);
+  float* sink_max = own_score + G;
+  float* extra_weight = sink_max + G;
+  if (head_warp) {
+    // The query after RoPE (angles reduced in double, as in the prefill kernels) into shared
+    // memory as hi + lo bf16, and the own key's score (fp32, unrounded).
+    float own = 0.f;
+#pragma unroll
+    for (int j = 0; j < kMaxHalf; ++j) {
+      const int i = lane + 32 * j;
+      if (i < half) {
+        float c = 1.f, sn = 0.f;
+        if (dims.window_rope) {
+          constexpr double kTwoPi = 2.0 * 3.14159265358979323846;
+          double angle = static_cast<double>(pos) * freq[j];
+          angle -= kTwoPi * floor(angle * (1.0 / kTwoPi));
+          sincosf(static_cast<float>(angle), &sn, &c);
+        }
+        const float ra = qa[j] * c - qb[j] * sn, rb = qb[j] * c + qa[j] * sn;
+        const bf16 ha = __float2bfloat16(ra), hb = __float2bfloat16(rb);
+        bf16* qh = reinterpret_cast<bf16*>(smem + L.qh + warp * L.row_bytes);
+        bf16* ql = reinterpret_cast<bf16*>(smem + L.ql + warp * L.row_bytes);
+        qh[i] = ha, qh[i + half] = hb;
+        ql[i] = __float2bfloat16(ra - __bfloat162float(ha)), ql[i + half] = __float2bfloat16(rb - __bfloat162float(hb));
+        own = fmaf(rb, kb[j], fmaf(ra, ka[j], own));
+      }
+    }
+    own = WarpSum(own) * scale;
+    const float sinks = WarpMax(sink);
+    if (lane == 0) own_score[warp] = own, sink_max[warp] = sinks;
 
-  // Split 0: the feature maps (RoPE-free, from the precomputed logits + bias), gate, z = gamma z
-  // + fk (rounded as stored), then the readout denominator fq . z + 1e-6.
-  if (s == 0) {
+    // The feature maps (RoPE-free, from the precomputed logits + bias), gate, z = gamma z + fk
+    // (rounded as stored), then the readout denominator fq . z + 1e-6.
     const float gamma = 1.f / (1.f + __expf(-gate));
     float fqp[kHedgehogPerLane], fqn[kHedgehogPerLane], fkp[kHedgehogPerLane], fkn[kHedgehogPerLane];
     WarpHedgehogSoftmax(aq, F, fqp, fqn);
@@ -203,193 +242,184 @@ __global__ void __maxnreg__(80) LizardDecodeWindowKernel(
     if (lane == 0) scratch.gamma[th] = gamma, scratch.den[th] = dims.normalize ? part + 1e-6f : 1.f;
   }
 
-  __pipeline_wait_prior(0);
-  __syncthreads();  // the ring rows and the queries are in shared memory
+  CpAsyncWait<1>();
+  __syncthreads();  // the ring keys and the queries are in shared memory
+
+  // Scores of 16-key chunks kc = warp + 8 c for all heads (MMA rows fr; rows 8..15 are zero):
+  // hi and lo query parts into the same fp32 sums, dims in 16-wide steps.
+  float s[kMaxKeyChunks][2][4] = {};
+#pragma unroll
+  for (int kk = 0; kk < D; kk += 16) {
+    uint32_t ah[4] = {0u, 0u, 0u, 0u}, al[4] = {0u, 0u, 0u, 0u};
+    if (row_valid) {
+      const char* qh = smem + L.qh + fr * L.row_bytes + 2 * (kk + 2 * fc);
+      const char* ql = smem + L.ql + fr * L.row_bytes + 2 * (kk + 2 * fc);
+      ah[0] = *reinterpret_cast<const uint32_t*>(qh), ah[2] = *reinterpret_cast<const uint32_t*>(qh + 16);
+      al[0] = *reinterpret_cast<const uint32_t*>(ql), al[2] = *reinterpret_cast<const uint32_t*>(ql + 16);
+    }
+#pragma unroll
+    for (int c = 0; c < kMaxKeyChunks; ++c) {
+      const int kc = warp + kWarps * c;
+      if (16 * kc >= L.rows) break;
+      uint32_t bf[4];
+      Ldsm4(bf, smem + L.k + (16 * kc + (lane & 7) + (lane >> 4) * 8) * L.row_bytes + 2 * (kk + ((lane >> 3) & 1) * 8));
+      Mma(s[c][0], ah, bf[0], bf[1]);
+      Mma(s[c][0], al, bf[0], bf[1]);
+      Mma(s[c][1], ah, bf[2], bf[3]);
+      Mma(s[c][1], al, bf[2], bf[3]);
+    }
+  }
+  // Ring row j holds a window key when it holds a position in lo..pos-1: while the ring fills,
+  // rows 0..pos-1; then all but row pos % w (position pos - w). The others score -inf.
+  auto in_window = [&](int j) { return pos >= w ? j != pos % w && j < w : j < pos; };
+  float mx = -INFINITY;
+#pragma unroll
+  for (int c = 0; c < kMaxKeyChunks; ++c) {
+#pragma unroll
+    for (int t = 0; t < 2; ++t) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int j = 16 * (warp + kWarps * c) + 8 * t + 2 * fc + e;
+        float& x = s[c][t][e];
+        x = in_window(j) ? x * scale : -INFINITY;
+        mx = fmaxf(mx, x);
+      }
+    }
+  }
+  mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+  mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+  if (row_valid && fc == 0) part_max[warp * G + fr] = mx;
+  __syncthreads();  // the warps' maxima and the own scores
+
+  // The head's max over its window and sinks (its own key makes it finite), then this warp's
+  // weights, as hi + lo bf16 rows for the weighted sum, and their sum.
+  auto head_max = [&](int hl) {
+    float x = fmaxf(own_score[hl], sink_max[hl]);
+    for (int i = 0; i < kWarps; ++i) x = fmaxf(x, part_max[i * G + hl]);
+    return x;
+  };
+  mx = head_max(row_valid ? fr : 0);
+  float sum = 0.f;
+#pragma unroll
+  for (int c = 0; c < kMaxKeyChunks; ++c) {
+    const int kc = warp + kWarps * c;
+    if (16 * kc >= L.rows) break;
+#pragma unroll
+    for (int t = 0; t < 2; ++t) {
+      const float p0 = __expf(s[c][t][0] - mx), p1 = __expf(s[c][t][1] - mx);
+      sum += p0 + p1;
+      uint32_t hi, lo;
+      SplitPair(p0, p1, hi, lo);
+      const int j = 16 * kc + 8 * t + 2 * fc;
+      if (row_valid) {
+        *reinterpret_cast<uint32_t*>(smem + L.ph + fr * L.p_bytes + 2 * j) = hi;
+        *reinterpret_cast<uint32_t*>(smem + L.pl + fr * L.p_bytes + 2 * j) = lo;
+      }
+    }
+  }
+  sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+  sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+  if (row_valid && fc == 0) part_sum[warp * G + fr] = sum;
+  if (head_warp) {  // the sinks' and the own key's weights
+    const float hm = head_max(warp);
+    const float e = WarpSum(lane < m ? __expf(sink - hm) : 0.f);
+    if (lane == 0) extra_weight[warp] = e + __expf(own_score[warp] - hm);
+  }
+  CpAsyncWait<0>();
+  __syncthreads();  // the ring values, the weights and their sums
 
   // The token's K/V go to ring row pos % w (position pos - w: outside this window, and no other
-  // block reads this slot's ring in the step), from the first warp's registers: the block's
-  // copies of the ring are complete.
-  if (threadIdx.x < 32) {
+  // block reads this slot's ring in the step): the block's copies of the ring are complete.
+#pragma unroll
+  for (int e = 0; e < kMaxOwnKv; ++e) {
+    const int i = threadIdx.x + 32 * kWarps * e;
     const int64_t at = static_cast<int64_t>(pos % w) * D;
-#pragma unroll
-    for (int j = 0; j < kMaxHalf; ++j) {
-      const int i = lane + 32 * j;
-      if (i < half) Store(ring_k, at + i, ka[j]), Store(ring_k, at + i + half, kb[j]);
-    }
-#pragma unroll
-    for (int i = 0; i < kMaxChunks; ++i) {
-#pragma unroll
-      for (int e = 0; e < kPv; ++e) {
-        if (lane + 32 * i < chunks) Store(ring_v, at + (lane + 32 * i) * kPv + e, own_v[i][e]);
-      }
+    if (i < D) {
+      ring_k[at + i] = __float2bfloat16(own_kv[e]);
+    } else if (i < 2 * D) {
+      ring_v[at + i - D] = __float2bfloat16(own_kv[e]);
     }
   }
 
-  // Scores of this warp's ring keys (stripes of 32 keys t = s, s + KS, ...): a lane per key,
-  // kKeysPerLane keys at once (independent chains; the query is loaded once for them), each dot
-  // product in d order. The sinks join the max and the sum only.
-  float* sc = reinterpret_cast<float*>(smem + L.scores) + hl * w;
-  float mx = sink;
-  for (int t0 = s; t0 * 32 < nring; t0 += KS * kKeysPerLane) {
-    const Vec* key[kKeysPerLane];
-    float dot[kKeysPerLane];
-#pragma unroll
-    for (int u = 0; u < kKeysPerLane; ++u) {
-      const int kk = min((t0 + KS * u) * 32 + lane, nring - 1);  // past the end: a copy, not stored
-      key[u] = reinterpret_cast<const Vec*>(smem + L.k + ((lo + kk) % w) * L.row_bytes);
-      dot[u] = 0.f;
-    }
-    for (int c = 0; c < vecs; ++c) {
-      // The query in float4 (or float2) broadcasts: D % kVec == 0 keeps them aligned.
-      float qc[kVec];
-      if constexpr (kVec % 4 == 0) {
-#pragma unroll
-        for (int e = 0; e < kVec; e += 4) {
-          const float4 qq = *reinterpret_cast<const float4*>(q + c * kVec + e);
-          qc[e] = qq.x, qc[e + 1] = qq.y, qc[e + 2] = qq.z, qc[e + 3] = qq.w;
-        }
-      } else {
-        const float2 qq = *reinterpret_cast<const float2*>(q + c * kVec);
-        qc[0] = qq.x, qc[1] = qq.y;
-      }
-#pragma unroll
-      for (int u = 0; u < kKeysPerLane; ++u) {
-        const Vec x = key[u][c];
-#pragma unroll
-        for (int e = 0; e < kVec; ++e) dot[u] = fmaf(qc[e], Load(x.v, e), dot[u]);
-      }
+  // y's 16-column groups cg = warp + 8 c for all heads: sum_j p_j v_j over the staged rows in
+  // 16-key steps, hi and lo weights into the same fp32 sums.
+  float acc[kMaxColGroups][2][4] = {};
+  for (int kk = 0; kk < L.rows; kk += 16) {
+    uint32_t ah[4] = {0u, 0u, 0u, 0u}, al[4] = {0u, 0u, 0u, 0u};
+    if (row_valid) {
+      const char* ph = smem + L.ph + fr * L.p_bytes + 2 * (kk + 2 * fc);
+      const char* pl = smem + L.pl + fr * L.p_bytes + 2 * (kk + 2 * fc);
+      ah[0] = *reinterpret_cast<const uint32_t*>(ph), ah[2] = *reinterpret_cast<const uint32_t*>(ph + 16);
+      al[0] = *reinterpret_cast<const uint32_t*>(pl), al[2] = *reinterpret_cast<const uint32_t*>(pl + 16);
     }
 #pragma unroll
-    for (int u = 0; u < kKeysPerLane; ++u) {
-      const int kk = (t0 + KS * u) * 32 + lane;
-      if (kk < nring) {
-        sc[kk] = dot[u] * scale;
-        mx = fmaxf(mx, dot[u] * scale);
-      }
+    for (int c = 0; c < kMaxColGroups; ++c) {
+      const int cg = warp + kWarps * c;
+      if (16 * cg >= D) break;
+      uint32_t bf[4];
+      Ldsm4T(bf, smem + L.v + (kk + (lane & 7) + ((lane >> 3) & 1) * 8) * L.row_bytes + 2 * (16 * cg + (lane >> 4) * 8));
+      Mma(acc[c][0], ah, bf[0], bf[1]);
+      Mma(acc[c][0], al, bf[0], bf[1]);
+      Mma(acc[c][1], ah, bf[2], bf[3]);
+      Mma(acc[c][1], al, bf[2], bf[3]);
     }
   }
-  float* part_max = reinterpret_cast<float*>(smem + L.part_max) + hl * KS;
-  float* part_sum = reinterpret_cast<float*>(smem + L.part_sum) + hl * KS;
-  float* part_acc = reinterpret_cast<float*>(smem + L.part_acc) + hl * KS * D;
-  mx = WarpMax(mx);
-  if (lane == 0) part_max[s] = mx;
-  __syncthreads();  // the head's split maxima
-  mx = own;  // finite: the token's own key is always in the window
-  for (int i = 0; i < KS; ++i) mx = fmaxf(mx, part_max[i]);
+  if (!row_valid) return;
 
-  // The weights of this warp's keys, then y's part: sum_j p_j v_j over its keys in order, lane
-  // holding value columns kPv c .. kPv c + kPv - 1 for c = lane + 32 i.
-  float sum = 0.f;
-  for (int kk = 32 * s + lane; kk < nring; kk += 32 * KS) {
-    const float p = __expf(sc[kk] - mx);
-    sc[kk] = p;
-    sum += p;
-  }
-  sum = WarpSum(sum);
-  __syncwarp();  // every lane reads every key's weight of the stripe below
-  using PvVec = RingVec<TW, kPv>;
-  float acc[kMaxChunks][kPv];
-#pragma unroll
-  for (int i = 0; i < kMaxChunks; ++i) {
-#pragma unroll
-    for (int e = 0; e < kPv; ++e) acc[i][e] = 0.f;
-  }
-  for (int t = s; t * 32 < nring; t += KS) {
-    int ring_row = (lo + 32 * t) % w;
-    const int end = min(32 * t + 32, nring);
-#pragma unroll 4
-    for (int kk = 32 * t; kk < end; ++kk) {
-      const float p = sc[kk];
-      const PvVec* val = reinterpret_cast<const PvVec*>(smem + L.v + ring_row * L.row_bytes);
-#pragma unroll
-      for (int i = 0; i < kMaxChunks; ++i) {
-        if (lane + 32 * i < chunks) {
-          const PvVec x = val[lane + 32 * i];
-#pragma unroll
-          for (int e = 0; e < kPv; ++e) acc[i][e] = fmaf(p, Load(x.v, e), acc[i][e]);
-        }
-      }
-      ring_row = ring_row + 1 == w ? 0 : ring_row + 1;
-    }
-  }
-  if (lane == 0) part_sum[s] = sum;
-#pragma unroll
-  for (int i = 0; i < kMaxChunks; ++i) {
-#pragma unroll
-    for (int e = 0; e < kPv; ++e) {
-      if (lane + 32 * i < chunks) part_acc[s * D + (lane + 32 * i) * kPv + e] = acc[i][e];
-    }
-  }
-  __syncthreads();  // the head's split sums and weighted values
-  if (s != 0) return;
-
-  // y = window_factor * (sum_j p_j v_j + p_own v_own) / (sum_j p_j + sinks + p_own), the splits in order.
-  const float p_own = __expf(own - mx);
+  // y = window_factor * (sum_j p_j v_j + p_own v_own) / (sum_j p_j + sinks + p_own), the warps'
+  // sums in order.
   float total = 0.f;
-  for (int i = 0; i < KS; ++i) total += part_sum[i];
-  total += WarpSum(lane < m ? __expf(sink - mx) : 0.f) + p_own;
+  for (int i = 0; i < kWarps; ++i) total += part_sum[i * G + fr];
+  total += extra_weight[fr];
+  const float p_own = __expf(own_score[fr] - mx);
+  const int hy = g * G + fr;
   const float factor = window_factor / total;
+  float* y = scratch.y + (static_cast<int64_t>(r) * H + hy) * D;
 #pragma unroll
-  for (int i = 0; i < kMaxChunks; ++i) {
-    if (lane + 32 * i < chunks) {
+  for (int c = 0; c < kMaxColGroups; ++c) {
+    const int cg = warp + kWarps * c;
+    if (16 * cg >= D) break;
 #pragma unroll
-      for (int e = 0; e < kPv; ++e) {
-        const int d = (lane + 32 * i) * kPv + e;
-        float a = 0.f;
-        for (int k = 0; k < KS; ++k) a += part_acc[k * D + d];
-        y[d] = factor * fmaf(p_own, own_v[i][e], a);
-      }
+    for (int t = 0; t < 2; ++t) {
+      const int d = 16 * cg + 8 * t + 2 * fc;
+      y[d] = factor * fmaf(p_own, own_v[c][t][0], acc[c][t][0]);
+      y[d + 1] = factor * fmaf(p_own, own_v[c][t][1], acc[c][t][1]);
     }
   }
 }
 
-// Whether a block fits the device: a window too long for one block's shared memory (or more
-// than kMaxWarps query heads per kv head, more than kMaxMeta sinks, head dims over kMaxHeadDim)
-// runs LizardWindow, whose bits depend on the model only too.
-bool Fits(const LizardDims& dims, int shmem) {
+// Whether a block takes the shape: bf16 ring rows on 16 bytes, D a multiple of 16 up to 256,
+// at most 8 query heads per kv head, 32 sinks, 256 ring rows, and shared memory for them. The
+// rest runs LizardWindow, whose bits depend on the model only too.
+bool Fits(const LizardDims& dims, const LizardStateRef& state, int shmem) {
   int device = 0, limit = 0;
   if (cudaGetDevice(&device) != cudaSuccess ||
       cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess) {
     return false;
   }
-  return dims.heads / dims.kv_heads <= kMaxWarps && dims.meta <= kMaxMeta && dims.head_dim <= kMaxHeadDim &&
+  const bool aligned = reinterpret_cast<uintptr_t>(state.pool) % 16 == 0 && state.slot_bytes % 16 == 0 &&
+                       state.k_offset % 16 == 0 && state.v_offset % 16 == 0;
+  return state.window_type == StoreType::kBF16 && aligned && dims.kv_heads > 0 && dims.heads % dims.kv_heads == 0 &&
+         dims.heads / dims.kv_heads <= kMaxGroup && dims.meta <= kMaxMeta && dims.head_dim % 16 == 0 &&
+         dims.head_dim <= kMaxHeadDim && dims.window <= kMaxWindow && dims.features <= 32 * kHedgehogPerLane &&
          shmem <= limit;
 }
 
-template <typename TS, typename TW, int kVec>
+template <typename TS>
 cudaError_t Launch(const LizardDims& dims, const float* qkvg, int ld, const float* krot, int krot_ld,
                    const double* inv_freq, const TokenMeta& tokens, int row0, int rows,
                    const LizardParams& params, const LizardStateRef& state, const LizardScratch& scratch,
                    cudaStream_t stream) {
-  const int shmem = MakeLayout<TW, kVec>(dims).total;
-  if (!Fits(dims, shmem)) {
+  const int shmem = MakeLayout(dims).total;
+  if (!Fits(dims, state, shmem)) {
     return LizardWindow(dims, qkvg, ld, krot, krot_ld, inv_freq, tokens, row0, rows, params, state, scratch, stream);
   }
   if (shmem > 48 * 1024) {
-    cudaError_t e = cudaFuncSetAttribute(LizardDecodeWindowKernel<TS, TW, kVec>,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize, shmem);
+    cudaError_t e = cudaFuncSetAttribute(LizardDecodeWindowKernel<TS>, cudaFuncAttributeMaxDynamicSharedMemorySize, shmem);
     if (e != cudaSuccess) return e;
   }
-  const int G = dims.heads / dims.kv_heads;
-  return LaunchDependent(LizardDecodeWindowKernel<TS, TW, kVec>, dim3(dims.kv_heads, rows), 32 * G * KeySplits(G),
-                         shmem, stream, dims, qkvg, ld, krot, krot_ld, inv_freq, tokens, row0, params, state, scratch);
-}
-
-// 16-byte ring copies when every ring row starts on 16 bytes, else one column pair at a time.
-template <typename TS, typename TW>
-cudaError_t LaunchVec(const LizardDims& dims, const float* qkvg, int ld, const float* krot, int krot_ld,
-                      const double* inv_freq, const TokenMeta& tokens, int row0, int rows,
-                      const LizardParams& params, const LizardStateRef& state, const LizardScratch& scratch,
-                      cudaStream_t stream) {
-  constexpr int kVec16 = 16 / sizeof(TW);
-  const bool aligned = dims.head_dim % kVec16 == 0 && reinterpret_cast<uintptr_t>(state.pool) % 16 == 0 &&
-                       state.slot_bytes % 16 == 0 && state.k_offset % 16 == 0 && state.v_offset % 16 == 0;
-  if (aligned) {
-    return Launch<TS, TW, kVec16>(dims, qkvg, ld, krot, krot_ld, inv_freq, tokens, row0, rows, params, state,
-                                  scratch, stream);
-  }
-  return Launch<TS, TW, 2>(dims, qkvg, ld, krot, krot_ld, inv_freq, tokens, row0, rows, params, state, scratch,
-                           stream);
+  return LaunchDependent(LizardDecodeWindowKernel<TS>, dim3(dims.kv_heads, rows), 32 * kWarps, shmem, stream, dims,
+                         qkvg, ld, krot, krot_ld, inv_freq, tokens, row0, params, state, scratch);
 }
 
 }  // namespace
@@ -399,10 +429,11 @@ cudaError_t LizardDecodeWindow(const LizardDims& dims, const float* qkvg, int ld
                                int rows, const LizardParams& params, const LizardStateRef& state,
                                const LizardScratch& scratch, cudaStream_t stream) {
   if (rows == 0) return cudaSuccess;
-  return WithStoreTypes(state, [&](auto ts, auto tw) {
-    return LaunchVec<decltype(ts), decltype(tw)>(dims, qkvg, ld, krot, krot_ld, inv_freq, tokens, row0, rows,
-                                                 params, state, scratch, stream);
-  });
+  if (state.state_type == StoreType::kF32) {
+    return Launch<float>(dims, qkvg, ld, krot, krot_ld, inv_freq, tokens, row0, rows, params, state, scratch, stream);
+  }
+  return Launch<__nv_bfloat16>(dims, qkvg, ld, krot, krot_ld, inv_freq, tokens, row0, rows, params, state, scratch,
+                               stream);
 }
 
 }  // namespace lizard::kernels

@@ -3,9 +3,11 @@
 // at positions 0, 5, w-1, w, 3w+7 and a padding row, with random ring contents and z; against
 // LizardWindow on the same rows; and bit for bit, a sequence alone equals it at index 37 of 64
 // random sequences (outputs, z and ring). Shapes: llama3-8b's (2F = 256) and 2F = 128, the tiny
-// model's, GQA groups 1, 3 and 4, meta tokens 0 and > 0, window RoPE on and off, fp32 and bf16
-// state and window, head dims the 16-byte ring copies do not take, and a window too long for
-// one block's shared memory (LizardWindow runs). Part of gpu_kernels_test.
+// model's, GQA groups 1, 3, 4 and 8 (the most the tensor-core block takes), meta tokens 0 and > 0,
+// window RoPE on and off, fp32 and bf16 state, D = 256 (two column groups a warp), a window that
+// is not a multiple of 16 keys with two key chunks for some warps; and the shapes LizardWindow
+// runs: an fp32 window, head dims not a multiple of 16, a window too long for one block's shared
+// memory. Part of gpu_kernels_test.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -313,9 +315,13 @@ INSTANTIATE_TEST_SUITE_P(
         DecodeCase{8, 2, 128, 64, 128, 0, true, true, k::StoreType::kBF16, k::StoreType::kBF16},
         // lizard-tiny's attention shape
         DecodeCase{4, 2, 32, 16, 32, 4, true, true, k::StoreType::kF32, k::StoreType::kBF16},
-        // G = 1, no window RoPE, not normalising, fp32 window
+        // G = 8, D = 64, a 200-key window (13 chunks of 16: warps 0..4 score two)
+        DecodeCase{16, 2, 64, 32, 200, 5, true, true, k::StoreType::kF32, k::StoreType::kBF16},
+        // D = 256: two 16-column groups a warp
+        DecodeCase{8, 4, 256, 64, 128, 2, true, true, k::StoreType::kBF16, k::StoreType::kBF16},
+        // G = 1, no window RoPE, not normalising, fp32 window (LizardWindow runs)
         DecodeCase{4, 4, 64, 32, 16, 3, false, false, k::StoreType::kF32, k::StoreType::kF32},
-        // head dims the 16-byte ring copies do not take (pairs instead), G = 3
+        // head dims not a multiple of 16 (LizardWindow runs), G = 3
         DecodeCase{6, 2, 12, 8, 8, 2, true, true, k::StoreType::kBF16, k::StoreType::kBF16},
         DecodeCase{3, 1, 10, 4, 4, 2, false, true, k::StoreType::kF32, k::StoreType::kF32},
         // a window too long for one block's shared memory: LizardWindow runs

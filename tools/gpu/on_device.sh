@@ -3,7 +3,7 @@
 # tools/gpu/run_gpu_suite.sh: the GPU tests, compute-sanitizer memcheck over them, and the
 # benchmarks. Everything is logged under $OUT (at most a few files: the device tool returns 8).
 #
-#   bash tools/gpu/on_device.sh [tests] [memcheck] [server] [ncu] [ncu-prefill] [bench] [bench-full]
+#   bash tools/gpu/on_device.sh [tests] [memcheck] [server] [ncu] [ncu-prefill] [ncu-detail] [bench] [bench-full]
 #                                [load] [load-small] [drift] [bench-quick] [bench-pdl]
 #                                [bin:NAME,ARG,...]
 # (bench runs lizard-bench-op too: the chunked Lizard attention op alone)
@@ -44,14 +44,17 @@ run_test() {  # name, extra args...
 
 ncu_summary() {  # csv, label: device time summed by kernel name, the largest first
   python3 - "$1" "$2" >> "$summary" <<'PY'
-import collections, csv, sys
+import collections, csv, re, sys
 rows = [r for r in csv.reader(open(sys.argv[1])) if len(r) > 10]
 head = rows[0]; name = head.index("Kernel Name"); value = head.index("Metric Value")
 total = collections.Counter(); count = collections.Counter()
 for r in rows[1:]:
     try: t = float(r[value].replace(",", ""))
     except ValueError: continue
-    key = r[name].split("(")[0].split("<")[0][:60]
+    # The function's own name: the identifier before its template arguments or parameters (not
+    # a namespace such as "(anonymous namespace)").
+    m = re.search(r"([A-Za-z_][A-Za-z0-9_]*)(<[^(]*>)?\(", r[name].replace("(anonymous namespace)", ""))
+    key = (m.group(1) if m else r[name])[:60]
     total[key] += t; count[key] += 1
 all_ns = sum(total.values())
 print("%s: %.3f ms in %d kernels" % (sys.argv[2], all_ns / 1e6, sum(count.values())))
@@ -207,6 +210,25 @@ for phase in $phases; do
         note "ncu batch $b: exit $? in $((SECONDS - t0)) s"
         ncu_summary "$OUT/ncu-decode-$b.csv" "ncu decode batch $b"
       done
+      ;;
+    ncu-detail)
+      # Where kernels wait (ncu sections: throughput, memory, warp stalls, occupancy, instructions):
+      # the first layer's decode window and state kernels at batch 1 and 256, and the prefill
+      # feature maps of one 2048-token sequence (lizard-bench-op).
+      sections="--section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats \
+        --section Occupancy --section SchedulerStats --section LaunchStats --section InstructionStats"
+      for b in 1 256; do
+        t0=$SECONDS
+        timeout 200 ncu --clock-control none --graph-profiling node --kernel-name 'regex:LizardDecode' \
+          --launch-skip 2 --launch-count 2 $sections \
+          "$bundle/libexec/lizard-cli" bench --backend cuda --shape llama3-8b --batch-sizes $b --steps 1 \
+          --prompt-lengths 64 > "$OUT/ncu-detail-decode-$b.txt" 2>&1
+        note "ncu detail decode batch $b: exit $? in $((SECONDS - t0)) s"
+      done
+      t0=$SECONDS
+      timeout 200 ncu --clock-control none --kernel-name 'regex:PrefillFeatureMaps' --launch-count 1 $sections \
+        "$bundle/libexec/lizard-bench-op" --batch 1 --seq 2048 --f2 256 --iters 1 > "$OUT/ncu-detail-maps.txt" 2>&1
+      note "ncu detail maps: exit $? in $((SECONDS - t0)) s"
       ;;
     ncu-prefill)
       # Per-kernel device time of llama3-8b prefills of 2048 tokens (after one decode step, which
