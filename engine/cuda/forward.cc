@@ -186,6 +186,36 @@ absl::Status ForwardPass::Project(const bf16* x, const StepShape& shape, int in,
   return absl::OkStatus();
 }
 
+absl::Status ForwardPass::ProjectBranch(const bf16* in_rows, const StepShape& shape, int in, const DeviceBuffer& w,
+                                        bool bias, Branch* branch) {
+  const int rows = shape.rows, drows = shape.decode_rows;
+  float* delta = delta_.get<float>();
+  branch->rows = rows;
+  if (!batch_invariant_ || !use_prefill_gemm_ || drows == rows || bias) {
+    return Project(in_rows, shape, in, w, Hd_, delta, &branch->out);
+  }
+  // Decode rows as Project puts them when prompt rows share the step (GemmBf16 into y).
+  branch->out = k::GemmOutput{.y = delta};
+  branch->rows = drows;
+  if (drows > 0) {
+    LIZARD_CUDA_RETURN(k::GemmBf16(in_rows, drows, in, w.get<bf16>(), Hd_, delta, gemm_workspace_.get(), stream_));
+  }
+  const int64_t first = static_cast<int64_t>(drows);
+  return prefill_gemm_.Run(in_rows + first * in, rows - drows, in, w.get<bf16>(), Hd_, x_.get<float>() + first * Hd_,
+                           nullptr, /*accumulate=*/true);
+}
+
+absl::Status ForwardPass::AddNorm(const Branch& branch, const DeviceBuffer& weight, int rows) {
+  float* x = x_.get<float>();
+  bf16* u = u_.get<bf16>();
+  const float eps = static_cast<float>(config_.rms_norm_eps);
+  LIZARD_CUDA_RETURN(k::AddRmsNorm(x, branch.out, weight.get<float>(), branch.rows, Hd_, eps, u, stream_));
+  const int64_t first = branch.rows;
+  LIZARD_CUDA_RETURN(
+      k::AddRmsNorm(x + first * Hd_, k::GemmOutput{}, weight.get<float>(), rows - branch.rows, Hd_, eps, u + first * Hd_, stream_));
+  return absl::OkStatus();
+}
+
 absl::Status ForwardPass::LizardLayer(const DeviceLayer& L, const StepShape& shape, const float* krot, int krot_ld) {
   const int32_t* meta = meta_.get<int32_t>();
   auto field = [&](MetaField f) { return meta + static_cast<int64_t>(f) * kMaxStepTokens; };
@@ -272,22 +302,19 @@ absl::Status ForwardPass::EnqueueModel(const StepShape& shape) {
   auto field = [&](MetaField f) { return meta + static_cast<int64_t>(f) * kMaxStepTokens; };
   const int T = shape.rows;
   float* x = x_.get<float>();
-  float* delta = delta_.get<float>();
   bf16* u = u_.get<bf16>();
   float* qkvg = qkvg_.get<float>();
   bf16* y = y_.get<bf16>();
-  const float eps = static_cast<float>(config_.rms_norm_eps);
   const int qd = H_ * D_, kd = Hkv_ * D_;
 
   LIZARD_CUDA_RETURN(k::EmbeddingGather(weights_->embed.get<bf16>(), field(kTokIds), T, Hd_, x, stream_));
-  // The residual branch's last output (o, then down projection): in delta_ or still as split
-  // partials in the GEMM workspace (Project); nothing before the first layer.
-  k::GemmOutput branch;
+  // The residual branch's last output (ProjectBranch); nothing before the first layer.
+  Branch branch{.rows = T};
   for (size_t l = 0; l < weights_->layers.size(); ++l) {
     const DeviceLayer& L = weights_->layers[l];
     const bool liz = L.type == LayerType::kLizard;
     const int ld = n_qkv_ + (liz ? H_ : 0);
-    LIZARD_CUDA_RETURN(k::AddRmsNorm(x, branch, L.input_norm.get<float>(), T, Hd_, eps, u, stream_));
+    LIZARD_RETURN_IF_ERROR(AddNorm(branch, L.input_norm, T));
     LIZARD_RETURN_IF_ERROR(
         Project(u, shape, Hd_, L.w_qkvg, ld, qkvg, nullptr, L.b_qkvg.bytes() > 0 ? L.b_qkvg.get<float>() : nullptr));
 
@@ -309,16 +336,16 @@ absl::Status ForwardPass::EnqueueModel(const StepShape& shape) {
       LIZARD_CUDA_RETURN(k::PagedAttention(qrot_.get<float>(), qd, field(kTokSlot), field(kTokPos), T, H_,
                                            shape.max_keys, kv, partial_.get<float>(), partial_entries_, y, stream_));
     }
-    LIZARD_RETURN_IF_ERROR(Project(y, shape, qd, L.w_o, Hd_, delta, &branch));
-    if (L.b_o.bytes() > 0) branch.bias = L.b_o.get<float>();  // added by AddRmsNorm after the sum
-    LIZARD_CUDA_RETURN(k::AddRmsNorm(x, branch, L.post_norm.get<float>(), T, Hd_, eps, u, stream_));
+    const bool o_bias = L.b_o.bytes() > 0;
+    LIZARD_RETURN_IF_ERROR(ProjectBranch(y, shape, qd, L.w_o, o_bias, &branch));
+    if (o_bias) branch.out.bias = L.b_o.get<float>();  // added by AddRmsNorm after the sum
+    LIZARD_RETURN_IF_ERROR(AddNorm(branch, L.post_norm, T));
     k::GemmOutput gate_up;
     LIZARD_RETURN_IF_ERROR(Project(u, shape, Hd_, L.w_gate_up, 2 * I_, gate_up_.get<float>(), &gate_up));
     LIZARD_CUDA_RETURN(k::SwiGlu(gate_up, T, I_, act_.get<bf16>(), stream_));
-    LIZARD_RETURN_IF_ERROR(Project(act_.get<bf16>(), shape, I_, L.w_down, Hd_, delta, &branch));
+    LIZARD_RETURN_IF_ERROR(ProjectBranch(act_.get<bf16>(), shape, I_, L.w_down, false, &branch));
   }
-  LIZARD_CUDA_RETURN(k::AddRmsNorm(x, branch, weights_->final_norm.get<float>(), T, Hd_, eps, u, stream_));
-  return absl::OkStatus();
+  return AddNorm(branch, weights_->final_norm, T);
 }
 
 absl::Status ForwardPass::EnqueueLogits(int first, int R) {

@@ -76,6 +76,20 @@ class ForwardPass {
   // split-K reduce, PrefillGemm's epilogue).
   absl::Status Project(const __nv_bfloat16* x, const StepShape& shape, int in, const DeviceBuffer& w, int out,
                        float* y, kernels::GemmOutput* result = nullptr, const float* bias = nullptr);
+  // The residual branch's last output (o, then down projection) as the next add + RMSNorm takes
+  // it: rows [0, rows) still to be added (`out`: y or split partials, + bias), the rest already
+  // added onto x by PrefillGemm.
+  struct Branch {
+    kernels::GemmOutput out;
+    int rows = 0;
+  };
+  // Project for a residual branch (o and down projections): prompt rows that PrefillGemm takes
+  // are added straight onto x's rows in its epilogue (unless `bias`: it would be added in another
+  // order), which spares add + RMSNorm a pass over y; the other rows go to y as Project puts them.
+  absl::Status ProjectBranch(const __nv_bfloat16* in_rows, const StepShape& shape, int in, const DeviceBuffer& w,
+                             bool bias, Branch* branch);
+  // x += branch (the rows that have one), then u = RMSNorm(x) * weight for all `rows` rows.
+  absl::Status AddNorm(const Branch& branch, const DeviceBuffer& weight, int rows);
   // The Lizard attention of one layer over the step's rows (qkvg, krot as EnqueueModel has them).
   absl::Status LizardLayer(const DeviceLayer& L, const StepShape& shape, const float* krot, int krot_ld);
   // Runs the sequences of one internal step (at most kMaxStepTokens tokens) and appends their

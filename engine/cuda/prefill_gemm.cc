@@ -90,8 +90,10 @@ absl::Status PrefillGemm::Init(std::span<const std::pair<int, int>> shapes, int 
   LIZARD_RETURN_IF_ERROR(x_pad_.Allocate(x_pad));
   LIZARD_RETURN_IF_ERROR(y_pad_.Allocate(y_pad));
   LIZARD_RETURN_IF_ERROR(workspace_.Allocate(kMaxWorkspace));
-  // The padding rows are never read back; zeros keep them finite.
+  // The padding rows are never read back; zeros keep them finite (y's too: an accumulating
+  // call adds onto them).
   if (x_pad > 0) LIZARD_CUDA_RETURN(cudaMemsetAsync(x_pad_.get(), 0, x_pad, stream_));
+  if (y_pad > 0) LIZARD_CUDA_RETURN(cudaMemsetAsync(y_pad_.get(), 0, y_pad, stream_));
   return absl::OkStatus();
 }
 
@@ -231,24 +233,28 @@ bool PrefillGemm::SupportsBias(int in, int out) const {
 }
 
 absl::Status PrefillGemm::Matmul(Plan& plan, const __nv_bfloat16* x, int rows, const __nv_bfloat16* w, float* y,
-                                 const float* bias) {
+                                 const float* bias, bool accumulate) {
   LIZARD_RETURN_IF_ERROR(SetRows(plan, rows));
   if (bias != nullptr) {
     LIZARD_CUBLAS_RETURN(
         cublasLtMatmulDescSetAttribute(plan.op_bias, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
   }
-  const float one = 1.f, zero = 0.f;
+  // D = 1 * product + beta * C with C = D = y: beta 1 adds the product onto y.
+  const float one = 1.f, beta = accumulate ? 1.f : 0.f;
   LIZARD_CUBLAS_RETURN(cublasLtMatmul(handle_, bias != nullptr ? plan.op_bias : plan.op, &one, w, plan.w_layout, x,
-                                      plan.x_layout, &zero, y, plan.y_layout, y, plan.y_layout, &plan.algo,
+                                      plan.x_layout, &beta, y, plan.y_layout, y, plan.y_layout, &plan.algo,
                                       workspace_.get(), kMaxWorkspace, stream_));
   return absl::OkStatus();
 }
 
 absl::Status PrefillGemm::Run(const __nv_bfloat16* x, int rows, int in, const __nv_bfloat16* w, int out, float* y,
-                              const float* bias) {
+                              const float* bias, bool accumulate) {
   Plan* plan = Find(in, out);
   if (plan == nullptr) {
     return absl::InvalidArgumentError(absl::StrCat("PrefillGemm: shape ", in, " -> ", out, " was not given to Init"));
+  }
+  if (bias != nullptr && accumulate) {
+    return absl::InvalidArgumentError("PrefillGemm: a bias and accumulate in one call");
   }
   if (bias != nullptr && !plan->bias) {
     return absl::FailedPreconditionError(
@@ -263,12 +269,16 @@ absl::Status PrefillGemm::Run(const __nv_bfloat16* x, int rows, int in, const __
     return absl::InvalidArgumentError(absl::StrCat("PrefillGemm: x and w must be ", plan->x_align,
                                                    "-byte aligned, y ", plan->y_align, "-byte aligned"));
   }
-  if (rows >= plan->pad_rows) return Matmul(*plan, x, rows, w, y, bias);
-  // Too few rows for the algorithm: the rows into the padding buffer, the product of pad_rows
-  // rows, the rows' outputs back.
+  if (rows >= plan->pad_rows) return Matmul(*plan, x, rows, w, y, bias, accumulate);
+  // Too few rows for the algorithm: the rows (and to accumulate, y's rows) into the padding
+  // buffers, the product of pad_rows rows, the rows' outputs back.
   LIZARD_CUDA_RETURN(cudaMemcpyAsync(x_pad_.get(), x, sizeof(__nv_bfloat16) * rows * in, cudaMemcpyDeviceToDevice,
                                      stream_));
-  LIZARD_RETURN_IF_ERROR(Matmul(*plan, x_pad_.get<__nv_bfloat16>(), plan->pad_rows, w, y_pad_.get<float>(), bias));
+  if (accumulate) {
+    LIZARD_CUDA_RETURN(cudaMemcpyAsync(y_pad_.get(), y, sizeof(float) * rows * out, cudaMemcpyDeviceToDevice, stream_));
+  }
+  LIZARD_RETURN_IF_ERROR(
+      Matmul(*plan, x_pad_.get<__nv_bfloat16>(), plan->pad_rows, w, y_pad_.get<float>(), bias, accumulate));
   LIZARD_CUDA_RETURN(cudaMemcpyAsync(y, y_pad_.get(), sizeof(float) * rows * out, cudaMemcpyDeviceToDevice, stream_));
   return absl::OkStatus();
 }

@@ -60,11 +60,13 @@ class PrefillGemm {
   absl::Status Init(std::span<const std::pair<int, int>> shapes, int max_rows, cudaStream_t stream);
 
   // y = x w^T (+ bias[out], fp32, added in the GEMM's epilogue) for 0 <= rows <= max_rows on a
-  // shape given to Init (rows == 0 does nothing). x, w and y must be aligned as the shape's rows
-  // are (Describe shows the alignments); a bias only where SupportsBias. Not thread-safe: calls
-  // set the row count in the shape's descriptors.
+  // shape given to Init (rows == 0 does nothing); with `accumulate`, y += x w^T instead (the
+  // epilogue's y + product: the bits of a separate fp32 add of the product to y; not with a bias,
+  // whose place in that sum the epilogue does not fix). x, w and y must be aligned as the shape's
+  // rows are (Describe shows the alignments); a bias only where SupportsBias. Not thread-safe:
+  // calls set the row count in the shape's descriptors.
   absl::Status Run(const __nv_bfloat16* x, int rows, int in, const __nv_bfloat16* w, int out, float* y,
-                   const float* bias = nullptr);
+                   const float* bias = nullptr, bool accumulate = false);
   // Whether the shape's algorithm also runs with the bias epilogue at every row count it takes.
   bool SupportsBias(int in, int out) const;
 
@@ -98,7 +100,7 @@ class PrefillGemm {
   // Sets the row count of the plan's x and y layouts.
   absl::Status SetRows(Plan& plan, int rows);
   absl::Status Matmul(Plan& plan, const __nv_bfloat16* x, int rows, const __nv_bfloat16* w, float* y,
-                      const float* bias);
+                      const float* bias, bool accumulate);
   Plan* Find(int in, int out);
   const Plan* Find(int in, int out) const;
 

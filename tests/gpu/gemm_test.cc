@@ -381,6 +381,36 @@ TEST(PrefillGemmTest, BiasEpilogue) {
   }
 }
 
+// y += x w^T (the residual projections' prompt rows): the bits of the product added to y in fp32,
+// at 300 rows and at 1 and 17 (padded below the algorithm's rows on some shapes).
+TEST(PrefillGemmTest, AccumulateAddsTheProductOntoY) {
+  PrefillGemm gemm;
+  ASSERT_NO_FATAL_FAILURE(InitPrefill(gemm));
+  std::mt19937 rng(29);
+  for (const PrefillShape& s : kPrefillShapes) {
+    DeviceVec<bf16> d_w(ToBf16(RandomBf16(rng, static_cast<size_t>(s.out) * s.in)));
+    for (int rows : {300, 17, 1}) {
+      const std::vector<float> x = RandomBf16(rng, static_cast<size_t>(rows) * s.in);
+      const std::vector<float> y0 = RandomBf16(rng, static_cast<size_t>(rows) * s.out);
+      const std::vector<float> product = RunPrefill(gemm, x, rows, s.in, d_w, s.out);
+      DeviceVec<bf16> d_x(ToBf16(x));
+      DeviceVec<float> d_y(y0);
+      const absl::Status status = gemm.Run(d_x.get(), rows, s.in, d_w.get(), s.out, d_y.get(), nullptr, true);
+      ASSERT_TRUE(status.ok()) << status;
+      ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+      const std::vector<float> got = d_y.Download();
+      std::vector<float> want(y0.size());
+      for (size_t i = 0; i < want.size(); ++i) want[i] = y0[i] + product[i];
+      EXPECT_EQ(FirstDifferentRow(got.data(), want.data(), rows, s.out), -1) << "in " << s.in << " out " << s.out
+                                                                             << " rows " << rows;
+    }
+  }
+  DeviceVec<bf16> x(128 * 4096), w(6176 * 4096);
+  DeviceVec<float> y(128 * 6176), bias(6176);
+  EXPECT_EQ(gemm.Run(x.get(), 128, 4096, w.get(), 6176, y.get(), bias.get(), true).code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 TEST(PrefillGemmTest, RefusesWhatItCannotRun) {
   PrefillGemm gemm;
   EXPECT_EQ(gemm.Init(std::vector<std::pair<int, int>>{{128, 260}}, 0, nullptr).code(),
