@@ -71,6 +71,18 @@ __device__ __forceinline__ void SplitPair(float x0, float x1, uint32_t& hi, uint
   lo = Pack(x0 - __low2float(h), x1 - __high2float(h));
 }
 
+// A fragments (rows fr and fr + 8, columns kk + 2 fc.. and kk + 8 + 2 fc..) of a hi and a lo
+// bf16 matrix in shared memory whose rows are the group's heads: rows 8..15, and rows past the
+// group (!valid), are zeros.
+__device__ __forceinline__ void LoadHeadRows(const char* hi, const char* lo, int row_bytes, int fr, int fc, int kk,
+                                             bool valid, uint32_t (&ah)[4], uint32_t (&al)[4]) {
+  ah[0] = ah[1] = ah[2] = ah[3] = al[0] = al[1] = al[2] = al[3] = 0u;
+  if (!valid) return;
+  const int at = fr * row_bytes + 2 * (kk + 2 * fc);
+  ah[0] = *reinterpret_cast<const uint32_t*>(hi + at), ah[2] = *reinterpret_cast<const uint32_t*>(hi + at + 16);
+  al[0] = *reinterpret_cast<const uint32_t*>(lo + at), al[2] = *reinterpret_cast<const uint32_t*>(lo + at + 16);
+}
+
 template <typename TS>
 __global__ void __launch_bounds__(32 * kWarps, 3) LizardDecodeWindowKernel(
     LizardDims dims, const float* qkvg, int ld, const float* krot, int krot_ld, const double* inv_freq,
@@ -250,13 +262,8 @@ __global__ void __launch_bounds__(32 * kWarps, 3) LizardDecodeWindowKernel(
   float s[kMaxKeyChunks][2][4] = {};
 #pragma unroll
   for (int kk = 0; kk < D; kk += 16) {
-    uint32_t ah[4] = {0u, 0u, 0u, 0u}, al[4] = {0u, 0u, 0u, 0u};
-    if (row_valid) {
-      const char* qh = smem + L.qh + fr * L.row_bytes + 2 * (kk + 2 * fc);
-      const char* ql = smem + L.ql + fr * L.row_bytes + 2 * (kk + 2 * fc);
-      ah[0] = *reinterpret_cast<const uint32_t*>(qh), ah[2] = *reinterpret_cast<const uint32_t*>(qh + 16);
-      al[0] = *reinterpret_cast<const uint32_t*>(ql), al[2] = *reinterpret_cast<const uint32_t*>(ql + 16);
-    }
+    uint32_t ah[4], al[4];
+    LoadHeadRows(smem + L.qh, smem + L.ql, L.row_bytes, fr, fc, kk, row_valid, ah, al);
 #pragma unroll
     for (int c = 0; c < kMaxKeyChunks; ++c) {
       const int kc = warp + kWarps * c;
@@ -345,13 +352,8 @@ __global__ void __launch_bounds__(32 * kWarps, 3) LizardDecodeWindowKernel(
   // 16-key steps, hi and lo weights into the same fp32 sums.
   float acc[kMaxColGroups][2][4] = {};
   for (int kk = 0; kk < L.rows; kk += 16) {
-    uint32_t ah[4] = {0u, 0u, 0u, 0u}, al[4] = {0u, 0u, 0u, 0u};
-    if (row_valid) {
-      const char* ph = smem + L.ph + fr * L.p_bytes + 2 * (kk + 2 * fc);
-      const char* pl = smem + L.pl + fr * L.p_bytes + 2 * (kk + 2 * fc);
-      ah[0] = *reinterpret_cast<const uint32_t*>(ph), ah[2] = *reinterpret_cast<const uint32_t*>(ph + 16);
-      al[0] = *reinterpret_cast<const uint32_t*>(pl), al[2] = *reinterpret_cast<const uint32_t*>(pl + 16);
-    }
+    uint32_t ah[4], al[4];
+    LoadHeadRows(smem + L.ph, smem + L.pl, L.p_bytes, fr, fc, kk, row_valid, ah, al);
 #pragma unroll
     for (int c = 0; c < kMaxColGroups; ++c) {
       const int cg = warp + kWarps * c;
