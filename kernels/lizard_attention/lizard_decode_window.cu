@@ -276,8 +276,9 @@ __global__ void __launch_bounds__(32 * kWarps, 3) LizardDecodeWindowKernel(
       Mma(s[c][1], al, bf[2], bf[3]);
     }
   }
-  // Ring row j holds a window key when it holds a position in lo..pos-1: while the ring fills,
-  // rows 0..pos-1; then all but row pos % w (position pos - w). The others score -inf.
+  // Ring row j holds a window key when it holds a position in max(0, pos - w + 1)..pos - 1: while
+  // the ring fills, rows 0..pos-1; then all but row pos % w (position pos - w). The others score
+  // -inf.
   auto in_window = [&](int j) { return pos >= w ? j != pos % w && j < w : j < pos; };
   float mx = -INFINITY;
 #pragma unroll
